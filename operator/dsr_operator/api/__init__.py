@@ -1,0 +1,1 @@
+"""The user-facing resources: DsrService and DsrNodeConfig models, and CRD generation."""

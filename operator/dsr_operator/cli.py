@@ -1,0 +1,45 @@
+"""The `dsr-operator` command: one entry point, one subcommand per component.
+
+Each component owns a `cli` module with `register(subparsers)`; this module only assembles them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+COMPONENT_CLIS = (
+    "dsr_operator.oneshot",
+    "dsr_operator.simulator.cli",
+    "dsr_operator.controller.cli",
+    "dsr_operator.agent.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dsr-operator", description="Direct Server Return load balancing on NetScaler, from Kubernetes."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in COMPONENT_CLIS:
+        module = importlib.import_module(module_name)
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

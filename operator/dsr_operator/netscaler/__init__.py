@@ -1,0 +1,1 @@
+"""NetScaler side: NITRO client, object models, errors and CLI-command rendering."""

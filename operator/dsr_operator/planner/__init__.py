@@ -1,0 +1,1 @@
+"""Planner: desired NetScaler state from DsrServices, diff against actual, ordered plan (pure)."""
