@@ -66,7 +66,9 @@ Port = Annotated[int, pydantic.Field(ge=1, le=65535)] | Literal["*"]
 class StaticBackend(_Model):
     """A host outside the cluster, bound directly; its loopback VIP is the host owner's job."""
 
-    name: Annotated[str, pydantic.Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+    name: Annotated[
+        str, pydantic.Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    ]
     address: IPAddress
 
 
@@ -125,6 +127,15 @@ class DsrServiceSpec(_Model):
         if WILDCARD_PORT in ports and len(ports) > 1:
             raise ValueError('"*" already covers every port; list it alone')
         return ports
+
+    @pydantic.model_validator(mode="after")
+    def _wildcard_needs_probe_port(self) -> DsrServiceSpec:
+        if self.ports == [WILDCARD_PORT] and self.health_check.type == HealthCheckType.TCP:
+            if self.health_check.port is None:
+                raise ValueError(
+                    'healthCheck.port is required when ports is ["*"] and healthCheck.type is TCP'
+                )
+        return self
 
 
 class ObjectRef(_Model):

@@ -1,0 +1,224 @@
+"""NetScaler objects as the planner sees them: pure data, no I/O.
+
+Each kind of object is described once in `KINDS`: its NITRO resource type, its key, and the fields
+we manage. The planner compares only managed fields, so NetScaler's own defaults never cause a
+diff (a real box returns dozens of fields we never set). Runtime state (`svrstate`, `curstate`) is
+kept apart from configuration: it is read, never written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+PREFIX = "dsr-"
+MARKER_PREFIX = "dsr-operator"
+SHARED_OWNER = "shared"
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """A NetScaler object type: where it lives in NITRO and which of its fields are ours."""
+
+    rtype: str
+    key: str
+    managed: tuple[str, ...]
+    immutable: tuple[str, ...] = ()
+    delete_args: tuple[str, ...] = ()
+
+
+SERVER = Kind("server", "name", ("ipaddress", "comment"))
+SERVICE = Kind(
+    "service",
+    "name",
+    ("servername", "servicetype", "port", "usip", "healthmonitor", "comment"),
+    immutable=("servername", "servicetype", "port"),
+)
+LBVSERVER = Kind(
+    "lbvserver",
+    "name",
+    ("servicetype", "ipv46", "port", "lbmethod", "m", "comment"),
+    immutable=("servicetype", "port"),
+)
+LBMONITOR = Kind(
+    "lbmonitor",
+    "monitorname",
+    ("type", "interval", "resptimeout", "retries", "destip", "destport", "transparent", "comment"),
+    immutable=("type",),
+    delete_args=("type",),
+)
+KINDS: dict[str, Kind] = {k.rtype: k for k in (SERVER, SERVICE, LBVSERVER, LBMONITOR)}
+
+VSERVER_BINDING = "lbvserver_service_binding"
+MONITOR_BINDING = "service_lbmonitor_binding"
+
+# Service states in which the service no longer receives new connections.
+OUT_OF_SERVICE = "OUT OF SERVICE"
+GOING_OUT_OF_SERVICE = "GOING OUT OF SERVICE"
+
+
+def marker(operator_id: str, owner: str) -> str:
+    """The ownership marker written into `comment`: operator id plus DsrService uid (or `shared`)."""
+    return f"{MARKER_PREFIX}:{operator_id}:{owner}"
+
+
+def parse_marker(comment: object, operator_id: str) -> str | None:
+    """The owner named by a comment if the marker is this operator's, else None."""
+    if not isinstance(comment, str):
+        return None
+    head = f"{MARKER_PREFIX}:{operator_id}:"
+    if not comment.startswith(head) or len(comment) == len(head):
+        return None
+    return comment[len(head) :]
+
+
+def _normalise(value: Any) -> Any:
+    """NITRO returns many numbers as strings; compare them as numbers."""
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class NsObject:
+    """One configured NetScaler object: kind, name, the managed fields, and its owner."""
+
+    kind: str
+    name: str
+    fields: tuple[tuple[str, Any], ...]
+    owner: str
+    state: str | None = None  # runtime state read from the box (svrstate / curstate); never written
+
+    @classmethod
+    def make(cls, kind: str, name: str, owner: str, state: str | None = None, **fields: Any) -> NsObject:
+        managed = KINDS[kind].managed
+        unknown = set(fields) - set(managed)
+        if unknown:
+            raise ValueError(f"{kind} has no managed fields {sorted(unknown)}")
+        items = tuple(sorted((k, _normalise(v)) for k, v in fields.items() if v is not None))
+        return cls(kind=kind, name=name, fields=items, owner=owner, state=state)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return dict(self.fields)
+
+    def get(self, field: str) -> Any:
+        return self.data.get(field)
+
+    def payload(self, operator_id: str) -> dict[str, Any]:
+        """The NITRO add body for this object, including our ownership marker."""
+        body = {KINDS[self.kind].key: self.name, **self.data}
+        body["comment"] = marker(operator_id, self.owner)
+        return body
+
+    def changed_fields(self, other: NsObject) -> dict[str, Any]:
+        """Managed fields whose value in `self` differs from `other` (the actual object)."""
+        mine, theirs = self.data, other.data
+        return {k: v for k, v in mine.items() if k != "comment" and theirs.get(k) != v}
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Binding:
+    """A binding between two named objects: vserver→service or service→monitor."""
+
+    kind: str  # VSERVER_BINDING or MONITOR_BINDING
+    parent: str
+    child: str
+    owner: str = dataclasses.field(default="", compare=False)
+    state: str | None = dataclasses.field(default=None, compare=False)
+
+    def payload(self) -> dict[str, Any]:
+        if self.kind == VSERVER_BINDING:
+            return {"name": self.parent, "servicename": self.child, "weight": 1}
+        return {"name": self.parent, "monitor_name": self.child}
+
+    def unbind_payload(self) -> dict[str, Any]:
+        if self.kind == VSERVER_BINDING:
+            return {"name": self.parent, "servicename": self.child}
+        return {"name": self.parent, "monitor_name": self.child}
+
+
+@dataclasses.dataclass(frozen=True)
+class NetScalerState:
+    """A set of NetScaler objects: either what we want, or what we read (ours and foreign names)."""
+
+    objects: Mapping[tuple[str, str], NsObject] = dataclasses.field(default_factory=dict)
+    bindings: frozenset[Binding] = frozenset()
+    mbf: bool = False
+    foreign: frozenset[tuple[str, str]] = frozenset()
+    """(kind, name) of objects with our prefix but not our marker: never touched, never reused."""
+
+    @classmethod
+    def build(
+        cls,
+        objects: Iterable[NsObject] = (),
+        bindings: Iterable[Binding] = (),
+        *,
+        mbf: bool = False,
+        foreign: Iterable[tuple[str, str]] = (),
+    ) -> NetScalerState:
+        objs: dict[tuple[str, str], NsObject] = {}
+        for obj in objects:
+            key = (obj.kind, obj.name)
+            if key in objs and objs[key] != obj:
+                raise ValueError(f"conflicting definitions of {obj.kind} {obj.name}")
+            objs[key] = obj
+        return cls(objects=objs, bindings=frozenset(bindings), mbf=mbf, foreign=frozenset(foreign))
+
+    def of_kind(self, kind: str) -> list[NsObject]:
+        return sorted((o for (k, _), o in self.objects.items() if k == kind), key=lambda o: o.name)
+
+    def get(self, kind: str, name: str) -> NsObject | None:
+        return self.objects.get((kind, name))
+
+    def owners(self) -> set[str]:
+        return {o.owner for o in self.objects.values()}
+
+
+def parse_actual(
+    records: Mapping[str, Iterable[Mapping[str, Any]]],
+    *,
+    operator_id: str,
+    mbf: bool,
+) -> NetScalerState:
+    """Build the actual state from NITRO GET records keyed by resource type.
+
+    Objects named with our prefix but lacking our marker are recorded as foreign names only.
+    Bindings are kept when their parent is ours.
+    """
+    objects: list[NsObject] = []
+    foreign: list[tuple[str, str]] = []
+    for kind_name, kind in KINDS.items():
+        for rec in records.get(kind_name, ()):
+            name = str(rec.get(kind.key, ""))
+            if not name.startswith(PREFIX):
+                continue
+            owner = parse_marker(rec.get("comment"), operator_id)
+            if owner is None:
+                foreign.append((kind_name, name))
+                continue
+            fields = {f: rec.get(f) for f in kind.managed if f != "comment" and rec.get(f) not in (None, "")}
+            if kind is SERVICE and "servername" not in fields and rec.get("servername"):
+                fields["servername"] = rec["servername"]
+            state = rec.get("svrstate") if kind is SERVICE else rec.get("curstate")
+            objects.append(NsObject.make(kind_name, name, owner, state=state, **fields))
+    ours = {(o.kind, o.name): o for o in objects}
+    bindings: list[Binding] = []
+    for rec in records.get(VSERVER_BINDING, ()):
+        parent = ours.get((LBVSERVER.rtype, str(rec.get("name"))))
+        if parent is not None:
+            bindings.append(
+                Binding(
+                    VSERVER_BINDING,
+                    parent.name,
+                    str(rec.get("servicename")),
+                    parent.owner,
+                    rec.get("curstate"),
+                )
+            )
+    for rec in records.get(MONITOR_BINDING, ()):
+        parent = ours.get((SERVICE.rtype, str(rec.get("name"))))
+        if parent is not None:
+            bindings.append(Binding(MONITOR_BINDING, parent.name, str(rec.get("monitor_name")), parent.owner))
+    return NetScalerState.build(objects, bindings, mbf=mbf, foreign=foreign)

@@ -1,0 +1,319 @@
+"""Diff desired against actual NetScaler state into an ordered plan of bulk stages (pure).
+
+A plan is a list of stages; each stage is one verb on one object type, so it goes to NetScaler as
+one bulk request, and stages run in dependency order: servers, monitors, services, monitor
+bindings, vservers, vserver bindings; then, for removal, the reverse with a graceful drain first.
+
+Safety rules enforced here, not in the callers:
+- only objects whose `comment` carries our marker are updated or removed; a desired name that
+  exists without our marker is a conflict and is never touched;
+- only owners in `scope` lose objects (a one-shot apply of one file never prunes another's);
+- a service that carries traffic is disabled gracefully for `drainSeconds` before it is unbound;
+- the blast-radius guard: one plan removes at most a share of a vserver's bound backends, unless
+  its DsrService is being deleted;
+- servers are shared: removed only when no remaining service references them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+from dsr_operator.netscaler import models as ns
+
+NSMODE = "nsmode"
+
+# (verb, kind) in execution order.
+ORDER: tuple[tuple[str, str], ...] = (
+    ("enable", NSMODE),
+    ("add", "server"),
+    ("update", "server"),
+    ("add", "lbmonitor"),
+    ("update", "lbmonitor"),
+    ("add", "service"),
+    ("update", "service"),
+    ("enable", "service"),
+    ("bind", ns.MONITOR_BINDING),
+    ("add", "lbvserver"),
+    ("update", "lbvserver"),
+    ("bind", ns.VSERVER_BINDING),
+    ("disable", "service"),
+    ("unbind", ns.VSERVER_BINDING),
+    ("unbind", ns.MONITOR_BINDING),
+    ("delete", "service"),
+    ("delete", "lbvserver"),
+    ("delete", "lbmonitor"),
+    ("delete", "server"),
+)
+_RANK = {step: i for i, step in enumerate(ORDER)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    """One NITRO operation on one object."""
+
+    verb: str
+    kind: str
+    name: str
+    owner: str
+    body: Mapping[str, Any] = dataclasses.field(hash=False, compare=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """Operations of one verb on one kind: one bulk request."""
+
+    verb: str
+    kind: str
+    ops: tuple[Op, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Hold:
+    """Why an owner's change is not (fully) in this plan: a drain in progress, the guard, a conflict."""
+
+    owner: str
+    reason: str  # Draining | BlastRadiusGuard | NameConflict
+    message: str
+    retry_after: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    stages: tuple[Stage, ...]
+    holds: tuple[Hold, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.stages
+
+    @property
+    def ops(self) -> list[Op]:
+        return [op for stage in self.stages for op in stage.ops]
+
+    def for_owner(self, owner: str) -> list[Op]:
+        return [op for op in self.ops if op.owner == owner]
+
+    def holds_for(self, owner: str) -> list[Hold]:
+        return [h for h in self.holds if h.owner == owner]
+
+    @property
+    def retry_after(self) -> float | None:
+        delays = [h.retry_after for h in self.holds if h.retry_after is not None]
+        return min(delays) if delays else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """Per-owner knobs the plan needs: drain time and blast-radius share."""
+
+    operator_id: str
+    drain_seconds: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    default_drain_seconds: int = 30
+    guard_percent: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    default_guard_percent: int = 50
+    drain_poll_seconds: float = 5.0
+
+    def drain(self, owner: str) -> int:
+        return self.drain_seconds.get(owner, self.default_drain_seconds)
+
+    def guard(self, owner: str) -> int:
+        return self.guard_percent.get(owner, self.default_guard_percent)
+
+
+def diff(
+    desired: ns.NetScalerState,
+    actual: ns.NetScalerState,
+    policy: Policy,
+    scope: frozenset[str] | None = None,
+) -> Plan:
+    """The plan that moves `actual` towards `desired` for the owners in `scope` (all ours if None)."""
+    ops: list[Op] = []
+    holds: list[Hold] = []
+
+    def in_scope(owner: str) -> bool:
+        return owner == ns.SHARED_OWNER or scope is None or owner in scope
+
+    live_owners = desired.owners() - {ns.SHARED_OWNER}
+
+    # Names held by someone else's objects: never touched, and what depends on them waits.
+    blocked_names: set[str] = set()
+    for (kind, name), obj in sorted(desired.objects.items()):
+        if (kind, name) in actual.foreign:
+            blocked_names.add(name)
+            owner = obj.owner if obj.owner != ns.SHARED_OWNER else _first_user(desired, name)
+            holds.append(
+                Hold(
+                    owner,
+                    "NameConflict",
+                    f"{kind} {name} exists on NetScaler without our ownership marker; left untouched",
+                )
+            )
+    for obj in desired.of_kind("service"):
+        if obj.get("servername") in blocked_names:
+            blocked_names.add(obj.name)
+
+    # Additions and updates.
+    if desired.objects and not actual.mbf:
+        ops.append(Op("enable", NSMODE, "MBF", ns.SHARED_OWNER, {"mode": ["MBF"]}))
+    for (kind, name), want in sorted(desired.objects.items()):
+        if name in blocked_names:
+            continue
+        have = actual.get(kind, name)
+        key = ns.KINDS[kind].key
+        if have is None:
+            ops.append(Op("add", kind, name, want.owner, want.payload(policy.operator_id)))
+            continue
+        changes = {k: v for k, v in want.changed_fields(have).items() if k not in ns.KINDS[kind].immutable}
+        if changes or have.owner != want.owner:
+            body: dict[str, Any] = {
+                key: name,
+                **changes,
+                "comment": ns.marker(policy.operator_id, want.owner),
+            }
+            if kind == "lbmonitor":
+                body["type"] = want.get("type")
+            ops.append(Op("update", kind, name, want.owner, body))
+        if kind == "service" and have.state in (ns.OUT_OF_SERVICE, ns.GOING_OUT_OF_SERVICE):
+            ops.append(Op("enable", kind, name, want.owner, {"name": name}))
+    for binding in sorted(desired.bindings - actual.bindings):
+        if binding.parent in blocked_names or binding.child in blocked_names:
+            continue
+        ops.append(
+            Op("bind", binding.kind, f"{binding.parent} {binding.child}", binding.owner, binding.payload())
+        )
+
+    # Removals: bindings first (with drain and guard), then the objects nothing uses any more.
+    held_services: set[str] = set()
+    unbound: set[ns.Binding] = set()
+    vserver_bindings = defaultdict(list)
+    for binding in actual.bindings:
+        if binding.kind == ns.VSERVER_BINDING:
+            vserver_bindings[binding.parent].append(binding)
+    for vserver, bound in sorted(vserver_bindings.items()):
+        owner = bound[0].owner
+        if not in_scope(owner):
+            continue
+        removing = sorted(b for b in bound if b not in desired.bindings)
+        if not removing:
+            continue
+        if owner in live_owners:
+            allowed = math.floor(len(bound) * policy.guard(owner) / 100)
+            if len(removing) > allowed:
+                kept = removing[allowed:]
+                removing = removing[:allowed]
+                for b in kept:
+                    held_services.add(b.child)
+                holds.append(
+                    Hold(
+                        owner,
+                        "BlastRadiusGuard",
+                        f"{vserver}: {len(kept) + len(removing)} of {len(bound)} bound backends would go; "
+                        f"at most {policy.guard(owner)}% may go at once, removing {len(removing)} now",
+                        retry_after=policy.drain_poll_seconds,
+                    )
+                )
+        for b in removing:
+            service = actual.get("service", b.child)
+            leaving = desired.get("service", b.child) is None
+            drain = policy.drain(owner)
+            if service is not None and leaving and drain > 0 and service.state != ns.OUT_OF_SERVICE:
+                held_services.add(b.child)
+                if service.state != ns.GOING_OUT_OF_SERVICE:
+                    ops.append(
+                        Op(
+                            "disable",
+                            "service",
+                            b.child,
+                            owner,
+                            {"name": b.child, "delay": drain, "graceful": "YES"},
+                        )
+                    )
+                    holds.append(
+                        Hold(
+                            owner,
+                            "Draining",
+                            f"service {b.child} drains for {drain}s before removal",
+                            retry_after=float(drain),
+                        )
+                    )
+                else:
+                    holds.append(
+                        Hold(
+                            owner,
+                            "Draining",
+                            f"service {b.child} is still draining",
+                            retry_after=policy.drain_poll_seconds,
+                        )
+                    )
+                continue
+            unbound.add(b)
+            ops.append(Op("unbind", b.kind, f"{b.parent} {b.child}", owner, b.unbind_payload()))
+
+    deleted: set[tuple[str, str]] = set()
+    for service in actual.of_kind("service"):
+        if (
+            desired.get("service", service.name)
+            or not in_scope(service.owner)
+            or service.name in held_services
+        ):
+            continue
+        deleted.add(("service", service.name))
+    for binding in sorted(actual.bindings):
+        if binding.kind != ns.MONITOR_BINDING or binding in desired.bindings or not in_scope(binding.owner):
+            continue
+        if binding.parent in held_services:
+            continue
+        unbound.add(binding)
+        ops.append(
+            Op(
+                "unbind",
+                binding.kind,
+                f"{binding.parent} {binding.child}",
+                binding.owner,
+                binding.unbind_payload(),
+            )
+        )
+    remaining = (actual.bindings | desired.bindings) - unbound
+    for kind in ("service", "lbvserver", "lbmonitor"):
+        for obj in actual.of_kind(kind):
+            if desired.get(kind, obj.name) or not in_scope(obj.owner) or obj.name in held_services:
+                continue
+            if kind == "lbvserver" and any(b.parent == obj.name for b in remaining):
+                continue
+            if kind == "lbmonitor" and any(b.child == obj.name for b in remaining):
+                continue
+            deleted.add((kind, obj.name))
+            body: dict[str, Any] = {ns.KINDS[kind].key: obj.name}
+            if kind == "lbmonitor":
+                body["type"] = obj.get("type")
+            ops.append(Op("delete", kind, obj.name, obj.owner, body))
+    referenced = {
+        o.get("servername")
+        for o in [*actual.of_kind("service"), *desired.of_kind("service")]
+        if ("service", o.name) not in deleted
+    }
+    for server in actual.of_kind("server"):
+        if desired.get("server", server.name) or server.name in referenced:
+            continue
+        ops.append(Op("delete", "server", server.name, server.owner, {"name": server.name}))
+
+    return Plan(stages=_stages(ops), holds=tuple(holds))
+
+
+def _first_user(desired: ns.NetScalerState, server: str) -> str:
+    users = sorted(o.owner for o in desired.of_kind("service") if o.get("servername") == server)
+    return users[0] if users else ns.SHARED_OWNER
+
+
+def _stages(ops: list[Op]) -> tuple[Stage, ...]:
+    grouped: dict[tuple[str, str], list[Op]] = defaultdict(list)
+    for op in ops:
+        grouped[(op.verb, op.kind)].append(op)
+    return tuple(
+        Stage(verb, kind, tuple(sorted(grouped[(verb, kind)], key=lambda o: o.name)))
+        for verb, kind in sorted(grouped, key=lambda step: _RANK[step])
+    )

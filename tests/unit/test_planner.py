@@ -1,0 +1,299 @@
+"""Planner behaviour: transitions from actual + intent to a plan, and properties over many inputs."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dsr_operator.api import models
+from dsr_operator.netscaler import models as ns
+from dsr_operator.netscaler import render
+from dsr_operator.planner import desired as d
+from dsr_operator.planner import names
+from dsr_operator.planner import plan as planner
+
+from . import nsmodel
+
+OP_ID = "test"
+EMPTY = ns.NetScalerState()
+
+
+def spec(
+    vip: str = "192.0.2.10", ports: list[int | str] | None = None, **kw: object
+) -> models.DsrServiceSpec:
+    body = {"vip": vip, "ports": ports or [80], "backends": {"service": "web"}, **kw}
+    return models.DsrServiceSpec.model_validate(body)
+
+
+def intent(name: str = "web", backends: tuple[d.Backend, ...] = (), **kw: object) -> d.Intent:
+    ref = models.ObjectRef(namespace="shop", name=name, uid=f"uid-{name}")
+    return d.Intent(ref, spec(**kw), backends)
+
+
+def hosts(*octets: int, ready: bool = True) -> tuple[d.Backend, ...]:
+    return tuple(d.Backend(f"n{o}", f"198.51.100.{o}", loopback_ready=ready) for o in octets)
+
+
+def converge(
+    actual: ns.NetScalerState,
+    intents: list[d.Intent],
+    policy: planner.Policy,
+    scope: frozenset[str] | None = None,
+) -> ns.NetScalerState:
+    want = d.desired(intents)
+    for _ in range(6):
+        plan = planner.diff(want, actual, policy, scope)
+        if plan.empty:
+            return actual
+        actual = nsmodel.elapse(nsmodel.apply(actual, plan, policy.operator_id))
+    raise AssertionError("did not converge in 6 rounds")
+
+
+def commands(plan: planner.Plan) -> list[str]:
+    return [render.command(op.verb, op.kind, op.body) for op in plan.ops]
+
+
+def test_from_scratch_follows_the_seed_procedure_in_dependency_order() -> None:
+    plan = planner.diff(d.desired([intent(backends=hosts(21))]), EMPTY, planner.Policy(OP_ID))
+    assert [(s.verb, s.kind) for s in plan.stages] == [
+        ("enable", "nsmode"),
+        ("add", "server"),
+        ("add", "lbmonitor"),
+        ("add", "service"),
+        ("bind", ns.MONITOR_BINDING),
+        ("add", "lbvserver"),
+        ("bind", ns.VSERVER_BINDING),
+    ]
+    cmds = commands(plan)
+    assert cmds[0] == "enable ns mode MBF"
+    assert (
+        "add service dsr-shop_web_80_198.51.100.21 dsr-198.51.100.21 ANY 80 -healthMonitor YES -usip YES"
+        " -comment dsr-operator:test:uid-web" in cmds
+    )
+    assert any(
+        c.startswith("add lb vserver dsr-shop_web_80 ANY 192.0.2.10 80 -lbMethod LEASTCONNECTION -m MAC")
+        for c in cmds
+    )
+    assert any(
+        c.startswith("add lb monitor dsr-shop_web_tcp TCP -destIP 192.0.2.10") and "-transparent YES" in c
+        for c in cmds
+    )
+
+
+def test_wildcard_port_is_65535_and_rendered_as_star() -> None:
+    plan = planner.diff(
+        d.desired([intent(backends=hosts(21), ports=["*"], healthCheck={"port": 22})]),
+        EMPTY,
+        planner.Policy(OP_ID),
+    )
+    vs = next(op for op in plan.ops if op.kind == "lbvserver")
+    assert vs.body["port"] == 65535 and vs.name == "dsr-shop_web_any"
+    assert "add lb vserver dsr-shop_web_any ANY 192.0.2.10 * " in render.command(vs.verb, vs.kind, vs.body)
+
+
+def test_backend_without_loopback_gets_a_service_but_no_binding() -> None:
+    plan = planner.diff(d.desired([intent(backends=hosts(21, ready=False))]), EMPTY, planner.Policy(OP_ID))
+    assert [op for op in plan.ops if op.kind == "service"]
+    assert not [op for op in plan.ops if op.kind == ns.VSERVER_BINDING]
+
+
+def test_converged_state_plans_nothing() -> None:
+    intents = [intent(backends=hosts(21, 22))]
+    actual = converge(EMPTY, intents, planner.Policy(OP_ID))
+    assert planner.diff(d.desired(intents), actual, planner.Policy(OP_ID)).empty
+
+
+def test_removed_backend_is_drained_then_unbound_then_deleted() -> None:
+    policy = planner.Policy(OP_ID, default_guard_percent=100)
+    actual = converge(EMPTY, [intent(backends=hosts(21, 22), drainSeconds=30)], policy)
+    smaller = d.desired([intent(backends=hosts(21), drainSeconds=30)])
+    first = planner.diff(
+        smaller, actual, planner.Policy(OP_ID, drain_seconds={"uid-web": 30}, default_guard_percent=100)
+    )
+    assert commands(first) == ["disable service dsr-shop_web_80_198.51.100.22 30 -graceful YES"]
+    assert [h.reason for h in first.holds] == ["Draining"] and first.retry_after == 30
+    draining = nsmodel.apply(actual, first, OP_ID)
+    assert planner.diff(smaller, draining, policy).ops == []  # still draining: nothing else moves
+    done = nsmodel.elapse(draining)
+    assert commands(planner.diff(smaller, done, policy)) == [
+        "unbind lb vserver dsr-shop_web_80 dsr-shop_web_80_198.51.100.22",
+        "unbind service dsr-shop_web_80_198.51.100.22 -monitorName dsr-shop_web_tcp",
+        "rm service dsr-shop_web_80_198.51.100.22",
+        "rm server dsr-198.51.100.22",
+    ]
+
+
+def test_blast_radius_guard_keeps_half_of_the_bound_backends() -> None:
+    policy = planner.Policy(OP_ID, default_drain_seconds=0)
+    actual = converge(EMPTY, [intent(backends=hosts(1, 2, 3, 4))], policy)
+    plan = planner.diff(d.desired([intent(backends=())]), actual, policy)
+    unbinds = [op for op in plan.ops if op.verb == "unbind" and op.kind == ns.VSERVER_BINDING]
+    assert len(unbinds) == 2
+    assert [h.reason for h in plan.holds] == ["BlastRadiusGuard"]
+
+
+def test_deleting_the_dsrservice_is_not_limited_by_the_guard() -> None:
+    policy = planner.Policy(OP_ID, default_drain_seconds=0)
+    actual = converge(EMPTY, [intent(backends=hosts(1, 2, 3, 4))], policy)
+    after = converge(actual, [], policy, scope=frozenset({"uid-web"}))
+    assert after.objects == {} and after.bindings == frozenset()
+
+
+def test_a_shared_server_stays_while_another_dsrservice_uses_it() -> None:
+    policy = planner.Policy(OP_ID, default_drain_seconds=0)
+    both = [intent("web", hosts(21)), intent("api", hosts(21), vip="192.0.2.11")]
+    actual = converge(EMPTY, both, policy)
+    assert len(actual.of_kind("server")) == 1
+    after = converge(actual, both[1:], policy, scope=frozenset({"uid-web"}))
+    assert [s.name for s in after.of_kind("server")] == ["dsr-198.51.100.21"]
+    assert {o.owner for o in after.objects.values()} == {"uid-api", ns.SHARED_OWNER}
+
+
+def test_hand_made_object_with_our_name_is_never_touched() -> None:
+    foreign = ns.NetScalerState(foreign=frozenset({("lbvserver", "dsr-shop_web_80")}))
+    plan = planner.diff(d.desired([intent(backends=hosts(21))]), foreign, planner.Policy(OP_ID))
+    assert all(op.name != "dsr-shop_web_80" and not op.name.startswith("dsr-shop_web_80 ") for op in plan.ops)
+    assert [h.reason for h in plan.holds] == ["NameConflict"]
+
+
+def test_names_stay_valid_and_unique_when_too_long() -> None:
+    long_ref = models.ObjectRef(namespace="n" * 63, name="x" * 63, uid="u")
+    name = names.service(long_ref, 443, "2001:db8::1")
+    assert len(name) <= names.MAX_LENGTH and name.startswith("dsr-")
+    other = names.service(long_ref, 443, "2001:db8::2")
+    assert name != other
+
+
+def test_vip_conflict_younger_loses() -> None:
+    a = models.ObjectRef(namespace="a", name="one", uid="1")
+    b = models.ObjectRef(namespace="b", name="two", uid="2")
+    conflicts = d.vip_conflicts(
+        [
+            (b, spec(ports=[80, 443]), "2026-01-02"),
+            (a, spec(ports=["*"], healthCheck={"port": 80}), "2026-01-01"),
+        ]
+    )
+    assert [(c.loser.name, c.winner.name) for c in conflicts] == [("two", "one")]
+
+
+# --- properties -----------------------------------------------------------------------------------
+
+addresses = st.sampled_from([f"198.51.100.{i}" for i in range(1, 6)])
+backend_sets = st.lists(
+    st.builds(lambda a, r: d.Backend(a, a, loopback_ready=r), addresses, st.booleans()),
+    max_size=4,
+    unique_by=lambda b: b.address,
+)
+port_sets = st.lists(st.sampled_from([80, 443, 8080]), min_size=1, max_size=2, unique=True)
+
+
+@st.composite
+def intent_sets(draw: st.DrawFn) -> list[d.Intent]:
+    count = draw(st.integers(min_value=0, max_value=3))
+    result = []
+    for i in range(count):
+        ref = models.ObjectRef(namespace="ns", name=f"svc{i}", uid=f"uid-{i}")
+        s = spec(
+            vip=f"192.0.2.{i + 1}",
+            ports=draw(port_sets),
+            lbMethod=draw(st.sampled_from(["ROUNDROBIN", "LEASTCONNECTION"])),
+            healthCheck={"type": draw(st.sampled_from(["TCP", "PING"]))},
+        )
+        result.append(d.Intent(ref, s, tuple(draw(backend_sets))))
+    return result
+
+
+foreign_names = st.lists(
+    st.tuples(
+        st.sampled_from(["lbvserver", "service", "server", "lbmonitor"]),
+        st.sampled_from(
+            [
+                "dsr-ns_svc0_80",
+                "dsr-198.51.100.1",
+                "dsr-ns_svc1_tcp",
+                "dsr-hand-made",
+                "dsr-ns_svc0_80_198.51.100.2",
+            ]
+        ),
+    ),
+    max_size=3,
+)
+PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FREE = planner.Policy(OP_ID, default_guard_percent=100)
+
+
+@PROPS
+@given(before=intent_sets(), after=intent_sets())
+def test_plans_converge_to_desired_and_then_plan_nothing(
+    before: list[d.Intent], after: list[d.Intent]
+) -> None:
+    actual = converge(EMPTY, before, FREE)
+    final = converge(actual, after, FREE)
+    assert nsmodel.ours(final) == nsmodel.ours(d.desired(after)) if after else final.objects == {}
+    assert planner.diff(d.desired(after), final, FREE).empty
+
+
+@PROPS
+@given(before=intent_sets(), after=intent_sets())
+def test_one_plan_reaches_desired_when_nothing_must_drain(
+    before: list[d.Intent], after: list[d.Intent]
+) -> None:
+    policy = planner.Policy(OP_ID, default_guard_percent=100, default_drain_seconds=0)
+    actual = converge(EMPTY, before, policy)
+    once = nsmodel.apply(actual, planner.diff(d.desired(after), actual, policy), OP_ID)
+    want = d.desired(after)
+    assert nsmodel.ours(once) == nsmodel.ours(want) if after else once.objects == {}
+
+
+@PROPS
+@given(intents=intent_sets(), foreign=foreign_names)
+def test_no_operation_names_an_object_without_our_marker(intents: list[d.Intent], foreign: list) -> None:
+    actual = ns.NetScalerState(foreign=frozenset(foreign))
+    plan = planner.diff(d.desired(intents), actual, FREE)
+    touched: set[tuple[str, str]] = set()
+    for op in plan.ops:
+        if op.kind == ns.VSERVER_BINDING:
+            parent, child = op.name.split(" ")
+            touched |= {("lbvserver", parent), ("service", child)}
+        elif op.kind == ns.MONITOR_BINDING:
+            parent, child = op.name.split(" ")
+            touched |= {("service", parent), ("lbmonitor", child)}
+        elif op.kind == "service":
+            touched |= {("service", op.name), ("server", op.body.get("servername", ""))}
+        else:
+            touched.add((op.kind, op.name))
+    assert not touched & set(foreign)
+
+
+@PROPS
+@given(before=intent_sets(), after=intent_sets())
+def test_guard_never_removes_more_than_half_of_a_live_vserver(
+    before: list[d.Intent], after: list[d.Intent]
+) -> None:
+    policy = planner.Policy(OP_ID, default_drain_seconds=0)
+    actual = converge(EMPTY, before, FREE)
+    plan = planner.diff(d.desired(after), actual, policy)
+    live = {i.ref.uid for i in after}
+    for vserver in actual.of_kind("lbvserver"):
+        if vserver.owner not in live:
+            continue
+        bound = [b for b in actual.bindings if b.parent == vserver.name]
+        gone = [
+            op
+            for op in plan.ops
+            if op.kind == ns.VSERVER_BINDING
+            and op.verb == "unbind"
+            and op.name.startswith(vserver.name + " ")
+        ]
+        assert len(gone) <= len(bound) // 2
+
+
+@PROPS
+@given(before=intent_sets(), after=intent_sets())
+def test_owners_outside_scope_are_untouched(before: list[d.Intent], after: list[d.Intent]) -> None:
+    actual = converge(EMPTY, before, FREE)
+    scope = frozenset(i.ref.uid for i in after)
+    plan = planner.diff(d.desired(after), actual, FREE, scope)
+    for op in plan.ops:
+        if op.verb in ("delete", "unbind", "disable") and op.owner != ns.SHARED_OWNER:
+            assert op.owner in scope
