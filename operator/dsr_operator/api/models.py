@@ -48,7 +48,11 @@ class HealthCheckType(enum.StrEnum):
 
 class _Model(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(
-        frozen=True, extra="forbid", populate_by_name=True, alias_generator=pydantic.alias_generators.to_camel
+        frozen=True,
+        extra="forbid",
+        populate_by_name=True,
+        alias_generator=pydantic.alias_generators.to_camel,
+        use_attribute_docstrings=True,
     )
 
 
@@ -76,7 +80,7 @@ class Backends(_Model):
     """Where the backends come from: exactly one of `service` or `static`."""
 
     service: Annotated[str, pydantic.Field(min_length=1, max_length=63)] | None = None
-    static: Annotated[list[StaticBackend], pydantic.Field(min_length=1)] | None = None
+    static: Annotated[list[StaticBackend], pydantic.Field(min_length=1, max_length=256)] | None = None
 
     @pydantic.model_validator(mode="after")
     def _exactly_one(self) -> Backends:
@@ -166,7 +170,7 @@ class DsrService(_Model):
 class NodeConfigSpec(_Model):
     """Written by the operator: the VIPs this node must hold on its loopback/dummy interface."""
 
-    vips: list[IPAddress] = []
+    vips: Annotated[list[IPAddress], pydantic.Field(max_length=1024)] = []
 
 
 class VipError(_Model):
@@ -185,6 +189,13 @@ class Condition(_Model):
     observed_generation: int | None = None
 
 
+class DriftRepair(_Model):
+    """When the node's agent last restored host state that was changed behind its back, and what."""
+
+    time: str
+    repaired: list[str] = []
+
+
 class NodeConfigStatus(_Model):
     """Written by the node's agent only: what it applied, where, and with which host settings."""
 
@@ -197,6 +208,7 @@ class NodeConfigStatus(_Model):
     rp_filter: dict[str, int] = {}
     conditions: list[Condition] = []
     last_error: str | None = None
+    last_drift_repair: DriftRepair | None = None
 
 
 class DsrNodeConfig(_Model):

@@ -1,0 +1,219 @@
+"""CustomResourceDefinitions generated from the pydantic models (`dsr-operator crd`).
+
+Pydantic's JSON Schema is turned into a Kubernetes structural schema: references inlined,
+optional fields made plain, `*`-or-port as int-or-string, and CEL rules (`x-kubernetes-validations`)
+for what spans fields or what OpenAPI cannot say (an IPv4-or-IPv6 address, exactly one backend kind).
+The committed files in crds/ must equal this output; a test checks it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+
+from dsr_operator.api import models
+
+_CEL: dict[str, list[dict[str, str]]] = {
+    "Backends": [
+        {
+            "rule": "has(self.service) != has(self.static)",
+            "message": "exactly one of backends.service and backends.static must be set",
+        },
+    ],
+    "HealthCheck": [
+        {
+            "rule": "!has(self.timeoutSeconds) || !has(self.intervalSeconds) || self.timeoutSeconds < self.intervalSeconds",
+            "message": "healthCheck.timeoutSeconds must be less than healthCheck.intervalSeconds",
+        },
+    ],
+    "DsrServiceSpec": [
+        {
+            "rule": "size(self.ports) != 1 || type(self.ports[0]) == int || (has(self.healthCheck) && "
+            "((has(self.healthCheck.type) && self.healthCheck.type == 'PING') || has(self.healthCheck.port)))",
+            "message": 'healthCheck.port is required when ports is ["*"] and healthCheck.type is TCP',
+        },
+        {
+            "rule": "size(self.ports) == 1 || self.ports.all(p, type(p) == int)",
+            "message": '"*" already covers every port; list it alone',
+        },
+    ],
+}
+_IP_RULE = [{"rule": "isIP(self)", "message": "must be an IPv4 or IPv6 address"}]
+_PORT_RULE = [
+    {
+        "rule": "type(self) == string ? self == '*' : (self >= 1 && self <= 65535)",
+        "message": 'a port is 1-65535 or "*"',
+    }
+]
+
+
+def _structural(node: Any, defs: dict[str, Any], name: str | None = None) -> Any:
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        ref = node["$ref"].rsplit("/", 1)[-1]
+        merged = {**copy.deepcopy(defs[ref]), **{k: v for k, v in node.items() if k != "$ref"}}
+        return _structural(merged, defs, ref)
+    options = node.get("anyOf")
+    if options is not None:
+        non_null = [o for o in options if o.get("type") != "null"]
+        kinds = {o.get("type") for o in non_null if "$ref" not in o}
+        if len(non_null) == 2 and kinds == {"integer", "string"}:
+            out: dict[str, Any] = {"x-kubernetes-int-or-string": True, "x-kubernetes-validations": _PORT_RULE}
+            return out
+        if len(non_null) == 1:
+            rest = {k: v for k, v in node.items() if k not in ("anyOf", "default")}
+            return _structural({**non_null[0], **rest}, defs, name)
+        raise ValueError(f"cannot express anyOf {options} structurally")
+    out = {}
+    for key, value in node.items():
+        if key in ("title", "$defs", "additionalProperties") and not (
+            key == "additionalProperties" and value
+        ):
+            continue
+        if key == "properties":
+            out[key] = {k: _structural(v, defs) for k, v in value.items()}
+        elif key == "items":
+            out[key] = _structural(value, defs)
+        elif key == "additionalProperties":
+            out[key] = _structural(value, defs) if isinstance(value, dict) else value
+        elif key == "default" and value is None:
+            continue
+        elif key == "const":
+            out["enum"] = [value]
+            out.setdefault("type", "string")
+        elif key == "description":
+            out[key] = " ".join(str(value).split())
+        else:
+            out[key] = value
+    if name in _CEL:
+        out["x-kubernetes-validations"] = _CEL[name]
+    return out
+
+
+def _schema(model: type[models.pydantic.BaseModel]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.get("$defs", {})
+    return _structural(raw, defs, model.__name__)
+
+
+def _mark_ips(schema: dict[str, Any], paths: list[list[str]]) -> None:
+    for path in paths:
+        node = schema
+        for part in path:
+            node = node["items"] if part == "[]" else node["properties"][part]
+        node["x-kubernetes-validations"] = _IP_RULE
+        node["maxLength"] = 45
+
+
+def dsrservice_crd() -> dict[str, Any]:
+    spec = _schema(models.DsrServiceSpec)
+    spec.pop("description", None)
+    _mark_ips(spec, [["vip"], ["backends", "static", "[]", "address"]])
+    return _crd(
+        kind=models.SERVICE_KIND,
+        plural=models.SERVICE_PLURAL,
+        scope="Namespaced",
+        short=["dsrsvc"],
+        spec=spec,
+        description="A VIP load-balanced by NetScaler with Direct Server Return to its backends.",
+        columns=[
+            {"name": "VIP", "type": "string", "jsonPath": ".spec.vip"},
+            {"name": "Ports", "type": "string", "jsonPath": ".spec.ports"},
+            {"name": "Bound", "type": "integer", "jsonPath": ".status.backends.bound"},
+            {"name": "Desired", "type": "integer", "jsonPath": ".status.backends.desired"},
+            {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+    )
+
+
+def dsrnodeconfig_crd() -> dict[str, Any]:
+    spec = _schema(models.NodeConfigSpec)
+    spec.pop("description", None)
+    spec["properties"]["vips"]["items"]["x-kubernetes-validations"] = _IP_RULE
+    spec["properties"]["vips"]["items"]["maxLength"] = 45
+    spec["properties"]["vips"]["x-kubernetes-list-type"] = "set"
+    return _crd(
+        kind=models.NODECONFIG_KIND,
+        plural=models.NODECONFIG_PLURAL,
+        scope="Cluster",
+        short=["dsrnode"],
+        spec=spec,
+        description="The VIPs one node must hold on its loopback; its status is written by the node agent.",
+        columns=[
+            {"name": "VIPs", "type": "string", "jsonPath": ".spec.vips"},
+            {"name": "Applied", "type": "string", "jsonPath": ".status.appliedVips"},
+            {"name": "Mode", "type": "string", "jsonPath": ".status.mode"},
+            {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+    )
+
+
+def _crd(
+    *,
+    kind: str,
+    plural: str,
+    scope: str,
+    short: list[str],
+    spec: dict[str, Any],
+    description: str,
+    columns: list[dict[str, str]],
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{models.GROUP}"},
+        "spec": {
+            "group": models.GROUP,
+            "scope": scope,
+            "names": {
+                "kind": kind,
+                "plural": plural,
+                "singular": kind.lower(),
+                "listKind": f"{kind}List",
+                "shortNames": short,
+                "categories": ["dsr"],
+            },
+            "versions": [
+                {
+                    "name": models.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": description,
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def render() -> dict[str, str]:
+    """File name → YAML text of each CRD."""
+    header = "# Generated by `dsr-operator crd` from operator/dsr_operator/api/models.py; do not edit.\n"
+    return {
+        "dsrservice.yaml": header + yaml.dump(dsrservice_crd(), Dumper=_Dumper, sort_keys=False),
+        "dsrnodeconfig.yaml": header + yaml.dump(dsrnodeconfig_crd(), Dumper=_Dumper, sort_keys=False),
+    }

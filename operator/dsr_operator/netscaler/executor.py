@@ -1,0 +1,165 @@
+"""Read our objects from NetScaler and carry out a plan, stage by stage, in bulk requests.
+
+Reading costs one GET per object type (filtered to our name prefix, only the fields we use).
+Writing sends each plan stage as bulk requests with `X-NITRO-ONERROR: continue`, so one bad object
+fails alone and is reported against its DsrService (per-object error isolation). Outcomes that mean
+"already as wanted" (deleting what is gone, binding what is bound) count as success, so a partly
+applied plan is safe to run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from dsr_operator.netscaler import client as nitro
+from dsr_operator.netscaler import errors
+from dsr_operator.netscaler import models as ns
+from dsr_operator.planner import plan as planner
+
+log = logging.getLogger(__name__)
+
+#: Largest number of objects sent in one bulk request.
+CHUNK = 1000
+
+_PREFIX_FILTER = {"name": f"/^{ns.PREFIX}/"}
+_ATTRS: dict[str, tuple[str, ...]] = {
+    "server": ("name", "ipaddress", "comment", "state"),
+    "service": ("name", "servername", "servicetype", "port", "usip", "healthmonitor", "comment", "svrstate"),
+    "lbvserver": ("name", "servicetype", "ipv46", "port", "lbmethod", "m", "comment", "curstate"),
+    "lbmonitor": (
+        "monitorname",
+        "type",
+        "interval",
+        "resptimeout",
+        "retries",
+        "destip",
+        "destport",
+        "transparent",
+        "comment",
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    op: planner.Op
+    error: errors.NitroError
+
+    def __str__(self) -> str:
+        return f"{self.op.verb} {self.op.kind} {self.op.name}: {self.error}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    applied: tuple[planner.Op, ...]
+    failures: tuple[Failure, ...]
+
+    def failures_for(self, owner: str) -> list[Failure]:
+        return [f for f in self.failures if f.op.owner == owner]
+
+
+async def read_actual(client: nitro.NitroClient, operator_id: str) -> ns.NetScalerState:
+    """Our objects on the box (and the names of hand-made ones with our prefix), in one GET per type."""
+
+    async def objects(rtype: str) -> list[dict[str, Any]]:
+        key = ns.KINDS[rtype].key
+        return await client.get(rtype, filter={key: f"/^{ns.PREFIX}/"}, attrs=_ATTRS[rtype])
+
+    async def bindings(rtype: str) -> list[dict[str, Any]]:
+        return await client.get(rtype, filter=_PREFIX_FILTER, bulkbindings=True)
+
+    modes, *records = await asyncio.gather(
+        client.get_modes(),
+        *(objects(rtype) for rtype in ns.KINDS),
+        bindings(ns.VSERVER_BINDING),
+        bindings(ns.MONITOR_BINDING),
+    )
+    by_type = dict(zip([*ns.KINDS, ns.VSERVER_BINDING, ns.MONITOR_BINDING], records, strict=True))
+    return ns.parse_actual(by_type, operator_id=operator_id, mbf=_truthy(modes.get("mbf")))
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() in ("true", "yes", "enabled"))
+
+
+def _benign(op: planner.Op, error: errors.NitroError) -> bool:
+    """Errors that mean the object is already as the operation wants it."""
+    if op.verb in ("delete", "unbind"):
+        return isinstance(error, errors.NitroNotFound | errors.NitroNotBound)
+    if op.verb == "bind":
+        return isinstance(error, errors.NitroAlreadyExists)
+    return False
+
+
+async def _send(client: nitro.NitroClient, stage: planner.Stage, batch: Sequence[planner.Op]) -> list[Any]:
+    bodies = [dict(op.body) for op in batch]
+    if stage.kind == planner.NSMODE:
+        await client.enable_modes(sorted({m for body in bodies for m in body["mode"]}))
+        return [nitro.ItemResult(i, b, ok=True) for i, b in enumerate(bodies)]
+    verb = stage.verb
+    if verb == "add":
+        return await client.add(stage.kind, bodies)
+    if verb == "update":
+        return await client.update(stage.kind, bodies)
+    if verb == "delete":
+        return await client.delete(stage.kind, bodies)
+    if verb == "bind":
+        return await client.bind(stage.kind, bodies)
+    if verb == "unbind":
+        return await client.unbind(stage.kind, bodies)
+    return await client.action(stage.kind, verb, bodies)
+
+
+async def execute(client: nitro.NitroClient, plan: planner.Plan) -> Outcome:
+    """Carry out the plan's stages in order; failed objects are reported, the rest goes on.
+
+    An operation whose prerequisite failed (a service whose server could not be added) fails on
+    the box too and is reported the same way; nothing is skipped silently.
+    """
+    applied: list[planner.Op] = []
+    failures: list[Failure] = []
+    for stage in plan.stages:
+        batches = [stage.ops[i : i + CHUNK] for i in range(0, len(stage.ops), CHUNK)]
+        results = await asyncio.gather(*(_send(client, stage, b) for b in batches), return_exceptions=True)
+        for batch, result in zip(batches, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, errors.NitroError):
+                    raise result
+                if isinstance(result, errors.NitroTransportError | errors.NitroServerError):
+                    raise result  # the box is unreachable or failing: stop, the next run resumes
+                failures.extend(Failure(op, result) for op in batch)
+                continue
+            for op, item in zip(batch, result, strict=True):
+                if item.ok or (item.error is not None and _benign(op, item.error)):
+                    applied.append(op)
+                elif item.error is not None:
+                    failures.append(Failure(op, item.error))
+                else:
+                    failures.append(Failure(op, errors.NitroError("not attempted")))
+    for failure in failures:
+        log.warning("NetScaler refused: %s", failure)
+    return Outcome(applied=tuple(applied), failures=tuple(failures))
+
+
+def connect(settings: Any, **kwargs: Any) -> nitro.NitroClient:
+    """A NITRO client from `settings.NitroSettings` (not yet opened; use `async with`)."""
+    import aiohttp  # local: keeps this module importable for type checks without a session
+
+    username, password = settings.credentials()
+    return nitro.NitroClient(
+        settings.url,
+        username=username,
+        password=password,
+        verify_tls=settings.verify_tls,
+        ca_file=settings.ca_file,
+        timeout=aiohttp.ClientTimeout(
+            total=settings.timeout_seconds, connect=min(5.0, settings.timeout_seconds)
+        ),
+        max_concurrency=settings.max_concurrency,
+        retries=settings.retries,
+        **kwargs,
+    )

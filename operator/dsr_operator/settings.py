@@ -1,0 +1,40 @@
+"""Settings, one root of small groups, from flags or environment (pydantic-settings).
+
+Every field has a default and a unit in its name or description. Secrets are read from files
+(mounted Kubernetes Secrets) or the environment, never from the command line.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import pydantic
+import pydantic_settings
+
+
+class NitroSettings(pydantic_settings.BaseSettings):
+    """How to reach NetScaler (env prefix DSR_NETSCALER_)."""
+
+    model_config = pydantic_settings.SettingsConfigDict(env_prefix="DSR_NETSCALER_", extra="ignore")
+
+    url: str = "http://127.0.0.1:9080"
+    username: str = "nsroot"
+    username_file: pathlib.Path | None = None
+    password: pydantic.SecretStr | None = None
+    password_file: pathlib.Path | None = None
+    ca_file: str | None = None
+    verify_tls: bool = True
+    timeout_seconds: float = 30.0
+    max_concurrency: int = pydantic.Field(default=8, ge=1, le=64)
+    retries: int = pydantic.Field(default=4, ge=0, le=20)
+
+    def credentials(self) -> tuple[str, str]:
+        """(username, password) from files first, then the environment; the password is never logged."""
+        username = self.username
+        if self.username_file is not None:
+            username = self.username_file.read_text().strip()
+        if self.password_file is not None:
+            return username, self.password_file.read_text().rstrip("\n")
+        if self.password is not None:
+            return username, self.password.get_secret_value()
+        raise ValueError("no NetScaler password: set DSR_NETSCALER_PASSWORD_FILE or DSR_NETSCALER_PASSWORD")
