@@ -94,9 +94,10 @@ def load_manifests(paths: Iterable[pathlib.Path]) -> tuple[list[Loaded], list[st
         (item.service.ref, item.service.spec, f"{order[item.service.ref]:08d}") for item in loaded
     ):
         item = by_ref[conflict.loser]
+        winner = f"{conflict.winner.namespace}/{conflict.winner.name}"
         problems.append(
             f"{item.path}: DsrService {conflict.loser.namespace}/{conflict.loser.name}: spec.ports: "
-            f"{conflict.endpoint} is already claimed by DsrService {conflict.winner.namespace}/{conflict.winner.name}"
+            f"{conflict.endpoint} is already claimed by DsrService {winner}"
         )
     return loaded, problems, notices
 

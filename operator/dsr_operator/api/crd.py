@@ -24,14 +24,16 @@ _CEL: dict[str, list[dict[str, str]]] = {
     ],
     "HealthCheck": [
         {
-            "rule": "!has(self.timeoutSeconds) || !has(self.intervalSeconds) || self.timeoutSeconds < self.intervalSeconds",
+            "rule": "!has(self.timeoutSeconds) || !has(self.intervalSeconds) || "
+            "self.timeoutSeconds < self.intervalSeconds",
             "message": "healthCheck.timeoutSeconds must be less than healthCheck.intervalSeconds",
         },
     ],
     "DsrServiceSpec": [
         {
             "rule": "size(self.ports) != 1 || type(self.ports[0]) == int || (has(self.healthCheck) && "
-            "((has(self.healthCheck.type) && self.healthCheck.type == 'PING') || has(self.healthCheck.port)))",
+            "((has(self.healthCheck.type) && self.healthCheck.type == 'PING') || "
+            "has(self.healthCheck.port)))",
             "message": 'healthCheck.port is required when ports is ["*"] and healthCheck.type is TCP',
         },
         {
