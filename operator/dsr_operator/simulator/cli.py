@@ -25,9 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--listen", default="127.0.0.1:9080", metavar="HOST:PORT", help="default %(default)s")
     parser.add_argument("--state", type=pathlib.Path, metavar="FILE", help="persist the configuration here")
     parser.add_argument("--user", help="NITRO user (env DSR_SIM_USER; default nsroot)")
-    parser.add_argument(
-        "--password-file", type=pathlib.Path, metavar="P", help="password file (env DSR_SIM_PASSWORD)"
-    )
+    parser.add_argument("--password-file", type=pathlib.Path, metavar="P", help="password file (env DSR_SIM_PASSWORD)")
     parser.add_argument(
         "--session-timeout", type=float, default=1800.0, metavar="SECONDS", help="idle timeout (%(default)s)"
     )

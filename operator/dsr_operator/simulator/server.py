@@ -1,0 +1,617 @@
+"""HTTP face of the NITRO simulator: routes, auth, envelopes, bulk, persistence, fault injection.
+
+A plain `aiohttp.web.Application` (see `make_app`) serving the NITRO subset in
+`reference/nitro-api.md` under `/nitro/v1/config/`, on top of the pure model in `store.py`.
+`running()` starts one on a real socket for tests, benchmarks and the `demo` command.
+
+NITRO behaviour worth knowing:
+* login: `POST /nitro/v1/config/login` → 201, body `sessionid`, `Set-Cookie: NITRO_AUTH_TOKEN=<url-encoded
+  token>; path=/nitro/v1`. A `sessionid` cookie is accepted too, and so are `X-NITRO-USER` /
+  `X-NITRO-PASS` headers per request (no cookie). Expired or killed token → 401/444; no credentials
+  → 401/1027; bad credentials → 401/354.
+* bulk: an array under the type key on add, update, bind and actions. Two more URL shapes are those of
+  the NetScaler Java SDK and are what our client relies on: bulk delete is
+  `POST /nitro/v1/config/<type>?action=rm` with an array of key objects (`lbmonitor` needs `type` too),
+  and bulk unbind is `POST /nitro/v1/config/<binding>?action=unbind` with an array of binding objects.
+  `X-NITRO-ONERROR: exit|continue|rollback` (or the SDK's body `"params": {"onerror": ...}`);
+  default `exit`. Rollback only for add/bind (otherwise 599/1242). All items fine → 201 (add/bind)
+  or 200; any failure → 207 with errorcode 1243 and a per-item `response` list.
+* `POST /config/<type>?idempotent=yes` adds, or updates an existing object (200).
+* GET: `args=k:v,...`, `filter=k:v,...` (exact, or `/regex/`), `attrs=a,b`, `count=yes`
+  (`{"<type>":[{"__count":N}]}`, N a number), `bulkbindings=yes` for a binding type without a name.
+  `nsmode` and `nsconfig` come back as objects, everything else as arrays; no key when empty.
+
+Simulator control endpoints, outside `/nitro/`, without auth, JSON in and out (400 on bad input):
+* `GET /_sim/faults` current settings; `POST /_sim/faults` `{"latencyMs": float, "errorRate": 0..1,
+  "errorStatus": int (503), "dropConnections": int, "expireSessions": bool, "seed": int}`, all
+  optional, merged into the current settings; `DELETE /_sim/faults` clears them. Latency delays
+  every NITRO request; an error-rate hit answers `errorStatus` with a NITRO envelope whose errorcode
+  equals the HTTP status (so it never looks like a validation error); a dropped request has its
+  connection closed without a response; `expireSessions` expires all sessions at once.
+* `GET /_sim/stats` → `{"requests", "writes", "byMethod", "byResource"}` over NITRO requests since
+  start or `POST /_sim/stats/reset`; `writes` counts non-GET requests other than login/logout.
+* `GET /_sim/hosts` → `{"down": [ip, ...]}`; `POST /_sim/hosts` `{"<ip>": "UP"|"DOWN", ...}` marks
+  backend hosts reachable or not (drives service `svrstate`; every host is reachable by default).
+* `GET /_sim/journal[?since=<seq>]` → ordered successful writes
+  `[{"seq", "time", "method", "resource", "action", "name", "key"}]`; `name` is the first key field
+  (the vserver of an lbvserver binding), `key` all of them.
+* `GET /_sim/ha`, `POST /_sim/ha` `{"state": "Primary"|"Secondary"}` sets what `hanode/0` reports.
+* `GET /_sim/config` the persisted document; `POST /_sim/reset` empties the configuration, the
+  journal and the host marks (users and sessions stay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import http
+import json
+import logging
+import os
+import pathlib
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from dsr_operator.simulator import faults as faults_
+from dsr_operator.simulator import schema, sessions, store
+
+logger = logging.getLogger(__name__)
+
+STORE = web.AppKey("store", store.Store)
+SESSIONS = web.AppKey("sessions", sessions.Sessions)
+FAULTS = web.AppKey("faults", faults_.Faults)
+STATS = web.AppKey("stats", faults_.Stats)
+
+CONFIG_PREFIX = "/nitro/v1/config"
+ONERROR_HEADER = "X-NITRO-ONERROR"
+COOKIE = "NITRO_AUTH_TOKEN"
+NITRO_CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded", "text/plain", "")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# ---------------------------------------------------------------------------- persistence
+
+
+class Persister:
+    """Keeps the store's state in a JSON file: load at start, save after each write and at stop.
+
+    Files are replaced atomically (temp file, fsync, rename); disk I/O runs in a worker thread.
+    """
+
+    def __init__(self, path: pathlib.Path, model: store.Store) -> None:
+        self.path = path
+        self.store = model
+        self.dirty = False
+        self._lock = asyncio.Lock()
+        model.listeners.append(self._mark)
+
+    def _mark(self, change: store.Change) -> None:
+        self.dirty = True
+
+    async def load(self) -> None:
+        doc = await asyncio.to_thread(_read_json, self.path)
+        if doc is not None:
+            self.store.load(doc)
+            logger.info("Loaded simulator state from %s", self.path)
+        self.dirty = False
+
+    async def save(self, *, force: bool = False) -> None:
+        async with self._lock:
+            if not (self.dirty or force):
+                return
+            self.dirty = False
+            doc = self.store.dump()
+            await asyncio.to_thread(_write_json_atomic, self.path, doc)
+
+
+PERSISTER: web.AppKey[Persister | None] = web.AppKey("persister")
+
+
+def _read_json(path: pathlib.Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+def _write_json_atomic(path: pathlib.Path, doc: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+async def _persistence_ctx(app: web.Application) -> AsyncIterator[None]:
+    persister = app[PERSISTER]
+    if persister is not None:
+        await persister.load()
+    yield
+    if persister is not None:
+        await persister.save(force=True)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _reply(status: int, extra: Mapping[str, Any] | None = None, error: store.NitroError | None = None) -> web.Response:
+    body: dict[str, Any] = error.body() if error else {"errorcode": 0, "message": "Done", "severity": "NONE"}
+    if extra:
+        body |= extra
+    return web.json_response(body, status=status)
+
+
+def _resource_of(path: str) -> str:
+    parts = path[len(CONFIG_PREFIX) :].strip("/").split("/") if path.startswith(CONFIG_PREFIX) else []
+    return parts[0] if parts and parts[0] else "?"
+
+
+def _decode_name(raw: str | None) -> str | None:
+    """URL-decode until stable: the official clients encode names twice."""
+    if raw is None:
+        return None
+    for _ in range(3):
+        decoded = urllib.parse.unquote(raw)
+        if decoded == raw:
+            break
+        raw = decoded
+    return raw
+
+
+def _pairs(text: str | None, what: str) -> dict[str, str]:
+    """Parse NITRO `k:v,k2:v2` query values (values may contain `:`, e.g. IPv6)."""
+    out: dict[str, str] = {}
+    if not text:
+        return out
+    for item in text.split(","):
+        key, sep, value = item.partition(":")
+        if not sep or not key:
+            raise store.invalid_argument(what)
+        out[key.strip()] = urllib.parse.unquote(value)
+    return out
+
+
+async def _read_body(request: web.Request) -> dict[str, Any] | None:
+    raw = await request.read()
+    if not raw.strip():
+        return None
+    try:
+        text = raw.decode("utf-8")
+        if request.content_type == "application/x-www-form-urlencoded" and not text.lstrip().startswith("{"):
+            # The old SDKs post `object=<json>`; curl labels plain JSON as a form, so sniff.
+            text = urllib.parse.parse_qs(text).get("object", [""])[0]
+        body = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise store.NitroError(400, 1233, "Invalid JSON input") from None
+    if not isinstance(body, dict):
+        raise store.NitroError(400, 1234, "Invalid JSON data type")
+    return body
+
+
+def _items(body: dict[str, Any] | None, resource: str) -> Any:
+    if body is None or resource not in body:
+        raise store.argument_missing(resource)
+    value = body[resource]
+    if not isinstance(value, dict | list):
+        raise store.NitroError(599, 1234, f"Invalid JSON data type [{resource}]")
+    return value
+
+
+def _onerror(request: web.Request, body: Mapping[str, Any] | None) -> str:
+    params = (body or {}).get("params")
+    from_body = params.get("onerror") if isinstance(params, dict) else None
+    value = request.headers.get(ONERROR_HEADER) or from_body or "exit"
+    return str(value).lower()
+
+
+def _token_of(request: web.Request) -> str | None:
+    token = request.cookies.get(COOKIE) or request.cookies.get("sessionid")
+    if token is None:
+        # The Go client sends its token in a request header named Set-Cookie.
+        for header in request.headers.getall("Set-Cookie", []):
+            name, _, value = header.partition(";")[0].partition("=")
+            if name.strip() == COOKIE:
+                token = value.strip()
+    return urllib.parse.unquote(token) if token else None
+
+
+def _authenticate(request: web.Request) -> None:
+    table = request.app[SESSIONS]
+    token = _token_of(request)
+    if token is not None:
+        try:
+            table.touch(token)
+        except sessions.SessionExpired:
+            raise store.NitroError(401, 444, "Session expired or killed. Please login again") from None
+        except sessions.NotLoggedIn:
+            raise store.NitroError(401, 1027, "Not logged in or connection timed out") from None
+        return
+    user, password = request.headers.get("X-NITRO-USER"), request.headers.get("X-NITRO-PASS")
+    if user is not None and password is not None:
+        if not table.check_password(user, password):
+            raise store.NitroError(401, 354, "Invalid username or password")
+        return
+    raise store.NitroError(401, 1027, "Not logged in or connection timed out")
+
+
+# ---------------------------------------------------------------------------- middleware
+
+
+@web.middleware
+async def _nitro_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not request.path.startswith("/nitro/"):
+        return await handler(request)
+    app = request.app
+    resource = _resource_of(request.path)
+    app[STATS].count(request.method, resource, write=request.method != "GET" and resource not in ("login", "logout"))
+    fault = app[FAULTS]
+    if fault.take_drop():
+        logger.debug("NITRO %s %s dropped (fault)", request.method, request.path)
+        if request.transport is not None:
+            request.transport.abort()
+        raise asyncio.CancelledError()
+    if fault.latency_ms > 0:
+        await asyncio.sleep(fault.latency_ms / 1000)
+    if fault.should_fail():
+        status = fault.error_status
+        response = _reply(status, error=store.NitroError(status, status, _status_reason(status)))
+        logger.debug("NITRO %s %s -> %d (fault)", request.method, request.path, status)
+        return response
+    try:
+        if resource != "login":
+            _authenticate(request)
+        response = await handler(request)
+    except store.NitroError as exc:
+        response = _reply(exc.status, error=exc)
+    except web.HTTPException as exc:
+        response = _reply(exc.status, error=store.NitroError(exc.status, 1240, exc.reason))
+    logger.debug("NITRO %s %s -> %d", request.method, request.path_qs, response.status)
+    return response
+
+
+def _status_reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+# ---------------------------------------------------------------------------- NITRO handlers
+
+
+async def _login(request: web.Request) -> web.StreamResponse:
+    body = await _read_body(request)
+    login = _items(body, "login")
+    if not isinstance(login, dict):
+        raise store.NitroError(599, 1234, "Invalid JSON data type [login]")
+    user, password = login.get("username"), login.get("password")
+    for name, value in (("username", user), ("password", password)):
+        if not isinstance(value, str):
+            raise store.argument_missing(name)
+    timeout = login.get("timeout")
+    if timeout is not None:
+        timeout = store.coerce("timeout", schema.Field("int", lo=1, hi=2**31), timeout)
+    assert isinstance(user, str) and isinstance(password, str)
+    token = request.app[SESSIONS].login(user, password, timeout)
+    if token is None:
+        raise store.NitroError(401, 354, "Invalid username or password")
+    logger.debug("NITRO login of %s", user)
+    response = _reply(201, {"sessionid": token})
+    response.headers.add("Set-Cookie", f"{COOKIE}={urllib.parse.quote(token, safe='')}; path=/nitro/v1")
+    return response
+
+
+async def _logout(request: web.Request) -> web.StreamResponse:
+    token = _token_of(request)
+    if token is not None:
+        request.app[SESSIONS].logout(token)
+    return _reply(200)
+
+
+async def _get(request: web.Request) -> web.StreamResponse:
+    resource = request.match_info["type"]
+    name = _decode_name(request.match_info.get("name"))
+    query = request.query
+    args = _pairs(query.get("args"), "args")
+    filters = _pairs(query.get("filter"), "filter")
+    model = request.app[STORE]
+    found = model.records(resource, name, args, bulkbindings=query.get("bulkbindings") == "yes")
+    if isinstance(found, dict):
+        return _reply(200, {resource: found})
+    records = store.filter_records(found, filters)
+    if query.get("attrs"):
+        res = schema.RESOURCES.get(resource)
+        keys = res.keys if res else ()
+        records = store.select_attrs(records, query["attrs"].split(","), keys)
+    if query.get("count") == "yes":
+        return _reply(200, {resource: [{"__count": len(records)}]})
+    return _reply(200, {resource: records} if records else None)
+
+
+async def _post(request: web.Request) -> web.StreamResponse:
+    resource = request.match_info["type"]
+    res = schema.RESOURCES.get(resource)
+    action = request.query.get("action")
+    body = await _read_body(request)
+    if action is None:
+        if res is not None and res.binding:
+            op = "bind"
+        elif request.query.get("idempotent") == "yes":
+            op = "upsert"
+        else:
+            op = "add"
+    else:
+        op = {"rm": "delete"}.get(action, action)
+    if resource == "nsconfig" and op == "save":
+        payload = (body or {}).get("nsconfig", {})
+    else:
+        payload = _items(body, resource)
+    return await _write(request, resource, op, payload, body)
+
+
+async def _put(request: web.Request) -> web.StreamResponse:
+    resource = request.match_info["type"]
+    res = schema.RESOURCES.get(resource)
+    body = await _read_body(request)
+    payload = _items(body, resource)
+    name = _decode_name(request.match_info.get("name"))
+    if name is not None and res is not None and isinstance(payload, dict):
+        payload.setdefault(res.keys[0], name)
+    op = "bind" if res is not None and res.binding else "update"
+    return await _write(request, resource, op, payload, body)
+
+
+async def _delete(request: web.Request) -> web.StreamResponse:
+    resource = request.match_info["type"]
+    res = schema.RESOURCES.get(resource)
+    payload: dict[str, Any] = _pairs(request.query.get("args"), "args")
+    name = _decode_name(request.match_info.get("name"))
+    if name is not None:
+        payload[res.keys[0] if res is not None else "name"] = name
+    op = "unbind" if res is not None and res.binding else "delete"
+    return await _write(request, resource, op, payload, None)
+
+
+async def _write(
+    request: web.Request, resource: str, op: str, payload: Any, body: Mapping[str, Any] | None
+) -> web.StreamResponse:
+    model = request.app[STORE]
+    try:
+        if isinstance(payload, list):
+            outcome = model.execute_bulk(request.method, resource, op, payload, _onerror(request, body))
+            if outcome.ok:
+                return _reply(201 if op in ("add", "bind") else 200)
+            responses = [
+                err.body() if err else {"errorcode": 0, "message": "Done", "severity": "NONE"}
+                for err in outcome.results
+            ]
+            bulk = store.NitroError(207, 1243, "Bulk operation failed")
+            return _reply(207, {"response": responses}, error=bulk)
+        change = model.execute(request.method, resource, op, payload)
+        return _reply(201 if change.action in ("add", "bind") else 200)
+    finally:
+        persister = request.app[PERSISTER]
+        if persister is not None:
+            await persister.save()
+
+
+async def _unknown(request: web.Request) -> web.StreamResponse:
+    raise store.NitroError(404, 1240, f"Invalid nitro action or operation [{request.path}]")
+
+
+# ---------------------------------------------------------------------------- /_sim handlers
+
+
+def _bad_request(message: str) -> web.Response:
+    return web.json_response({"error": message}, status=400)
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        doc = await request.json() if (await request.read()).strip() else {}
+    except json.JSONDecodeError:
+        raise ValueError("body is not JSON") from None
+    if not isinstance(doc, dict):
+        raise ValueError("body must be a JSON object")
+    return doc
+
+
+async def _sim_get_faults(request: web.Request) -> web.StreamResponse:
+    return web.json_response(request.app[FAULTS].as_json())
+
+
+async def _sim_set_faults(request: web.Request) -> web.StreamResponse:
+    try:
+        expire = request.app[FAULTS].update(await _json_object(request))
+    except ValueError as exc:
+        return _bad_request(str(exc))
+    if expire:
+        count = request.app[SESSIONS].expire_all()
+        logger.info("Expired %d NITRO sessions on request", count)
+    return web.json_response(request.app[FAULTS].as_json())
+
+
+async def _sim_clear_faults(request: web.Request) -> web.StreamResponse:
+    request.app[FAULTS].clear()
+    return web.json_response(request.app[FAULTS].as_json())
+
+
+async def _sim_stats(request: web.Request) -> web.StreamResponse:
+    return web.json_response(request.app[STATS].as_json())
+
+
+async def _sim_reset_stats(request: web.Request) -> web.StreamResponse:
+    request.app[STATS].reset()
+    return web.json_response(request.app[STATS].as_json())
+
+
+async def _sim_get_hosts(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"down": sorted(request.app[STORE].hosts_down)})
+
+
+async def _sim_set_hosts(request: web.Request) -> web.StreamResponse:
+    try:
+        request.app[STORE].set_hosts(await _json_object(request))
+    except ValueError as exc:
+        return _bad_request(str(exc))
+    await _persist(request.app)
+    return web.json_response({"down": sorted(request.app[STORE].hosts_down)})
+
+
+async def _sim_journal(request: web.Request) -> web.StreamResponse:
+    try:
+        since = int(request.query.get("since", "0"))
+    except ValueError:
+        return _bad_request("since must be an integer")
+    return web.json_response([c.as_json() for c in request.app[STORE].journal if c.seq > since])
+
+
+async def _sim_get_ha(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"state": request.app[STORE].ha_state})
+
+
+async def _sim_set_ha(request: web.Request) -> web.StreamResponse:
+    try:
+        state = (await _json_object(request)).get("state")
+    except ValueError as exc:
+        return _bad_request(str(exc))
+    if state not in ("Primary", "Secondary", "UNKNOWN"):
+        return _bad_request("state must be Primary, Secondary or UNKNOWN")
+    request.app[STORE].set_ha_state(state)
+    await _persist(request.app)
+    return web.json_response({"state": state})
+
+
+async def _sim_config(request: web.Request) -> web.StreamResponse:
+    return web.json_response(request.app[STORE].dump())
+
+
+async def _sim_reset(request: web.Request) -> web.StreamResponse:
+    request.app[STORE].reset()
+    await _persist(request.app)
+    return web.json_response({"reset": True})
+
+
+async def _persist(app: web.Application) -> None:
+    persister = app[PERSISTER]
+    if persister is not None:
+        await persister.save()
+
+
+# ---------------------------------------------------------------------------- assembly
+
+
+def make_app(
+    *,
+    users: dict[str, str] | None = None,
+    state_path: pathlib.Path | None = None,
+    session_timeout: float = sessions.DEFAULT_TIMEOUT,
+) -> web.Application:
+    """A NITRO simulator application; `users` maps user names to passwords (default nsroot/nsroot)."""
+    app = web.Application(middlewares=[_nitro_middleware])
+    model = store.Store()
+    app[STORE] = model
+    app[SESSIONS] = sessions.Sessions(users, timeout=session_timeout)
+    app[FAULTS] = faults_.Faults()
+    app[STATS] = faults_.Stats()
+    app[PERSISTER] = Persister(state_path, model) if state_path is not None else None
+    app.cleanup_ctx.append(_persistence_ctx)
+
+    router = app.router
+    router.add_post(f"{CONFIG_PREFIX}/login", _login)
+    router.add_post(f"{CONFIG_PREFIX}/logout", _logout)
+    for suffix in ("/{type}", "/{type}/{name}"):
+        router.add_get(CONFIG_PREFIX + suffix, _get, allow_head=False)
+        router.add_put(CONFIG_PREFIX + suffix, _put)
+        router.add_delete(CONFIG_PREFIX + suffix, _delete)
+    router.add_post(CONFIG_PREFIX + "/{type}", _post)
+    router.add_route("*", "/nitro/{tail:.*}", _unknown)
+
+    router.add_get("/_sim/faults", _sim_get_faults)
+    router.add_post("/_sim/faults", _sim_set_faults)
+    router.add_delete("/_sim/faults", _sim_clear_faults)
+    router.add_get("/_sim/stats", _sim_stats)
+    router.add_post("/_sim/stats/reset", _sim_reset_stats)
+    router.add_get("/_sim/hosts", _sim_get_hosts)
+    router.add_post("/_sim/hosts", _sim_set_hosts)
+    router.add_get("/_sim/journal", _sim_journal)
+    router.add_get("/_sim/ha", _sim_get_ha)
+    router.add_post("/_sim/ha", _sim_set_ha)
+    router.add_get("/_sim/config", _sim_config)
+    router.add_post("/_sim/reset", _sim_reset)
+    return app
+
+
+@dataclasses.dataclass
+class Simulator:
+    """A running simulator: its base URL, its app, and helpers that call the `/_sim` endpoints."""
+
+    url: str
+    app: web.Application
+    http: aiohttp.ClientSession
+
+    @property
+    def store(self) -> store.Store:
+        return self.app[STORE]
+
+    async def _call(self, method: str, path: str, doc: Any = None) -> Any:
+        async with self.http.request(method, self.url + path, json=doc) as response:
+            payload = await response.json()
+            if response.status != 200:
+                raise RuntimeError(f"{method} {path} failed: {payload}")
+            return payload
+
+    async def faults(self, **settings: Any) -> dict[str, Any]:
+        """Merge fault settings, e.g. `await sim.faults(latencyMs=5, errorRate=0.1)`."""
+        result: dict[str, Any] = await self._call("POST", "/_sim/faults", settings)
+        return result
+
+    async def clear_faults(self) -> None:
+        await self._call("DELETE", "/_sim/faults")
+
+    async def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", "/_sim/stats")
+        return result
+
+    async def reset_stats(self) -> None:
+        await self._call("POST", "/_sim/stats/reset")
+
+    async def journal(self, since: int = 0) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._call("GET", f"/_sim/journal?since={since}")
+        return result
+
+    async def set_hosts(self, states: Mapping[str, str]) -> None:
+        """Mark hosts reachable or not: `await sim.set_hosts({"10.0.0.1": "DOWN"})`."""
+        await self._call("POST", "/_sim/hosts", dict(states))
+
+    async def set_ha_state(self, state: str) -> None:
+        await self._call("POST", "/_sim/ha", {"state": state})
+
+    async def reset(self) -> None:
+        await self._call("POST", "/_sim/reset")
+
+
+@contextlib.asynccontextmanager
+async def running(host: str = "127.0.0.1", port: int = 0, **make_app_kwargs: Any) -> AsyncIterator[Simulator]:
+    """Serve a simulator on a real socket for the duration of the block (port 0 = any free port)."""
+    app = make_app(**make_app_kwargs)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0]
+        bound_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        url = f"http://{bound_host}:{bound[1]}"
+        async with aiohttp.ClientSession() as http:
+            yield Simulator(url=url, app=app, http=http)
+    finally:
+        await runner.cleanup()
