@@ -1,0 +1,29 @@
+"""Integration fixtures: a NITRO simulator on a real socket, and its credentials.
+
+`nitro_sim` yields a `dsr_operator.simulator.server.Simulator`: `.url` (e.g. "http://127.0.0.1:40123"),
+`.app`, `.store`, and async helpers for the control endpoints: `faults(**settings)`,
+`clear_faults()`, `stats()`, `reset_stats()`, `journal(since=0)`, `set_hosts({ip: "UP"|"DOWN"})`,
+`set_ha_state(state)`, `reset()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from dsr_operator.simulator import server
+
+
+@pytest.fixture
+def nitro_credentials() -> tuple[str, str]:
+    """User name and password the `nitro_sim` fixture accepts."""
+    return ("nsroot", "nsroot")
+
+
+@pytest.fixture
+async def nitro_sim(nitro_credentials: tuple[str, str]) -> AsyncIterator[server.Simulator]:
+    """A fresh simulator per test on 127.0.0.1 and a free port."""
+    user, password = nitro_credentials
+    async with server.running("127.0.0.1", 0, users={user: password}) as sim:
+        yield sim
