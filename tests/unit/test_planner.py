@@ -18,9 +18,7 @@ OP_ID = "test"
 EMPTY = ns.NetScalerState()
 
 
-def spec(
-    vip: str = "192.0.2.10", ports: list[int | str] | None = None, **kw: object
-) -> models.DsrServiceSpec:
+def spec(vip: str = "192.0.2.10", ports: list[int | str] | None = None, **kw: object) -> models.DsrServiceSpec:
     body = {"vip": vip, "ports": ports or [80], "backends": {"service": "web"}, **kw}
     return models.DsrServiceSpec.model_validate(body)
 
@@ -71,12 +69,10 @@ def test_from_scratch_follows_the_seed_procedure_in_dependency_order() -> None:
         " -comment dsr-operator:test:uid-web" in cmds
     )
     assert any(
-        c.startswith("add lb vserver dsr-shop_web_80 ANY 192.0.2.10 80 -lbMethod LEASTCONNECTION -m MAC")
-        for c in cmds
+        c.startswith("add lb vserver dsr-shop_web_80 ANY 192.0.2.10 80 -lbMethod LEASTCONNECTION -m MAC") for c in cmds
     )
     assert any(
-        c.startswith("add lb monitor dsr-shop_web_tcp TCP -destIP 192.0.2.10") and "-transparent YES" in c
-        for c in cmds
+        c.startswith("add lb monitor dsr-shop_web_tcp TCP -destIP 192.0.2.10") and "-transparent YES" in c for c in cmds
     )
 
 
@@ -224,9 +220,7 @@ FREE = planner.Policy(OP_ID, default_guard_percent=100)
 
 @PROPS
 @given(before=intent_sets(), after=intent_sets())
-def test_plans_converge_to_desired_and_then_plan_nothing(
-    before: list[d.Intent], after: list[d.Intent]
-) -> None:
+def test_plans_converge_to_desired_and_then_plan_nothing(before: list[d.Intent], after: list[d.Intent]) -> None:
     actual = converge(EMPTY, before, FREE)
     final = converge(actual, after, FREE)
     assert nsmodel.ours(final) == nsmodel.ours(d.desired(after)) if after else final.objects == {}
@@ -235,9 +229,7 @@ def test_plans_converge_to_desired_and_then_plan_nothing(
 
 @PROPS
 @given(before=intent_sets(), after=intent_sets())
-def test_one_plan_reaches_desired_when_nothing_must_drain(
-    before: list[d.Intent], after: list[d.Intent]
-) -> None:
+def test_one_plan_reaches_desired_when_nothing_must_drain(before: list[d.Intent], after: list[d.Intent]) -> None:
     policy = planner.Policy(OP_ID, default_guard_percent=100, default_drain_seconds=0)
     actual = converge(EMPTY, before, policy)
     once = nsmodel.apply(actual, planner.diff(d.desired(after), actual, policy), OP_ID)
@@ -267,9 +259,7 @@ def test_no_operation_names_an_object_without_our_marker(intents: list[d.Intent]
 
 @PROPS
 @given(before=intent_sets(), after=intent_sets())
-def test_guard_never_removes_more_than_half_of_a_live_vserver(
-    before: list[d.Intent], after: list[d.Intent]
-) -> None:
+def test_guard_never_removes_more_than_half_of_a_live_vserver(before: list[d.Intent], after: list[d.Intent]) -> None:
     policy = planner.Policy(OP_ID, default_drain_seconds=0)
     actual = converge(EMPTY, before, FREE)
     plan = planner.diff(d.desired(after), actual, policy)
@@ -281,9 +271,7 @@ def test_guard_never_removes_more_than_half_of_a_live_vserver(
         gone = [
             op
             for op in plan.ops
-            if op.kind == ns.VSERVER_BINDING
-            and op.verb == "unbind"
-            and op.name.startswith(vserver.name + " ")
+            if op.kind == ns.VSERVER_BINDING and op.verb == "unbind" and op.name.startswith(vserver.name + " ")
         ]
         assert len(gone) <= len(bound) // 2
 

@@ -5,9 +5,7 @@ from dsr_operator import kube as k
 
 async def test_smoke(kube):
     c = kube.client()
-    obj = await c.create(
-        k.DsrNodeConfig(metadata={"name": "n1"}, spec={"vips": ["192.0.2.1"]}, status={"x": 1})
-    )
+    obj = await c.create(k.DsrNodeConfig(metadata={"name": "n1"}, spec={"vips": ["192.0.2.1"]}, status={"x": 1}))
     print(obj)
     assert obj["metadata"]["generation"] == 1
     assert "status" not in obj

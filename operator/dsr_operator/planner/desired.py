@@ -66,9 +66,7 @@ def desired_for(intent: Intent) -> tuple[list[ns.NsObject], list[ns.Binding]]:
     objects.append(monitor)
     for backend in intent.backends:
         objects.append(
-            ns.NsObject.make(
-                "server", names.server(backend.address), ns.SHARED_OWNER, ipaddress=backend.address
-            )
+            ns.NsObject.make("server", names.server(backend.address), ns.SHARED_OWNER, ipaddress=backend.address)
         )
     for port in spec.ports:
         nitro_port = models.nitro_port(port)

@@ -182,9 +182,7 @@ def diff(
     for binding in sorted(desired.bindings - actual.bindings):
         if binding.parent in blocked_names or binding.child in blocked_names:
             continue
-        ops.append(
-            Op("bind", binding.kind, f"{binding.parent} {binding.child}", binding.owner, binding.payload())
-        )
+        ops.append(Op("bind", binding.kind, f"{binding.parent} {binding.child}", binding.owner, binding.payload()))
 
     # Removals: bindings first (with drain and guard), then the objects nothing uses any more.
     held_services: set[str] = set()
@@ -255,11 +253,7 @@ def diff(
 
     deleted: set[tuple[str, str]] = set()
     for service in actual.of_kind("service"):
-        if (
-            desired.get("service", service.name)
-            or not in_scope(service.owner)
-            or service.name in held_services
-        ):
+        if desired.get("service", service.name) or not in_scope(service.owner) or service.name in held_services:
             continue
         deleted.add(("service", service.name))
     for binding in sorted(actual.bindings):

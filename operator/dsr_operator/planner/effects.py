@@ -1,0 +1,86 @@
+"""The state NetScaler is in after it applied some operations (pure).
+
+The operator keeps its view of NetScaler current from the operations that succeeded, instead of
+reading the box again after every change; a resync re-reads it. Drains take time on the box: a
+gracefully disabled service is GOING OUT OF SERVICE here until it is read again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from dsr_operator.netscaler import models as ns
+from dsr_operator.planner import plan as planner
+
+
+class InvalidOperation(ValueError):
+    """An operation NetScaler would refuse in this state (used by tests as an oracle)."""
+
+
+def after(
+    state: ns.NetScalerState, ops: Iterable[planner.Op], operator_id: str, *, strict: bool = False
+) -> ns.NetScalerState:
+    objects = dict(state.objects)
+    bindings = {b: b for b in state.bindings}
+    mbf = state.mbf
+
+    def check(ok: bool, message: str) -> None:
+        if strict and not ok:
+            raise InvalidOperation(message)
+
+    for op in ops:
+        key = (op.kind, op.name)
+        if op.kind == planner.NSMODE:
+            mbf = True
+        elif op.verb == "add":
+            check(key not in objects and key not in state.foreign, f"add of existing {key}")
+            kind = ns.KINDS[op.kind]
+            fields = {k: v for k, v in op.body.items() if k in kind.managed and k != "comment"}
+            owner = ns.parse_marker(op.body.get("comment"), operator_id) or ns.SHARED_OWNER
+            objects[key] = ns.NsObject.make(op.kind, op.name, owner, state="UP", **fields)
+        elif op.verb == "update":
+            check(key in objects, f"update of missing {key}")
+            old = objects.get(key)
+            if old is None:
+                continue
+            kind = ns.KINDS[op.kind]
+            changed = {k: v for k, v in op.body.items() if k in kind.managed and k != "comment"}
+            owner = ns.parse_marker(op.body.get("comment"), operator_id) or old.owner
+            objects[key] = ns.NsObject.make(op.kind, op.name, owner, state=old.state, **{**old.data, **changed})
+        elif op.verb == "delete":
+            check(key in objects, f"delete of missing {key}")
+            if op.kind == "service":
+                check(not any(op.name in (b.parent, b.child) for b in bindings), f"{key} still bound")
+            if op.kind == "server":
+                check(
+                    not any(o.get("servername") == op.name for (k, _), o in objects.items() if k == "service"),
+                    f"{key} still used by a service",
+                )
+            objects.pop(key, None)
+        elif op.verb in ("enable", "disable"):
+            old = objects.get(key)
+            if old is not None:
+                new_state = "UP" if op.verb == "enable" else ns.GOING_OUT_OF_SERVICE
+                objects[key] = dataclasses.replace(old, state=new_state)
+        elif op.verb == "bind":
+            parent, child = op.name.split(" ")
+            parent_kind = "lbvserver" if op.kind == ns.VSERVER_BINDING else "service"
+            owner = objects[(parent_kind, parent)].owner if (parent_kind, parent) in objects else op.owner
+            binding = ns.Binding(op.kind, parent, child, owner)
+            bindings[binding] = binding
+        elif op.verb == "unbind":
+            parent, child = op.name.split(" ")
+            bindings.pop(ns.Binding(op.kind, parent, child), None)
+        else:  # pragma: no cover - every verb of planner.ORDER is handled above
+            raise InvalidOperation(f"unknown operation {op}")
+    return ns.NetScalerState.build(objects.values(), bindings.values(), mbf=mbf, foreign=state.foreign)
+
+
+def elapse(state: ns.NetScalerState) -> ns.NetScalerState:
+    """Let every drain finish: GOING OUT OF SERVICE becomes OUT OF SERVICE."""
+    objects = [
+        dataclasses.replace(o, state=ns.OUT_OF_SERVICE) if o.state == ns.GOING_OUT_OF_SERVICE else o
+        for o in state.objects.values()
+    ]
+    return ns.NetScalerState.build(objects, state.bindings, mbf=state.mbf, foreign=state.foreign)
