@@ -3,14 +3,16 @@
 Usage::
 
     async with client.NitroClient("https://10.0.0.5", username="nsroot", password=pw) as ns:
-        vservers = await ns.get("lbvserver", filter={"name": "dsr-.*"})
+        vservers = await ns.get("lbvserver", filter={"name": "/^dsr-/"})
         results = await ns.add("server", [{"name": "web-1", "ipaddress": "198.51.100.21"}])
 
 One private method, ``NitroClient._request``, owns every HTTP exchange: login and logout go through
 it, it re-logs in once when the session expired (errorcode 444 or 1027) and repeats the request once,
 it bounds concurrency with a semaphore, and it retries with full-jitter exponential backoff only on
 transient faults (connection errors, timeouts, HTTP 5xx other than 599). 4xx and 599 (NetScaler's
-validation errors) are never retried.
+validation errors) are never retried. A write repeated after a dropped connection may already have
+been applied by the box; its per-item result then says "already exists" (or "not found" for a
+delete), which callers of idempotent plans treat as done.
 
 The password is held in a ``Secret`` that never renders, and is scrubbed from error messages; login
 bodies are never logged.
@@ -364,9 +366,7 @@ class NitroClient:
 
     async def enable_modes(self, modes: Sequence[str]) -> None:
         """Enable global modes, e.g. ``["MBF"]``: ``POST /config/nsmode?action=enable``."""
-        await self._request(
-            "POST", "nsmode", params={"action": "enable"}, payload={"nsmode": {"mode": list(modes)}}
-        )
+        await self._request("POST", "nsmode", params={"action": "enable"}, payload={"nsmode": {"mode": list(modes)}})
 
     async def save_config(self) -> None:
         """Save the running configuration: ``POST /config/nsconfig?action=save``."""
@@ -408,9 +408,7 @@ class NitroClient:
             if errorcode == 0:
                 results.append(ItemResult(index, item, ok=True))
                 continue
-            error = errors.error_from_response(
-                response.status, entry or None, redact=(self._password.reveal(),)
-            )
+            error = errors.error_from_response(response.status, entry or None, redact=(self._password.reveal(),))
             self.stats.count_error(error.errorcode)
             results.append(ItemResult(index, item, ok=False, error=error))
         return results
@@ -487,9 +485,7 @@ class NitroClient:
                 await self._relogin(generation)
                 attempt -= 1  # the repeat after a re-login is not a backoff retry
                 continue
-            error = errors.error_from_response(
-                status, response.body or response.raw, redact=(self._password.reveal(),)
-            )
+            error = errors.error_from_response(status, response.body or response.raw, redact=(self._password.reveal(),))
             logger.debug("Request %s %s failed: %s (attempt %d/%d)", method, rtype, error, attempt, attempts)
             raise error
 
