@@ -321,6 +321,19 @@ async def test_unknown_types_actions_and_bad_json(nitro: Nitro) -> None:
     assert (status, doc["errorcode"], doc["message"]) == (599, 1095, "Required argument missing [server]")
 
 
+async def test_idempotent_add_and_form_encoded_body(nitro: Nitro) -> None:
+    body = {"server": {"name": "a", "ipaddress": "10.0.0.1", "comment": "one"}}
+    assert (await nitro.post("server?idempotent=yes", body))[0] == 201
+    body["server"]["comment"] = "two"
+    assert await nitro.post("server?idempotent=yes", body) == (200, DONE)
+    assert (await one(nitro, "server/a"))["comment"] == "two"
+    # The old SDKs post `object=<json>` as a form.
+    form = {"object": json.dumps({"server": {"name": "b", "ipaddress": "10.0.0.2"}})}
+    async with nitro.http.post(f"{nitro.base}/nitro/v1/config/server", data=form, headers=AUTH) as r:
+        assert r.status == 201
+    assert (await one(nitro, "server/b"))["ipaddress"] == "10.0.0.2"
+
+
 # ---------------------------------------------------------------------------- resources and reads
 
 
@@ -416,6 +429,8 @@ async def test_filter_attrs_count_and_bulkbindings(nitro: Nitro) -> None:
     _, doc = await nitro.get("service?filter=" + urllib.parse.quote("name:/^svc[0-9]$/"))
     assert [s["name"] for s in doc["service"]] == ["svc1", "svc2"]
     assert await nitro.get("service?filter=name:nothing") == (200, DONE)
+    status, doc = await nitro.get("service?filter=" + urllib.parse.quote("name:/[/"))
+    assert (status, doc["errorcode"]) == (599, 278)
     _, doc = await nitro.get("service?attrs=port,svrstate")
     assert doc["service"][0] == {"name": "svc1", "port": 65535, "svrstate": "UP"}
     _, doc = await nitro.get("service?count=yes&filter=servicetype:ANY")

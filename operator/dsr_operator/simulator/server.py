@@ -262,9 +262,9 @@ async def _nitro_middleware(request: web.Request, handler: Handler) -> web.Strea
         await asyncio.sleep(fault.latency_ms / 1000)
     if fault.should_fail():
         status = fault.error_status
-        response = _reply(status, error=store.NitroError(status, status, _status_reason(status)))
         logger.debug("NITRO %s %s -> %d (fault)", request.method, request.path, status)
-        return response
+        return _reply(status, error=store.NitroError(status, status, _status_reason(status)))
+    response: web.StreamResponse
     try:
         if resource != "login":
             _authenticate(request)
@@ -273,6 +273,9 @@ async def _nitro_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = _reply(exc.status, error=exc)
     except web.HTTPException as exc:
         response = _reply(exc.status, error=store.NitroError(exc.status, 1240, exc.reason))
+    except Exception:
+        logger.exception("Simulator failure on %s %s", request.method, request.path)
+        response = _reply(500, error=store.NitroError(500, 500, "Internal Server Error"))
     logger.debug("NITRO %s %s -> %d", request.method, request.path_qs, response.status)
     return response
 

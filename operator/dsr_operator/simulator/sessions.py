@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 
 DEFAULT_USERS: Mapping[str, str] = {"nsroot": "nsroot"}
 DEFAULT_TIMEOUT = 1800.0  # seconds of inactivity
+MAX_DEAD_TOKENS = 10000  # expired tokens remembered, so that they get 444 rather than 1027
 
 
 @dataclasses.dataclass
@@ -46,7 +47,7 @@ class Sessions:
         self.timeout = timeout
         self.clock = clock
         self._live: dict[str, Session] = {}
-        self._dead: set[str] = set()
+        self._dead: dict[str, None] = {}  # insertion-ordered, bounded
 
     def check_password(self, user: str, password: str) -> bool:
         expected = self.users.get(user)
@@ -58,6 +59,7 @@ class Sessions:
         """A new session token, or None if the credentials are wrong."""
         if not self.check_password(user, password):
             return None
+        self._prune()
         token = "##" + secrets.token_hex(32).upper()
         self._live[token] = Session(user, timeout or self.timeout, self.clock())
         return token
@@ -88,7 +90,14 @@ class Sessions:
 
     def _kill(self, token: str) -> None:
         if self._live.pop(token, None) is not None:
-            self._dead.add(token)
+            self._dead[token] = None
+            while len(self._dead) > MAX_DEAD_TOKENS:
+                del self._dead[next(iter(self._dead))]
+
+    def _prune(self) -> None:
+        now = self.clock()
+        for token in [t for t, s in self._live.items() if now - s.last_used > s.timeout]:
+            self._kill(token)
 
     def __len__(self) -> int:
         return len(self._live)

@@ -828,15 +828,21 @@ def filter_records(records: list[Record], filters: Mapping[str, str]) -> list[Re
             return "true" if value else "false"
         return str(value)
 
+    patterns: dict[str, re.Pattern[str]] = {}
+    for k, want in filters.items():
+        if len(want) >= 2 and want.startswith("/") and want.endswith("/"):
+            try:
+                patterns[k] = re.compile(want[1:-1])
+            except re.error:
+                raise invalid_argument("filter") from None
+
     def ok(rec: Record) -> bool:
         for k, want in filters.items():
             if k not in rec:
                 return False
             have = text(rec[k])
-            if len(want) >= 2 and want.startswith("/") and want.endswith("/"):
-                if not re.search(want[1:-1], have):
-                    return False
-            elif have != want:
+            pattern = patterns.get(k)
+            if (pattern is not None and not pattern.search(have)) or (pattern is None and have != want):
                 return False
         return True
 
