@@ -1,7 +1,199 @@
-"""Command-line entry points of the agent (placeholder until the component lands)."""
+"""Command-line entry points of the node agent: `dsr-operator agent` and `dsr-operator host-setup`."""
+
+from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import os
+import pathlib
+import signal
+import sys
+
+from dsr_operator import kube
+from dsr_operator.agent import core, host, hostsetup, loop, state
+
+logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add this component's subcommands."""
+    agent = subparsers.add_parser(
+        "agent",
+        help="node agent: hold this node's VIPs on a dummy/loopback interface (DaemonSet)",
+        description="Watch this node's DsrNodeConfig and hold its VIPs on the host with netlink.",
+    )
+    agent.add_argument(
+        "--node-name", default=os.environ.get("NODE_NAME"), help="this node's name (default: $NODE_NAME)"
+    )
+    agent.add_argument(
+        "--interface-mode",
+        choices=("auto", "dummy", "loopback"),
+        default="auto",
+        help="dummy: a dsr0 dummy link; loopback: VIPs on lo; auto: dummy if the kernel has it",
+    )
+    agent.add_argument("--interface", default="dsr0", help="name of the dummy interface (default: dsr0)")
+    agent.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=30.0,
+        help="re-check and repair the host at least this often (default: 30)",
+    )
+    agent.add_argument("--netns", help="apply inside this named network namespace (ip netns)")
+    agent.add_argument(
+        "--state-dir",
+        type=pathlib.Path,
+        default=state.DEFAULT_DIR,
+        help=f"where the agent remembers what it changed (default: {state.DEFAULT_DIR})",
+    )
+    agent.add_argument(
+        "--kubeconfig",
+        type=pathlib.Path,
+        default=None,
+        help="kubeconfig file (default: in-cluster, then $KUBECONFIG, then ~/.kube/config)",
+    )
+    agent.add_argument("--server", help="API server URL (instead of a kubeconfig)")
+    agent.add_argument("--token-file", type=pathlib.Path, help="bearer token file for --server")
+    agent.add_argument(
+        "--uninstall",
+        action="store_true",
+        help="remove the VIPs and dummy link the agent added, restore the sysctls, exit",
+    )
+    agent.set_defaults(func=run_agent)
+
+    setup = subparsers.add_parser(
+        "host-setup",
+        help="print or apply the loopback VIP steps for a backend host outside Kubernetes",
+        description="Print the commands that make a host a DSR backend for the VIPs, or (Linux) apply them.",
+    )
+    setup.add_argument("--vip", action="append", required=True, help="a VIP (repeat for several)")
+    setup.add_argument("--os", choices=("linux", "windows"), default="linux", dest="target_os")
+    setup.add_argument(
+        "--apply", action="store_true", help="Linux: perform the runtime steps now, with the node agent's code"
+    )
+    setup.add_argument(
+        "--remove",
+        action="store_true",
+        help="the undo steps; with --apply, remove what --apply added and restore the sysctls",
+    )
+    setup.add_argument("--netns", help="Linux: a named network namespace instead of the host")
+    setup.add_argument("--uplink", default="Ethernet", help="Windows: the uplink adapter (default: Ethernet)")
+    setup.add_argument(
+        "--state-dir",
+        type=pathlib.Path,
+        default=state.DEFAULT_DIR,
+        help=f"Linux --apply: where changes are remembered (default: {state.DEFAULT_DIR})",
+    )
+    setup.set_defaults(func=run_host_setup)
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    if not args.uninstall and not args.node_name:
+        print("dsr-operator agent: --node-name (or $NODE_NAME) is required", file=sys.stderr)
+        return 2
+    settings = loop.Settings(
+        node_name=args.node_name or "",
+        interface_mode=args.interface_mode,
+        interface=args.interface,
+        resync_seconds=args.resync_seconds,
+        netns=args.netns,
+        state_dir=args.state_dir,
+    )
+    connection = kube.Connection(kubeconfig=args.kubeconfig, server=args.server, token_file=args.token_file)
+    return asyncio.run(_agent_main(settings, connection, uninstall=args.uninstall))
+
+
+async def _agent_main(settings: loop.Settings, connection: kube.Connection, *, uninstall: bool) -> int:
+    async with host.Host(
+        netns=settings.netns,
+        mode=settings.interface_mode,
+        interface=settings.interface,
+        state_dir=settings.state_dir,
+    ) as the_host:
+        if uninstall:
+            try:
+                done = await the_host.uninstall()
+            except host.HostError as exc:
+                logger.error("Uninstall incomplete: %s", exc)
+                return 1
+            for line in done or ["nothing to undo"]:
+                print(line)
+            return 0
+        config = await asyncio.to_thread(kube.load_config, connection)
+        client = kube.make_client(config, connection, field_manager=loop.COMPONENT)
+        try:
+            agent = loop.Agent(settings, the_host, client)
+            return await _until_signal(agent.run())
+        finally:
+            await client.close()
+
+
+async def _until_signal(work: object) -> int:
+    """Run `work` until SIGTERM/SIGINT; stopping leaves the VIPs in place (an upgrade must not drop traffic)."""
+    stop = asyncio.Event()
+    running = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        running.add_signal_handler(sig, stop.set)
+    task = asyncio.ensure_future(work)  # type: ignore[arg-type]
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            running.remove_signal_handler(sig)
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, stopper, return_exceptions=True)
+    if stop.is_set():
+        logger.info("Stopping on signal; the VIPs stay in place")
+        return 0
+    task.result()  # re-raise what ended the agent
+    return 1
+
+
+def run_host_setup(args: argparse.Namespace) -> int:
+    vips, invalid = core.parse_vips(args.vip)
+    if invalid:
+        for failure in invalid:
+            print(f"dsr-operator host-setup: {failure.address}: {failure.error}", file=sys.stderr)
+        return 2
+    if args.target_os == "windows":
+        if args.apply:
+            print(
+                "dsr-operator host-setup: --apply works on Linux only; run the printed PowerShell instead",
+                file=sys.stderr,
+            )
+            return 2
+        sys.stdout.write(hostsetup.windows(vips, remove=args.remove, uplink=args.uplink))
+        return 0
+    if not args.apply:
+        sys.stdout.write(hostsetup.linux(vips, remove=args.remove, netns=args.netns))
+        return 0
+    return asyncio.run(_host_setup_apply(vips, remove=args.remove, netns=args.netns, state_dir=args.state_dir))
+
+
+async def _host_setup_apply(vips: list[core.Vip], *, remove: bool, netns: str | None, state_dir: pathlib.Path) -> int:
+    async with host.Host(netns=netns, mode="loopback", state_dir=state_dir) as the_host:
+        if remove:
+            try:
+                done = await the_host.uninstall()
+            except host.HostError as exc:
+                print(f"dsr-operator host-setup: {exc}", file=sys.stderr)
+                return 1
+            for line in done or ["nothing to undo"]:
+                print(line)
+            return 0
+        outcome = await the_host.apply(vips)
+    for address in outcome.applied:
+        print(f"holding {address} on {outcome.interface}")
+    for key, value in sorted(outcome.sysctls.items()):
+        print(f"{key} = {value}")
+    for name, value in sorted(outcome.rp_filter.items()):
+        if value == 1:
+            print(f"warning: net.ipv4.conf.{name}.rp_filter = 1 (strict) may drop VIP traffic; use 0 or 2")
+    for failure in outcome.failed:
+        print(f"failed: {failure.address}: {failure.error}", file=sys.stderr)
+    if outcome.error:
+        print(f"error: {outcome.error}", file=sys.stderr)
+    return 1 if outcome.error or outcome.failed else 0

@@ -1,0 +1,270 @@
+"""The agent's pure core: which VIPs are wanted, which host addresses are ours, what to change, what to report.
+
+No I/O here. The netlink layer turns host addresses into `HostAddress` values; this module decides
+(`plan`) and summarises (`compute_status`); the rim executes and writes.
+
+Ownership mark. An address is ours when it carries our address-origin tag `IFA_PROTO = OWNER_PROTO`
+(Linux >= 6.1 stores it and returns it in dumps; `ip addr` shows it as `proto 213`). That tag is
+authoritative: an address without it (added by hand, by DHCP, by another tool) is never ours, even
+if it has the same IP as a VIP, our label, or is listed in our state file. On kernels that do not
+keep IFA_PROTO, we fall back to a second mark: the IPv4 label `<ifname>:dsr` (IPv4 only, labels do
+not exist for IPv6), and for both families the record of the addresses we added kept in the agent's
+state file. Every VIP is written with all marks, so either rule recognises it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+
+from dsr_operator.api import models
+
+OWNER_PROTO = 213
+"""IFA_PROTO value on the addresses the agent adds (0-3 are the kernel's; 213 is unassigned)."""
+
+LABEL_SUFFIX = ":dsr"
+"""IPv4 address label suffix: `lo:dsr`, `dsr0:dsr`."""
+
+ARP_SYSCTLS: Mapping[str, int] = {"arp_ignore": 1, "arp_announce": 2}
+"""Answer ARP only for addresses of the asking interface; never source ARP from the VIP."""
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Vip:
+    """A valid VIP, normalised (`2001:DB8::0A` -> `2001:db8::a`), always a host route (/32, /128)."""
+
+    address: str
+    family: int
+
+    @property
+    def prefixlen(self) -> int:
+        return 32 if self.family == socket.AF_INET else 128
+
+    @property
+    def cidr(self) -> str:
+        return f"{self.address}/{self.prefixlen}"
+
+
+@dataclasses.dataclass(frozen=True)
+class VipFailure:
+    """A VIP string that could not be applied, and why."""
+
+    address: str
+    error: str
+
+
+@dataclasses.dataclass(frozen=True)
+class HostAddress:
+    """One address on the host as the kernel reports it."""
+
+    index: int
+    ifname: str
+    address: str
+    prefixlen: int
+    family: int
+    label: str | None = None
+    proto: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Ownership:
+    """How to recognise our addresses on this host (see the module docstring)."""
+
+    proto_supported: bool
+    recorded: frozenset[tuple[str, str]] = frozenset()
+    """(ifname, address) pairs the state file says we added; used only without IFA_PROTO."""
+
+    def owns(self, addr: HostAddress) -> bool:
+        if addr.proto is not None:
+            return addr.proto == OWNER_PROTO
+        if self.proto_supported:
+            return False
+        host_len = 32 if addr.family == socket.AF_INET else 128
+        if addr.prefixlen != host_len:
+            return False
+        if addr.family == socket.AF_INET and addr.label == f"{addr.ifname}{LABEL_SUFFIX}":
+            return True
+        return (addr.ifname, addr.address) in self.recorded
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What to do on the host so that the target interface holds exactly the desired VIPs of ours."""
+
+    add: tuple[Vip, ...] = ()
+    delete: tuple[HostAddress, ...] = ()
+    held: tuple[Vip, ...] = ()
+    """Already present with our mark on the target interface."""
+    foreign: tuple[Vip, ...] = ()
+    """Present on the target interface without our mark: the host holds it, we never touch it."""
+
+    @property
+    def empty(self) -> bool:
+        return not self.add and not self.delete
+
+
+def parse_vips(raw: object) -> tuple[list[Vip], list[VipFailure]]:
+    """Split a spec's `vips` into valid VIPs (deduplicated, sorted) and failures; never raises."""
+    if raw is None:
+        return [], []
+    if not isinstance(raw, list):
+        return [], [VipFailure(address=repr(raw)[:64], error="spec.vips must be a list of IP addresses")]
+    valid: dict[str, Vip] = {}
+    failed: list[VipFailure] = []
+    for item in raw:
+        text = item if isinstance(item, str) else repr(item)
+        try:
+            if not isinstance(item, str):
+                raise ValueError("not a string")
+            ip = ipaddress.ip_address(item.strip())
+        except ValueError:
+            failed.append(VipFailure(address=text[:64], error="not an IPv4 or IPv6 address"))
+            continue
+        if ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip.is_link_local:
+            failed.append(
+                VipFailure(
+                    address=text[:64], error="not usable as a VIP (unspecified, multicast, loopback or link-local)"
+                )
+            )
+            continue
+        family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+        valid[str(ip)] = Vip(address=str(ip), family=family)
+    return sorted(valid.values()), failed
+
+
+def plan(desired: Iterable[Vip], target_index: int, current: Sequence[HostAddress], ownership: Ownership) -> Plan:
+    """Diff the desired VIPs on the target interface against the host's addresses.
+
+    Adds what is missing on the target; deletes our addresses that are not desired there (including
+    ours left on another interface after a mode change); leaves every address that is not ours.
+    """
+    wanted = {v.address: v for v in desired}
+    on_target: dict[str, HostAddress] = {}
+    for addr in current:
+        if addr.index == target_index and addr.address in wanted:
+            # Prefer our own entry when the same IP is there twice (ours /32 and someone's /24).
+            if addr.address not in on_target or ownership.owns(addr):
+                on_target[addr.address] = addr
+    add: list[Vip] = []
+    held: list[Vip] = []
+    foreign: list[Vip] = []
+    for address, vip in sorted(wanted.items()):
+        found = on_target.get(address)
+        if found is None:
+            add.append(vip)
+        elif ownership.owns(found):
+            held.append(vip)
+        else:
+            foreign.append(vip)
+    delete = [a for a in current if ownership.owns(a) and not (a.index == target_index and a.address in wanted)]
+    return Plan(add=tuple(add), delete=tuple(delete), held=tuple(held), foreign=tuple(foreign))
+
+
+def sysctl_key(ifname: str, param: str) -> str:
+    """The sysctl(8) name, with dots in interface names written as slashes (`eth0/100`)."""
+    return f"net.ipv4.conf.{ifname.replace('.', '/')}.{param}"
+
+
+def desired_sysctls(interface: str) -> dict[str, int]:
+    """arp_ignore/arp_announce on `all` and on the VIP interface."""
+    return {sysctl_key(ifname, param): value for ifname in ("all", interface) for param, value in ARP_SYSCTLS.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What one pass over the host achieved (input of `compute_status`)."""
+
+    mode: str
+    interface: str
+    applied: tuple[str, ...] = ()
+    failed: tuple[VipFailure, ...] = ()
+    sysctls: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    rp_filter: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    error: str | None = None
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    sysctls_fixed: tuple[str, ...] = ()
+    interface_created: bool = False
+
+
+def _condition(
+    previous: Mapping[str, Mapping[str, object]],
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: str,
+) -> models.Condition:
+    before = previous.get(type_, {})
+    transition = before.get("lastTransitionTime") if before.get("status") == status else None
+    return models.Condition(
+        type=type_,
+        status=status,  # type: ignore[arg-type]
+        reason=reason,
+        message=message,
+        last_transition_time=str(transition) if transition else now,
+        observed_generation=generation,
+    )
+
+
+def compute_status(
+    outcome: Outcome,
+    *,
+    generation: int | None,
+    previous: Mapping[str, object] | None,
+    now: str,
+    drift: models.DriftRepair | None = None,
+) -> models.NodeConfigStatus:
+    """The whole status of a DsrNodeConfig from one outcome; conditions keep their transition times."""
+    prev = previous or {}
+    prev_conditions = {
+        str(c.get("type")): c
+        for c in prev.get("conditions", []) or []
+        if isinstance(c, Mapping)  # type: ignore[union-attr]
+    }
+    if outcome.error:
+        ready = ("False", "ApplyFailed", outcome.error)
+    elif outcome.failed:
+        names = ", ".join(f.address for f in outcome.failed)
+        ready = ("False", "PartiallyApplied", f"{len(outcome.applied)} VIP(s) applied; failed: {names}")
+    else:
+        ready = ("True", "Applied", f"{len(outcome.applied)} VIP(s) on {outcome.interface} ({outcome.mode} mode)")
+    if outcome.failed:
+        degraded = ("True", "VipsFailed", "; ".join(f"{f.address}: {f.error}" for f in outcome.failed))
+    else:
+        degraded = ("False", "AsExpected", "")
+    conditions = [
+        _condition(prev_conditions, "Ready", *ready, generation, now),
+        _condition(prev_conditions, "Degraded", *degraded, generation, now),
+    ]
+    if drift is None and isinstance(prev.get("lastDriftRepair"), Mapping):
+        drift = models.DriftRepair.model_validate(prev["lastDriftRepair"])
+    return models.NodeConfigStatus(
+        observed_generation=generation,
+        applied_vips=list(outcome.applied),
+        failed_vips=[models.VipError(address=f.address, error=f.error) for f in outcome.failed],
+        interface=outcome.interface,
+        mode=outcome.mode,  # type: ignore[arg-type]
+        sysctls=dict(outcome.sysctls),
+        rp_filter=dict(outcome.rp_filter),
+        conditions=conditions,
+        last_error=outcome.error,
+        last_drift_repair=drift,
+    )
+
+
+def status_document(status: models.NodeConfigStatus) -> dict[str, object]:
+    """The JSON form written to the API (camelCase, no nulls)."""
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def merge_patch(old: Mapping[str, object] | None, new: Mapping[str, object]) -> dict[str, object]:
+    """A top-level merge patch turning `old` into `new` (keys gone from `new` become null)."""
+    patch: dict[str, object] = dict(new)
+    for key in old or {}:
+        if key not in new:
+            patch[key] = None
+    return patch

@@ -1,0 +1,146 @@
+"""`dsr-operator host-setup`: the loopback VIP steps for a backend host outside Kubernetes.
+
+Renders the exact commands for Linux (iproute2 + sysctl, made persistent with an
+/etc/sysctl.d file and an ifupdown `/etc/network/interfaces.d` snippet) or Windows (PowerShell:
+KM-TEST loopback adapter, VIP /32 without gateway, no DNS registration or NetBIOS, weak host
+send/receive on the adapter and the uplink). Rendering is pure; `--apply` on Linux runs the
+agent's own `Host` code instead of the text.
+
+Why ifupdown and not systemd-networkd for persistence: networkd flushes the addresses it does not
+know from any link it manages, and managing `lo` to add a VIP would put 127.0.0.1 at risk
+(systemd issue #2023). An ifupdown `inet manual` stanza only runs our two commands.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+
+from dsr_operator.agent import core
+
+SYSCTL_FILE = "/etc/sysctl.d/90-dsr-operator.conf"
+IFUPDOWN_FILE = "/etc/network/interfaces.d/dsr-operator"
+WINDOWS_ADAPTER = "DSR-Loopback"
+LOOPBACK = "lo"
+
+
+def _ip(netns: str | None) -> str:
+    return f"ip -n {shlex.quote(netns)}" if netns else "ip"
+
+
+def _sysctl(netns: str | None) -> str:
+    return f"ip netns exec {shlex.quote(netns)} sysctl" if netns else "sysctl"
+
+
+def _add(vip: core.Vip, netns: str | None) -> str:
+    if vip.family == 2:
+        return f"{_ip(netns)} address replace {vip.cidr} dev {LOOPBACK} label {LOOPBACK}{core.LABEL_SUFFIX}"
+    return f"{_ip(netns)} -6 address replace {vip.cidr} dev {LOOPBACK} nodad"
+
+
+def _del(vip: core.Vip, netns: str | None) -> str:
+    return f"{_ip(netns)} {'-6 ' if vip.family != 2 else ''}address del {vip.cidr} dev {LOOPBACK}"
+
+
+def linux(vips: Sequence[core.Vip], *, remove: bool = False, netns: str | None = None) -> str:
+    """Shell commands (run as root) that put the VIPs on `lo` for L2 DSR, or take them away."""
+    sysctls = core.desired_sysctls(LOOPBACK)
+    names = " ".join(v.address for v in vips)
+    lines = [f"# dsr-operator host-setup (Linux): {'remove ' if remove else ''}DSR VIP(s) {names} on {LOOPBACK}"]
+    if remove:
+        lines += ["# 1. Runtime"]
+        lines += [_del(v, netns) for v in vips]
+        lines += [
+            "# 2. Persistence",
+            f"rm -f {IFUPDOWN_FILE} {SYSCTL_FILE}",
+            "# 3. arp_ignore/arp_announce keep their values until the next boot; to go back now, set the",
+            "#    values you had before (kernel defaults are 0), e.g.:",
+        ]
+        lines += [f"{_sysctl(netns)} -w {key}=0" for key in sysctls]
+        return "\n".join(lines) + "\n"
+    lines += ["# 1. Runtime: answer ARP only for addresses of the asking interface, never announce the VIP"]
+    lines += [f"{_sysctl(netns)} -w {key}={value}" for key, value in sysctls.items()]
+    lines += ["# The VIP as a host route on the loopback: the host accepts it, never answers ARP for it"]
+    lines += [_add(v, netns) for v in vips]
+    lines += [
+        "# Check: rp_filter must be 0 or 2 on the interface the VIP traffic arrives on (the max of `all` and",
+        "# the interface applies)",
+        f"{_sysctl(netns)} -a 2>/dev/null | grep '\\.rp_filter'",
+        "# 2. Persistent: sysctls",
+        f"cat > {SYSCTL_FILE} <<'EOF'",
+        *[f"{key} = {value}" for key, value in sysctls.items()],
+        "EOF",
+        "# 3. Persistent: addresses, with ifupdown (Debian/Ubuntu with ifupdown; systemd-networkd is not used",
+        "#    because it flushes unknown addresses of the links it manages, lo included)",
+        f"cat > {IFUPDOWN_FILE} <<'EOF'",
+        f"auto {LOOPBACK}{core.LABEL_SUFFIX}",
+        f"iface {LOOPBACK}{core.LABEL_SUFFIX} inet manual",
+        *[f"    up {_add(v, None)}" for v in vips],
+        *[f"    down {_del(v, None)} || true" for v in vips],
+        "EOF",
+        "# (`host-setup --apply` does step 1 with the node agent's netlink code and also tags each address",
+        f"#  with address protocol {core.OWNER_PROTO}, so that `host-setup --apply --remove` removes only those.)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _ps(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def windows(
+    vips: Sequence[core.Vip], *, remove: bool = False, adapter: str = WINDOWS_ADAPTER, uplink: str = "Ethernet"
+) -> str:
+    """PowerShell (as Administrator) that holds the VIPs on a KM-TEST loopback adapter, or removes them."""
+    names = " ".join(v.address for v in vips)
+    lines = [
+        f"# dsr-operator host-setup (Windows PowerShell, as Administrator): {'remove ' if remove else ''}"
+        f"DSR VIP(s) {names}",
+        "$ErrorActionPreference = 'Stop'",
+        f"$Name = {_ps(adapter)}",
+        f"$Uplink = {_ps(uplink)}   # the adapter the load balancer's frames arrive on",
+    ]
+    if remove:
+        lines += [f"Remove-NetIPAddress -InterfaceAlias $Name -IPAddress {v.address} -Confirm:$false" for v in vips]
+        lines += [
+            "# Put the uplink back to the strong host model (skip if something else needs weak host there)",
+            "Set-NetIPInterface -InterfaceAlias $Uplink -WeakHostReceive Disabled -WeakHostSend Disabled",
+            "# Remove the loopback adapter once it holds no VIP",
+            "if (-not (Get-NetIPAddress -InterfaceAlias $Name -ErrorAction SilentlyContinue |",
+            "          Where-Object { $_.PrefixOrigin -eq 'Manual' })) {",
+            "    pnputil /remove-device (Get-NetAdapter -Name $Name).PnPDeviceID",
+            "}",
+        ]
+        return "\n".join(lines) + "\n"
+    lines += [
+        "# 1. Install the Microsoft KM-TEST Loopback Adapter and name it",
+        "#    (devcon.exe ships with the Windows Driver Kit; `Add Legacy Hardware` in hdwwiz.exe is the GUI way)",
+        "if (-not (Get-NetAdapter -Name $Name -ErrorAction SilentlyContinue)) {",
+        "    $before = @(Get-NetAdapter -IncludeHidden | ForEach-Object InterfaceGuid)",
+        "    devcon.exe install \"$env:windir\\inf\\netloop.inf\" '*MSLOOP'",
+        "    $new = Get-NetAdapter | Where-Object {",
+        "        $_.InterfaceDescription -like 'Microsoft KM-TEST Loopback Adapter*' -and",
+        "        $before -notcontains $_.InterfaceGuid } | Select-Object -First 1",
+        "    Rename-NetAdapter -Name $new.Name -NewName $Name",
+        "}",
+        "# 2. The VIP with a /32 mask (255.255.255.255) and no default gateway; never used as a source address",
+        "Set-NetIPInterface -InterfaceAlias $Name -Dhcp Disabled",
+    ]
+    for vip in vips:
+        lines.append(
+            f"New-NetIPAddress -InterfaceAlias $Name -IPAddress {vip.address} -PrefixLength {vip.prefixlen} "
+            "-SkipAsSource $true"
+        )
+    lines += [
+        "# 3. Keep the VIP out of DNS and NetBIOS",
+        "Set-DnsClient -InterfaceAlias $Name -RegisterThisConnectionsAddress $false",
+        "$index = (Get-NetAdapter -Name $Name).InterfaceIndex",
+        'Get-CimInstance Win32_NetworkAdapterConfiguration -Filter "InterfaceIndex=$index" |',
+        "    Invoke-CimMethod -MethodName SetTcpipNetbios -Arguments @{ TcpipNetbiosOptions = [uint32]2 }",
+        "# 4. Weak host model: accept VIP traffic arriving on the uplink, answer from the VIP through it",
+        "Set-NetIPInterface -InterfaceAlias $Name -WeakHostReceive Enabled -WeakHostSend Enabled",
+        "Set-NetIPInterface -InterfaceAlias $Uplink -WeakHostReceive Enabled -WeakHostSend Enabled",
+        '#    (netsh equivalent: netsh interface ipv4 set interface "DSR-Loopback" weakhostreceive=enabled'
+        " weakhostsend=enabled)",
+    ]
+    return "\n".join(lines) + "\n"

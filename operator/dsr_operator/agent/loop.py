@@ -1,0 +1,243 @@
+"""The agent's thin Kubernetes loop: watch one DsrNodeConfig, converge the host, report status and drift.
+
+Level-based: the watch only records the latest object and wakes the reconciler; a resync timer
+wakes it too. Each pass reads the whole desired state (the spec's VIPs), lets `Host.apply` converge
+the host, and writes the status subresource only if it differs. API failures never touch the host:
+the watch reconnects with exponential backoff while the timer keeps repairing the host from the
+last spec seen. Until the object has been read once, the host is left exactly as it is, so an agent
+restart never removes a VIP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import datetime
+import logging
+import pathlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightkube
+import lightkube.models.core_v1
+import lightkube.models.meta_v1
+import lightkube.resources.core_v1
+import lightkube.types
+
+from dsr_operator import kube
+from dsr_operator.agent import core, host, state
+from dsr_operator.api import models
+
+logger = logging.getLogger(__name__)
+
+COMPONENT = "dsr-operator-agent"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The node agent's settings (flags of `dsr-operator agent`)."""
+
+    node_name: str
+    interface_mode: host.Mode = "auto"
+    interface: str = "dsr0"
+    """Name of the dummy interface (dummy mode)."""
+    resync_seconds: float = 30.0
+    """Re-check the host (and repair drift) at least this often."""
+    netns: str | None = None
+    state_dir: pathlib.Path = state.DEFAULT_DIR
+    backoff_initial_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+    events_namespace: str = "default"
+    """Events about the cluster-scoped DsrNodeConfig go to this namespace."""
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(tz=datetime.UTC)
+
+
+def _rfc3339(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    data = obj.to_dict() if hasattr(obj, "to_dict") and not isinstance(obj, dict) else dict(obj)
+    return copy.deepcopy(data)
+
+
+class Agent:
+    """Reconciles the host against this node's DsrNodeConfig until cancelled."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        the_host: host.Host,
+        client: lightkube.AsyncClient,
+        *,
+        clock: Callable[[], datetime.datetime] = _utcnow,
+    ) -> None:
+        self.settings = settings
+        self.host = the_host
+        self.client = client
+        self.clock = clock
+        self._obj: dict[str, Any] | None = None
+        self._known = False
+        self._wake = asyncio.Event()
+        self._retry_in: float | None = None
+        self._baseline: tuple[set[str], set[str]] | None = None
+        """(VIPs held, sysctls at their desired value) after the last pass: what drift is measured against."""
+        self.passes = 0
+
+    # --- watch -----------------------------------------------------------------------------------
+
+    def _observe(self, obj: dict[str, Any] | None) -> None:
+        self._obj = obj
+        self._known = True
+        self._wake.set()
+
+    async def _watch(self) -> None:
+        name = self.settings.node_name
+        fields = {"metadata.name": name}
+        delay = self.settings.backoff_initial_seconds
+        while True:
+            try:
+                listing = self.client.list(kube.DsrNodeConfig, fields=fields)
+                found = None
+                async for obj in listing:
+                    if obj.metadata is not None and obj.metadata.name == name:  # never trust the selector alone
+                        found = _plain(obj)
+                try:
+                    version: str | None = listing.resourceVersion
+                except lightkube.core.exceptions.NotReadyError:
+                    version = None
+                self._observe(found)
+                delay = self.settings.backoff_initial_seconds
+                async for event, obj in self.client.watch(kube.DsrNodeConfig, fields=fields, resource_version=version):
+                    if obj.metadata is None or obj.metadata.name != name:
+                        continue
+                    self._observe(None if event == "DELETED" else _plain(obj))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # API and transport errors alike: back off and list again
+                logger.warning("Watching DsrNodeConfig %s failed, retrying in %.1fs: %s", name, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.backoff_max_seconds)
+
+    # --- reconcile -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Watch and reconcile until cancelled (cancellation leaves the host as it is)."""
+        watcher = asyncio.create_task(self._watch(), name=f"watch-{self.settings.node_name}")
+        try:
+            while True:
+                timeout = self._retry_in if self._retry_in is not None else self.settings.resync_seconds
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+                if not self._known:
+                    continue
+                await self.reconcile()
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    async def reconcile(self) -> None:
+        """One pass: spec -> host -> status (only if changed) -> events."""
+        obj = self._obj
+        spec = (obj or {}).get("spec") or {}
+        vips, invalid = core.parse_vips(spec.get("vips", []))
+        outcome = await self.host.apply(vips, invalid)
+        self.passes += 1
+        if outcome.added or outcome.removed:
+            logger.info(
+                "DsrNodeConfig %s: added %s, removed %s on %s",
+                self.settings.node_name,
+                list(outcome.added) or "nothing",
+                list(outcome.removed) or "nothing",
+                outcome.interface,
+            )
+
+        previous_status: Mapping[str, Any] = (obj or {}).get("status") or {}
+        metadata = (obj or {}).get("metadata") or {}
+        generation = metadata.get("generation")
+        now = self.clock()
+        repaired = self._drift(outcome, previous_status, generation)
+        drift = models.DriftRepair(time=_rfc3339(now), repaired=repaired) if repaired else None
+        if repaired:
+            logger.warning("DsrNodeConfig %s: repaired host drift: %s", self.settings.node_name, "; ".join(repaired))
+
+        self._retry_in = None
+        if obj is None:
+            return
+        if drift is not None:
+            await self._event("DriftRepaired", "Repaired host drift: " + "; ".join(repaired), metadata, now)
+        status = core.compute_status(
+            outcome, generation=generation, previous=previous_status, now=_rfc3339(now), drift=drift
+        )
+        document = core.status_document(status)
+        if document == dict(previous_status):
+            return
+        try:
+            await self.client.patch(
+                kube.DsrNodeConfig.Status,
+                self.settings.node_name,
+                {"status": core.merge_patch(previous_status, document)},
+                patch_type=lightkube.types.PatchType.MERGE,
+            )
+            if self._obj is obj:
+                obj["status"] = document
+        except Exception as exc:  # the next pass recomputes and retries
+            self._retry_in = self.settings.backoff_initial_seconds
+            logger.warning("Writing status of DsrNodeConfig %s failed: %s", self.settings.node_name, exc)
+
+    def _drift(self, outcome: core.Outcome, previous_status: Mapping[str, Any], generation: int | None) -> list[str]:
+        """What this pass had to restore although it was in place after the previous pass."""
+        desired_sysctls = core.desired_sysctls(outcome.interface)
+        if self._baseline is None and previous_status.get("observedGeneration") == generation and generation:
+            # First pass after a start: measure against what the previous agent reported.
+            held = set(previous_status.get("appliedVips") or [])
+            reported = previous_status.get("sysctls") or {}
+            good = {k for k, v in desired_sysctls.items() if reported.get(k) == v}
+            self._baseline = (held, good)
+        repaired: list[str] = []
+        if self._baseline is not None:
+            held, good = self._baseline
+            repaired += [f"VIP {a} re-added on {outcome.interface}" for a in outcome.added if a in held]
+            repaired += [f"{k} set back to {desired_sysctls[k]}" for k in outcome.sysctls_fixed if k in good]
+            if outcome.interface_created and held:
+                repaired.insert(0, f"interface {outcome.interface} re-created")
+        self._baseline = (
+            set(outcome.applied),
+            {k for k, v in desired_sysctls.items() if outcome.sysctls.get(k) == v},
+        )
+        return repaired
+
+    async def _event(self, reason: str, message: str, metadata: Mapping[str, Any], now: datetime.datetime) -> None:
+        name = self.settings.node_name
+        event = lightkube.resources.core_v1.Event(
+            metadata=lightkube.models.meta_v1.ObjectMeta(
+                generateName=f"{name}.", namespace=self.settings.events_namespace
+            ),
+            involvedObject=lightkube.models.core_v1.ObjectReference(
+                apiVersion=models.API_VERSION,
+                kind=models.NODECONFIG_KIND,
+                name=name,
+                uid=metadata.get("uid"),
+                resourceVersion=metadata.get("resourceVersion"),
+            ),
+            reason=reason,
+            message=message[:1024],
+            type="Normal",
+            source=lightkube.models.core_v1.EventSource(component=COMPONENT, host=name),
+            firstTimestamp=now,
+            lastTimestamp=now,
+            count=1,
+            reportingComponent=COMPONENT,
+            reportingInstance=name,
+        )
+        try:
+            await self.client.create(event, namespace=self.settings.events_namespace)
+        except Exception as exc:  # an event is best effort
+            logger.warning("Posting event %s for DsrNodeConfig %s failed: %s", reason, name, exc)

@@ -1,0 +1,77 @@
+"""Shared Kubernetes access: our custom resources as lightkube classes, and the async client factory.
+
+Both programs (operator and node agent) talk to the API server through `lightkube.AsyncClient`.
+This module names the resources once (from `dsr_operator.api.models`) and builds clients from,
+in order of precedence: an explicit server URL (+ token or token file), a kubeconfig file, the
+in-cluster service account, `$KUBECONFIG` / `~/.kube/config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import httpx2
+import lightkube
+import lightkube.config.kubeconfig
+import lightkube.config.models
+import lightkube.generic_resource
+
+from dsr_operator.api import models
+
+DsrService = lightkube.generic_resource.create_namespaced_resource(
+    models.GROUP, models.VERSION, models.SERVICE_KIND, models.SERVICE_PLURAL
+)
+"""DsrService (namespaced); `DsrService.Status` addresses its status subresource."""
+
+DsrNodeConfig = lightkube.generic_resource.create_global_resource(
+    models.GROUP, models.VERSION, models.NODECONFIG_KIND, models.NODECONFIG_PLURAL
+)
+"""DsrNodeConfig (cluster-scoped, named after its node); `DsrNodeConfig.Status` is its status subresource."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Connection:
+    """Where the API server is and how to authenticate; empty means "discover from the environment"."""
+
+    kubeconfig: pathlib.Path | None = None
+    """A kubeconfig file; its current context is used unless `context` names another."""
+    context: str | None = None
+    server: str | None = None
+    """An explicit API server URL (e.g. `https://10.0.0.1:6443`, or a test emulator's `http://` URL)."""
+    token: str | None = dataclasses.field(default=None, repr=False)
+    token_file: pathlib.Path | None = None
+    """Re-read on every request, so a rotated projected service-account token keeps working."""
+    certificate_authority: pathlib.Path | None = None
+    insecure_skip_tls_verify: bool = False
+    timeout_seconds: float = 10.0
+    """Per-request timeout (connect, read, write, pool); watches have no read timeout."""
+
+
+def load_config(connection: Connection) -> lightkube.KubeConfig:
+    """Resolve a `Connection` into a lightkube configuration (reads files: call it off the event loop)."""
+    if connection.server is not None:
+        user = lightkube.config.models.User(  # lightkube needs a user, even an anonymous one
+            token=connection.token,
+            token_file=str(connection.token_file) if connection.token_file is not None else None,
+        )
+        cluster = lightkube.config.models.Cluster(
+            server=connection.server,
+            certificate_auth=str(connection.certificate_authority) if connection.certificate_authority else None,
+            insecure=connection.insecure_skip_tls_verify,
+        )
+        return lightkube.KubeConfig.from_one(cluster=cluster, user=user)
+    if connection.kubeconfig is not None:
+        return lightkube.KubeConfig.from_file(connection.kubeconfig)
+    return lightkube.KubeConfig.from_env()
+
+
+def make_client(config: lightkube.KubeConfig, connection: Connection, *, field_manager: str) -> lightkube.AsyncClient:
+    """An `AsyncClient` for one program; close it with `await client.close()` (or `async with`)."""
+    single = config.get(connection.context)
+    return lightkube.AsyncClient(
+        single,
+        timeout=httpx2.Timeout(connection.timeout_seconds),
+        field_manager=field_manager,
+        trust_env=False,
+    )

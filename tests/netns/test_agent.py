@@ -1,0 +1,195 @@
+"""The node agent against real netlink in a throwaway namespace and the Kubernetes emulator over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pathlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import lightkube.resources.core_v1
+import lightkube.types
+import pytest
+
+from dsr_operator import kube as kubeapi
+from dsr_operator.agent import host, loop
+from tests.conftest import KubeHandle
+from tests.netns.hostcheck import addresses, cidrs, poll, run, set_sysctl, sysctl
+
+NODE = "node-a"
+
+
+async def create_config(client: Any, vips: list[Any], name: str = NODE) -> None:
+    await client.create(kubeapi.DsrNodeConfig(metadata={"name": name}, spec={"vips": vips}))
+
+
+async def set_vips(client: Any, vips: list[Any], name: str = NODE) -> None:
+    await client.patch(
+        kubeapi.DsrNodeConfig, name, {"spec": {"vips": vips}}, patch_type=lightkube.types.PatchType.MERGE
+    )
+
+
+async def status_of(client: Any, name: str = NODE) -> dict[str, Any]:
+    obj = await client.get(kubeapi.DsrNodeConfig, name)
+    return dict(obj.get("status") or {})
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
+
+
+@contextlib.asynccontextmanager
+async def running_agent(
+    kube: KubeHandle, ns: str, state_dir: pathlib.Path, *, mode: host.Mode = "auto", resync: float = 0.3
+) -> AsyncIterator[loop.Agent]:
+    settings = loop.Settings(
+        node_name=NODE,
+        interface_mode=mode,
+        netns=ns,
+        state_dir=state_dir,
+        resync_seconds=resync,
+        backoff_initial_seconds=0.1,
+    )
+    async with host.Host(netns=ns, mode=mode, state_dir=state_dir) as the_host:
+        agent = loop.Agent(settings, the_host, kube.client("agent"))
+        task = asyncio.create_task(agent.run())
+        try:
+            yield agent
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            assert not task.done() or task.cancelled(), task.exception()
+
+
+async def test_vips_follow_the_spec_and_status_reports_them(
+    kube: KubeHandle, netns: str, tmp_path: pathlib.Path
+) -> None:
+    client = kube.client()
+    await create_config(client, ["192.0.2.10", "2001:db8::10"])
+    async with running_agent(kube, netns, tmp_path):
+        await poll(lambda: {"192.0.2.10/32", "2001:db8::10/128"} <= cidrs(netns, "lo"), what="VIPs on lo")
+        labels = {a["local"]: a.get("label") for a in addresses(netns)}
+        assert labels["192.0.2.10"] == "lo:dsr"
+        assert sysctl(netns, "net.ipv4.conf.all.arp_ignore") == 1
+        assert sysctl(netns, "net.ipv4.conf.all.arp_announce") == 2
+        assert sysctl(netns, "net.ipv4.conf.lo.arp_ignore") == 1
+        assert sysctl(netns, "net.ipv4.conf.lo.arp_announce") == 2
+
+        async def reported() -> dict[str, Any] | None:
+            status = await status_of(client)
+            return status if status.get("observedGeneration") == 1 else None
+
+        status = await poll(reported, what="status of generation 1")
+        assert status["appliedVips"] == ["192.0.2.10", "2001:db8::10"]
+        assert status["mode"] == "loopback" and status["interface"] == "lo"  # this kernel has no dummy type
+        assert status["sysctls"]["net.ipv4.conf.all.arp_ignore"] == 1
+        assert "all" in status["rpFilter"] and "lo" in status["rpFilter"]
+        assert condition(status, "Ready")["status"] == "True"
+        assert condition(status, "Degraded")["status"] == "False"
+        assert "failedVips" not in status or status["failedVips"] == []
+
+        await set_vips(client, ["192.0.2.11"])
+        await poll(
+            lambda: cidrs(netns, "lo") & {"192.0.2.10/32", "192.0.2.11/32", "2001:db8::10/128"} == {"192.0.2.11/32"},
+            what="VIP set replaced",
+        )
+
+        async def second() -> dict[str, Any] | None:
+            status = await status_of(client)
+            return status if status.get("observedGeneration") == 2 else None
+
+        status = await poll(second, what="status of generation 2")
+        assert status["appliedVips"] == ["192.0.2.11"]
+
+        status_writes = [r for r in list(kube.emulator) if r.subresource == "status"]
+        await asyncio.sleep(1.0)  # three resyncs with nothing to change
+        assert [r for r in list(kube.emulator) if r.subresource == "status"] == status_writes, "status rewritten"
+
+
+async def test_invalid_vip_is_reported_and_does_not_block_the_others(
+    kube: KubeHandle, netns: str, tmp_path: pathlib.Path
+) -> None:
+    client = kube.client()
+    await create_config(client, ["192.0.2.20", "not-an-ip", "300.1.1.1", 7])
+    async with running_agent(kube, netns, tmp_path, mode="loopback"):
+        await poll(lambda: "192.0.2.20/32" in cidrs(netns, "lo"), what="valid VIP applied")
+
+        async def reported() -> dict[str, Any] | None:
+            status = await status_of(client)
+            return status if status.get("failedVips") else None
+
+        status = await poll(reported, what="failedVips")
+        assert status["appliedVips"] == ["192.0.2.20"]
+        assert {f["address"] for f in status["failedVips"]} == {"not-an-ip", "300.1.1.1", "7"}
+        assert condition(status, "Degraded")["status"] == "True"
+        assert condition(status, "Ready") == condition(status, "Ready") | {
+            "status": "False",
+            "reason": "PartiallyApplied",
+        }
+
+        await set_vips(client, ["192.0.2.20", "192.0.2.21"])  # still alive, still applying
+        await poll(lambda: "192.0.2.21/32" in cidrs(netns, "lo"), what="agent still reconciling")
+
+
+async def test_addresses_we_did_not_add_are_left_alone(kube: KubeHandle, netns: str, tmp_path: pathlib.Path) -> None:
+    run("ip", "-n", netns, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+    run("ip", "-n", netns, "addr", "add", "198.51.100.1/24", "dev", "v0")
+    run("ip", "-n", netns, "addr", "add", "192.0.2.99/32", "dev", "lo")  # someone else's /32 on lo
+    run("ip", "-n", netns, "addr", "add", "192.0.2.30/32", "dev", "lo", "label", "lo:dsr")  # same IP as a VIP, by hand
+    client = kube.client()
+    await create_config(client, ["192.0.2.30", "192.0.2.31"])
+    async with running_agent(kube, netns, tmp_path):
+        await poll(lambda: "192.0.2.31/32" in cidrs(netns, "lo"), what="VIP applied")
+        status = await poll(lambda: status_of(client), what="status")
+        await set_vips(client, [])
+        await poll(lambda: "192.0.2.31/32" not in cidrs(netns, "lo"), what="our VIP removed")
+        await asyncio.sleep(0.5)  # a resync later, nothing else went
+    assert {"192.0.2.99/32", "192.0.2.30/32", "127.0.0.1/8"} <= cidrs(netns, "lo")
+    assert "198.51.100.1/24" in cidrs(netns, "v0")
+    assert status is not None
+
+
+async def test_drift_is_repaired_and_reported(kube: KubeHandle, netns: str, tmp_path: pathlib.Path) -> None:
+    client = kube.client()
+    await create_config(client, ["192.0.2.40", "2001:db8::40"])
+    async with running_agent(kube, netns, tmp_path, resync=0.2):
+        await poll(lambda: "192.0.2.40/32" in cidrs(netns, "lo"), what="VIP applied")
+
+        async def converged() -> bool:
+            return (await status_of(client)).get("observedGeneration") == 1
+
+        await poll(converged, what="first status")
+        run("ip", "-n", netns, "addr", "del", "192.0.2.40/32", "dev", "lo")
+        run("ip", "-n", netns, "addr", "del", "2001:db8::40/128", "dev", "lo")
+        set_sysctl(netns, "net.ipv4.conf.all.arp_ignore", 0)
+        await poll(lambda: {"192.0.2.40/32", "2001:db8::40/128"} <= cidrs(netns, "lo"), what="VIPs back")
+        await poll(lambda: sysctl(netns, "net.ipv4.conf.all.arp_ignore") == 1, what="arp_ignore back")
+
+        async def drift_reported() -> dict[str, Any] | None:
+            return (await status_of(client)).get("lastDriftRepair")
+
+        drift = await poll(drift_reported, what="lastDriftRepair in status")
+        text = " ".join(drift["repaired"])
+        assert "192.0.2.40" in text and "2001:db8::40" in text and "arp_ignore" in text
+
+        async def events() -> list[Any]:
+            found = [e async for e in client.list(lightkube.resources.core_v1.Event, namespace="default")]
+            return [e for e in found if e.reason == "DriftRepaired"]
+
+        (event, *_) = await poll(events, what="DriftRepaired event")
+        assert event.involvedObject.kind == "DsrNodeConfig" and event.involvedObject.name == NODE
+        assert "192.0.2.40" in event.message
+
+
+async def test_dummy_mode_where_the_kernel_has_it(kube: KubeHandle, netns: str, tmp_path: pathlib.Path) -> None:
+    probe = run("ip", "-n", netns, "link", "add", "dsrprobe", "type", "dummy", check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"this kernel has no dummy link type ({probe.stderr.strip()}); loopback mode is what runs here")
+    run("ip", "-n", netns, "link", "del", "dsrprobe")
+    client = kube.client()
+    await create_config(client, ["192.0.2.60"])
+    async with running_agent(kube, netns, tmp_path, mode="dummy"):
+        await poll(lambda: "192.0.2.60/32" in cidrs(netns, "dsr0"), what="VIP on dsr0")
+        link = run("ip", "-n", netns, "-j", "link", "show", "dsr0").stdout
+        assert "NOARP" in link and "UP" in link
