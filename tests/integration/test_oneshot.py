@@ -81,8 +81,7 @@ async def test_plan_prints_the_seed_procedure_and_writes_nothing(
     assert lines[0] == "enable ns mode MBF"
     assert "add server dsr-198.51.100.21 198.51.100.21 -comment dsr-operator:default:shared" in lines
     assert any(
-        line.startswith("add service dsr-shop_web_80_198.51.100.21 dsr-198.51.100.21 ANY 80")
-        and "-usip YES" in line
+        line.startswith("add service dsr-198.51.100.21_80 dsr-198.51.100.21 ANY 80") and "-usip YES" in line
         for line in lines
     )
     assert any(
@@ -93,7 +92,7 @@ async def test_plan_prints_the_seed_procedure_and_writes_nothing(
         "add lb monitor dsr-shop_web_tcp TCP -destIP 192.0.2.10" in line and "-transparent YES" in line
         for line in lines
     )
-    assert lines[-1] == "bind lb vserver dsr-shop_web_80 dsr-shop_web_80_198.51.100.22"
+    assert lines[-1] == "bind lb vserver dsr-shop_web_80 dsr-198.51.100.22_80"
     assert (await nitro_sim.stats())["writes"] == 0
     assert PASSWORD not in out + err
 
@@ -114,15 +113,15 @@ async def test_apply_converges_then_plan_says_no_changes_and_delete_removes_exac
 
     code, out, err = await cli("apply", "-f", str(path), url=nitro_sim.url, pw=password_file)
     assert code == 0, out + err
-    assert "applied: bind lb vserver dsr-shop_web_80 dsr-shop_web_80_198.51.100.21" in out
+    assert "applied: bind lb vserver dsr-shop_web_80 dsr-198.51.100.21_80" in out
     vservers = await nitro_get(nitro_sim, "lbvserver")
     assert [(v["name"], v["servicetype"], v["ipv46"], v["m"]) for v in vservers] == [
         ("dsr-shop_web_80", "ANY", "192.0.2.10", "MAC")
     ]
     services = await nitro_get(nitro_sim, "service")
     assert sorted((s["name"], s["usip"], s["servicetype"]) for s in services) == [
-        ("dsr-shop_web_80_198.51.100.21", "YES", "ANY"),
-        ("dsr-shop_web_80_198.51.100.22", "YES", "ANY"),
+        ("dsr-198.51.100.21_80", "YES", "ANY"),
+        ("dsr-198.51.100.22_80", "YES", "ANY"),
     ]
     assert await nitro_get(nitro_sim, "nsmode")  # MBF on
     nsmode = await nitro_get(nitro_sim, "nsmode")
@@ -199,9 +198,7 @@ async def test_netscaler_errors_are_reported_and_a_rerun_completes(
     # A hand-made service occupies one of our names: that object fails alone, the rest is applied.
     headers = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": PASSWORD}
     async with aiohttp.ClientSession() as http:
-        body = {
-            "lbvserver": {"name": "dsr-shop_web_80", "servicetype": "HTTP", "ipv46": "192.0.2.99", "port": 80}
-        }
+        body = {"lbvserver": {"name": "dsr-shop_web_80", "servicetype": "HTTP", "ipv46": "192.0.2.99", "port": 80}}
         async with http.post(f"{nitro_sim.url}/nitro/v1/config/lbvserver", json=body, headers=headers) as r:
             assert r.status == 201
     path = manifest(tmp_path, STATIC % {"drain": 0})

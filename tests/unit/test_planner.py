@@ -65,8 +65,8 @@ def test_from_scratch_follows_the_seed_procedure_in_dependency_order() -> None:
     cmds = commands(plan)
     assert cmds[0] == "enable ns mode MBF"
     assert (
-        "add service dsr-shop_web_80_198.51.100.21 dsr-198.51.100.21 ANY 80 -healthMonitor YES -usip YES"
-        " -comment dsr-operator:test:uid-web" in cmds
+        "add service dsr-198.51.100.21_80 dsr-198.51.100.21 ANY 80 -healthMonitor YES -usip YES"
+        " -comment dsr-operator:test:shared" in cmds
     )
     assert any(
         c.startswith("add lb vserver dsr-shop_web_80 ANY 192.0.2.10 80 -lbMethod LEASTCONNECTION -m MAC") for c in cmds
@@ -106,15 +106,15 @@ def test_removed_backend_is_drained_then_unbound_then_deleted() -> None:
     first = planner.diff(
         smaller, actual, planner.Policy(OP_ID, drain_seconds={"uid-web": 30}, default_guard_percent=100)
     )
-    assert commands(first) == ["disable service dsr-shop_web_80_198.51.100.22 30 -graceful YES"]
+    assert commands(first) == ["disable service dsr-198.51.100.22_80 30 -graceful YES"]
     assert [h.reason for h in first.holds] == ["Draining"] and first.retry_after == 30
     draining = nsmodel.apply(actual, first, OP_ID)
     assert planner.diff(smaller, draining, policy).ops == []  # still draining: nothing else moves
     done = nsmodel.elapse(draining)
     assert commands(planner.diff(smaller, done, policy)) == [
-        "unbind lb vserver dsr-shop_web_80 dsr-shop_web_80_198.51.100.22",
-        "unbind service dsr-shop_web_80_198.51.100.22 -monitorName dsr-shop_web_tcp",
-        "rm service dsr-shop_web_80_198.51.100.22",
+        "unbind lb vserver dsr-shop_web_80 dsr-198.51.100.22_80",
+        "unbind service dsr-198.51.100.22_80 -monitorName dsr-shop_web_tcp",
+        "rm service dsr-198.51.100.22_80",
         "rm server dsr-198.51.100.22",
     ]
 
@@ -135,13 +135,20 @@ def test_deleting_the_dsrservice_is_not_limited_by_the_guard() -> None:
     assert after.objects == {} and after.bindings == frozenset()
 
 
-def test_a_shared_server_stays_while_another_dsrservice_uses_it() -> None:
-    policy = planner.Policy(OP_ID, default_drain_seconds=0)
+def test_a_shared_server_and_service_stay_while_another_dsrservice_uses_them() -> None:
+    policy = planner.Policy(OP_ID, default_drain_seconds=30, default_guard_percent=100)
     both = [intent("web", hosts(21)), intent("api", hosts(21), vip="192.0.2.11")]
     actual = converge(EMPTY, both, policy)
-    assert len(actual.of_kind("server")) == 1
+    assert [s.name for s in actual.of_kind("server")] == ["dsr-198.51.100.21"]
+    assert [s.name for s in actual.of_kind("service")] == ["dsr-198.51.100.21_80"]
+    # web drops the host: its binding goes at once (api still uses the service, so no drain of it).
+    plan = planner.diff(d.desired([intent("web", ()), both[1]]), actual, policy, scope=frozenset({"uid-web"}))
+    assert commands(plan) == [
+        "unbind lb vserver dsr-shop_web_80 dsr-198.51.100.21_80",
+        "unbind service dsr-198.51.100.21_80 -monitorName dsr-shop_web_tcp",
+    ]
     after = converge(actual, both[1:], policy, scope=frozenset({"uid-web"}))
-    assert [s.name for s in after.of_kind("server")] == ["dsr-198.51.100.21"]
+    assert [s.name for s in after.of_kind("service")] == ["dsr-198.51.100.21_80"]
     assert {o.owner for o in after.objects.values()} == {"uid-api", ns.SHARED_OWNER}
 
 
@@ -154,10 +161,11 @@ def test_hand_made_object_with_our_name_is_never_touched() -> None:
 
 def test_names_stay_valid_and_unique_when_too_long() -> None:
     long_ref = models.ObjectRef(namespace="n" * 63, name="x" * 63, uid="u")
-    name = names.service(long_ref, 443, "2001:db8::1")
-    assert len(name) <= names.MAX_LENGTH and name.startswith("dsr-")
-    other = names.service(long_ref, 443, "2001:db8::2")
-    assert name != other
+    name = names.vserver(long_ref, 443)
+    assert name == f"dsr-{'n' * 63}_{'x' * 63}_443"[:116] + name[-11:]
+    assert len(name) == names.MAX_LENGTH and name.startswith("dsr-")
+    assert name != names.vserver(long_ref, 8443)
+    assert names.service(443, "2001:db8::1") == "dsr-2001:db8::1_443"  # colons are valid in names
 
 
 def test_vip_conflict_younger_loses() -> None:

@@ -185,7 +185,7 @@ def parse_actual(
     """Build the actual state from NITRO GET records keyed by resource type.
 
     Objects named with our prefix but lacking our marker are recorded as foreign names only.
-    Bindings are kept when their parent is ours.
+    A vserver binding belongs to its vserver's owner, a monitor binding to its monitor's owner.
     """
     objects: list[NsObject] = []
     foreign: list[tuple[str, str]] = []
@@ -218,7 +218,7 @@ def parse_actual(
                 )
             )
     for rec in records.get(MONITOR_BINDING, ()):
-        parent = ours.get((SERVICE.rtype, str(rec.get("name"))))
-        if parent is not None:
-            bindings.append(Binding(MONITOR_BINDING, parent.name, str(rec.get("monitor_name")), parent.owner))
+        monitor = ours.get((LBMONITOR.rtype, str(rec.get("monitor_name"))))
+        if monitor is not None and (SERVICE.rtype, str(rec.get("name"))) in ours:
+            bindings.append(Binding(MONITOR_BINDING, str(rec.get("name")), monitor.name, monitor.owner))
     return NetScalerState.build(objects, bindings, mbf=mbf, foreign=foreign)

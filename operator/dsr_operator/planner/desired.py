@@ -1,7 +1,8 @@
 """Desired NetScaler state: what the DsrServices and their backends ask for (pure).
 
 The seed's manual procedure, as data: MBF on; a server per backend host (shared); per port a
-vserver of type ANY in MAC mode on the VIP; per port and backend a service of type ANY with USIP;
+vserver of type ANY in MAC mode on the VIP; per port and backend host a service of type ANY with
+USIP (shared: NetScaler has one service per IP, port and type);
 one monitor per DsrService bound to its services; a binding only for backends whose node already
 holds the VIP (the loopback handshake), so nothing is black-holed.
 """
@@ -84,12 +85,12 @@ def desired_for(intent: Intent) -> tuple[list[ns.NsObject], list[ns.Binding]]:
             )
         )
         for backend in intent.backends:
-            service = names.service(intent.ref, port, backend.address)
+            service = names.service(port, backend.address)
             objects.append(
                 ns.NsObject.make(
                     "service",
                     service,
-                    owner,
+                    ns.SHARED_OWNER,
                     servername=names.server(backend.address),
                     servicetype="ANY",
                     port=nitro_port,

@@ -65,9 +65,7 @@ def after(
                 objects[key] = dataclasses.replace(old, state=new_state)
         elif op.verb == "bind":
             parent, child = op.name.split(" ")
-            parent_kind = "lbvserver" if op.kind == ns.VSERVER_BINDING else "service"
-            owner = objects[(parent_kind, parent)].owner if (parent_kind, parent) in objects else op.owner
-            binding = ns.Binding(op.kind, parent, child, owner)
+            binding = ns.Binding(op.kind, parent, child, op.owner)
             bindings[binding] = binding
         elif op.verb == "unbind":
             parent, child = op.name.split(" ")

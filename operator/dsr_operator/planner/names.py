@@ -1,4 +1,4 @@
-"""Deterministic NetScaler object names derived from (namespace, name, port, backend).
+"""Deterministic NetScaler object names derived from (namespace, name, port) or (backend, port).
 
 NetScaler names start with a letter, digit or `_`, then use letters, digits and `_ # . space : @ = -`
 (NITRO error 1075), and we keep them within 127 characters. Kubernetes names never contain `_`, so
@@ -36,8 +36,10 @@ def vserver(ref: models.ObjectRef, port: int | str) -> str:
     return fit(f"{PREFIX}{ref.namespace}_{ref.name}_{port_label(port)}")
 
 
-def service(ref: models.ObjectRef, port: int | str, address: str) -> str:
-    return fit(f"{PREFIX}{ref.namespace}_{ref.name}_{port_label(port)}_{address}")
+def service(port: int | str, address: str) -> str:
+    """A service is shared by every DsrService that sends this port to this host (NetScaler allows
+    one service per IP, port and type)."""
+    return fit(f"{PREFIX}{address}_{port_label(port)}")
 
 
 def monitor(ref: models.ObjectRef, check_type: str) -> str:

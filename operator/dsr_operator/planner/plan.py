@@ -11,7 +11,7 @@ Safety rules enforced here, not in the callers:
 - a service that carries traffic is disabled gracefully for `drainSeconds` before it is unbound;
 - the blast-radius guard: one plan removes at most a share of a vserver's bound backends, unless
   its DsrService is being deleted;
-- servers are shared: removed only when no remaining service references them.
+- servers and services are shared: removed only when nothing that remains references them.
 """
 
 from __future__ import annotations
@@ -155,6 +155,13 @@ def diff(
     for obj in desired.of_kind("service"):
         if obj.get("servername") in blocked_names:
             blocked_names.add(obj.name)
+            holds.append(
+                Hold(
+                    _first_user(desired, obj.name),
+                    "NameConflict",
+                    f"service {obj.name} waits: its server name is taken by a hand-made object",
+                )
+            )
 
     # Additions and updates.
     if desired.objects and not actual.mbf:
@@ -185,26 +192,26 @@ def diff(
         ops.append(Op("bind", binding.kind, f"{binding.parent} {binding.child}", binding.owner, binding.payload()))
 
     # Removals: bindings first (with drain and guard), then the objects nothing uses any more.
+    everything = actual.bindings | desired.bindings
+    monitor_removals = {
+        b for b in actual.bindings if b.kind == ns.MONITOR_BINDING and b not in desired.bindings and in_scope(b.owner)
+    }
+    vserver_removals: list[ns.Binding] = []
     held_services: set[str] = set()
-    unbound: set[ns.Binding] = set()
-    vserver_bindings = defaultdict(list)
+    by_vserver: dict[str, list[ns.Binding]] = defaultdict(list)
     for binding in actual.bindings:
         if binding.kind == ns.VSERVER_BINDING:
-            vserver_bindings[binding.parent].append(binding)
-    for vserver, bound in sorted(vserver_bindings.items()):
+            by_vserver[binding.parent].append(binding)
+    for vserver, bound in sorted(by_vserver.items()):
         owner = bound[0].owner
         if not in_scope(owner):
             continue
         removing = sorted(b for b in bound if b not in desired.bindings)
-        if not removing:
-            continue
-        if owner in live_owners:
+        if owner in live_owners and removing:
             allowed = math.floor(len(bound) * policy.guard(owner) / 100)
             if len(removing) > allowed:
-                kept = removing[allowed:]
-                removing = removing[:allowed]
-                for b in kept:
-                    held_services.add(b.child)
+                kept, removing = removing[allowed:], removing[:allowed]
+                held_services.update(b.child for b in kept)
                 holds.append(
                     Hold(
                         owner,
@@ -214,81 +221,77 @@ def diff(
                         retry_after=policy.drain_poll_seconds,
                     )
                 )
-        for b in removing:
-            service = actual.get("service", b.child)
-            leaving = desired.get("service", b.child) is None
-            drain = policy.drain(owner)
-            if service is not None and leaving and drain > 0 and service.state != ns.OUT_OF_SERVICE:
-                held_services.add(b.child)
-                if service.state != ns.GOING_OUT_OF_SERVICE:
-                    ops.append(
-                        Op(
-                            "disable",
-                            "service",
-                            b.child,
-                            owner,
-                            {"name": b.child, "delay": drain, "graceful": "YES"},
-                        )
-                    )
-                    holds.append(
-                        Hold(
-                            owner,
-                            "Draining",
-                            f"service {b.child} drains for {drain}s before removal",
-                            retry_after=float(drain),
-                        )
-                    )
-                else:
-                    holds.append(
-                        Hold(
-                            owner,
-                            "Draining",
-                            f"service {b.child} is still draining",
-                            retry_after=policy.drain_poll_seconds,
-                        )
-                    )
-                continue
-            unbound.add(b)
-            ops.append(Op("unbind", b.kind, f"{b.parent} {b.child}", owner, b.unbind_payload()))
+        vserver_removals.extend(removing)
 
-    deleted: set[tuple[str, str]] = set()
-    for service in actual.of_kind("service"):
-        if desired.get("service", service.name) or not in_scope(service.owner) or service.name in held_services:
-            continue
-        deleted.add(("service", service.name))
-    for binding in sorted(actual.bindings):
-        if binding.kind != ns.MONITOR_BINDING or binding in desired.bindings or not in_scope(binding.owner):
-            continue
-        if binding.parent in held_services:
-            continue
-        unbound.add(binding)
-        ops.append(
-            Op(
-                "unbind",
-                binding.kind,
-                f"{binding.parent} {binding.child}",
-                binding.owner,
-                binding.unbind_payload(),
-            )
+    removal_set = set(vserver_removals) | monitor_removals
+
+    def leaving(service: str) -> bool:
+        """No DsrService wants the service any more: it is drained, then deleted."""
+        if desired.get("service", service) is not None:
+            return False
+        return not any(
+            b not in removal_set and (b.child == service if b.kind == ns.VSERVER_BINDING else b.parent == service)
+            for b in everything
         )
-    remaining = (actual.bindings | desired.bindings) - unbound
+
+    unbound: set[ns.Binding] = set()
+    disabled: set[str] = set()
+    for b in vserver_removals:
+        service = actual.get("service", b.child)
+        drain = policy.drain(b.owner)
+        if service is not None and drain > 0 and service.state != ns.OUT_OF_SERVICE and leaving(b.child):
+            held_services.add(b.child)
+            if service.state == ns.GOING_OUT_OF_SERVICE:
+                holds.append(
+                    Hold(
+                        b.owner,
+                        "Draining",
+                        f"service {b.child} is still draining",
+                        retry_after=policy.drain_poll_seconds,
+                    )
+                )
+            elif b.child not in disabled:
+                disabled.add(b.child)
+                ops.append(
+                    Op("disable", "service", b.child, b.owner, {"name": b.child, "delay": drain, "graceful": "YES"})
+                )
+                holds.append(
+                    Hold(
+                        b.owner,
+                        "Draining",
+                        f"service {b.child} drains for {drain}s before removal",
+                        retry_after=float(drain),
+                    )
+                )
+            continue
+        unbound.add(b)
+        ops.append(Op("unbind", b.kind, f"{b.parent} {b.child}", b.owner, b.unbind_payload()))
+    for b in sorted(monitor_removals):
+        if b.parent in held_services:
+            continue
+        unbound.add(b)
+        ops.append(Op("unbind", b.kind, f"{b.parent} {b.child}", b.owner, b.unbind_payload()))
+
+    remaining = everything - unbound
+    deleted: set[str] = set()
     for kind in ("service", "lbvserver", "lbmonitor"):
         for obj in actual.of_kind(kind):
             if desired.get(kind, obj.name) or not in_scope(obj.owner) or obj.name in held_services:
+                continue
+            if kind == "service" and any(obj.name in (b.parent, b.child) for b in remaining):
                 continue
             if kind == "lbvserver" and any(b.parent == obj.name for b in remaining):
                 continue
             if kind == "lbmonitor" and any(b.child == obj.name for b in remaining):
                 continue
-            deleted.add((kind, obj.name))
+            if kind == "service":
+                deleted.add(obj.name)
             body: dict[str, Any] = {ns.KINDS[kind].key: obj.name}
             if kind == "lbmonitor":
                 body["type"] = obj.get("type")
             ops.append(Op("delete", kind, obj.name, obj.owner, body))
     referenced = {
-        o.get("servername")
-        for o in [*actual.of_kind("service"), *desired.of_kind("service")]
-        if ("service", o.name) not in deleted
+        o.get("servername") for o in [*actual.of_kind("service"), *desired.of_kind("service")] if o.name not in deleted
     }
     for server in actual.of_kind("server"):
         if desired.get("server", server.name) or server.name in referenced:
@@ -298,8 +301,11 @@ def diff(
     return Plan(stages=_stages(ops), holds=tuple(holds))
 
 
-def _first_user(desired: ns.NetScalerState, server: str) -> str:
-    users = sorted(o.owner for o in desired.of_kind("service") if o.get("servername") == server)
+def _first_user(desired: ns.NetScalerState, name: str) -> str:
+    """The DsrService to report a conflict on a shared object to."""
+    users = sorted(o.owner for o in desired.of_kind("service") if o.get("servername") == name)
+    users += sorted(b.owner for b in desired.bindings if name in (b.parent, b.child))
+    users = [u for u in users if u != ns.SHARED_OWNER]
     return users[0] if users else ns.SHARED_OWNER
 
 
