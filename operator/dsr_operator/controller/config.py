@@ -1,0 +1,45 @@
+"""Operator settings: one root of small groups, from flags or environment (prefix DSR_)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pydantic
+import pydantic_settings
+
+from dsr_operator import settings as base
+
+
+class OperatorSettings(pydantic_settings.BaseSettings):
+    """`dsr-operator run` settings; every field also reads from the environment (DSR_<FIELD>)."""
+
+    model_config = pydantic_settings.SettingsConfigDict(env_prefix="DSR_", extra="ignore")
+
+    operator_id: str = pydantic.Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+    """The ownership marker in every NetScaler object's comment; one per cluster sharing a NetScaler."""
+    namespaces: list[str] = []
+    """Namespaces to watch for DsrServices; empty means cluster-wide."""
+    resync_seconds: float = pydantic.Field(default=60.0, gt=0)
+    """How often NetScaler is re-read to repair drift (seconds)."""
+    debounce_seconds: float = pydantic.Field(default=0.05, ge=0)
+    """Wait after a wake-up before reconciling, to batch bursts of events (seconds)."""
+    save_debounce_seconds: float = pydantic.Field(default=5.0, ge=0)
+    """Wait after the last change before saving NetScaler's configuration (seconds)."""
+    metrics_port: int = pydantic.Field(default=8080, ge=0, le=65535)
+    """Port of the Prometheus `/metrics` endpoint; 0 disables it."""
+    liveness_port: int = pydantic.Field(default=8081, ge=0, le=65535)
+    """Port of kopf's liveness endpoint `/healthz`; 0 disables it."""
+    default_drain_seconds: int = pydantic.Field(default=30, ge=0)
+    """Drain time for DsrServices that do not set `drainSeconds` (seconds)."""
+    max_unbind_percent: int = pydantic.Field(default=50, ge=1, le=100)
+    """Blast-radius guard: most of a vserver's bound backends one reconcile may remove (percent)."""
+    kube_server: str | None = None
+    """Kubernetes API URL; default: in-cluster service account, else KUBECONFIG."""
+    kube_token_file: pathlib.Path | None = None
+    kube_ca_file: pathlib.Path | None = None
+    kubeconfig: pathlib.Path | None = None
+    peering: str | None = None
+    """kopf peering name for several replicas (needs kopf's peering CRDs); None runs standalone."""
+
+    def nitro(self) -> base.NitroSettings:
+        return base.NitroSettings()

@@ -1,0 +1,50 @@
+"""Prometheus metrics of the operator and their `/metrics` endpoint (aiohttp, on the event loop)."""
+
+from __future__ import annotations
+
+import prometheus_client
+from aiohttp import web
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = prometheus_client.CollectorRegistry()
+        self.reconcile_seconds = prometheus_client.Histogram(
+            "dsr_reconcile_duration_seconds", "Time of one DsrService reconcile", ["result"],
+            registry=self.registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.nitro_requests = prometheus_client.Counter(
+            "dsr_nitro_requests_total", "NITRO requests sent", ["method", "resource", "status"],
+            registry=self.registry,
+        )
+        self.nitro_errors = prometheus_client.Counter(
+            "dsr_nitro_errors_total", "NITRO error responses by errorcode", ["errorcode"], registry=self.registry
+        )
+        self.bound_backends = prometheus_client.Gauge(
+            "dsr_bound_backends", "Backends bound on NetScaler per DsrService", ["namespace", "name"],
+            registry=self.registry,
+        )
+        self.stalled = prometheus_client.Gauge(
+            "dsr_stalled_dsrservices", "DsrServices whose Stalled condition is True", registry=self.registry
+        )
+        self.orphans_removed = prometheus_client.Counter(
+            "dsr_orphan_objects_removed_total", "Owned NetScaler objects removed because their DsrService is gone",
+            registry=self.registry,
+        )
+
+    def on_request(self, method: str, rtype: str, status: int, errorcode: int, seconds: float) -> None:
+        self.nitro_requests.labels(method, rtype, str(status)).inc()
+        if errorcode:
+            self.nitro_errors.labels(str(errorcode)).inc()
+
+    async def serve(self, port: int) -> web.AppRunner:
+        async def handle(_: web.Request) -> web.Response:
+            return web.Response(body=prometheus_client.generate_latest(self.registry),
+                                headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+        app = web.Application()
+        app.router.add_get("/metrics", handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "0.0.0.0", port).start()
+        return runner

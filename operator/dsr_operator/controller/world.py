@@ -1,0 +1,314 @@
+"""What the operator knows of the cluster, as plain data, and the pure decisions made from it.
+
+Kopf indices hold these summaries (one per EndpointSlice, Node, DsrNodeConfig, DsrService);
+the functions here turn them into planner input (backends with their readiness), the VIPs each
+node must hold, and the DsrService status. No I/O, no kopf: tested as transitions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from dsr_operator.api import models
+from dsr_operator.netscaler import models as ns
+from dsr_operator.planner import desired as desired_mod
+from dsr_operator.planner import names
+from dsr_operator.planner import plan as planner
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    node: str | None
+    ready: bool
+    serving: bool
+    terminating: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    uid: str
+    addresses: tuple[tuple[str, str], ...]  # (type, address), InternalIP first
+
+    def address_for(self, vip: str) -> str | None:
+        """The node's InternalIP (else ExternalIP) in the VIP's address family."""
+        family = ipaddress.ip_address(vip).version
+        for kind in ("InternalIP", "ExternalIP"):
+            for t, address in self.addresses:
+                try:
+                    if t == kind and ipaddress.ip_address(address).version == family:
+                        return address
+                except ValueError:
+                    continue
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeConfigInfo:
+    name: str
+    generation: int
+    vips: frozenset[str]
+    applied: frozenset[str]
+    observed_generation: int | None
+
+    @property
+    def current(self) -> bool:
+        return self.observed_generation is not None and self.observed_generation >= self.generation
+
+
+def slice_endpoints(body: Mapping[str, Any]) -> tuple[Endpoint, ...]:
+    result = []
+    for ep in body.get("endpoints") or ():
+        cond = ep.get("conditions") or {}
+        ready = cond.get("ready")
+        terminating = bool(cond.get("terminating", False))
+        serving = cond.get("serving", ready)
+        result.append(Endpoint(
+            node=ep.get("nodeName"),
+            ready=bool(ready if ready is not None else not terminating),
+            serving=bool(serving if serving is not None else True),
+            terminating=terminating,
+        ))
+    return tuple(result)
+
+
+def node_info(body: Mapping[str, Any]) -> NodeInfo:
+    meta = body.get("metadata") or {}
+    addresses = [(a.get("type", ""), a.get("address", "")) for a in (body.get("status") or {}).get("addresses") or ()]
+    addresses.sort(key=lambda a: (a[0] != "InternalIP", a[0]))
+    return NodeInfo(name=meta.get("name", ""), uid=meta.get("uid", ""), addresses=tuple(addresses))
+
+
+def nodeconfig_info(body: Mapping[str, Any]) -> NodeConfigInfo:
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    observed = status.get("observedGeneration")
+    return NodeConfigInfo(
+        name=meta.get("name", ""),
+        generation=int(meta.get("generation") or 0),
+        vips=frozenset(spec.get("vips") or ()),
+        applied=frozenset(status.get("appliedVips") or ()),
+        observed_generation=int(observed) if observed is not None else None,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeBackend:
+    """A node as a backend of one DsrService."""
+
+    node: str
+    address: str | None
+    ready_endpoints: int
+    other_endpoints: int
+
+    @property
+    def active(self) -> bool:
+        return self.ready_endpoints > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Backends:
+    """Planner input for one DsrService, and what the nodes must hold for it."""
+
+    backends: tuple[desired_mod.Backend, ...]
+    node_vips: Mapping[str, str]  # node → VIP it must hold for this DsrService
+    desired: int  # backends that should carry traffic
+    loopback_ready: int
+    missing_nodes: tuple[str, ...] = ()
+    waiting_nodes: tuple[str, ...] = ()
+
+
+def node_backends(slices: Iterable[Iterable[Endpoint]]) -> dict[str, tuple[int, int]]:
+    """node → (ready endpoints, other endpoints); terminating endpoints count as other (drained)."""
+    counts: dict[str, list[int]] = {}
+    for endpoints in slices:
+        for ep in endpoints:
+            if not ep.node:
+                continue
+            c = counts.setdefault(ep.node, [0, 0])
+            if ep.ready and not ep.terminating:
+                c[0] += 1
+            else:
+                c[1] += 1
+    return {node: (r, o) for node, (r, o) in counts.items()}
+
+
+def service_backends(
+    spec: models.DsrServiceSpec,
+    slices: Iterable[Iterable[Endpoint]],
+    nodes: Mapping[str, NodeInfo],
+    nodeconfigs: Mapping[str, NodeConfigInfo],
+    bound_addresses: Iterable[str],
+    present_addresses: Iterable[str],
+) -> Backends:
+    """Backends of a Service-backed DsrService: nodes hosting its endpoints, by InternalIP.
+
+    - a node with a ready endpoint should carry traffic: it is bound once its DsrNodeConfig status
+      shows the VIP applied at the current generation (or it is already bound: never flap);
+    - a node with only not-ready endpoints gets its service (unbound) and the VIP, ready for later;
+    - a node with only terminating endpoints is left out: the planner drains it, then removes it;
+    - a node keeps the VIP while NetScaler still has a service for it (unbind first, VIP after).
+    """
+    bound = set(bound_addresses)
+    present = set(present_addresses)
+    slices = [tuple(eps) for eps in slices]
+    counts = node_backends(slices)
+    backends: list[desired_mod.Backend] = []
+    node_vips: dict[str, str] = {}
+    missing: list[str] = []
+    waiting: list[str] = []
+    desired = loopback_ready = 0
+    for node, (ready, _other) in sorted(counts.items()):
+        info = nodes.get(node)
+        address = info.address_for(spec.vip) if info else None
+        if address is None:
+            missing.append(node)
+            continue
+        node_vips[node] = spec.vip
+        if ready == 0 and not _has_pending(node, slices):
+            continue  # only terminating endpoints: the planner drains this backend
+        config = nodeconfigs.get(node)
+        loop_ok = config is not None and spec.vip in config.applied and (config.current or address in bound)
+        if ready > 0:
+            desired += 1
+            if loop_ok:
+                loopback_ready += 1
+            else:
+                waiting.append(node)
+        backends.append(desired_mod.Backend(node, address, loopback_ready=ready > 0 and loop_ok))
+    for node, info in nodes.items():
+        address = info.address_for(spec.vip)
+        if address is not None and address in present and node not in node_vips:
+            node_vips[node] = spec.vip
+    return Backends(tuple(backends), node_vips, desired, loopback_ready, tuple(missing), tuple(waiting))
+
+
+def _has_pending(node: str, slices: Iterable[Iterable[Endpoint]]) -> bool:
+    """A node with a not-ready endpoint that is not terminating (a pod starting up)."""
+    return any(ep.node == node and not ep.ready and not ep.terminating for eps in slices for ep in eps)
+
+
+def static_backends(spec: models.DsrServiceSpec) -> Backends:
+    backends = desired_mod.static_backends(spec)
+    return Backends(backends, {}, len(backends), len(backends))
+
+
+def owned_service_addresses(actual: ns.NetScalerState, owner: str) -> tuple[set[str], set[str]]:
+    """(bound, present) backend addresses of one DsrService on NetScaler, from its bindings."""
+    servers = {s.name: s.get("ipaddress") for s in actual.of_kind("server")}
+    service_address = {svc.name: servers.get(svc.get("servername")) for svc in actual.of_kind("service")}
+    bound: set[str] = set()
+    present: set[str] = set()
+    for b in actual.bindings:
+        if b.owner != owner:
+            continue
+        service = b.child if b.kind == ns.VSERVER_BINDING else b.parent
+        address = service_address.get(service)
+        if address is None:
+            continue
+        present.add(address)
+        if b.kind == ns.VSERVER_BINDING:
+            bound.add(address)
+    return bound, present
+
+
+def bound_count(actual: ns.NetScalerState, ref: models.ObjectRef, spec: models.DsrServiceSpec) -> int:
+    """Backends bound on every vserver of the DsrService (the smallest count over its ports)."""
+    counts = []
+    for port in spec.ports:
+        vserver = names.vserver(ref, port)
+        counts.append(sum(1 for b in actual.bindings if b.kind == ns.VSERVER_BINDING and b.parent == vserver))
+    return min(counts) if counts else 0
+
+
+def vserver_states(actual: ns.NetScalerState, ref: models.ObjectRef, spec: models.DsrServiceSpec
+                   ) -> list[dict[str, Any]]:
+    out = []
+    for port in spec.ports:
+        obj = actual.get("lbvserver", names.vserver(ref, port))
+        out.append({"name": names.vserver(ref, port), "port": port, "state": obj.state if obj else "ABSENT"})
+    return out
+
+
+# --- status -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """The outcome of one reconcile, from which the status conditions follow."""
+
+    ready: bool
+    reason: str
+    message: str
+    reconciling: bool = False
+    stalled: bool = False
+
+
+def verdict(
+    *,
+    backends: Backends,
+    bound: int,
+    plan: planner.Plan | None,
+    failures: Iterable[str] = (),
+    unreachable: str | None = None,
+    stalled_reason: str | None = None,
+    stalled_message: str = "",
+) -> Verdict:
+    """One function decides the conditions; the highest-priority problem wins."""
+    if stalled_reason:
+        return Verdict(False, stalled_reason, stalled_message, stalled=True)
+    if unreachable:
+        return Verdict(False, "NetScalerUnreachable", unreachable, stalled=True)
+    failed = list(failures)
+    if failed:
+        return Verdict(False, "NetScalerRejected", "; ".join(failed[:3]), stalled=True)
+    holds = plan.holds if plan else ()
+    guard = [h for h in holds if h.reason == "BlastRadiusGuard"]
+    if guard:
+        return Verdict(False, "BlastRadiusGuard", guard[0].message, reconciling=True)
+    conflicts = [h for h in holds if h.reason == "NameConflict"]
+    if conflicts:
+        return Verdict(False, "NameConflict", conflicts[0].message, stalled=True)
+    if backends.missing_nodes:
+        missing = ", ".join(backends.missing_nodes)
+        note = f"nodes without a usable address: {missing}"
+    else:
+        note = ""
+    if backends.desired == 0:
+        return Verdict(False, "NoReadyBackends", note or "no ready backend", reconciling=False)
+    if backends.waiting_nodes:
+        waiting = ", ".join(backends.waiting_nodes)
+        return Verdict(bound > 0, "WaitingForLoopback",
+                       f"waiting for the node agent to apply the VIP on: {waiting}", reconciling=True)
+    draining = [h for h in holds if h.reason == "Draining"]
+    if draining:
+        return Verdict(bound > 0, "Draining", draining[0].message, reconciling=True)
+    return Verdict(True, "Converged", f"{bound} of {backends.desired} backends bound")
+
+
+def conditions(v: Verdict, generation: int | None, now: str, previous: Iterable[Mapping[str, Any]] = ()
+               ) -> list[dict[str, Any]]:
+    """kstatus-style conditions; lastTransitionTime moves only when a status flips."""
+    before = {c.get("type"): c for c in previous}
+    values = {
+        "Ready": ("True" if v.ready else "False", v.reason, v.message),
+        "Reconciling": ("True" if v.reconciling else "False", v.reason if v.reconciling else "Idle",
+                        v.message if v.reconciling else ""),
+        "Stalled": ("True" if v.stalled else "False", v.reason if v.stalled else "Progressing",
+                    v.message if v.stalled else ""),
+    }
+    out = []
+    for ctype, (status, reason, message) in values.items():
+        old = before.get(ctype) or {}
+        moved = old.get("status") != status
+        out.append({
+            "type": ctype, "status": status, "reason": reason, "message": message,
+            "observedGeneration": generation,
+            "lastTransitionTime": now if moved or not old.get("lastTransitionTime") else old["lastTransitionTime"],
+        })
+    return out
