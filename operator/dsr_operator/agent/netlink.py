@@ -1,11 +1,13 @@
-"""Links and addresses over rtnetlink (pyroute2's `AsyncIPRoute`), one socket per network namespace.
+"""Links and addresses over rtnetlink, in one network namespace.
 
 This layer only speaks netlink: dump links and addresses into core values, add VIPs with our
-ownership marks (`replace`, so a repeat is harmless), delete given addresses, create the dummy
-interface. Decisions live in `agent.core`; sysctls live in `agent.sysctl`.
+ownership marks (create-or-replace, so a repeat is harmless), delete given addresses, create the
+dummy interface. Links go through pyroute2's `AsyncIPRoute`; addresses go in packed batches over a
+second netlink socket with the `agent.rtaddr` codec (see there why). Decisions live in `agent.core`;
+sysctls live in `agent.sysctl`.
 
-For a named namespace pyroute2 opens the socket inside it (a short-lived helper process hands the
-descriptor back) on first use; after that every request is asynchronous on the event loop.
+For a named namespace pyroute2 opens the sockets inside it (a short-lived helper process hands the
+descriptor back) when the layer is entered; after that every request is asynchronous on the loop.
 """
 
 from __future__ import annotations
@@ -13,34 +15,27 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import socket
-import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-import pyroute2.netlink
 import pyroute2.netns
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_DELADDR, RTM_NEWADDR
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_NOARP, IFF_UP
 
-from dsr_operator.agent import core
+from dsr_operator.agent import core, rtaddr
 
 logger = logging.getLogger(__name__)
 
-IFA_F_NODAD = 0x02
 NETLINK_ROUTE = 0
-NLMSG_ERROR = 2
 BATCH_MESSAGES = 256
 """Address requests packed into one send (each is acknowledged; the acks must fit the receive buffer)."""
 SOCKET_BUFFER = 4 * 1024 * 1024
-_HEADER = struct.Struct("=IHHII")
-_ERROR = struct.Struct("=i")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,11 +81,21 @@ class Netlink:
         self._ipr: Any = None
         self._sock: socket.socket | None = None
         self._seq = 0
+        self._lock = asyncio.Lock()
 
     async def __aenter__(self) -> Self:
         # flags=0: never create the namespace by accident, fail if it does not exist.
         self._ipr = AsyncIPRoute(netns=self.netns, flags=0) if self.netns else AsyncIPRoute()
         await self._ipr.__aenter__()
+        # Open both sockets now: for a named namespace pyroute2 forks a helper to create them, and a
+        # helper forked after the caller installs signal handlers would share asyncio's wakeup fd and
+        # could deliver its own SIGTERM to our loop.
+        try:
+            await self.links()
+            await self._batch_socket()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(
@@ -119,96 +124,92 @@ class Netlink:
         return result
 
     async def addresses(self, links: dict[int, Link] | None = None) -> list[core.HostAddress]:
+        """Every address in the namespace (an RTM_GETADDR dump)."""
         names = {i: link.name for i, link in (links if links is not None else await self.links()).items()}
-        found: list[core.HostAddress] = []
-        async for msg in await self.ipr.addr("dump"):
-            index = int(msg["index"])
-            found.append(
-                core.HostAddress(
-                    index=index,
-                    ifname=names.get(index, str(index)),
-                    address=str(msg.get("address")),
-                    prefixlen=int(msg["prefixlen"]),
-                    family=int(msg["family"]),
-                    label=msg.get("label"),
-                    proto=msg.get("proto"),
-                )
-            )
-        return found
+        async with self._lock:
+            sock = await self._batch_socket()
+            loop = asyncio.get_running_loop()
+            seq = self._next_seq()
+            await loop.sock_sendall(sock, rtaddr.dump_request(seq))
+            found: list[core.HostAddress] = []
+            while True:
+                data = await loop.sock_recv(sock, SOCKET_BUFFER)
+                for msg_type, _, msg_seq, payload in rtaddr.messages(data):
+                    if msg_seq != seq:
+                        continue
+                    if msg_type == rtaddr.NLMSG_DONE:
+                        return found
+                    if msg_type == rtaddr.NLMSG_ERROR:
+                        code = rtaddr.error_code(payload)
+                        raise NetlinkError(code, f"address dump failed: {os.strerror(code)}")
+                    if msg_type == rtaddr.RTM_NEWADDR:
+                        msg = rtaddr.parse_address(payload)
+                        found.append(core.HostAddress(
+                            index=msg.index, ifname=names.get(msg.index, str(msg.index)), address=msg.address,
+                            prefixlen=msg.prefixlen, family=msg.family, label=msg.label, proto=msg.proto,
+                        ))  # fmt: skip
 
     async def add_vips(self, vips: Sequence[core.Vip], index: int, ifname: str) -> dict[str, str | None]:
         """Add (replace) each VIP on the interface with our marks; address -> error text (None: success)."""
-        requests = []
-        for vip in vips:
-            attrs: list[tuple[str, Any]] = [("IFA_LOCAL", vip.address), ("IFA_ADDRESS", vip.address)]
-            if vip.family == socket.AF_INET:
-                attrs.append(("IFA_LABEL", f"{ifname}{core.LABEL_SUFFIX}"))
-            else:
-                attrs.append(("IFA_FLAGS", IFA_F_NODAD))
-            attrs.append(("IFA_PROTO", core.OWNER_PROTO))
-            flags = pyroute2.netlink.NLM_F_CREATE | pyroute2.netlink.NLM_F_REPLACE
-            requests.append((vip.address, RTM_NEWADDR, flags, vip.family, vip.prefixlen, index, attrs))
+        label = f"{ifname}{core.LABEL_SUFFIX}"
+        requests = [
+            (vip.address, functools.partial(
+                rtaddr.address_request, msg_type=rtaddr.RTM_NEWADDR, family=vip.family, prefixlen=vip.prefixlen,
+                index=index, address=vip.address, label=label if vip.family == socket.AF_INET else None,
+                proto=core.OWNER_PROTO, nodad=vip.family == socket.AF_INET6, replace=True,
+            ))
+            for vip in vips
+        ]  # fmt: skip
         return await self._batch(requests, ignore=())
 
     async def delete_addresses(self, addrs: Sequence[core.HostAddress]) -> dict[str, str | None]:
         """Delete exactly these addresses; an address already gone counts as success."""
-        requests = []
-        for addr in addrs:
-            attrs: list[tuple[str, Any]] = [("IFA_LOCAL", addr.address), ("IFA_ADDRESS", addr.address)]
-            if addr.family == socket.AF_INET6:
-                attrs = [("IFA_ADDRESS", addr.address)]
-            requests.append(
-                (f"{addr.ifname}/{addr.address}", RTM_DELADDR, 0, addr.family, addr.prefixlen, addr.index, attrs)
-            )
+        requests = [
+            (f"{a.ifname}/{a.address}", functools.partial(
+                rtaddr.address_request, msg_type=rtaddr.RTM_DELADDR, family=a.family, prefixlen=a.prefixlen,
+                index=a.index, address=a.address,
+            ))
+            for a in addrs
+        ]  # fmt: skip
         return await self._batch(requests, ignore=(errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV))
 
+    def _next_seq(self) -> int:
+        self._seq = (self._seq % 0x7FFFFFFF) + 1
+        return self._seq
+
     async def _batch(
-        self, requests: list[tuple[str, int, int, int, int, int, list[tuple[str, Any]]]], ignore: tuple[int, ...]
+        self, requests: list[tuple[str, Callable[[int], bytes]]], ignore: tuple[int, ...]
     ) -> dict[str, str | None]:
         """Send address requests packed into few datagrams (as pyroute2's IPBatch does) and match the acks.
 
-        One request per round trip costs a syscall pair and pyroute2's per-request machinery; a
-        packed batch lets the kernel process hundreds of requests per send. Each request asks for an
-        ack (NLM_F_ACK), so every result is known individually.
+        One request per round trip costs a syscall pair each; a packed batch lets the kernel process
+        hundreds of requests per send. Every request asks for an ack (NLM_F_ACK), so each result is
+        known individually and one bad VIP never hides or blocks the others.
         """
         results: dict[str, str | None] = {}
         if not requests:
             return results
-        sock = await self._batch_socket()
-        loop = asyncio.get_running_loop()
-        for start in range(0, len(requests), BATCH_MESSAGES):
-            chunk = requests[start : start + BATCH_MESSAGES]
-            pending: dict[int, str] = {}
-            buffer = bytearray()
-            for key, msg_type, flags, family, prefixlen, index, attrs in chunk:
-                self._seq = (self._seq % 0x7FFFFFFF) + 1
-                msg = ifaddrmsg()
-                msg["family"] = family
-                msg["prefixlen"] = prefixlen
-                msg["index"] = index
-                msg["attrs"] = attrs
-                msg["header"]["type"] = msg_type
-                msg["header"]["flags"] = pyroute2.netlink.NLM_F_REQUEST | pyroute2.netlink.NLM_F_ACK | flags
-                msg["header"]["sequence_number"] = self._seq
-                msg.encode()
-                buffer += msg.data
-                pending[self._seq] = key
-            await loop.sock_sendall(sock, bytes(buffer))
-            while pending:
-                data = await loop.sock_recv(sock, SOCKET_BUFFER)
-                offset = 0
-                while offset + _HEADER.size <= len(data):
-                    length, msg_type, _, seq, _ = _HEADER.unpack_from(data, offset)
-                    if length < _HEADER.size:
-                        break
-                    if msg_type == NLMSG_ERROR and seq in pending:
-                        (code,) = _ERROR.unpack_from(data, offset + _HEADER.size)
+        async with self._lock:
+            sock = await self._batch_socket()
+            loop = asyncio.get_running_loop()
+            for start in range(0, len(requests), BATCH_MESSAGES):
+                pending: dict[int, str] = {}
+                buffer = bytearray()
+                for key, build in requests[start : start + BATCH_MESSAGES]:
+                    seq = self._next_seq()
+                    buffer += build(seq)
+                    pending[seq] = key
+                await loop.sock_sendall(sock, bytes(buffer))
+                while pending:
+                    data = await loop.sock_recv(sock, SOCKET_BUFFER)
+                    for msg_type, _, seq, payload in rtaddr.messages(data):
+                        if msg_type != rtaddr.NLMSG_ERROR or seq not in pending:
+                            continue
+                        code = rtaddr.error_code(payload)
                         key = pending.pop(seq)
-                        if code == 0 or -code in ignore:
-                            results[key] = None
-                        else:
-                            results[key] = f"netlink error {-code}: {os.strerror(-code)}"
-                    offset += (length + 3) & ~3
+                        results[key] = (
+                            None if code == 0 or code in ignore else f"netlink error {code}: {os.strerror(code)}"
+                        )
         return results
 
     async def _batch_socket(self) -> socket.socket:
