@@ -72,24 +72,24 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
 
     # --- indices: what the reconciler reads -------------------------------------------------------
 
-    @kopf.index(*SLICES, registry=registry)
+    @kopf.index(*SLICES, registry=registry, id="dsr_slices")
     def dsr_slices(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
         service = labels.get(world.SERVICE_NAME_LABEL)
         return {(namespace, service): world.slice_endpoints(body)} if service else None
 
-    @kopf.index(*NODES, registry=registry)
+    @kopf.index(*NODES, registry=registry, id="dsr_nodes")
     def dsr_nodes(name: str, body: kopf.Body, **_: Any) -> Any:
         return {name: world.node_info(body)}
 
-    @kopf.index(*NODECONFIGS, registry=registry)
+    @kopf.index(*NODECONFIGS, registry=registry, id="dsr_nodeconfigs")
     def dsr_nodeconfigs(name: str, body: kopf.Body, **_: Any) -> Any:
         return {name: world.nodeconfig_info(body)}
 
-    @kopf.index(*SERVICES, registry=registry)
+    @kopf.index(*SERVICES, registry=registry, id="dsr_k8s_services")
     def dsr_k8s_services(namespace: str, name: str, **_: Any) -> Any:
         return {(namespace, name): True}
 
-    @kopf.index(*DSR, registry=registry)
+    @kopf.index(*DSR, registry=registry, id="dsr_services")
     def dsr_services(namespace: str, name: str, body: kopf.Body, meta: kopf.Meta, **_: Any) -> Any:
         entry = reconcile.ServiceEntry(
             uid=meta.get("uid") or f"{namespace}/{name}", created=meta.get("creationTimestamp") or "",
@@ -97,7 +97,7 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         )
         return {(namespace, name): entry}
 
-    @kopf.index(*DSR, registry=registry)
+    @kopf.index(*DSR, registry=registry, id="dsr_by_backend")
     def dsr_by_backend(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
         backend = (body.get("spec") or {}).get("backends", {}).get("service")
         return {(namespace, backend): (namespace, name)} if isinstance(backend, str) else None

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import httpx2
 import lightkube
 from lightkube.types import PatchType
 
@@ -79,8 +80,8 @@ async def write(
             await client.create(kube.DsrNodeConfig(body))
             log.info("Created DsrNodeConfig %s with VIPs %s", node, vips)
             return True
-        except lightkube.ApiError as exc:
-            if exc.status.code != 409:
+        except httpx2.HTTPStatusError as exc:  # lightkube.ApiError is one too
+            if exc.response.status_code != 409:
                 raise
     await client.patch(kube.DsrNodeConfig, node, {"spec": {"vips": vips}}, patch_type=PatchType.MERGE)
     log.info("Set DsrNodeConfig %s VIPs to %s", node, vips)

@@ -1,0 +1,194 @@
+"""The operator in-process against the Kubernetes emulator and the NITRO simulator, over real HTTP.
+
+The test plays the node agent by writing DsrNodeConfig status, and watches what a user would see:
+NetScaler objects (read over NITRO) and the DsrService status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import httpx2
+import lightkube
+import pytest
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.types import PatchType
+
+from dsr_operator import kube as kubeapi
+from dsr_operator.controller import cli as operator_cli
+from dsr_operator.controller import config
+from dsr_operator.simulator import server
+from tests.conftest import KubeHandle
+
+EndpointSlice = create_namespaced_resource("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices")
+Service = create_namespaced_resource("", "v1", "Service", "services")
+NodeRes = lightkube.generic_resource.create_global_resource("", "v1", "Node", "nodes")
+VIP = "192.0.2.10"
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0, interval: float = 0.05) -> Any:
+    """Poll until `check` returns something truthy (or raise its last AssertionError)."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = await check()
+            if result:
+                return result
+        except AssertionError as exc:
+            last = exc
+        await asyncio.sleep(interval)
+    if last:
+        raise last
+    raise AssertionError("condition not met in time")
+
+
+class Cluster:
+    def __init__(self, kube: KubeHandle, sim: server.Simulator, password: str) -> None:
+        self.kube = kube
+        self.client = kube.client()
+        self.sim = sim
+        self.password = password
+
+    async def node(self, name: str, address: str) -> None:
+        await self.client.create(NodeRes({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}))
+        await self.client.patch(NodeRes.Status, name,
+                                {"status": {"addresses": [{"type": "InternalIP", "address": address}]}},
+                                patch_type=PatchType.MERGE)
+
+    async def service(self, name: str = "web", namespace: str = "shop") -> None:
+        await self.client.create(Service({"apiVersion": "v1", "kind": "Service",
+                                          "metadata": {"name": name, "namespace": namespace},
+                                          "spec": {"ports": [{"port": 80}]}}))
+
+    async def slice(self, endpoints: dict[str, str], name: str = "web-abc", service: str = "web",
+                    namespace: str = "shop") -> None:
+        """endpoints: node → ready | notready | terminating."""
+        eps = [
+            {"addresses": [f"10.244.{i}.5"], "nodeName": node,
+             "conditions": {"ready": state == "ready", "serving": state in ("ready", "terminating"),
+                            "terminating": state == "terminating"}}
+            for i, (node, state) in enumerate(sorted(endpoints.items()))
+        ]
+        body = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+                "metadata": {"name": name, "namespace": namespace,
+                             "labels": {"kubernetes.io/service-name": service}},
+                "endpoints": eps, "ports": [{"port": 8080}]}
+        try:
+            await self.client.create(EndpointSlice(body))
+        except httpx2.HTTPStatusError:
+            await self.client.patch(EndpointSlice, name, {"endpoints": eps}, namespace=namespace,
+                                    patch_type=PatchType.MERGE)
+
+    async def dsrservice(self, name: str = "web", namespace: str = "shop", vip: str = VIP,
+                         **spec: Any) -> None:
+        body = {"apiVersion": "dsr.operators.dev/v1alpha1", "kind": "DsrService",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"vip": vip, "ports": [80], "backends": {"service": "web"}, "drainSeconds": 0, **spec}}
+        await self.client.create(kubeapi.DsrService(body))
+
+    async def dsr(self, name: str = "web", namespace: str = "shop") -> dict[str, Any]:
+        obj = await self.client.get(kubeapi.DsrService, name, namespace=namespace)
+        return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+
+    async def condition(self, ctype: str, name: str = "web") -> dict[str, Any]:
+        status = (await self.dsr(name)).get("status") or {}
+        return next((c for c in status.get("conditions", ()) if c["type"] == ctype), {})
+
+    async def nodeconfig(self, node: str) -> dict[str, Any] | None:
+        try:
+            obj = await self.client.get(kubeapi.DsrNodeConfig, node)
+        except httpx2.HTTPStatusError as exc:
+            if exc.response.status_code == 404:
+                return None
+            raise
+        return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+
+    async def agent_applies(self, node: str) -> None:
+        """Play the node agent: report the spec's VIPs as applied at the current generation."""
+        cfg = await eventually(lambda: self.nodeconfig(node))
+        await self.client.patch(
+            kubeapi.DsrNodeConfig.Status, node,
+            {"status": {"observedGeneration": cfg["metadata"]["generation"], "appliedVips": cfg["spec"]["vips"]}},
+            patch_type=PatchType.MERGE,
+        )
+
+    async def nitro(self, rtype: str, query: str = "") -> list[dict[str, Any]]:
+        headers = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": self.password}
+        async with aiohttp.ClientSession() as http, http.get(
+            f"{self.sim.url}/nitro/v1/config/{rtype}{query}", headers=headers
+        ) as resp:
+            return (await resp.json()).get(rtype, [])
+
+    async def bound(self, vserver: str = "dsr-shop_web_80") -> list[str]:
+        rows = await self.nitro("lbvserver_service_binding", f"/{vserver}")
+        return sorted(r["servicename"] for r in rows)
+
+
+@contextlib.asynccontextmanager
+async def running_operator(kube: KubeHandle, sim: server.Simulator, monkeypatch: pytest.MonkeyPatch,
+                           **overrides: Any) -> AsyncIterator[asyncio.Task[None]]:
+    monkeypatch.setenv("DSR_NETSCALER_URL", sim.url)
+    monkeypatch.setenv("DSR_NETSCALER_PASSWORD", "nsroot")
+    settings = config.OperatorSettings(**{
+        "kube_server": kube.url, "metrics_port": 0, "liveness_port": 0, "resync_seconds": 2.0,
+        "save_debounce_seconds": 0.1, "default_drain_seconds": 0, **overrides,
+    })
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    task = asyncio.create_task(operator_cli.run(settings, stop_flag=stop, ready_flag=ready))
+    await asyncio.wait_for(ready.wait(), timeout=10)
+    try:
+        yield task
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=15)
+
+
+@pytest.fixture
+async def cluster(kube: KubeHandle, nitro_sim: server.Simulator) -> Cluster:
+    c = Cluster(kube, nitro_sim, "nsroot")
+    for i in (1, 2, 3):
+        await c.node(f"n{i}", f"198.51.100.{i}")
+    await c.service()
+    return c
+
+
+async def test_create_binds_only_after_the_loopback_handshake(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await cluster.slice({"n1": "ready", "n2": "ready"})
+    async with running_operator(kube, nitro_sim, monkeypatch):
+        await cluster.dsrservice()
+        # The operator asks n1 and n2 for the VIP, creates the NetScaler objects, binds nothing yet.
+        for node in ("n1", "n2"):
+            cfg = await eventually(lambda node=node: cluster.nodeconfig(node))
+            assert cfg["spec"]["vips"] == [VIP]
+        vservers = await eventually(lambda: cluster.nitro("lbvserver"))
+        assert [(v["name"], v["ipv46"], v["m"], v["servicetype"]) for v in vservers] == [
+            ("dsr-shop_web_80", VIP, "MAC", "ANY")
+        ]
+        reason = await eventually(lambda: cluster.condition("Reconciling"))
+        assert await cluster.bound() == []
+        assert (await cluster.condition("Ready"))["reason"] == "WaitingForLoopback", reason
+        # n1's agent reports the VIP: only n1 is bound.
+        await cluster.agent_applies("n1")
+        await eventually(lambda: cluster.bound())
+        assert await cluster.bound() == ["dsr-198.51.100.1_80"]
+        await cluster.agent_applies("n2")
+
+        async def both_bound_and_ready() -> bool:
+            ready = await cluster.condition("Ready")
+            return await cluster.bound() == ["dsr-198.51.100.1_80", "dsr-198.51.100.2_80"] and \
+                ready.get("status") == "True"
+        await eventually(both_bound_and_ready)
+        status = (await cluster.dsr())["status"]
+        assert status["backends"] == {"desired": 2, "loopbackReady": 2, "bound": 2}
+        assert status["observedGeneration"] == (await cluster.dsr())["metadata"]["generation"]
+        assert (await cluster.condition("Stalled"))["status"] == "False"
