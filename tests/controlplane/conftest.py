@@ -12,21 +12,29 @@ Contract of the session-scoped `controlplane` fixture (a `ControlPlane`):
   `insecure` is False (the CA verifies `127.0.0.1`)
 * `bin_dir`, `workdir` (logs: `<workdir>/logs/*.log`)
 * `kc(*args, input=None, check=True)`  -> CompletedProcess of kubectl with the admin kubeconfig
+  (raises ControlPlaneError on a non-zero exit when check); `kc_json(*args)` adds `-o json`
 * `helm(*args, ...)`                   -> CompletedProcess of helm (if built) with that kubeconfig
-* `request(method, path, body=None, token=None)` -> (status, parsed JSON or text), raw HTTPS
+* `request(method, path, body=None, token=None)` -> (status, parsed JSON or text), raw HTTPS;
+  `ssl_context()` for your own clients
 * `create_token(service_account, namespace, audiences=None, expiration_seconds=600)`
   mints a ServiceAccount token through the TokenRequest API
 * `kubeconfig_for_token(token, name)`  writes a kubeconfig for another identity
 * `wait_for(predicate, timeout, what)` polls until predicate() is truthy
 
+The function-scoped `cp_namespace` fixture gives a fresh namespace whose `default`
+ServiceAccount exists. Mark tests with `pytest.mark.controlplane`. Objects live for the whole
+session: use unique names (cluster-scoped objects especially) and clean up what you create.
+
 The apiserver runs with `--authorization-mode=Node,RBAC`, a token auth file, service-account
 token signing (RSA key made with the openssl CLI) and serving certs it generates in its
 --cert-dir. The controller-manager runs the serviceaccount, serviceaccount-token, namespace,
-garbage-collector, endpoints, endpointslice and endpointslice-mirroring controllers; there is
+garbage-collector, endpoints, endpointslice, endpointslice-mirroring and root-CA publisher
+controllers (no node-lifecycle or pod-GC: fake Nodes and their Pods stay put); there is
 no scheduler and no kubelet (tests set `spec.nodeName` and write pod status themselves).
 
 Without the binaries the tier skips, naming `make controlplane`; with CI=true or
-DSR_REQUIRE_CONTROLPLANE=1 it fails instead. DSR_CONTROLPLANE_KEEP=1 keeps the workdir.
+DSR_REQUIRE_CONTROLPLANE=1 it fails instead. DSR_CONTROLPLANE_KEEP=1 keeps the workdir
+(`/tmp/dsr-controlplane-*/<attempt>/`, logs in `logs/`).
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,7 +324,7 @@ def _http_ok(url: str, ctx: ssl.SSLContext | None = None, token: str | None = No
 def _boot(workdir: Path) -> ControlPlane:
     """Start etcd, kube-apiserver and kube-controller-manager; on failure stop what started."""
     logs = workdir / "logs"
-    logs.mkdir()
+    logs.mkdir(parents=True)
     token = uuid.uuid4().hex
     (workdir / "tokens.csv").write_text(f'{token},{ADMIN_USER},{uuid.uuid4()},"system:masters"\n')
     sa_key = workdir / "sa.key"
@@ -452,7 +461,12 @@ def controlplane() -> Iterator[ControlPlane]:
     workdir = Path(tempfile.mkdtemp(prefix="dsr-controlplane-"))
     cp: ControlPlane | None = None
     try:
-        cp = _boot(workdir)
+        try:
+            cp = _boot(workdir / "1")
+        except ControlPlaneError as err:
+            # Most likely a free port taken between probing and binding: one fresh retry.
+            warnings.warn(f"control plane failed to start, retrying once: {err}", stacklevel=1)
+            cp = _boot(workdir / "2")
         yield cp
     finally:
         if cp is not None:
