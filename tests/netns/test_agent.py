@@ -193,3 +193,29 @@ async def test_dummy_mode_where_the_kernel_has_it(kube: KubeHandle, netns: str, 
         await poll(lambda: "192.0.2.60/32" in cidrs(netns, "dsr0"), what="VIP on dsr0")
         link = run("ip", "-n", netns, "-j", "link", "show", "dsr0").stdout
         assert "NOARP" in link and "UP" in link
+
+
+@pytest.mark.parametrize("proto_supported", [True, False], ids=["ifa-proto-kernel", "pre-6.1-kernel"])
+async def test_ownership_marks(netns: str, tmp_path: pathlib.Path, proto_supported: bool) -> None:
+    """With IFA_PROTO our tag alone decides; without it, the lo:dsr label and the state record do."""
+    for args in (
+        ("192.0.2.80/32", "label", "lo:dsr"),  # our label, no tag
+        ("2001:db8::80/128",),  # recorded in the state file, no tag
+        ("192.0.2.81/32",),  # someone else's
+        ("2001:db8::81/128",),  # someone else's
+    ):
+        run("ip", "-n", netns, "addr", "add", args[0], "dev", "lo", *args[1:])
+    state_file = tmp_path / f"netns-{netns}.json"
+    state_file.write_text('{"version": 1, "mode": "loopback", "interface": "lo", "addresses": ["lo 2001:db8::80"]}')
+    async with host.Host(netns=netns, mode="loopback", state_dir=tmp_path) as the_host:
+        the_host.proto_supported = proto_supported
+        outcome = await the_host.apply([])
+    assert not outcome.error
+    held = cidrs(netns, "lo")
+    assert {"192.0.2.81/32", "2001:db8::81/128"} <= held
+    if proto_supported:
+        assert outcome.removed == ()
+        assert {"192.0.2.80/32", "2001:db8::80/128"} <= held
+    else:
+        assert sorted(outcome.removed) == ["192.0.2.80", "2001:db8::80"]
+        assert not {"192.0.2.80/32", "2001:db8::80/128"} & held

@@ -9,6 +9,8 @@ import os
 import pathlib
 import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from dsr_operator import kube
 from dsr_operator.agent import core, host, hostsetup, loop, state
@@ -128,13 +130,13 @@ async def _agent_main(settings: loop.Settings, connection: kube.Connection, *, u
             await client.close()
 
 
-async def _until_signal(work: object) -> int:
+async def _until_signal(work: Coroutine[Any, Any, None]) -> int:
     """Run `work` until SIGTERM/SIGINT; stopping leaves the VIPs in place (an upgrade must not drop traffic)."""
     stop = asyncio.Event()
     running = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         running.add_signal_handler(sig, stop.set)
-    task = asyncio.ensure_future(work)  # type: ignore[arg-type]
+    task = asyncio.ensure_future(work)
     stopper = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)

@@ -220,10 +220,11 @@ def compute_status(
 ) -> models.NodeConfigStatus:
     """The whole status of a DsrNodeConfig from one outcome; conditions keep their transition times."""
     prev = previous or {}
+    raw_conditions = prev.get("conditions")
     prev_conditions = {
         str(c.get("type")): c
-        for c in prev.get("conditions", []) or []
-        if isinstance(c, Mapping)  # type: ignore[union-attr]
+        for c in (raw_conditions if isinstance(raw_conditions, list) else [])
+        if isinstance(c, Mapping)
     }
     if outcome.error:
         ready = ("False", "ApplyFailed", outcome.error)

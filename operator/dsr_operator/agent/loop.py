@@ -97,7 +97,7 @@ class Agent:
 
     async def _watch(self) -> None:
         name = self.settings.node_name
-        fields = {"metadata.name": name}
+        fields: dict[str, Any] = {"metadata.name": name}
         delay = self.settings.backoff_initial_seconds
         while True:
             try:
@@ -238,6 +238,6 @@ class Agent:
             reportingInstance=name,
         )
         try:
-            await self.client.create(event, namespace=self.settings.events_namespace)
+            await self.client.create(event)
         except Exception as exc:  # an event is best effort
             logger.warning("Posting event %s for DsrNodeConfig %s failed: %s", reason, name, exc)

@@ -23,10 +23,10 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-import pyroute2.netns
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl.ifinfmsg import IFF_NOARP, IFF_UP
+import pyroute2.netns  # type: ignore[import-untyped]
+from pyroute2 import AsyncIPRoute  # type: ignore[import-untyped]
+from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_NOARP, IFF_UP  # type: ignore[import-untyped]
 
 from dsr_operator.agent import core, rtaddr
 
@@ -178,7 +178,7 @@ class Netlink:
         return self._seq
 
     async def _batch(
-        self, requests: list[tuple[str, Callable[[int], bytes]]], ignore: tuple[int, ...]
+        self, requests: Sequence[tuple[str, Callable[..., bytes]]], ignore: tuple[int, ...]
     ) -> dict[str, str | None]:
         """Send address requests packed into few datagrams (as pyroute2's IPBatch does) and match the acks.
 
@@ -249,14 +249,3 @@ class Netlink:
         except NetlinkError as exc:
             if exc.code != errno.ENODEV:
                 raise
-
-    async def probe_dummy(self, name: str) -> bool:
-        """Whether the kernel can create dummy links: create a throwaway one and delete it."""
-        try:
-            await self.create_dummy(name)
-        except LinkTypeUnsupported:
-            return False
-        for index, link in (await self.links()).items():
-            if link.name == name:
-                await self.delete_link(index)
-        return True
