@@ -8,6 +8,7 @@ import pathlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import kmock
 import lightkube.resources.core_v1
 import lightkube.types
 import pytest
@@ -219,3 +220,14 @@ async def test_ownership_marks(netns: str, tmp_path: pathlib.Path, proto_support
     else:
         assert sorted(outcome.removed) == ["192.0.2.80", "2001:db8::80"]
         assert not {"192.0.2.80/32", "2001:db8::80/128"} & held
+
+
+async def test_api_errors_are_retried_with_backoff(kube: KubeHandle, netns: str, tmp_path: pathlib.Path) -> None:
+    client = kube.client()
+    await create_config(client, ["192.0.2.90"])
+    nodeconfigs = kmock.resource("dsr.operators.dev", "v1alpha1", "dsrnodeconfigs")
+    kube.emulator[kmock.action.LIST, nodeconfigs][:2] << 503  # the first two listings fail
+    async with running_agent(kube, netns, tmp_path):
+        await poll(lambda: "192.0.2.90/32" in cidrs(netns, "lo"), what="VIP applied after the API recovered")
+    lists = [r for r in list(kube.emulator) if r.action == kmock.action.LIST and r.resource == nodeconfigs]
+    assert len(lists) >= 3
