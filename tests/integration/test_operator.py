@@ -192,3 +192,226 @@ async def test_create_binds_only_after_the_loopback_handshake(
         assert status["backends"] == {"desired": 2, "loopbackReady": 2, "bound": 2}
         assert status["observedGeneration"] == (await cluster.dsr())["metadata"]["generation"]
         assert (await cluster.condition("Stalled"))["status"] == "False"
+
+
+async def converged(cluster: Cluster, nodes: tuple[str, ...]) -> None:
+    for node in nodes:
+        await cluster.agent_applies(node)
+    want = sorted(f"dsr-198.51.100.{n[1:]}_80" for n in nodes)
+
+    async def check() -> bool:
+        return await cluster.bound() == want and (await cluster.condition("Ready")).get("status") == "True"
+
+    await eventually(check)
+
+
+async def test_scale_up_and_down_by_endpointslice_changes(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await cluster.slice({"n1": "ready"})
+    async with running_operator(kube, nitro_sim, monkeypatch, max_unbind_percent=100):
+        await cluster.dsrservice()
+        await converged(cluster, ("n1",))
+        await cluster.slice({"n1": "ready", "n2": "ready", "n3": "ready"})
+        await converged(cluster, ("n1", "n2", "n3"))
+        await cluster.slice({"n3": "ready"})
+
+        async def scaled_down() -> bool:
+            return await cluster.bound() == ["dsr-198.51.100.3_80"]
+
+        await eventually(scaled_down)
+        # n1 and n2 no longer carry the VIP once NetScaler stopped routing to them.
+        for node in ("n1", "n2"):
+            async def released(node: str = node) -> bool:
+                cfg = await cluster.nodeconfig(node)
+                return cfg is not None and cfg["spec"]["vips"] == []
+            await eventually(released)
+        assert {s["name"] for s in await cluster.nitro("service")} == {"dsr-198.51.100.3_80"}
+
+
+async def test_terminating_endpoint_is_drained_then_removed_then_its_vip_released(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await cluster.slice({"n1": "ready", "n2": "ready"})
+    async with running_operator(kube, nitro_sim, monkeypatch):
+        await cluster.dsrservice(drainSeconds=1)
+        await converged(cluster, ("n1", "n2"))
+        seq = max(e["seq"] for e in await nitro_sim.journal())
+        await cluster.slice({"n1": "ready", "n2": "terminating"})
+
+        async def drained() -> bool:
+            return await cluster.bound() == ["dsr-198.51.100.1_80"]
+
+        await eventually(drained)
+        steps = [(e["resource"], e["action"], e["name"]) for e in await nitro_sim.journal(since=seq)]
+        disable = steps.index(("service", "disable", "dsr-198.51.100.2_80"))
+        unbind = next(i for i, s in enumerate(steps) if s[0] == "lbvserver_service_binding")
+        assert disable < unbind
+        # While terminating endpoints remain, n2 keeps the VIP; once gone, it is released.
+        assert (await cluster.nodeconfig("n2"))["spec"]["vips"] == [VIP]
+        await cluster.slice({"n1": "ready"})
+
+        async def released() -> bool:
+            return (await cluster.nodeconfig("n2"))["spec"]["vips"] == []
+
+        await eventually(released)
+
+
+async def test_a_node_going_away_is_unbound(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await cluster.slice({"n1": "ready", "n2": "ready"})
+    async with running_operator(kube, nitro_sim, monkeypatch):
+        await cluster.dsrservice()
+        await converged(cluster, ("n1", "n2"))
+        await cluster.client.delete(NodeRes, "n2")
+
+        async def unbound() -> bool:
+            return await cluster.bound() == ["dsr-198.51.100.1_80"]
+
+        await eventually(unbound)
+
+
+async def test_an_agent_that_never_answers_is_never_bound(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await cluster.slice({"n1": "ready", "n2": "ready"})
+    async with running_operator(kube, nitro_sim, monkeypatch):
+        await cluster.dsrservice()
+        await cluster.agent_applies("n1")
+        await eventually(lambda: cluster.bound())
+        await asyncio.sleep(2.5)  # longer than a resync: still nothing for n2
+        assert await cluster.bound() == ["dsr-198.51.100.1_80"]
+        ready = await cluster.condition("Ready")
+        assert ready["reason"] == "WaitingForLoopback" and "n2" in ready["message"]
+        # An agent that reports an old generation does not count either.
+        cfg = await cluster.nodeconfig("n2")
+        await cluster.client.patch(kubeapi.DsrNodeConfig.Status, "n2",
+                                   {"status": {"observedGeneration": cfg["metadata"]["generation"] - 1,
+                                               "appliedVips": [VIP]}}, patch_type=PatchType.MERGE)
+        await asyncio.sleep(1.0)
+        assert await cluster.bound() == ["dsr-198.51.100.1_80"]
+
+
+async def test_drift_on_netscaler_is_repaired_by_resync(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await cluster.slice({"n1": "ready", "n2": "ready"})
+    async with running_operator(kube, nitro_sim, monkeypatch):
+        await cluster.dsrservice()
+        await converged(cluster, ("n1", "n2"))
+        headers = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": "nsroot"}
+        async with aiohttp.ClientSession() as http:
+            url = f"{nitro_sim.url}/nitro/v1/config/lbvserver_service_binding/dsr-shop_web_80"
+            async with http.delete(url, params={"args": "servicename:dsr-198.51.100.2_80"}, headers=headers) as r:
+                assert r.status == 200
+            body = {"lbvserver": {"name": "dsr-shop_web_80", "lbmethod": "ROUNDROBIN"}}
+            async with http.put(f"{nitro_sim.url}/nitro/v1/config/lbvserver", json=body, headers=headers) as r:
+                assert r.status == 200
+        assert await cluster.bound() == ["dsr-198.51.100.1_80"]
+
+        async def repaired() -> bool:
+            vs = (await cluster.nitro("lbvserver", "/dsr-shop_web_80"))[0]
+            return len(await cluster.bound()) == 2 and vs["lbmethod"] == "LEASTCONNECTION"
+
+        await eventually(repaired, timeout=10)
+
+
+async def test_netscaler_outage_and_recovery(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await cluster.slice({"n1": "ready"})
+    async with running_operator(kube, nitro_sim, monkeypatch):
+        await cluster.dsrservice()
+        await converged(cluster, ("n1",))
+        await nitro_sim.faults(errorRate=1.0, errorStatus=503)
+        await cluster.slice({"n1": "ready", "n2": "ready"})  # a change that needs NetScaler
+
+        async def unreachable() -> bool:
+            return (await cluster.condition("Ready")).get("reason") == "NetScalerUnreachable"
+
+        await eventually(unreachable)
+        assert (await cluster.condition("Stalled"))["status"] == "True"
+        await nitro_sim.clear_faults()
+        await converged(cluster, ("n1", "n2"))
+
+
+async def test_vip_conflict_stalls_the_younger_and_leaves_netscaler_alone(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await cluster.slice({"n1": "ready"})
+    async with running_operator(kube, nitro_sim, monkeypatch):
+        await cluster.dsrservice()
+        await converged(cluster, ("n1",))
+        await asyncio.sleep(1.1)  # creation timestamps have one-second resolution
+        await cluster.dsrservice(name="web-copy")
+
+        async def stalled() -> bool:
+            return (await cluster.condition("Stalled", "web-copy")).get("reason") == "VipConflict"
+
+        await eventually(stalled)
+        message = (await cluster.condition("Stalled", "web-copy"))["message"]
+        assert message == f"{VIP}:80 is already served by DsrService shop/web"
+        assert [v["name"] for v in await cluster.nitro("lbvserver")] == ["dsr-shop_web_80"]
+        assert (await cluster.condition("Ready", "web"))["status"] == "True"
+
+
+async def test_deletion_removes_netscaler_objects_then_node_vips_then_the_finalizer(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await cluster.slice({"n1": "ready", "n2": "ready"})
+    async with running_operator(kube, nitro_sim, monkeypatch):
+        await cluster.dsrservice()
+        await converged(cluster, ("n1", "n2"))
+        await cluster.client.delete(kubeapi.DsrService, "web", namespace="shop")
+
+        async def gone() -> bool:
+            try:
+                await cluster.dsr()
+            except httpx2.HTTPStatusError as exc:
+                return exc.response.status_code == 404
+            return False
+
+        await eventually(gone)
+        for rtype in ("lbvserver", "service", "server", "lbmonitor"):
+            assert await cluster.nitro(rtype) == [], rtype
+        for node in ("n1", "n2"):
+            assert (await cluster.nodeconfig(node))["spec"]["vips"] == []
+
+
+async def test_restart_adopts_without_rebuilding_and_removes_orphans(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await cluster.slice({"n1": "ready", "n2": "ready"})
+    await cluster.service("api")
+    await cluster.slice({"n3": "ready"}, name="api-xyz", service="api")
+    async with running_operator(kube, nitro_sim, monkeypatch):
+        await cluster.dsrservice()
+        await cluster.dsrservice(name="api", vip="192.0.2.11", backends={"service": "api"})
+        await converged(cluster, ("n1", "n2"))
+        await cluster.agent_applies("n3")
+        await eventually(lambda: cluster.bound("dsr-shop_api_80"))
+        # Kill the operator in the middle of a reconcile: slow NetScaler, a change under way.
+        await nitro_sim.faults(latencyMs=150)
+        await cluster.slice({"n1": "ready", "n2": "ready", "n3": "ready"})
+        await asyncio.sleep(0.4)
+    # While it is down, `api` is deleted without it (finalizer removed by hand): its objects are orphans.
+    await cluster.client.patch(kubeapi.DsrService, "api", {"metadata": {"finalizers": []}}, namespace="shop",
+                               patch_type=PatchType.MERGE)
+    await cluster.client.delete(kubeapi.DsrService, "api", namespace="shop")
+    await nitro_sim.clear_faults()
+    seq = max(e["seq"] for e in await nitro_sim.journal())
+    async with running_operator(kube, nitro_sim, monkeypatch):
+        await converged(cluster, ("n1", "n2", "n3"))
+
+        async def orphans_gone() -> bool:
+            return [v["name"] for v in await cluster.nitro("lbvserver")] == ["dsr-shop_web_80"]
+
+        await eventually(orphans_gone)
+        journal = await nitro_sim.journal(since=seq)
+        # Nothing of `web` was deleted and re-added: the restart adopted it.
+        rebuilt = [e for e in journal if e["action"] in ("rm", "delete") and "shop_web" in str(e["name"])]
+        assert rebuilt == []
+        assert {s["name"] for s in await cluster.nitro("service")} == {
+            "dsr-198.51.100.1_80", "dsr-198.51.100.2_80", "dsr-198.51.100.3_80"
+        }

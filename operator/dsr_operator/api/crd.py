@@ -63,7 +63,9 @@ def _structural(node: Any, defs: dict[str, Any], name: str | None = None) -> Any
         non_null = [o for o in options if o.get("type") != "null"]
         kinds = {o.get("type") for o in non_null if "$ref" not in o}
         if len(non_null) == 2 and kinds == {"integer", "string"}:
-            out: dict[str, Any] = {"x-kubernetes-int-or-string": True, "x-kubernetes-validations": _PORT_RULE}
+            # maxLength bounds the cost of the CEL rule (it only applies to the string form, "*").
+            out: dict[str, Any] = {"x-kubernetes-int-or-string": True, "maxLength": 1,
+                                   "x-kubernetes-validations": _PORT_RULE}
             return out
         if len(non_null) == 1:
             rest = {k: v for k, v in node.items() if k not in ("anyOf", "default")}
@@ -83,6 +85,8 @@ def _structural(node: Any, defs: dict[str, Any], name: str | None = None) -> Any
             out[key] = _structural(value, defs) if isinstance(value, dict) else value
         elif key == "default" and value is None:
             continue
+        elif key == "default" and isinstance(value, dict):
+            out[key] = _without_none(value)
         elif key == "const":
             out["enum"] = [value]
             out.setdefault("type", "string")
@@ -93,6 +97,12 @@ def _structural(node: Any, defs: dict[str, Any], name: str | None = None) -> Any
     if name in _CEL:
         out["x-kubernetes-validations"] = _CEL[name]
     return out
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def _schema(model: type[models.pydantic.BaseModel]) -> dict[str, Any]:

@@ -128,7 +128,7 @@ def _policy(rt: Runtime, intent: desired_mod.Intent | None, uid: str) -> planner
 
 async def sync_nodes(rt: Runtime, changed: set[str]) -> None:
     """Write the VIP union of every changed node to its DsrNodeConfig."""
-    known = {key for key, _ in _entries(rt.indices.get("dsr_services"))}
+    known = {key for key, entry in _entries(rt.indices.get("dsr_services")) if not entry.deleting}
     complete = known <= rt.book.reported()
     nodeconfigs = rt.indices.get("dsr_nodeconfigs")
     node_index = rt.indices.get("dsr_nodes")

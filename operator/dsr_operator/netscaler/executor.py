@@ -72,12 +72,17 @@ async def read_actual(client: nitro.NitroClient, operator_id: str) -> ns.NetScal
     async def bindings(rtype: str) -> list[dict[str, Any]]:
         return await client.get(rtype, filter=_PREFIX_FILTER, bulkbindings=True)
 
-    modes, *records = await asyncio.gather(
+    results = await asyncio.gather(
         client.get_modes(),
         *(objects(rtype) for rtype in ns.KINDS),
         bindings(ns.VSERVER_BINDING),
         bindings(ns.MONITOR_BINDING),
+        return_exceptions=True,  # let every read finish before the caller may close the client
     )
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    modes, *records = results
     by_type = dict(zip([*ns.KINDS, ns.VSERVER_BINDING, ns.MONITOR_BINDING], records, strict=True))
     return ns.parse_actual(by_type, operator_id=operator_id, mbf=_truthy(modes.get("mbf")))
 

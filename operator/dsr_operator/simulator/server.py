@@ -614,7 +614,9 @@ async def running(host: str = "127.0.0.1", port: int = 0, **make_app_kwargs: Any
         bound = runner.addresses[0]
         bound_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
         url = f"http://{bound_host}:{bound[1]}"
-        async with aiohttp.ClientSession() as http:
+        # One connection per control call: a pooled keep-alive connection can outlive what a test
+        # tore down around it (a stopped operator sharing the loop) and then never be answered.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
             yield Simulator(url=url, app=app, http=http)
     finally:
         await runner.cleanup()
