@@ -31,7 +31,7 @@ NodeRes = lightkube.generic_resource.create_global_resource("", "v1", "Node", "n
 VIP = "192.0.2.10"
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0, interval: float = 0.05) -> Any:
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0, interval: float = 0.05) -> Any:  # noqa: ASYNC109
     """Poll until `check` returns something truthy (or raise its last AssertionError)."""
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
