@@ -22,7 +22,8 @@ from typing import Self, TypeVar
 
 logger = logging.getLogger(__name__)
 
-PROC_SYS = pathlib.Path("/proc/sys")
+# A container's /proc/sys is read-only: the DaemonSet mounts the host's /proc/sys/net under /host/proc/sys.
+PROC_SYS = pathlib.Path(os.environ.get("DSR_AGENT_PROC_SYS", "/proc/sys"))
 NETNS_RUN_DIR = pathlib.Path("/run/netns")
 CLONE_NEWNET = 0x40000000
 
