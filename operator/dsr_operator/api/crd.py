@@ -63,8 +63,9 @@ def _structural(node: Any, defs: dict[str, Any], name: str | None = None) -> Any
         non_null = [o for o in options if o.get("type") != "null"]
         kinds = {o.get("type") for o in non_null if "$ref" not in o}
         if len(non_null) == 2 and kinds == {"integer", "string"}:
-            # maxLength bounds the cost of the CEL rule (it only applies to the string form, "*").
-            out: dict[str, Any] = {"x-kubernetes-int-or-string": True, "maxLength": 1,
+            # maxLength bounds the cost of the CEL rule (it only applies to the string form, "*"). It is
+            # a port name's limit (15) so that a name such as "http" gets the rule's message, not "Too long".
+            out: dict[str, Any] = {"x-kubernetes-int-or-string": True, "maxLength": 15,
                                    "x-kubernetes-validations": _PORT_RULE}
             return out
         if len(non_null) == 1:
