@@ -9,7 +9,7 @@ import os
 import pathlib
 import signal
 
-from dsr_operator.simulator import server
+from dsr_operator.simulator import dataplane, server
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--password-file", type=pathlib.Path, metavar="P", help="password file (env DSR_SIM_PASSWORD)")
     parser.add_argument(
         "--session-timeout", type=float, default=1800.0, metavar="SECONDS", help="idle timeout (%(default)s)"
+    )
+    parser.add_argument(
+        "--dataplane-netns",
+        metavar="NS",
+        help="forward DSR traffic for real in this network namespace (nftables; needs root), as MBF does",
+    )
+    parser.add_argument(
+        "--dataplane-dev", metavar="DEV", help="the interface in --dataplane-netns that faces clients and backends"
     )
     parser.set_defaults(func=run)
 
@@ -52,21 +60,37 @@ def run(args: argparse.Namespace) -> int:
     try:
         host, port = parse_listen(args.listen)
         users = credentials(args)
+        if bool(args.dataplane_netns) != bool(args.dataplane_dev):
+            raise ValueError("--dataplane-netns and --dataplane-dev go together")
     except (ValueError, OSError) as exc:
         logger.error("Cannot start the NITRO simulator: %s", exc)
         return 2
-    asyncio.run(_serve(host, port, users, args.state, args.session_timeout))
+    try:
+        serve = _serve(host, port, users, args.state, args.session_timeout, args.dataplane_netns, args.dataplane_dev)
+        asyncio.run(serve)
+    except dataplane.CommandError as exc:
+        logger.error("Cannot start the DSR dataplane: %s", exc)
+        return 1
     return 0
 
 
 async def _serve(
-    host: str, port: int, users: dict[str, str], state: pathlib.Path | None, session_timeout: float
+    host: str,
+    port: int,
+    users: dict[str, str],
+    state: pathlib.Path | None,
+    session_timeout: float,
+    netns: str | None = None,
+    dev: str | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    serving = server.running(host, port, users=users, state_path=state, session_timeout=session_timeout)
+    plane = dataplane.Dataplane(netns, dev) if netns and dev else None
+    serving = server.running(
+        host, port, users=users, state_path=state, session_timeout=session_timeout, dataplane=plane
+    )
     async with serving as sim:
         logger.info("NITRO simulator listening on %s (state: %s)", sim.url, state or "in memory")
         await stop.wait()

@@ -36,6 +36,8 @@ Simulator control endpoints, outside `/nitro/`, without auth, JSON in and out (4
   `[{"seq", "time", "method", "resource", "action", "name", "key"}]`; `name` is the first key field
   (the vserver of an lbvserver binding), `key` all of them.
 * `GET /_sim/ha`, `POST /_sim/ha` `{"state": "Primary"|"Secondary"}` sets what `hanode/0` reports.
+* `GET /_sim/dataplane` (only with a dataplane, else 404): the forwarding choices per vserver, the
+  learnt backend MACs, the probe verdicts, and the nft and interface packet counters.
 * `GET /_sim/config` the persisted document; `POST /_sim/reset` empties the configuration, the
   journal and the host marks (users and sessions stay).
 """
@@ -57,6 +59,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from dsr_operator.simulator import dataplane as dataplane_
 from dsr_operator.simulator import faults as faults_
 from dsr_operator.simulator import schema, sessions, store
 
@@ -111,6 +114,7 @@ class Persister:
 
 
 PERSISTER: web.AppKey[Persister | None] = web.AppKey("persister")
+DATAPLANE: web.AppKey[dataplane_.Dataplane | None] = web.AppKey("dataplane")
 
 
 def _read_json(path: pathlib.Path) -> Any:
@@ -493,6 +497,28 @@ async def _sim_set_ha(request: web.Request) -> web.StreamResponse:
     return web.json_response({"state": state})
 
 
+async def _dataplane_ctx(app: web.Application) -> AsyncIterator[None]:
+    plane = app[DATAPLANE]
+    if plane is not None:
+        await plane.start()
+    try:
+        yield
+    finally:
+        if plane is not None:
+            await plane.stop()
+
+
+async def _sim_dataplane(request: web.Request) -> web.StreamResponse:
+    plane = request.app[DATAPLANE]
+    if plane is None:
+        return web.json_response({"error": "no dataplane (start with --dataplane-netns)"}, status=404)
+    try:
+        counters = await plane.counters()
+    except (dataplane_.CommandError, ValueError) as exc:
+        counters = {"error": str(exc)}
+    return web.json_response(plane.describe() | {"counters": counters})
+
+
 async def _sim_config(request: web.Request) -> web.StreamResponse:
     return web.json_response(request.app[STORE].dump())
 
@@ -517,8 +543,13 @@ def make_app(
     users: dict[str, str] | None = None,
     state_path: pathlib.Path | None = None,
     session_timeout: float = sessions.DEFAULT_TIMEOUT,
+    dataplane: dataplane_.Dataplane | None = None,
 ) -> web.Application:
-    """A NITRO simulator application; `users` maps user names to passwords (default nsroot/nsroot)."""
+    """A NITRO simulator application; `users` maps user names to passwords (default nsroot/nsroot).
+
+    With `dataplane`, the configuration also drives real forwarding and probes (see `dataplane.py`);
+    it starts after the persisted state is loaded and stops with the app.
+    """
     app = web.Application(middlewares=[_nitro_middleware])
     model = store.Store()
     app[STORE] = model
@@ -527,6 +558,10 @@ def make_app(
     app[STATS] = faults_.Stats()
     app[PERSISTER] = Persister(state_path, model) if state_path is not None else None
     app.cleanup_ctx.append(_persistence_ctx)
+    app[DATAPLANE] = dataplane
+    if dataplane is not None:
+        dataplane.attach(model)
+        app.cleanup_ctx.append(_dataplane_ctx)
 
     router = app.router
     router.add_post(f"{CONFIG_PREFIX}/login", _login)
@@ -548,6 +583,7 @@ def make_app(
     router.add_get("/_sim/journal", _sim_journal)
     router.add_get("/_sim/ha", _sim_get_ha)
     router.add_post("/_sim/ha", _sim_set_ha)
+    router.add_get("/_sim/dataplane", _sim_dataplane)
     router.add_get("/_sim/config", _sim_config)
     router.add_post("/_sim/reset", _sim_reset)
     return app
@@ -600,6 +636,11 @@ class Simulator:
 
     async def reset(self) -> None:
         await self._call("POST", "/_sim/reset")
+
+    async def dataplane(self) -> dict[str, Any]:
+        """The dataplane's view and counters (only when started with one)."""
+        result: dict[str, Any] = await self._call("GET", "/_sim/dataplane")
+        return result
 
 
 @contextlib.asynccontextmanager

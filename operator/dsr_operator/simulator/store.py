@@ -222,6 +222,9 @@ class Store:
         self.journal: list[Change] = []
         self._seq = 0
         self.hosts_down: set[str] = set()
+        #: (service, monitor) → verdict of the last real probe, when a dataplane probes for real;
+        #: None (the default) means monitors are simulated and only `hosts_down` decides health.
+        self.probe_results: dict[tuple[str, str], bool] | None = None
         self.ha_state = "Primary"
         self.objects: dict[str, dict[tuple[str, ...], Record]] = {}
         self.modes: set[str] = set()
@@ -260,6 +263,17 @@ class Store:
             else:
                 self.hosts_down.add(ip)
         self._notify(self._change("POST", "", "hosts", {}), journal=False)
+
+    def set_probe_results(self, results: Mapping[tuple[str, str], bool]) -> None:
+        """Real monitor verdicts per (service, monitor binding); announced to listeners when they change.
+
+        From the first call on, a bound, enabled monitor without a verdict counts as DOWN (not yet probed).
+        """
+        new = dict(results)
+        if new == self.probe_results:
+            return
+        self.probe_results = new
+        self._notify(self._change("POST", "", "probes", {}), journal=False)
 
     def set_ha_state(self, state: str) -> None:
         """What `hanode/0` reports as this node's state (Primary, Secondary, UNKNOWN)."""
@@ -683,17 +697,35 @@ class Store:
         disabled = self._disabled_state(service) or self._disabled_state(server)
         if disabled == "OUT OF SERVICE":
             return disabled
-        healthy = service.get("healthmonitor") == "NO" or service["ipaddress"] not in self.hosts_down
+        healthy = service.get("healthmonitor") == "NO" or (
+            service["ipaddress"] not in self.hosts_down and self._probes_pass(service)
+        )
         if disabled is not None:
             return disabled if healthy else "DOWN WHEN GOING OUT OF SERVICE"
         return "UP" if healthy else "DOWN"
 
+    def _monitor_enabled(self, binding: Record) -> bool:
+        monitors = self._monitors_named(binding["monitor_name"])
+        return binding.get("monstate") != "DISABLED" and any(m.get("state") != "DISABLED" for m in monitors)
+
+    def _probes_pass(self, service: Record) -> bool:
+        if self.probe_results is None:
+            return True
+        bindings = self._bindings_of("service_lbmonitor_binding", service["name"])
+        results = self.probe_results
+        return all(
+            results.get((service["name"], b["monitor_name"]), False) for b in bindings if self._monitor_enabled(b)
+        )
+
     def _monitor_state(self, binding: Record) -> str:
         service = self.objects["service"][(binding["name"],)]
-        monitors = self._monitors_named(binding["monitor_name"])
-        if binding.get("monstate") == "DISABLED" or all(m.get("state") == "DISABLED" for m in monitors):
+        if not self._monitor_enabled(binding):
             return "DISABLED"
-        return "DOWN" if service["ipaddress"] in self.hosts_down else "UP"
+        if service["ipaddress"] in self.hosts_down:
+            return "DOWN"
+        if self.probe_results is not None and not self.probe_results.get((binding["name"], binding["monitor_name"])):
+            return "DOWN"
+        return "UP"
 
     def _vserver_runtime(self, vserver: Record) -> Record:
         bindings = self._bindings_of("lbvserver_service_binding", vserver["name"])
