@@ -1,0 +1,321 @@
+"""The operator and a node agent against a real kube-apiserver, as the Helm chart's ServiceAccounts.
+
+* the chart is installed with `helm install` (CRDs, RBAC, the kopf peering object); the Deployment and
+  DaemonSet never start (no kubelet), so the test runs the same programs on the host instead:
+* the operator: `dsr-operator run` (subprocess) with a TokenRequest token of the chart's operator
+  ServiceAccount (DSR_KUBE_SERVER / DSR_KUBE_TOKEN_FILE / DSR_KUBE_CA_FILE), kopf peering on, talking
+  to the NITRO simulator (`dsr-operator nitro-sim`, subprocess) with credentials from files;
+* the agent: `dsr-operator agent --netns` (subprocess) in a throwaway network namespace, with the
+  agent ServiceAccount's token; it lists and watches its DsrNodeConfig with a field selector;
+* the backends: a Service with a selector and a Pod on a fake Node (InternalIP in its status), made
+  Ready through the pod status subresource; the real controller-manager publishes the EndpointSlice.
+
+Then a full reconcile (node VIP first, binding after, Ready) and a deletion through the finalizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from conftest import ControlPlane  # tests/controlplane/conftest.py
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHART = REPO_ROOT / "charts" / "dsr-operator"
+GROUP, VERSION = "dsr.operators.dev", "v1alpha1"
+VIP = "192.0.2.77"
+NODE_IP = "198.51.100.77"
+SIM_USER, SIM_PASSWORD = "dsradmin", "s3cret-for-tests"
+pytestmark = [pytest.mark.controlplane, pytest.mark.timeout(240)]
+
+
+def _entrypoint() -> str:
+    path = Path(sys.executable).with_name("dsr-operator")
+    return str(path) if path.exists() else shutil.which("dsr-operator") or "dsr-operator"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _needs_root_and_netns() -> str | None:
+    if os.geteuid() != 0:
+        return "the node agent needs root to create a network namespace (run the tier as root)"
+    if shutil.which("ip") is None:
+        return "iproute2 (`ip`) is missing: apt-get install iproute2"
+    return None
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def alive(self) -> None:
+        if self.popen.poll() is not None:
+            raise AssertionError(f"{self.name} exited with {self.popen.returncode}:\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+
+
+def _spawn(name: str, args: list[str], env: dict[str, str], workdir: Path) -> Proc:
+    log = workdir / f"{name}.log"
+    with open(log, "wb") as out:
+        popen = subprocess.Popen([_entrypoint(), *args], env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+    return Proc(name, popen, log)
+
+
+def _base_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("DSR_", "KUBE", "NODE_NAME")) and k != "KUBERNETES_SERVICE_HOST"}
+
+
+@dataclass
+class Rig:
+    cp: ControlPlane
+    namespace: str
+    node: str
+    netns: str
+    sim_url: str
+    procs: list[Proc]
+
+    def wait(self, predicate: Any, timeout: float, what: str) -> Any:
+        def check() -> Any:
+            for proc in self.procs:
+                proc.alive()
+            return predicate()
+
+        try:
+            return self.cp.wait_for(check, timeout, what, interval=0.3)
+        except Exception as exc:
+            logs = "\n".join(f"--- {p.name} ---\n{p.tail(30)}" for p in self.procs)
+            raise AssertionError(f"{exc}\n{logs}") from exc
+
+    def nitro(self, rtype: str, name: str = "") -> list[dict[str, Any]]:
+        req = urllib.request.Request(f"{self.sim_url}/nitro/v1/config/{rtype}{'/' + name if name else ''}")
+        req.add_header("X-NITRO-USER", SIM_USER)
+        req.add_header("X-NITRO-PASS", SIM_PASSWORD)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return json.loads(resp.read()).get(rtype, [])
+        except urllib.error.HTTPError as err:
+            if err.code == 404:
+                return []
+            raise
+
+    def vservers(self) -> list[dict[str, Any]]:
+        return [v for v in self.nitro("lbvserver") if v.get("ipv46") == VIP]
+
+    def bound_ips(self, vserver: str) -> list[str]:
+        """Backend IPs bound to the vserver, through service -> server as NetScaler records them."""
+        servers = {s["name"]: s.get("ipaddress") for s in self.nitro("server")}
+        services = {s["name"]: s.get("ipaddress") or servers.get(s.get("servername", ""))
+                    for s in self.nitro("service")}
+        return sorted(services.get(b["servicename"]) or "?" for b in self.nitro("lbvserver_service_binding", vserver))
+
+    def nodeconfig(self) -> dict[str, Any] | None:
+        status, body = self.cp.request("GET", f"/apis/{GROUP}/{VERSION}/dsrnodeconfigs/{self.node}")
+        return body if status == 200 else None
+
+    def netns_addresses(self) -> str:
+        return subprocess.run(["ip", "-n", self.netns, "-o", "addr", "show"], capture_output=True, text=True,
+                              check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def rig(controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    reason = _needs_root_and_netns()
+    if reason:
+        pytest.skip(reason)
+    cp = controlplane
+    suffix = uuid.uuid4().hex[:6]
+    release, system_ns, app_ns = f"rt-{suffix}", f"dsr-rt-{suffix}", f"shop-{suffix}"
+    operator_sa, agent_sa = f"{release}-dsr-operator", f"{release}-dsr-operator-agent"
+    node, netns = f"rt-node-{suffix}", f"dsr-rt-{suffix}"
+    work = tmp_path_factory.mktemp("realapi")
+    procs: list[Proc] = []
+    cleanup: list[Any] = []
+    try:
+        # The chart: CRDs, RBAC, ServiceAccounts, the ClusterKopfPeering of its 2 replicas.
+        cp.kc("create", "namespace", system_ns)
+        cleanup.append(lambda: cp.kc("delete", "namespace", system_ns, "--wait=false", check=False))
+        cp.kc("create", "secret", "generic", "netscaler-login", "-n", system_ns,
+              f"--from-literal=username={SIM_USER}", f"--from-literal=password={SIM_PASSWORD}")
+        cp.kc("create", "namespace", app_ns)
+        cleanup.append(lambda: cp.kc("delete", "namespace", app_ns, "--wait=false", check=False))
+        # Limited to the app namespace: the operator leaves other tests' DsrServices alone, and the
+        # chart makes a KopfPeering there (namespaced peering).
+        cp.helm("install", release, str(CHART), "-n", system_ns, "--set", "netscaler.url=http://127.0.0.1:9",
+                "--set", "netscaler.existingSecret=netscaler-login", "--set", f"namespaces={{{app_ns}}}",
+                "--wait=false")
+        cleanup.append(lambda: cp.helm("uninstall", release, "-n", system_ns, check=False))
+        cp.kc("wait", "--for=condition=Established", "--timeout=60s", f"crd/dsrservices.{GROUP}",
+              f"crd/dsrnodeconfigs.{GROUP}", "crd/kopfpeerings.kopf.dev")
+
+        # The "mounted Secret" and the projected token, as files.
+        (work / "username").write_text(SIM_USER + "\n")
+        (work / "password").write_text(SIM_PASSWORD + "\n")
+        (work / "operator-token").write_text(cp.create_token(operator_sa, system_ns, expiration_seconds=3600))
+        agent_kubeconfig = cp.kubeconfig_for_token(cp.create_token(agent_sa, system_ns, expiration_seconds=3600),
+                                                   f"agent-{suffix}")
+
+        # NetScaler stand-in.
+        sim_port = _free_port()
+        sim_env = {**_base_env(), "DSR_SIM_PASSWORD": SIM_PASSWORD}
+        procs.append(_spawn("nitro-sim", ["nitro-sim", "--listen", f"127.0.0.1:{sim_port}", "--user", SIM_USER],
+                            sim_env, work))
+        sim_url = f"http://127.0.0.1:{sim_port}"
+
+        # A fake node with its address, the app's Service and a ready Pod on that node.
+        cp.kc("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}))
+        cleanup.append(lambda: cp.kc("delete", "node", node, "--wait=false", check=False))
+        cp.kc("patch", "node", node, "--subresource=status", "--type=merge", "-p", json.dumps(
+            {"status": {"addresses": [{"type": "InternalIP", "address": NODE_IP},
+                                      {"type": "Hostname", "address": node}]}}))
+        manifests = [
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": app_ns},
+             "spec": {"selector": {"app": "web"}, "externalIPs": [VIP],
+                      "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}},
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-0", "namespace": app_ns,
+                                                             "labels": {"app": "web"}},
+             "spec": {"nodeName": node, "containers": [{"name": "web", "image": "registry.invalid/web:1"}]}},
+        ]
+        cp.kc("create", "-f", "-", input="\n---\n".join(json.dumps(m) for m in manifests))
+        cp.kc("patch", "pod", "web-0", "-n", app_ns, "--subresource=status", "--type=merge", "-p", json.dumps(
+            {"status": {"phase": "Running", "hostIP": NODE_IP, "podIP": "10.244.77.5",
+                        "podIPs": [{"ip": "10.244.77.5"}],
+                        "conditions": [{"type": "PodScheduled", "status": "True"},
+                                       {"type": "ContainersReady", "status": "True"},
+                                       {"type": "Ready", "status": "True"}]}}))
+
+        # The operator as the chart's operator ServiceAccount, with kopf peering as the chart sets it.
+        op_env = {
+            **_base_env(),
+            "DSR_KUBE_SERVER": cp.url, "DSR_KUBE_TOKEN_FILE": str(work / "operator-token"),
+            "DSR_KUBE_CA_FILE": str(cp.ca_file), "DSR_PEERING": operator_sa, "DSR_OPERATOR_ID": f"rt{suffix}",
+            "DSR_METRICS_PORT": str(_free_port()), "DSR_LIVENESS_PORT": str(_free_port()),
+            "DSR_RESYNC_SECONDS": "5", "DSR_DEFAULT_DRAIN_SECONDS": "0",
+            "DSR_NETSCALER_URL": sim_url, "DSR_NETSCALER_USERNAME_FILE": str(work / "username"),
+            "DSR_NETSCALER_PASSWORD_FILE": str(work / "password"),
+        }
+        procs.append(_spawn("operator", ["run", "--namespace", app_ns], op_env, work))
+
+        # The agent in its own network namespace, as the chart's agent ServiceAccount.
+        subprocess.run(["ip", "netns", "add", netns], check=True)
+        cleanup.append(lambda: subprocess.run(["ip", "netns", "del", netns], check=False))
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        procs.append(_spawn("agent", ["agent", "--node-name", node, "--netns", netns, "--kubeconfig",
+                                      str(agent_kubeconfig), "--state-dir", str(work / "agent-state"),
+                                      "--interface-mode", "auto", "--resync-seconds", "5"], _base_env(), work))
+        rig = Rig(cp, app_ns, node, netns, sim_url, procs)
+        rig.wait(lambda: _answers(rig), 30, "the NITRO simulator")
+        liveness = op_env["DSR_LIVENESS_PORT"]
+        rig.wait(lambda: _http_ok(f"http://127.0.0.1:{liveness}/healthz"), 60, "the operator's kopf /healthz")
+        yield rig
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        for step in reversed(cleanup):
+            with contextlib.suppress(Exception):
+                step()
+
+
+def _answers(rig: Rig) -> bool:
+    try:
+        rig.nitro("nsmode")
+    except OSError:
+        return False
+    return True
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def test_full_reconcile_then_deletion_through_the_finalizer(rig: Rig) -> None:
+    cp, ns = rig.cp, rig.namespace
+    # The real controller-manager publishes the ready endpoint on the node.
+    rig.wait(lambda: any(ep.get("nodeName") == rig.node and ep.get("conditions", {}).get("ready")
+                         for s in cp.kc_json("get", "endpointslices", "-n", ns,
+                                             "-l", "kubernetes.io/service-name=web")["items"]
+                         for ep in s.get("endpoints") or []), 60, "the EndpointSlice of web")
+
+    dsr = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DsrService", "metadata": {"name": "web", "namespace": ns},
+           "spec": {"vip": VIP, "ports": [80], "backends": {"service": "web"}, "drainSeconds": 0,
+                    "healthCheck": {"type": "TCP", "intervalSeconds": 5, "port": 80}}}
+    cp.kc("apply", "-f", "-", input=json.dumps(dsr))
+
+    # 1. The operator writes the node's VIP; 2. the agent applies it in its namespace and says so.
+    rig.wait(lambda: VIP in ((rig.nodeconfig() or {}).get("spec", {}).get("vips") or []), 60,
+             "the DsrNodeConfig to list the VIP")
+    config = rig.wait(lambda: (c := rig.nodeconfig()) and VIP in (c.get("status", {}).get("appliedVips") or [])
+                      and c, 60, "the agent to report the VIP applied")
+    assert config["status"]["observedGeneration"] == config["metadata"]["generation"]
+    assert config["metadata"]["ownerReferences"][0]["kind"] == "Node"
+    assert f"{VIP}/32" in rig.netns_addresses()
+
+    # 3. NetScaler has the vserver on the VIP with the node's service bound.
+    (vserver,) = rig.wait(rig.vservers, 60, "the lbvserver on the VIP")
+    assert vserver["servicetype"] == "ANY" and vserver["m"] == "MAC"
+    rig.wait(lambda: rig.bound_ips(vserver["name"]) == [NODE_IP], 60, "the node's service bound to the vserver")
+
+    # 4. kstatus Ready, as `kubectl wait` sees it.
+    waited = cp.kc("wait", "--for=condition=Ready", "dsrsvc/web", "-n", ns, "--timeout=60s", check=False,
+                   timeout=90)
+    assert waited.returncode == 0, waited.stderr
+    obj = cp.kc_json("get", "dsrsvc", "web", "-n", ns)
+    assert "dsr.operators.dev/finalizer" in obj["metadata"]["finalizers"]
+    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+    events = cp.kc_json("get", "events", "-n", ns, "--field-selector", "involvedObject.name=web")["items"]
+    assert any(e["reason"] == "Applied" for e in events), [e["reason"] for e in events]
+
+    # Deletion: NetScaler objects go, the node's VIP goes, then the finalizer and the object.
+    cp.kc("delete", "dsrsvc", "web", "-n", ns, "--wait=false")
+    rig.wait(lambda: cp.request("GET", f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/dsrservices/web")[0] == 404,
+             60, "the DsrService to disappear")
+    assert rig.vservers() == []
+    assert not [s for s in rig.nitro("service") if s.get("ipaddress") == NODE_IP]
+    config = rig.nodeconfig()
+    assert config is not None and VIP not in (config["spec"].get("vips") or [])
+    rig.wait(lambda: f"{VIP}/32" not in rig.netns_addresses(), 30, "the agent to drop the VIP")
+
+
+def test_operator_peering_heartbeat_in_the_charts_peering_object(rig: Rig) -> None:
+    peerings = rig.cp.kc_json("get", "kopfpeerings.kopf.dev", "-n", rig.namespace)["items"]
+    with_peers = [p for p in peerings if p.get("status")]
+    assert with_peers, "the operator (kopf peering on) never wrote its heartbeat"
