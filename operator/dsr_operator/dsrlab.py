@@ -175,18 +175,18 @@ class Lab:
                 sock.close()
 
     def _instrument(self, backend: str) -> None:
-        """Count, in the backend, packets to the VIP (in) and from the VIP (out)."""
+        """Count, in the backend, client packets to the VIP (in) and replies from the VIP (out); not probes."""
         rules = (
             "add table inet dsrlab\n"
             "add chain inet dsrlab pre { type filter hook prerouting priority -300; }\n"
             "add chain inet dsrlab out { type filter hook output priority -300; }\n"
-            f"add rule inet dsrlab pre ip daddr {self.vip} counter\n"
-            f"add rule inet dsrlab out ip saddr {self.vip} counter\n"
+            f"add rule inet dsrlab pre ip saddr {self.ip('client')} ip daddr {self.vip} counter\n"
+            f"add rule inet dsrlab out ip saddr {self.vip} ip daddr {self.ip('client')} counter\n"
         )
         sh("ip", "netns", "exec", self.ns(backend), "nft", "-f", "-", stdin=rules)
 
     def vip_packets(self, backend: str) -> tuple[int, int]:
-        """(packets to the VIP received, packets from the VIP sent) by this backend so far."""
+        """(client packets to the VIP received, packets from the VIP to the client sent) by this backend."""
         out = sh("ip", "netns", "exec", self.ns(backend), "nft", "-j", "list", "table", "inet", "dsrlab").stdout
         counts = {}
         for item in json.loads(out)["nftables"]:
