@@ -16,6 +16,7 @@ COMPONENT_CLIS = (
     "dsr_operator.simulator.cli",
     "dsr_operator.controller.cli",
     "dsr_operator.agent.cli",
+    "dsr_operator.demo_dsr",
 )
 
 
