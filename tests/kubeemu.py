@@ -99,6 +99,10 @@ def _rv(obj: Mapping[str, Any]) -> int:
         return 0
 
 
+REQUEST_LOG_LIMIT = 32
+"""How many recent requests the emulator keeps for assertions."""
+
+
 @attrs.define(kw_only=True)
 class KubeEmulator(kmock.KubernetesEmulator):
     """kmock's emulator with uid/generation/resourceVersion, status subresources and selectors."""
@@ -140,6 +144,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
     # --- writes --------------------------------------------------------------------------------
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        # kmock matches every request against its whole request log, which makes a long run
+        # quadratic; keep only the recent requests (results are keyed by identity, not by log index).
+        if len(self._requests) > REQUEST_LOG_LIMIT:
+            del self._requests[:-REQUEST_LOG_LIMIT]
         resource = request.resource
         is_write = (
             resource is not None
@@ -158,7 +166,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 gc_key = await self._write(request)
             return await apps.RawHandler._handle(self, request)
         finally:
-            self._results.pop(request.id, None)
+            self._results.pop(id(request), None)
             if gc_key is not None:
                 assert resource is not None
                 async with self._lock:
@@ -202,7 +210,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 self._objects[key].create(obj)
             else:
                 self._objects[key] = obj
-            self._results[request.id] = obj
+            self._results[id(request)] = obj
             await self._buses[resource].put({"type": "ADDED", "object": obj})
             return None
 
@@ -214,7 +222,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if request.method == kmock.method.DELETE:
             meta = old.get("metadata", {})
             if meta.get("deletionTimestamp"):
-                self._results[request.id] = old
+                self._results[id(request)] = old
                 return None
             if meta.get("finalizers"):
                 meta["deletionTimestamp"] = _now()
@@ -227,12 +235,12 @@ class KubeEmulator(kmock.KubernetesEmulator):
                         }
                     }
                 )
-                self._results[request.id] = old
+                self._results[id(request)] = old
                 await self._buses[resource].put({"type": "MODIFIED", "object": old})
                 return None
             meta["resourceVersion"] = self._next_revision()
             self._objects[key].delete()
-            self._results[request.id] = old
+            self._results[id(request)] = old
             await self._buses[resource].put({"type": "DELETED", "object": old})
             return None
 
@@ -283,11 +291,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if content(new) != content(old):
             meta["generation"] = int(old.get("metadata", {}).get("generation") or 1) + 1
         if new == old:
-            self._results[request.id] = old
+            self._results[id(request)] = old
             return None  # a no-op write keeps the resourceVersion, as the API server does
         meta["resourceVersion"] = self._next_revision()
         self._objects[key].history.append(new)
-        self._results[request.id] = new
+        self._results[id(request)] = new
         gc = bool(meta.get("deletionTimestamp")) and not meta.get("finalizers")
         if gc:
             return key
@@ -295,13 +303,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
         return None
 
     async def _serve_create(self, request: rendering.Request) -> rendering.Payload:
-        return self._results.get(request.id) or await super()._serve_create(request)
+        return self._results.get(id(request)) or await super()._serve_create(request)
 
     async def _serve_update(self, request: rendering.Request) -> rendering.Payload:
-        return self._results.get(request.id) or await super()._serve_update(request)
+        return self._results.get(id(request)) or await super()._serve_update(request)
 
     async def _serve_delete(self, request: rendering.Request) -> rendering.Payload:
-        return self._results.get(request.id) or await super()._serve_delete(request)
+        return self._results.get(id(request)) or await super()._serve_delete(request)
 
     # --- reads ---------------------------------------------------------------------------------
 

@@ -131,15 +131,20 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         rt.wake(*rt.book.users_of(name))
 
     @kopf.on.event(*DSR, registry=registry)
-    def dsrservice_changed(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, type: str | None,
-                           dsr_services: kopf.Index, **_: Any) -> None:
+    def dsrservice_changed(namespace: str, name: str, body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo,
+                           type: str | None, dsr_services: kopf.Index, **_: Any) -> None:
         rt = runtime(memo)
-        rt.wake((namespace, name))
+        key = (namespace, name)
+        generation = meta.get("generation")
+        if type not in ("ADDED", "DELETED") and rt.generations.get(key) == generation:
+            return  # our own status write, or metadata only: nothing to reconcile
+        rt.generations[key] = generation
+        rt.wake(key)
         vip = (body.get("spec") or {}).get("vip")
         # A VIP freed or claimed may settle another DsrService's conflict.
-        for key, entries in dsr_services.items():
-            if any(e.spec.get("vip") == vip for e in entries) and key != (namespace, name):
-                rt.wake(key)
+        for other, entries in dsr_services.items():
+            if other != key and any(e.spec.get("vip") == vip for e in entries):
+                rt.wake(other)
 
     # --- the per-DsrService daemon and the finalizer ------------------------------------------------
 

@@ -51,6 +51,7 @@ class Runtime:
     wakeups: dict[Key, asyncio.Event] = dataclasses.field(default_factory=dict)
     locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
     written: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    generations: dict[Key, int | None] = dataclasses.field(default_factory=dict)
     indexed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     indices: dict[str, Any] = dataclasses.field(default_factory=dict)
     tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
