@@ -56,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     agent.add_argument("--server", help="API server URL (instead of a kubeconfig)")
     agent.add_argument("--token-file", type=pathlib.Path, help="bearer token file for --server")
+    agent.add_argument("--ca-file", type=pathlib.Path, help="CA bundle that signed the --server certificate")
     agent.add_argument(
         "--uninstall",
         action="store_true",
@@ -101,7 +102,9 @@ def run_agent(args: argparse.Namespace) -> int:
         netns=args.netns,
         state_dir=args.state_dir,
     )
-    connection = kube.Connection(kubeconfig=args.kubeconfig, server=args.server, token_file=args.token_file)
+    connection = kube.Connection(
+        kubeconfig=args.kubeconfig, server=args.server, token_file=args.token_file, certificate_authority=args.ca_file
+    )
     return asyncio.run(_agent_main(settings, connection, uninstall=args.uninstall))
 
 
