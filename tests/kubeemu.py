@@ -193,7 +193,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
             if not meta.get("name"):
                 if not meta.get("generateName"):
                     raise kmock.KubernetesError(status=422, reason="Invalid", message="metadata.name is required")
-                meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
+                # Unique like the API server's (which retries on a clash): a random part and a counter.
+                meta["name"] = f"{meta['generateName']}{secrets.token_hex(2)}{self._next_revision()}"
             if request.namespace is not None:
                 meta["namespace"] = request.namespace
             if has_status:

@@ -61,10 +61,10 @@ class Cluster:
                                 {"status": {"addresses": [{"type": "InternalIP", "address": address}]}},
                                 patch_type=PatchType.MERGE)
 
-    async def service(self, name: str = "web", namespace: str = "shop") -> None:
+    async def service(self, name: str = "web", namespace: str = "shop", external_ips: tuple[str, ...] = ()) -> None:
         await self.client.create(Service({"apiVersion": "v1", "kind": "Service",
                                           "metadata": {"name": name, "namespace": namespace},
-                                          "spec": {"ports": [{"port": 80}]}}))
+                                          "spec": {"ports": [{"port": 80}], "externalIPs": list(external_ips)}}))
 
     async def slice(self, endpoints: dict[str, str], name: str = "web-abc", service: str = "web",
                     namespace: str = "shop") -> None:
@@ -190,6 +190,11 @@ async def test_create_binds_only_after_the_loopback_handshake(
         await eventually(both_bound_and_ready)
         status = (await cluster.dsr())["status"]
         assert status["backends"] == {"desired": 2, "loopbackReady": 2, "bound": 2}
+        # The Service does not carry the VIP in externalIPs: the status says kube-proxy won't deliver it.
+        assert status["warnings"] == [
+            f"Service shop/web does not list {VIP} in externalIPs: kube-proxy will not deliver VIP traffic "
+            "to its pods unless they listen on the VIP with host networking"
+        ]
         assert status["observedGeneration"] == (await cluster.dsr())["metadata"]["generation"]
         assert (await cluster.condition("Stalled"))["status"] == "False"
 
@@ -383,7 +388,7 @@ async def test_restart_adopts_without_rebuilding_and_removes_orphans(
     cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await cluster.slice({"n1": "ready", "n2": "ready"})
-    await cluster.service("api")
+    await cluster.service("api", external_ips=("192.0.2.11",))
     await cluster.slice({"n3": "ready"}, name="api-xyz", service="api")
     async with running_operator(kube, nitro_sim, monkeypatch):
         await cluster.dsrservice()
@@ -391,6 +396,7 @@ async def test_restart_adopts_without_rebuilding_and_removes_orphans(
         await converged(cluster, ("n1", "n2"))
         await cluster.agent_applies("n3")
         await eventually(lambda: cluster.bound("dsr-shop_api_80"))
+        assert (await cluster.dsr("api"))["status"]["warnings"] == []
         # Kill the operator in the middle of a reconcile: slow NetScaler, a change under way.
         await nitro_sim.faults(latencyMs=150)
         await cluster.slice({"n1": "ready", "n2": "ready", "n3": "ready"})

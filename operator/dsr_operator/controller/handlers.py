@@ -86,8 +86,8 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         return {name: world.nodeconfig_info(body)}
 
     @kopf.index(*SERVICES, registry=registry, id="dsr_k8s_services")
-    def dsr_k8s_services(namespace: str, name: str, **_: Any) -> Any:
-        return {(namespace, name): True}
+    def dsr_k8s_services(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> Any:
+        return {(namespace, name): tuple(spec.get("externalIPs") or ())}
 
     @kopf.index(*DSR, registry=registry, id="dsr_services")
     def dsr_services(namespace: str, name: str, body: kopf.Body, meta: kopf.Meta, **_: Any) -> Any:

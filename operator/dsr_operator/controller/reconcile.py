@@ -212,12 +212,19 @@ async def _reconcile(rt: Runtime, key: Key, body: Mapping[str, Any]) -> float | 
 
     slices_index = rt.indices.get("dsr_slices")
     services_index = rt.indices.get("dsr_k8s_services")
+    warnings: list[str] = []
     if spec.backends.service is not None and services_index is not None:
-        if not list(services_index.get((ref.namespace, spec.backends.service), ())):
+        found = list(services_index.get((ref.namespace, spec.backends.service), ()))
+        if not found:
             v = world.Verdict(False, "ServiceNotFound",
                               f"Service {ref.namespace}/{spec.backends.service} does not exist", stalled=True)
             await write_status(rt, body, status_of(v, {}))
             return None
+        if spec.vip not in found[0]:
+            warnings.append(
+                f"Service {ref.namespace}/{spec.backends.service} does not list {spec.vip} in externalIPs: "
+                "kube-proxy will not deliver VIP traffic to its pods unless they listen on the VIP with host networking"
+            )
 
     def gather(actual: ns.NetScalerState) -> world.Backends:
         if spec.backends.static is not None:
@@ -262,6 +269,7 @@ async def _reconcile(rt: Runtime, key: Key, body: Mapping[str, Any]) -> float | 
         "vservers": states,
         "vserverState": "UP" if states and all(s["state"] == "UP" for s in states) else
                         ("DOWN" if states else "ABSENT"),
+        "warnings": warnings,
     }
     await write_status(rt, body, status_of(v, extra))
     if failures:
