@@ -13,7 +13,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from dsr_operator import kube
-from dsr_operator.agent import core, host, hostsetup, loop, state
+from dsr_operator.agent import core, host, hostsetup, loop, netlink, state
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,10 @@ async def _agent_main(settings: loop.Settings, connection: kube.Connection, *, u
         try:
             agent = loop.Agent(settings, the_host, client)
             return await _until_signal(agent.run())
+        except netlink.LinkTypeUnsupported as exc:
+            logger.error("Interface mode %s is not possible here: %s; use --interface-mode auto or loopback",
+                         settings.interface_mode, exc)
+            return 2
         finally:
             await client.close()
 
