@@ -421,3 +421,26 @@ async def test_restart_adopts_without_rebuilding_and_removes_orphans(
         assert {s["name"] for s in await cluster.nitro("service")} == {
             "dsr-198.51.100.1_80", "dsr-198.51.100.2_80", "dsr-198.51.100.3_80"
         }
+
+
+async def test_metrics_endpoint_reports_requests_bound_backends_and_stalled(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch,
+    unused_tcp_port: int,
+) -> None:
+    await cluster.slice({"n1": "ready"})
+    async with running_operator(kube, nitro_sim, monkeypatch, metrics_port=unused_tcp_port):
+        await cluster.dsrservice()
+        await converged(cluster, ("n1",))
+        await asyncio.sleep(1.1)
+        await cluster.dsrservice(name="web-copy")  # a VIP conflict: stalled
+        await eventually(lambda: cluster.condition("Stalled", "web-copy"))
+
+        async def scrape() -> str:
+            async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{unused_tcp_port}/metrics") as r:
+                text = await r.text()
+            return text if "dsr_stalled_dsrservices 1.0" in text else ""
+
+        text = await eventually(scrape)
+        assert 'dsr_bound_backends{name="web",namespace="shop"} 1.0' in text
+        assert 'dsr_nitro_requests_total{method="PUT",resource="lbvserver_service_binding",status="201"}' in text
+        assert "dsr_reconcile_duration_seconds_count" in text

@@ -52,6 +52,7 @@ class Runtime:
     locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
     written: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     generations: dict[Key, int | None] = dataclasses.field(default_factory=dict)
+    stalled: set[Key] = dataclasses.field(default_factory=set)
     indexed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     indices: dict[str, Any] = dataclasses.field(default_factory=dict)
     tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
@@ -150,10 +151,14 @@ async def sync_nodes(rt: Runtime, changed: set[str]) -> None:
 
 
 async def write_status(rt: Runtime, body: Mapping[str, Any], status: dict[str, Any]) -> None:
+    meta = body.get("metadata") or {}
+    key = (meta.get("namespace", ""), meta.get("name", ""))
+    stalled = any(c["type"] == "Stalled" and c["status"] == "True" for c in status.get("conditions", ()))
+    (rt.stalled.add if stalled else rt.stalled.discard)(key)
+    rt.metrics.stalled.set(len(rt.stalled))
     old = dict(body.get("status") or {})
     if all(old.get(k) == v for k, v in status.items()):
         return
-    meta = body.get("metadata") or {}
     await rt.kube.patch(kube.DsrService.Status, meta["name"], {"status": status}, namespace=meta.get("namespace"),
                         patch_type=PatchType.MERGE)
 
@@ -299,6 +304,8 @@ async def finalize(rt: Runtime, key: Key, body: Mapping[str, Any]) -> None:
     if plan.holds:
         raise kopf.TemporaryError(plan.holds[0].message, delay=min(plan.retry_after or 5.0, 5.0))
     await sync_nodes(rt, rt.book.forget(key))
+    rt.stalled.discard(key)
+    rt.metrics.stalled.set(len(rt.stalled))
     with contextlib.suppress(KeyError):
         rt.metrics.bound_backends.remove(*key)
 
