@@ -75,3 +75,47 @@ def make_client(config: lightkube.KubeConfig, connection: Connection, *, field_m
         field_manager=field_manager,
         trust_env=False,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Credentials:
+    """What a non-lightkube client (kopf) needs to reach the API server, from the same resolution."""
+
+    server: str
+    token: str | None = dataclasses.field(default=None, repr=False)
+    ca_path: str | None = None
+    ca_data: bytes | None = None
+    certificate_path: str | None = None
+    certificate_data: bytes | None = None
+    private_key_path: str | None = None
+    private_key_data: bytes | None = dataclasses.field(default=None, repr=False)
+    insecure: bool = False
+
+
+def credentials(config: lightkube.KubeConfig, connection: Connection) -> Credentials:
+    """Resolve a loaded configuration into plain credentials (token files are read now)."""
+    import base64
+
+    single = config.get(connection.context)
+    cluster, user = single.cluster, single.user
+
+    def path(value: str | None) -> str | None:
+        return str(single.abs_file(value)) if value else None
+
+    def data(value: str | None) -> bytes | None:
+        return base64.b64decode(value) if value else None
+
+    token = user.token if user else None
+    if user is not None and user.token_file:
+        token = pathlib.Path(single.abs_file(user.token_file)).read_text().strip()
+    return Credentials(
+        server=cluster.server,
+        token=token,
+        ca_path=path(cluster.certificate_auth),
+        ca_data=data(cluster.certificate_auth_data),
+        certificate_path=path(user.client_cert) if user else None,
+        certificate_data=data(user.client_cert_data) if user else None,
+        private_key_path=path(user.client_key) if user else None,
+        private_key_data=data(user.client_key_data) if user else None,
+        insecure=cluster.insecure,
+    )

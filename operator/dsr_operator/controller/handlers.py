@@ -31,21 +31,19 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        if settings.kube_server:
-            token = settings.kube_token_file.read_text().strip() if settings.kube_token_file else None
-            return kopf.ConnectionInfo(
-                server=settings.kube_server, token=token,
-                ca_path=str(settings.kube_ca_file) if settings.kube_ca_file else None,
-            )
-        if settings.kubeconfig:
-            import os
-
-            os.environ["KUBECONFIG"] = str(settings.kubeconfig)
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        # The same resolution as the lightkube client: explicit server, kubeconfig, in-cluster, KUBECONFIG.
+        connection = _connection(settings)
+        creds = await asyncio.to_thread(lambda: kube.credentials(kube.load_config(connection), connection))
+        return kopf.ConnectionInfo(
+            server=creds.server, token=creds.token, insecure=creds.insecure,
+            ca_path=creds.ca_path, ca_data=creds.ca_data,
+            certificate_path=creds.certificate_path, certificate_data=creds.certificate_data,
+            private_key_path=creds.private_key_path, private_key_data=creds.private_key_data,
+        )
 
     @kopf.on.startup(registry=registry)
-    async def startup(memo: kopf.Memo, settings_: kopf.OperatorSettings | None = None, **kwargs: Any) -> None:
+    async def startup(memo: kopf.Memo, **kwargs: Any) -> None:
         rt = await _make_runtime(settings)
         rt.indices.update({k: v for k, v in kwargs.items() if k.startswith("dsr_")})
         memo["runtime"] = rt
@@ -190,12 +188,16 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
     return registry
 
 
-async def _make_runtime(settings: config.OperatorSettings) -> reconcile.Runtime:
-    metrics = Metrics()
-    connection = kube.Connection(
+def _connection(settings: config.OperatorSettings) -> kube.Connection:
+    return kube.Connection(
         server=settings.kube_server, token_file=settings.kube_token_file,
         certificate_authority=settings.kube_ca_file, kubeconfig=settings.kubeconfig,
     )
+
+
+async def _make_runtime(settings: config.OperatorSettings) -> reconcile.Runtime:
+    metrics = Metrics()
+    connection = _connection(settings)
     kube_config = await asyncio.to_thread(kube.load_config, connection)
     client = kube.make_client(kube_config, connection, field_manager="dsr-operator")
     nitro_view = view.NetScalerView(
