@@ -53,6 +53,8 @@ class Runtime:
     written: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     generations: dict[Key, int | None] = dataclasses.field(default_factory=dict)
     stalled: set[Key] = dataclasses.field(default_factory=set)
+    drains: dict[Key, float] = dataclasses.field(default_factory=dict)
+    """When a DsrService's drains end (monotonic): NetScaler is read again then, as drains end there."""
     indexed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     indices: dict[str, Any] = dataclasses.field(default_factory=dict)
     tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
@@ -240,10 +242,14 @@ async def _reconcile(rt: Runtime, key: Key, body: Mapping[str, Any]) -> float | 
         configs = {k: next(iter(v)) for k, v in rt.indices["dsr_nodeconfigs"].items() if list(v)}
         return world.service_backends(spec, slices, node_map, configs, bound, present)
 
-    intent: desired_mod.Intent | None = None
     try:
         async with rt.view.lock:
-            actual = await rt.view.actual(max_age=None)
+            drain_end = rt.drains.pop(key, None)
+            if drain_end is not None and time.monotonic() >= drain_end:
+                rt.view.invalidate()  # services we disabled may be OUT OF SERVICE by now
+            elif drain_end is not None:
+                rt.drains[key] = drain_end
+            actual = await rt.view.actual()
             backends = gather(actual)
             # Additions first: a node gets the VIP before NetScaler may send it traffic.
             await sync_nodes(rt, rt.book.set(key, {**rt.book.needs_of(key), **backends.node_vips}))
@@ -279,6 +285,8 @@ async def _reconcile(rt: Runtime, key: Key, body: Mapping[str, Any]) -> float | 
     await write_status(rt, body, status_of(v, extra))
     if failures:
         return 10.0
+    if any(h.reason == "Draining" for h in plan.holds) and plan.retry_after is not None:
+        rt.drains[key] = time.monotonic() + plan.retry_after
     return plan.retry_after
 
 

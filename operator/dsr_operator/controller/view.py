@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 
 from dsr_operator import settings as settings_mod
@@ -46,7 +45,6 @@ class NetScalerView:
         self._factory = client_factory or (lambda: executor.connect(nitro_settings, on_request=on_request))
         self._client: nitro.NitroClient | None = None
         self._actual: ns.NetScalerState | None = None
-        self._read_at = 0.0
         self._save_task: asyncio.Task[None] | None = None
         self.requests_total = 0
 
@@ -71,17 +69,12 @@ class NetScalerView:
     def invalidate(self) -> None:
         self._actual = None
 
-    @property
-    def age(self) -> float:
-        return time.monotonic() - self._read_at if self._actual is not None else float("inf")
-
-    async def actual(self, *, max_age: float | None = None) -> ns.NetScalerState:
-        """The cached state; read from the box when missing (or older than `max_age` seconds)."""
-        if self._actual is None or (max_age is not None and self.age > max_age):
+    async def actual(self) -> ns.NetScalerState:
+        """The cached state; read from the box when missing (first use, invalidated, after failures)."""
+        if self._actual is None:
             try:
                 client = await self._open()
                 self._actual = await executor.read_actual(client, self.operator_id)
-                self._read_at = time.monotonic()
             except errors.NitroError:
                 await self._drop_client()
                 raise
