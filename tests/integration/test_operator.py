@@ -445,3 +445,35 @@ async def test_metrics_endpoint_reports_requests_bound_backends_and_stalled(
         assert 'dsr_bound_backends{name="web",namespace="shop"} 1.0' in text
         assert 'dsr_nitro_requests_total{method="PUT",resource="lbvserver_service_binding",status="201"}' in text
         assert "dsr_reconcile_duration_seconds_count" in text
+
+
+async def test_writes_go_to_the_ha_primary_only_and_the_config_is_saved(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await cluster.slice({"n1": "ready"})
+    await nitro_sim.set_ha_state("Secondary")
+    async with running_operator(kube, nitro_sim, monkeypatch):
+        await cluster.dsrservice()
+
+        async def refused() -> bool:
+            ready = await cluster.condition("Ready")
+            return ready.get("reason") == "NetScalerUnreachable" and "not the HA primary" in ready["message"]
+
+        await eventually(refused)
+        assert (await nitro_sim.stats())["writes"] == 0
+        await nitro_sim.set_ha_state("Primary")  # a failover: this node is primary now
+        await converged(cluster, ("n1",))
+
+        async def saved() -> bool:
+            saves = [e for e in await nitro_sim.journal() if (e["resource"], e["action"]) == ("nsconfig", "save")]
+            return bool(saves) and (await nitro_config(cluster))["configchanged"] is False
+
+        await eventually(saved)
+
+
+async def nitro_config(cluster: Cluster) -> dict[str, Any]:
+    headers = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": cluster.password}
+    async with aiohttp.ClientSession() as http, http.get(
+        f"{cluster.sim.url}/nitro/v1/config/nsconfig", headers=headers
+    ) as resp:
+        return (await resp.json())["nsconfig"]
