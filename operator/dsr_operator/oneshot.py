@@ -255,6 +255,11 @@ async def _with_client(args: argparse.Namespace, intents: list[desired_mod.Inten
         async with executor.connect(nitro_settings) as client:
             if args.command == "plan":
                 return await run_plan(client, intents, operator_id, args.delete, sys.stdout)
+            state = await client.ha_state()
+            if state not in ("Primary", "UNKNOWN"):
+                print(f"NetScaler at {nitro_settings.url} is the HA {state}: changes there would be lost; "
+                      "apply to the primary", file=sys.stderr)
+                return EXIT_FAILED
             return await run_apply(
                 client, intents, operator_id, args.delete, sys.stdout, wait=not args.no_wait
             )

@@ -225,3 +225,14 @@ async def test_demo_runs_against_its_embedded_simulator() -> None:
     assert "## NetScaler objects after" in out
     assert "lb vserver dsr-default_static-web_80  ANY 192.0.2.10:80  -m MAC" in out
     assert out.rstrip().endswith("No changes: NetScaler matches the manifests.")
+
+
+async def test_apply_refuses_an_ha_secondary(
+    nitro_sim: server.Simulator, tmp_path: pathlib.Path, password_file: pathlib.Path
+) -> None:
+    await nitro_sim.set_ha_state("Secondary")
+    path = manifest(tmp_path, STATIC % {"drain": 0})
+    code, _, err = await cli("apply", "-f", str(path), url=nitro_sim.url, pw=password_file)
+    assert code == 1
+    assert "is the HA Secondary: changes there would be lost; apply to the primary" in err
+    assert (await nitro_sim.stats())["writes"] == 0
