@@ -227,7 +227,7 @@ async def _scenario(
         # new ones go elsewhere, nothing fails; the VIP leaves b1 only after NetScaler unbound it.
         keepalive = None
         for _ in range(30):
-            conn = lab.connection()
+            conn = lab.connection(timeout=5.0)  # generous: CI machines are busy
             conn.request("GET", "/")
             if conn.getresponse().read().decode().strip() == "b1":
                 keepalive = conn
@@ -271,7 +271,8 @@ async def _scenario(
         late_on_b1 = [(t, r) for t, r in fresh.results if t > disabled + 1.0 and r.backend == "b1"]
         assert late_on_b1 == [], "new connections went to the draining backend"
         during_drain = [r for t, r in held.results if disabled < t < unbound - 0.5]
-        assert during_drain and all(r.ok and r.backend == "b1" for r in during_drain), during_drain
+        off_b1 = [r for r in during_drain if not (r.ok and r.backend == "b1")]
+        assert during_drain and off_b1 == [], off_b1
         b1_in = (await asyncio.to_thread(lab.vip_packets, "b1"))[0]
         replies = await gets(lab, 20)
         assert all(r.ok and r.backend in ("b2", "b3") for r in replies), replies
