@@ -99,20 +99,6 @@ def nodeconfig_info(body: Mapping[str, Any]) -> NodeConfigInfo:
 
 
 @dataclasses.dataclass(frozen=True)
-class NodeBackend:
-    """A node as a backend of one DsrService."""
-
-    node: str
-    address: str | None
-    ready_endpoints: int
-    other_endpoints: int
-
-    @property
-    def active(self) -> bool:
-        return self.ready_endpoints > 0
-
-
-@dataclasses.dataclass(frozen=True)
 class Backends:
     """Planner input for one DsrService, and what the nodes must hold for it."""
 

@@ -58,9 +58,6 @@ class Outcome:
     applied: tuple[planner.Op, ...]
     failures: tuple[Failure, ...]
 
-    def failures_for(self, owner: str) -> list[Failure]:
-        return [f for f in self.failures if f.op.owner == owner]
-
 
 async def read_actual(client: nitro.NitroClient, operator_id: str) -> ns.NetScalerState:
     """Our objects on the box (and the names of hand-made ones with our prefix), in one GET per type."""

@@ -94,12 +94,6 @@ class Plan:
     def ops(self) -> list[Op]:
         return [op for stage in self.stages for op in stage.ops]
 
-    def for_owner(self, owner: str) -> list[Op]:
-        return [op for op in self.ops if op.owner == owner]
-
-    def holds_for(self, owner: str) -> list[Hold]:
-        return [h for h in self.holds if h.owner == owner]
-
     @property
     def retry_after(self) -> float | None:
         delays = [h.retry_after for h in self.holds if h.retry_after is not None]
