@@ -203,6 +203,7 @@ async def _reconcile(rt: Runtime, key: Key, body: Mapping[str, Any]) -> float | 
     except pydantic.ValidationError as exc:
         message = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         v = world.Verdict(False, "InvalidSpec", message, stalled=True)
+        rt.book.set(key, rt.book.needs_of(key))  # keep the last good node VIPs, and count as reported
         await write_status(rt, body, status_of(v, {}))
         kopf.warn(dict(body), reason="InvalidSpec", message=message)
         return None
@@ -214,6 +215,7 @@ async def _reconcile(rt: Runtime, key: Key, body: Mapping[str, Any]) -> float | 
         message = (f"{conflict.endpoint} is already served by DsrService "
                    f"{conflict.winner.namespace}/{conflict.winner.name}")
         v = world.Verdict(False, "VipConflict", message, stalled=True)
+        rt.book.set(key, rt.book.needs_of(key))  # reported: other DsrServices' VIP removals may proceed
         await write_status(rt, body, status_of(v, {}))
         return None
 
@@ -225,6 +227,7 @@ async def _reconcile(rt: Runtime, key: Key, body: Mapping[str, Any]) -> float | 
         if not found:
             v = world.Verdict(False, "ServiceNotFound",
                               f"Service {ref.namespace}/{spec.backends.service} does not exist", stalled=True)
+            rt.book.set(key, rt.book.needs_of(key))
             await write_status(rt, body, status_of(v, {}))
             return None
         if spec.vip not in found[0]:
