@@ -29,9 +29,9 @@ from lightkube.types import PatchType
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from tests import conftest as kube_fixture
-from tests import kubeemu
 
 from dsr_operator import kube as kubeapi
+from dsr_operator import kubeemu
 from dsr_operator.controller import cli as operator_cli
 from dsr_operator.controller import config
 from dsr_operator.simulator import server

@@ -1,7 +1,7 @@
 """Shared fixtures of every test tier: a Kubernetes API emulator on a real socket.
 
-The `kube` fixture starts `tests.kubeemu.KubeEmulator` (kmock plus the API-server rules we rely on)
-on 127.0.0.1 with a random port, with these resources registered for discovery:
+The `kube` fixture starts `dsr_operator.kubeemu.KubeEmulator` (kmock plus the API-server rules we rely on)
+on 127.0.0.1 with a random port, with these resources (`kubeemu.RESOURCES`) registered for discovery:
 
 | resource                                   | scope      | status subresource |
 | ------------------------------------------ | ---------- | ------------------ |
@@ -28,24 +28,13 @@ import json
 import pathlib
 from collections.abc import AsyncIterator
 
-import kmock
 import lightkube
 import pytest_asyncio
 
 from dsr_operator import kube as kubeapi
-from dsr_operator.api import models
-from tests import kubeemu
+from dsr_operator import kubeemu
 
-RESOURCES: tuple[tuple[str, str, bool, bool], ...] = (
-    # (group/version/plural, kind, namespaced, status subresource)
-    (f"{models.GROUP}/{models.VERSION}/{models.SERVICE_PLURAL}", models.SERVICE_KIND, True, True),
-    (f"{models.GROUP}/{models.VERSION}/{models.NODECONFIG_PLURAL}", models.NODECONFIG_KIND, False, True),
-    ("v1/nodes", "Node", False, True),
-    ("v1/services", "Service", True, True),
-    ("v1/namespaces", "Namespace", False, True),
-    ("v1/events", "Event", True, False),
-    ("discovery.k8s.io/v1/endpointslices", "EndpointSlice", True, False),
-)
+RESOURCES = kubeemu.RESOURCES
 
 
 @dataclasses.dataclass
@@ -81,10 +70,8 @@ class KubeHandle:
 @pytest_asyncio.fixture()
 async def kube() -> AsyncIterator[KubeHandle]:
     """A Kubernetes API emulator on a real socket; see the module docstring for the contract."""
-    async with kubeemu.KubeEmulator() as emulator, kmock.Server(emulator) as server:
-        for resource, kind, namespaced, status in RESOURCES:
-            emulator.register(resource, kind=kind, namespaced=namespaced, status=status)
-        handle = KubeHandle(emulator=emulator, url=str(server.url).rstrip("/"))
+    async with kubeemu.serve() as (emulator, url):
+        handle = KubeHandle(emulator=emulator, url=url)
         try:
             yield handle
         finally:

@@ -1,48 +1,54 @@
-"""`dsr-operator demo-dsr`: real DSR traffic in network namespaces, end to end, then everything removed.
+"""`dsr-operator demo-dsr`: the whole chain with real DSR traffic in network namespaces, then everything removed.
 
-Builds `dsrlab.Lab` (client, lb, three backends on one bridge), starts the NITRO simulator with its
-nftables dataplane in lb, prepares each backend with `host-setup --apply` (the node agent's own
-code: VIP on lo, arp_ignore/arp_announce), applies a DsrService with static backends through the
-planner and NITRO client (`dsr-operator apply`), sends HTTP requests from the client to the VIP and
-prints which backend answered each, then the packet counters that show the replies bypassed lb.
-Needs root, iproute2, nftables and tcpdump. Tears everything down at the end and on Ctrl-C.
+Builds `dsrlab.Lab` (client, lb, three backends on one bridge, VIP 10.77.0.100) and runs, in this one
+process: the in-memory Kubernetes API (`dsr_operator.kubeemu`, needs kmock: `make setup`), the NITRO
+simulator with its nftables dataplane in lb, and the operator (kopf); plus one node agent process
+per backend (`dsr-operator agent --netns ...`). It creates three Nodes (InternalIP = a backend's
+address), a Service with the VIP in externalIPs, its EndpointSlice (one ready endpoint per node) and
+a DsrService backed by that Service, and prints each step as it happens: the operator asks the
+nodes for the VIP, the agents report it applied, NetScaler binds the backends. Then HTTP requests
+from the client, which backend answered each, and lb's and the backends' packet counters (replies
+bypass lb). Act 2: one node leaves the EndpointSlice; its backend is drained, unbound, its VIP
+released, while requests keep succeeding on the others. Needs root, iproute2, nftables, tcpdump.
+Tears everything down at the end, on error and on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import contextlib
+import logging
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from typing import TextIO
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from typing import Any, TextIO
 
-from dsr_operator import dsrlab, oneshot
-from dsr_operator.netscaler import client as nitro
+import aiohttp
+
+from dsr_operator import dsrlab
+from dsr_operator.api import models
 from dsr_operator.simulator import dataplane, server
 
-MANIFEST = """\
-apiVersion: dsr.operators.dev/v1alpha1
-kind: DsrService
-metadata: {{name: web, namespace: demo}}
-spec:
-  vip: {vip}
-  ports: [80]
-  backends:
-    static:
-{backends}
-  healthCheck: {{type: TCP, intervalSeconds: 2, timeoutSeconds: 1, retries: 1}}
-  drainSeconds: 2
-"""
+NAMESPACE = "demo"
+SERVICE = "web"
+PASSWORD = "demo-password"
+DRAIN_SECONDS = 2
+HEALTH_CHECK = {"type": "TCP", "intervalSeconds": 2, "timeoutSeconds": 1, "retries": 1}
+DSR_API = f"/apis/{models.GROUP}/{models.VERSION}"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser(
         "demo-dsr",
-        help="real DSR traffic in network namespaces: client → VIP → backend → client directly (root)",
+        help="the whole chain with real DSR traffic in network namespaces: operator, agents, NetScaler (root)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -56,82 +62,464 @@ def run(args: argparse.Namespace) -> int:
     if why:
         print(f"demo-dsr: {why}", file=sys.stderr)
         return 2
-    lab = dsrlab.Lab(args.prefix)
     try:
-        print(f"# Building the lab: namespaces {lab.prefix}-{{br,client,lb,b1,b2,b3}}, 10.77.0.0/24, VIP {lab.vip}")
+        from dsr_operator import kubeemu  # noqa: F401  (only to fail early, with what to install)
+    except ImportError as exc:
+        print(f"demo-dsr: {exc}", file=sys.stderr)
+        return 2
+    if not getattr(args, "verbose", False):
+        logging.getLogger().setLevel(logging.WARNING)  # the steps are printed; kopf's INFO log is noise here
+        logging.getLogger("kopf").setLevel(logging.ERROR)  # e.g. its daemons' cancellation at shutdown
+    lab = dsrlab.Lab(args.prefix)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        print(f"# Building the lab: namespaces {lab.prefix}-{{br,client,lb,b1,b2,b3}}, {lab.net}.0/24, VIP {lab.vip}")
         lab.up()
-        return asyncio.run(_demo(lab, max(1, args.requests), sys.stdout))
+        return _in_thread(lambda: _demo(lab, max(1, args.requests), sys.stdout))
     except KeyboardInterrupt:
         print("\n# Interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # after printing the steps so far, say what failed; the teardown still runs
+        print(f"demo-dsr: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     finally:
         lab.down()
-        print("# Lab removed (namespaces, links, nftables state, processes)")
+        signal.signal(signal.SIGTERM, previous)
+        print("# Lab removed (agents, operator, simulator stopped; namespaces, links, nftables state deleted)")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM tears down like Ctrl-C
+
+
+def _in_thread(demo: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run the demo's event loop in a worker thread and cancel it on Ctrl-C or SIGTERM.
+
+    kopf, in the main thread, takes SIGINT and SIGTERM for itself: they would stop only the operator
+    (and kopf would then SIGKILL the process, skipping the teardown). In a worker thread it leaves
+    signals alone; the main thread keeps them and cancels the demo, whose cleanup then runs.
+    """
+    box: dict[str, Any] = {}
+    cancelled = threading.Event()
+
+    async def main() -> int:
+        box["loop"], box["task"] = asyncio.get_running_loop(), asyncio.current_task()
+        if cancelled.is_set():
+            raise asyncio.CancelledError
+        return await demo()
+
+    def target() -> None:
+        try:
+            box["result"] = asyncio.run(main())
+        except BaseException as exc:  # handed to the main thread
+            box["error"] = exc
+        finally:
+            finished.set()
+
+    finished = threading.Event()
+    thread = threading.Thread(target=target, name="demo-dsr")
+    thread.start()
+    while not finished.is_set():
+        # Not `thread.join(timeout)`: on Python 3.11 a KeyboardInterrupt inside it can mark the thread
+        # as finished while it still runs, and the teardown would be cut short.
+        try:
+            time.sleep(0.1)
+        except KeyboardInterrupt:
+            cancelled.set()
+            if "task" in box:
+                box["loop"].call_soon_threadsafe(box["task"].cancel)
+    thread.join()
+    if cancelled.is_set() or isinstance(box.get("error"), asyncio.CancelledError):
+        raise KeyboardInterrupt
+    if "error" in box:
+        raise box["error"]
+    return int(box["result"])
+
+
+class Kube:
+    """Plain JSON calls to the Kubernetes API (the emulator): enough to play the cluster's other actors."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
+        self.http, self.url = http, url
+
+    async def call(self, method: str, path: str, body: Any = None, merge: bool = False) -> Any:
+        headers = {"Content-Type": "application/merge-patch+json"} if merge else None
+        async with self.http.request(method, self.url + path, json=body, headers=headers) as resp:
+            doc = await resp.json(content_type=None)
+            if resp.status == 404 and method == "GET":
+                return None
+            if resp.status >= 300:
+                raise RuntimeError(f"{method} {path}: {resp.status} {doc}")
+            return doc
+
+    async def node(self, name: str, address: str) -> None:
+        await self.call("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+        status = {"status": {"addresses": [{"type": "InternalIP", "address": address}]}}
+        await self.call("PATCH", f"/api/v1/nodes/{name}/status", status, merge=True)
+
+    async def service(self, vip: str) -> None:
+        body = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": SERVICE, "namespace": NAMESPACE},
+                "spec": {"ports": [{"port": 80}], "externalIPs": [vip]}}  # fmt: skip
+        await self.call("POST", f"/api/v1/namespaces/{NAMESPACE}/services", body)
+
+    async def endpoints(self, nodes: list[str], create: bool = False) -> None:
+        """The Service's EndpointSlice: one ready pod endpoint on each of these nodes."""
+        eps = [{"addresses": [f"10.244.{i}.5"], "nodeName": node,
+                "conditions": {"ready": True, "serving": True, "terminating": False}}
+               for i, node in enumerate(nodes, start=1)]  # fmt: skip
+        path = f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices"
+        if create:
+            body = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+                    "metadata": {"name": f"{SERVICE}-abc", "namespace": NAMESPACE,
+                                 "labels": {"kubernetes.io/service-name": SERVICE}},
+                    "endpoints": eps, "ports": [{"port": 80}]}  # fmt: skip
+            await self.call("POST", path, body)
+        else:
+            await self.call("PATCH", f"{path}/{SERVICE}-abc", {"endpoints": eps}, merge=True)
+
+    async def dsrservice(self, vip: str) -> None:
+        body = {"apiVersion": f"{models.GROUP}/{models.VERSION}", "kind": models.SERVICE_KIND,
+                "metadata": {"name": SERVICE, "namespace": NAMESPACE},
+                "spec": {"vip": vip, "ports": [80], "backends": {"service": SERVICE},
+                         "healthCheck": HEALTH_CHECK, "drainSeconds": DRAIN_SECONDS}}  # fmt: skip
+        await self.call("POST", f"{DSR_API}/namespaces/{NAMESPACE}/{models.SERVICE_PLURAL}", body)
+
+    async def dsr_status(self) -> dict[str, Any]:
+        doc = await self.call("GET", f"{DSR_API}/namespaces/{NAMESPACE}/{models.SERVICE_PLURAL}/{SERVICE}")
+        return dict((doc or {}).get("status") or {})
+
+    async def nodeconfigs(self) -> dict[str, dict[str, Any]]:
+        doc = await self.call("GET", f"{DSR_API}/{models.NODECONFIG_PLURAL}")
+        return {item["metadata"]["name"]: item for item in (doc or {}).get("items", [])}
+
+
+def ready_condition(status: Mapping[str, Any]) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", ()) if c.get("type") == "Ready"), {})
+
+
+class Narrator:
+    """Polls the Kubernetes API and NetScaler's write journal, and prints each step as it happens."""
+
+    def __init__(self, kube: Kube, sim: server.Simulator, lab: dsrlab.Lab, nodes: Mapping[str, str], out: TextIO):
+        self.kube, self.sim, self.lab, self.nodes, self.out = kube, sim, lab, nodes, out
+        self.started = time.monotonic()
+        self.seq = 0
+        self.asked: dict[str, bool] = {}
+        self.applied: dict[str, bool] = {}
+        self.ready: tuple[str, str] = ("", "")
+        self.journal: list[dict[str, Any]] = []
+
+    def say(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.started:5.1f}s] {text}", file=self.out, flush=True)
+
+    async def poll(self) -> None:
+        """Print what changed since the last poll, in causal order: the operator asks the nodes and the
+        agents apply, NetScaler is written (binds after the agents applied, unbinds after drains), then
+        the operator takes the VIP back and the agents release it."""
+        changes = await self.sim.journal(since=self.seq)
+        configs = await self.kube.nodeconfigs()
+        later: list[str] = []
+        for node, backend in self.nodes.items():
+            cfg = configs.get(node) or {}
+            meta, status = cfg.get("metadata") or {}, cfg.get("status") or {}
+            asked = self.lab.vip in ((cfg.get("spec") or {}).get("vips") or [])
+            applied = self.lab.vip in (status.get("appliedVips") or [])
+            current = status.get("observedGeneration") == meta.get("generation")
+            emit = self.say if asked else later.append  # a release is printed after NetScaler's unbind
+            if asked != self.asked.get(node, False):
+                self.asked[node] = asked
+                what = "asks node {} for the VIP" if asked else "takes the VIP back from node {}"
+                text = f"operator {what.format(node)} (DsrNodeConfig {node}, generation {meta.get('generation')})"
+                emit(text)
+            if current and applied != self.applied.get(node, False):
+                self.applied[node] = applied
+                where = f"lo in {self.lab.ns(backend)}"
+                text = f"agent on {node} reports the VIP {'applied on' if applied else 'released from'} {where}"
+                emit(text)
+        for change in changes:
+            self.seq = max(self.seq, change["seq"])
+            self.journal.append(change)
+            self.say(f"NetScaler: {_cli(change)}")
+        for text in later:
+            self.say(text)
+        cond = ready_condition(await self.kube.dsr_status())
+        ready = (str(cond.get("status", "")), str(cond.get("reason", "")))
+        if cond and ready != self.ready:
+            self.ready = ready
+            self.say(f"DsrService {NAMESPACE}/{SERVICE}: Ready={ready[0]} ({ready[1]}: {cond.get('message', '')})")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(aiohttp.ClientError, RuntimeError):
+                await self.poll()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.15)
+
+    def when(self, action: str, resource: str, service: str) -> float | None:
+        for c in self.journal:
+            if c["action"] == action and c["resource"] == resource and service in (
+                c["name"], c["key"].get("servicename")
+            ):
+                return float(c["time"])
+        return None
+
+
+def _cli(change: Mapping[str, Any]) -> str:
+    """A journal entry in NetScaler CLI words."""
+    key = dict(change.get("key") or {})
+    name = change.get("name", "")
+    if change["resource"].endswith("_binding"):
+        bound = [v for v in key.values() if v != name]
+        return f"{change['action']} {change['resource'].split('_')[0]} {name} {' '.join(bound)}".strip()
+    return f"{change['action']} {change['resource']} {name}".strip()
+
+
+class Agents:
+    """One `dsr-operator agent` process per node, in its backend's namespace; logs under `tmp`."""
+
+    def __init__(self, lab: dsrlab.Lab, tmp: pathlib.Path) -> None:
+        self.lab, self.tmp = lab, tmp
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, node: str, backend: str, kube_url: str) -> None:
+        with (self.tmp / f"agent-{node}.log").open("ab") as log:
+            self.procs[node] = subprocess.Popen(
+                [sys.executable, "-m", "dsr_operator.cli", "agent", "--node-name", node,
+                 "--netns", self.lab.ns(backend), "--interface-mode", "loopback", "--server", kube_url,
+                 "--state-dir", str(self.tmp / node), "--resync-seconds", "1"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        self.procs.clear()
+
+    def logs(self) -> str:
+        parts = []
+        for log in sorted(self.tmp.glob("agent-*.log")):
+            lines = log.read_text(errors="replace").splitlines()[-8:]
+            parts.append(f"--- {log.name} (last lines)\n" + "\n".join(lines))
+        return "\n".join(parts)
+
+
+@contextlib.asynccontextmanager
+async def running_operator(kube_url: str, sim_url: str) -> AsyncIterator[asyncio.Task[None]]:
+    """The operator (kopf) in this process, against the emulator and the simulator, until the block ends."""
+    from dsr_operator.controller import cli as operator_cli
+    from dsr_operator.controller import config
+
+    os.environ["DSR_NETSCALER_URL"] = sim_url
+    os.environ["DSR_NETSCALER_PASSWORD"] = PASSWORD
+    settings = config.OperatorSettings(
+        kube_server=kube_url, metrics_port=0, liveness_port=0, resync_seconds=1.0,
+        save_debounce_seconds=0.5, namespaces=[],
+    )  # fmt: skip
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(operator_cli.run(settings, stop_flag=stop, ready_flag=ready))
+    waiter = asyncio.create_task(ready.wait())
+    try:
+        done, _ = await asyncio.wait([task, waiter], timeout=15, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if task in done:
+            task.result()
+            raise RuntimeError("the operator stopped while starting")
+        if not ready.is_set():
+            raise RuntimeError("the operator did not start within 15 s")
+        yield task
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):
+            await asyncio.wait_for(task, timeout=15)
+
+
+async def wait_for(check: Callable[[], Any], within: float, interval: float = 0.2) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(interval)
+    return False
 
 
 async def _demo(lab: dsrlab.Lab, requests: int, out: TextIO) -> int:
+    from dsr_operator import kubeemu
+
+    nodes = {f"n{i}": backend for i, backend in enumerate(lab.backends, start=1)}
+    plane = dataplane.Dataplane(lab.ns("lb"), "eth0")
+    stop_narrator = asyncio.Event()
     with tempfile.TemporaryDirectory(prefix="dsr-demo-") as tmp:
-        for backend in lab.backends:
-            await _host_setup(lab, backend, pathlib.Path(tmp) / backend)
-        print(f"# Backends b1..b3 hold {lab.vip} on lo (arp_ignore=1, arp_announce=2), HTTP on :80", file=out)
-        plane = dataplane.Dataplane(lab.ns("lb"), "eth0")
-        async with server.running(users={"nsroot": "demo-password"}, dataplane=plane) as sim:
-            print(f"# NITRO simulator on {sim.url}, dataplane in {lab.ns('lb')} (MAC {plane.mac})", file=out)
-            manifest = pathlib.Path(tmp) / "dsrservice.yaml"
-            static = "\n".join(f"      - {{name: {b}, address: {lab.ip(b)}}}" for b in lab.backends)
-            manifest.write_text(MANIFEST.format(vip=lab.vip, backends=static))
-            loaded, problems, _ = oneshot.load_manifests([manifest])
-            if problems:
-                print("\n".join(problems), file=out)
-                return oneshot.EXIT_INVALID
-            print("\n## Apply the DsrService (the NetScaler configuration, as NetScaler CLI)", file=out)
-            async with nitro.NitroClient(sim.url, username="nsroot", password="demo-password") as client:
-                code = await oneshot.run_apply(client, oneshot._intents(loaded), "demo-dsr", False, out)
-            if code:
-                return code
-            deadline = time.monotonic() + 20
-            while True:
-                view = await sim.dataplane()
-                ready = view["vservers"] and len(view["vservers"][0]["newFlows"]) == len(lab.backends)
-                if ready or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.2)
-            for probe in view["probes"]:
-                print(f"# monitor {probe['monitor']} on {probe['service']}: {'UP' if probe['up'] else 'DOWN'} "
-                      f"({probe['last']})", file=out)  # fmt: skip
-            before = {b: await asyncio.to_thread(lab.vip_packets, b) for b in lab.backends}
-            lb_rx_before, lb_tx_before = await asyncio.to_thread(lab.link_packets, "lb")
-            print(f"\n## {requests} HTTP requests from {lab.ns('client')} to http://{lab.vip}/", file=out)
-            failed = 0
-            for i in range(1, requests + 1):
-                reply = await asyncio.to_thread(lab.get, 2.0)
-                failed += not reply.ok
-                answer = f"answered by {reply.backend}" if reply.ok else f"FAILED: {reply.backend}"
-                print(f"request {i:3}: client port {reply.sport:5}  {answer}", file=out)
-            view = await sim.dataplane()
-            counters = view["counters"]
-            lb_rx, lb_tx = await asyncio.to_thread(lab.link_packets, "lb")
-            print("\n## Packet counters", file=out)
-            print(f"lb nftables, frames to the VIP at ingress: {counters['vserverPackets']}", file=out)
-            print(f"lb nftables, frames forwarded per service: {counters['forwardedPackets']}", file=out)
-            print(f"lb eth0 during the requests: rx {lb_rx - lb_rx_before}, tx {lb_tx - lb_tx_before} frames", file=out)
-            replies = 0
-            for b in lab.backends:
-                got, sent = await asyncio.to_thread(lab.vip_packets, b)
-                replies += sent - before[b][1]
-                print(f"{b}: received {got - before[b][0]} client packets for the VIP, "
-                      f"sent {sent - before[b][1]} replies from the VIP straight to the client", file=out)  # fmt: skip
-            print(f"# {replies} reply packets went from the backends to the client without crossing lb "
-                  f"(lb's eth0 counted only what it received and forwarded).", file=out)  # fmt: skip
-            return 1 if failed else 0
+        agents = Agents(lab, pathlib.Path(tmp))
+        try:
+            async with (
+                kubeemu.serve() as (_, kube_url),
+                server.running(users={"nsroot": PASSWORD}, dataplane=plane) as sim,
+                aiohttp.ClientSession() as http,
+            ):
+                print(f"# Kubernetes API (in-memory emulator) on {kube_url}", file=out)
+                print(f"# NITRO simulator on {sim.url}, dataplane in {lab.ns('lb')} (MAC {plane.mac})", file=out)
+                kube = Kube(http, kube_url)
+                async with running_operator(kube_url, sim.url) as operator:
+                    print("# Operator (kopf) running in this process; one agent process per node:", file=out)
+                    for node, backend in nodes.items():
+                        agents.start(node, backend, kube_url)
+                        print(f"#   node {node}: InternalIP {lab.ip(backend)}, "
+                              f"`dsr-operator agent --netns {lab.ns(backend)} --interface-mode loopback`", file=out)
+                        await kube.node(node, lab.ip(backend))
+                    await kube.service(lab.vip)
+                    await kube.endpoints(list(nodes), create=True)
+                    print(f"# Service {NAMESPACE}/{SERVICE} (externalIPs [{lab.vip}]) with one ready endpoint on "
+                          f"each of {', '.join(nodes)}", file=out)  # fmt: skip
+                    narrator = Narrator(kube, sim, lab, nodes, out)
+                    watcher = asyncio.create_task(narrator.run(stop_narrator))
+                    try:
+                        return await _acts(lab, kube, sim, narrator, agents, operator, nodes, requests, out)
+                    finally:
+                        stop_narrator.set()
+                        await watcher
+        finally:
+            agents.stop_all()
 
 
-async def _host_setup(lab: dsrlab.Lab, backend: str, state_dir: pathlib.Path) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dsr_operator.cli", "host-setup", "--vip", lab.vip, "--apply",
-        "--netns", lab.ns(backend), "--state-dir", str(state_dir),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy(),
-    )  # fmt: skip
-    output, _ = await proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"host-setup in {backend} failed: {output.decode()}")
+async def _acts(
+    lab: dsrlab.Lab, kube: Kube, sim: server.Simulator, narrator: Narrator, agents: Agents,
+    operator: asyncio.Task[None], nodes: Mapping[str, str], requests: int, out: TextIO,
+) -> int:  # fmt: skip
+    print(f"\n## Create DsrService {NAMESPACE}/{SERVICE}: VIP {lab.vip}:80, backends from Service {SERVICE}, "
+          f"drainSeconds {DRAIN_SECONDS}", file=out)  # fmt: skip
+    await kube.dsrservice(lab.vip)
+
+    async def flows() -> list[str]:
+        vservers = (await sim.dataplane())["vservers"]
+        return sorted(vservers[0]["newFlows"]) if vservers else []
+
+    async def converged() -> bool:
+        if operator.done():
+            raise RuntimeError("the operator stopped")
+        cond = ready_condition(await kube.dsr_status())
+        return cond.get("status") == "True" and len(await flows()) == len(nodes)
+
+    if not await wait_for(converged, within=30):
+        print(f"# The DsrService did not become Ready with every backend UP: {await kube.dsr_status()}", file=out)
+        print(agents.logs(), file=out)
+        return 1
+    await narrator.poll()
+    for probe in (await sim.dataplane())["probes"]:
+        narrator.say(f"monitor {probe['monitor']} on {probe['service']}: {'UP' if probe['up'] else 'DOWN'} "
+                     f"({probe['last']})")  # fmt: skip
+    failed = await _traffic(lab, sim, requests, out)
+
+    # Act 2: the last node's endpoint goes away.
+    gone_node, gone = list(nodes.items())[-1]
+    stay = [n for n in nodes if n != gone_node]
+    service = f"dsr-{lab.ip(gone)}_80"
+    print(f"\n## Act 2: node {gone_node}'s endpoint leaves the EndpointSlice; {gone} is drained "
+          f"({DRAIN_SECONDS} s), unbound, and releases the VIP while the client keeps sending requests", file=out)
+    with _Loop(lab) as during:
+        await asyncio.sleep(0.3)
+        removed = time.time()
+        await kube.endpoints(stay)
+
+        async def released() -> bool:
+            await narrator.poll()
+            return narrator.asked.get(gone_node) is False and not await asyncio.to_thread(lab.has_vip, gone)
+
+        done = await wait_for(released, within=20)
+        await asyncio.sleep(0.3)
+    await narrator.poll()
+    disabled = narrator.when("disable", "service", service)
+    unbound = narrator.when("unbind", "lbvserver_service_binding", service)
+    if not done or disabled is None or unbound is None:
+        print(f"# {gone} was not drained and released in time: {await kube.dsr_status()}", file=out)
+        print(agents.logs(), file=out)
+        return 1
+    by = collections.Counter(r.backend for _, r in during.results if r.ok)
+    late = sum(1 for t, r in during.results if r.ok and r.backend == gone and t > disabled + 1.0)
+    bad = [r for _, r in during.results if not r.ok]
+    print(f"# {gone} drained: disabled {disabled - removed:.1f} s after the EndpointSlice change, unbound "
+          f"{unbound - disabled:.1f} s later (drainSeconds {DRAIN_SECONDS}), then its VIP was released", file=out)
+    print(f"# requests during the change: {len(during.results)}, failed {len(bad)}; answered by "
+          f"{', '.join(f'{b} {n}' for b, n in sorted(by.items()))}; new connections on {gone} after the drain "
+          f"began: {late}", file=out)  # fmt: skip
+    gone_in_before = (await asyncio.to_thread(lab.vip_packets, gone))[0]
+    after = [await asyncio.to_thread(lab.get, 2.0) for _ in range(min(requests, 6))]
+    answered = collections.Counter(r.backend for r in after if r.ok)
+    gone_in = (await asyncio.to_thread(lab.vip_packets, gone))[0] - gone_in_before
+    print(f"# {len(after)} more requests: {', '.join(f'{b} {n}' for b, n in sorted(answered.items()))}"
+          f"{'' if all(r.ok for r in after) else '  (SOME FAILED)'}; {gone} received {gone_in} client packets "
+          f"for the VIP and holds it: {await asyncio.to_thread(lab.has_vip, gone)}", file=out)  # fmt: skip
+    ok = (not failed and not bad and not late and not gone_in and all(r.ok and r.backend != gone for r in after)
+          and unbound - disabled >= DRAIN_SECONDS - 0.5)  # fmt: skip
+    verdict = "OK" if ok else "PROBLEMS"
+    print(f"\n# {verdict}: the whole chain ran (operator, agents, NetScaler, DSR dataplane)", file=out)
+    return 0 if ok else 1
+
+
+async def _traffic(lab: dsrlab.Lab, sim: server.Simulator, requests: int, out: TextIO) -> int:
+    before = {b: await asyncio.to_thread(lab.vip_packets, b) for b in lab.backends}
+    lb_rx_before, lb_tx_before = await asyncio.to_thread(lab.link_packets, "lb")
+    counters_before = (await sim.dataplane())["counters"]
+    print(f"\n## {requests} HTTP requests from {lab.ns('client')} to http://{lab.vip}/", file=out)
+    failed = 0
+    answered: collections.Counter[str] = collections.Counter()
+    i = 0
+    while i < requests or (i < 3 * requests and not failed and len(answered) < len(lab.backends)):
+        i += 1
+        if i == requests + 1:
+            missing = ", ".join(b for b in lab.backends if b not in answered)
+            print(f"# {missing} did not answer yet (the source port hash chose otherwise): more requests", file=out)
+        reply = await asyncio.to_thread(lab.get, 2.0)
+        failed += not reply.ok
+        if reply.ok:
+            answered[reply.backend] += 1
+        answer = f"answered by {reply.backend}" if reply.ok else f"FAILED: {reply.backend}"
+        print(f"request {i:3}: client port {reply.sport:5}  {answer}", file=out)
+    counters = (await sim.dataplane())["counters"]
+    lb_rx, lb_tx = await asyncio.to_thread(lab.link_packets, "lb")
+    vip_in = {k: v - counters_before["vserverPackets"].get(k, 0) for k, v in counters["vserverPackets"].items()}
+    forwarded = {k: v - counters_before["forwardedPackets"].get(k, 0) for k, v in counters["forwardedPackets"].items()}
+    print(f"# answered: {', '.join(f'{b} {answered[b]}' for b in lab.backends)}; failed {failed}", file=out)
+    print("\n## Packet counters during the requests", file=out)
+    print(f"lb nftables, frames to the VIP at ingress: {vip_in}", file=out)
+    print(f"lb nftables, frames forwarded per service: {forwarded}", file=out)
+    print(f"lb eth0: rx {lb_rx - lb_rx_before}, tx {lb_tx - lb_tx_before} frames", file=out)
+    replies = 0
+    for b in lab.backends:
+        got, sent = await asyncio.to_thread(lab.vip_packets, b)
+        replies += sent - before[b][1]
+        print(f"{b}: received {got - before[b][0]} client packets for the VIP, "
+              f"sent {sent - before[b][1]} replies from the VIP straight to the client", file=out)  # fmt: skip
+    print(f"# {replies} reply packets went from the backends to the client without crossing lb "
+          f"(lb's eth0 counted only what it received and forwarded).", file=out)  # fmt: skip
+    return failed
+
+
+class _Loop:
+    """Requests from the client on new connections, in a thread, until the block ends."""
+
+    def __init__(self, lab: dsrlab.Lab, pause: float = 0.05) -> None:
+        self.lab, self.pause = lab, pause
+        self.results: list[tuple[float, dsrlab.Reply]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and len(self.results) < 5000:
+            started = time.time()
+            self.results.append((started, self.lab.get(timeout=2.0)))
+            self._stop.wait(self.pause)
+
+    def __enter__(self) -> _Loop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
