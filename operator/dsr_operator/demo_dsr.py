@@ -291,15 +291,7 @@ class Agents:
             )  # fmt: skip
 
     def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        dsrlab.stop_processes(self.procs.values(), timeout=10)
         self.procs.clear()
 
     def logs(self) -> str:

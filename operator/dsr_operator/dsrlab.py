@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from dsr_operator.simulator import netns as netns_
@@ -77,6 +77,20 @@ class Reply:
     sport: int = 0
 
 
+def stop_processes(procs: Iterable[subprocess.Popen[Any]], timeout: float) -> None:
+    """Terminate processes, wait for them, and kill those that outlive `timeout` seconds."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
 @dataclasses.dataclass
 class Lab:
     prefix: str
@@ -127,15 +141,7 @@ class Lab:
         sh("ip", "-n", ns, "link", "set", "lo", "up")
 
     def down(self) -> None:
-        for proc in self._procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self._procs.values():
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_processes(self._procs.values(), timeout=5)
         self._procs.clear()
         for ns in reversed(self._namespaces):
             sh("ip", "netns", "del", ns, check=False)
