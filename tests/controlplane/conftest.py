@@ -3,7 +3,7 @@
 The binaries come from `make controlplane` (tools/controlplane/build.sh) and live in
 `.cache/controlplane/bin/` at the repo root, or in $DSR_CONTROLPLANE_BIN.
 
-Contract of the session-scoped `controlplane` fixture (a `ControlPlane`):
+Contract of the `controlplane` fixture (one per tier run, package-scoped) (a `ControlPlane`):
 
 * `url`          https://127.0.0.1:<port> of the kube-apiserver (free loopback ports, temp data dir)
 * `token`        a static bearer token of user `dsr-test-admin` in group `system:masters`
@@ -450,8 +450,9 @@ def _start_all(
     cp.wait_for(default_sa, START_TIMEOUT, "kube-controller-manager to create serviceaccount default/default")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def controlplane() -> Iterator[ControlPlane]:
+    """One control plane for this tier, stopped when the tier ends (so the other tiers run unloaded)."""
     missing = _missing_binaries()
     if missing:
         message = f"control-plane binaries missing from {BIN_DIR}: {', '.join(missing)}; run `make controlplane`"
