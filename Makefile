@@ -20,6 +20,7 @@ demo: setup
 test: setup controlplane
 	DSR_REQUIRE_CONTROLPLANE=1 $(BIN)/python -m pytest
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 ## Unit and integration tiers only (seconds; no root, no Go).
@@ -28,6 +29,7 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 crds: setup

@@ -97,6 +97,8 @@ def credentials(config: lightkube.KubeConfig, connection: Connection) -> Credent
     import base64
 
     single = config.get(connection.context)
+    if single is None:
+        raise ValueError("the Kubernetes configuration has no usable context")
     cluster, user = single.cluster, single.user
 
     def path(value: str | None) -> str | None:

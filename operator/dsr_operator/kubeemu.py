@@ -245,6 +245,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             await self._buses[resource].put({"type": "ADDED", "object": obj})
             return None
 
+        assert request.name is not None  # writes to a named object only (see _handle)
         key = (resource, request.namespace, request.name)
         if key not in self._objects or self._objects[key].deleted:
             raise kmock.KubernetesObjectNotFoundError()

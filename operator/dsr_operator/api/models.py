@@ -153,8 +153,8 @@ class ObjectRef(_Model):
 class DsrService(_Model):
     """A parsed DsrService manifest."""
 
-    api_version: Literal["dsr.operators.dev/v1alpha1"] = API_VERSION
-    kind: Literal["DsrService"] = SERVICE_KIND
+    api_version: Literal["dsr.operators.dev/v1alpha1"] = "dsr.operators.dev/v1alpha1"
+    kind: Literal["DsrService"] = "DsrService"
     metadata: dict[str, Any]
     spec: DsrServiceSpec
     status: dict[str, Any] | None = None
@@ -212,8 +212,8 @@ class NodeConfigStatus(_Model):
 
 
 class DsrNodeConfig(_Model):
-    api_version: Literal["dsr.operators.dev/v1alpha1"] = API_VERSION
-    kind: Literal["DsrNodeConfig"] = NODECONFIG_KIND
+    api_version: Literal["dsr.operators.dev/v1alpha1"] = "dsr.operators.dev/v1alpha1"
+    kind: Literal["DsrNodeConfig"] = "DsrNodeConfig"
     metadata: dict[str, Any]
     spec: NodeConfigSpec = NodeConfigSpec()
     status: NodeConfigStatus | None = None

@@ -29,7 +29,7 @@ class NodeVipBook:
     def __init__(self) -> None:
         self._needs: dict[Key, dict[str, str]] = {}
 
-    def set(self, key: Key, needs: Mapping[str, str]) -> set[str]:
+    def record(self, key: Key, needs: Mapping[str, str]) -> set[str]:
         """Record a DsrService's needs; return the nodes whose VIP set may have changed."""
         before = self._needs.get(key, {})
         self._needs[key] = dict(needs)
@@ -77,7 +77,7 @@ async def write(
                 {"apiVersion": "v1", "kind": "Node", "name": node, "uid": node_uid}
             ]
         try:
-            await client.create(kube.DsrNodeConfig(body))
+            await client.create(kube.DsrNodeConfig.from_dict(body))
             log.info("Created DsrNodeConfig %s with VIPs %s", node, vips)
             return True
         except httpx2.HTTPStatusError as exc:  # lightkube.ApiError is one too

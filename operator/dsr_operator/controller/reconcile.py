@@ -165,18 +165,18 @@ async def write_status(rt: Runtime, body: Mapping[str, Any], status: dict[str, A
                         patch_type=PatchType.MERGE)
 
 
-def _post_events(body: Mapping[str, Any], applied: list[planner.Op], failures: list[str]) -> None:
+def _post_events(body: kopf.Body, applied: list[planner.Op], failures: list[str]) -> None:
     lines = [render.command(op.verb, op.kind, op.body) for op in applied]
     if len(lines) <= MAX_EVENTS_PER_RECONCILE:
         for line in lines:
-            kopf.info(dict(body), reason="Applied", message=line)
+            kopf.info(body, reason="Applied", message=line)
     else:
-        kopf.info(dict(body), reason="Applied", message=f"{len(lines)} NetScaler changes: " + "; ".join(lines[:10]))
+        kopf.info(body, reason="Applied", message=f"{len(lines)} NetScaler changes: " + "; ".join(lines[:10]))
     for failure in failures:
-        kopf.warn(dict(body), reason="NetScalerRejected", message=failure)
+        kopf.warn(body, reason="NetScalerRejected", message=failure)
 
 
-async def reconcile(rt: Runtime, key: Key, body: Mapping[str, Any]) -> float | None:
+async def reconcile(rt: Runtime, key: Key, body: kopf.Body) -> float | None:
     """One level-triggered pass over one DsrService; returns when to come back (seconds), if ever."""
     started = time.monotonic()
     result = "ok"
@@ -189,7 +189,7 @@ async def reconcile(rt: Runtime, key: Key, body: Mapping[str, Any]) -> float | N
         rt.metrics.reconcile_seconds.labels(result).observe(time.monotonic() - started)
 
 
-async def _reconcile(rt: Runtime, key: Key, body: Mapping[str, Any]) -> float | None:
+async def _reconcile(rt: Runtime, key: Key, body: kopf.Body) -> float | None:
     meta = body.get("metadata") or {}
     generation = meta.get("generation")
     previous = (body.get("status") or {}).get("conditions") or []
@@ -203,9 +203,9 @@ async def _reconcile(rt: Runtime, key: Key, body: Mapping[str, Any]) -> float | 
     except pydantic.ValidationError as exc:
         message = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         v = world.Verdict(False, "InvalidSpec", message, stalled=True)
-        rt.book.set(key, rt.book.needs_of(key))  # keep the last good node VIPs, and count as reported
+        rt.book.record(key, rt.book.needs_of(key))  # keep the last good node VIPs, and count as reported
         await write_status(rt, body, status_of(v, {}))
-        kopf.warn(dict(body), reason="InvalidSpec", message=message)
+        kopf.warn(body, reason="InvalidSpec", message=message)
         return None
     ref = svc.ref
     spec = svc.spec
@@ -215,7 +215,7 @@ async def _reconcile(rt: Runtime, key: Key, body: Mapping[str, Any]) -> float | 
         message = (f"{conflict.endpoint} is already served by DsrService "
                    f"{conflict.winner.namespace}/{conflict.winner.name}")
         v = world.Verdict(False, "VipConflict", message, stalled=True)
-        rt.book.set(key, rt.book.needs_of(key))  # reported: other DsrServices' VIP removals may proceed
+        rt.book.record(key, rt.book.needs_of(key))  # reported: other DsrServices' VIP removals may proceed
         await write_status(rt, body, status_of(v, {}))
         return None
 
@@ -227,7 +227,7 @@ async def _reconcile(rt: Runtime, key: Key, body: Mapping[str, Any]) -> float | 
         if not found:
             v = world.Verdict(False, "ServiceNotFound",
                               f"Service {ref.namespace}/{spec.backends.service} does not exist", stalled=True)
-            rt.book.set(key, rt.book.needs_of(key))
+            rt.book.record(key, rt.book.needs_of(key))
             await write_status(rt, body, status_of(v, {}))
             return None
         if spec.vip not in found[0]:
@@ -255,21 +255,21 @@ async def _reconcile(rt: Runtime, key: Key, body: Mapping[str, Any]) -> float | 
             actual = await rt.view.actual()
             backends = gather(actual)
             # Additions first: a node gets the VIP before NetScaler may send it traffic.
-            await sync_nodes(rt, rt.book.set(key, {**rt.book.needs_of(key), **backends.node_vips}))
+            await sync_nodes(rt, rt.book.record(key, {**rt.book.needs_of(key), **backends.node_vips}))
             intent = desired_mod.Intent(ref, spec, backends.backends)
             plan = planner.diff(desired_mod.desired([intent]), actual, _policy(rt, intent, ref.uid),
                                 frozenset({ref.uid}))
             outcome = await rt.view.execute(plan)
             actual = await rt.view.actual()
             after = gather(actual)
-            await sync_nodes(rt, rt.book.set(key, after.node_vips))
+            await sync_nodes(rt, rt.book.record(key, after.node_vips))
             rt.unreachable_since = None
     except (errors.NitroTransportError, errors.NitroServerError, errors.NitroSessionExpired,
             errors.NitroAuthenticationFailed, view.NotPrimary) as exc:
         rt.unreachable_since = rt.unreachable_since or time.monotonic()
         v = world.Verdict(False, "NetScalerUnreachable", str(exc), stalled=True)
         await write_status(rt, body, status_of(v, {}))
-        kopf.warn(dict(body), reason="NetScalerUnreachable", message=str(exc))
+        kopf.warn(body, reason="NetScalerUnreachable", message=str(exc))
         return min(30.0, 2.0 + (time.monotonic() - rt.unreachable_since) / 2)
 
     failures = [str(f) for f in outcome.failures]
@@ -293,7 +293,7 @@ async def _reconcile(rt: Runtime, key: Key, body: Mapping[str, Any]) -> float | 
     return plan.retry_after
 
 
-async def finalize(rt: Runtime, key: Key, body: Mapping[str, Any]) -> None:
+async def finalize(rt: Runtime, key: Key, body: kopf.Body) -> None:
     """Deletion: drain and remove the NetScaler objects, then the node VIPs; then kopf releases."""
     meta = body.get("metadata") or {}
     try:

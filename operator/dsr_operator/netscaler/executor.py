@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import typing
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,7 +80,8 @@ async def read_actual(client: nitro.NitroClient, operator_id: str) -> ns.NetScal
     for result in results:
         if isinstance(result, BaseException):
             raise result
-    modes, *records = results
+    modes = typing.cast(dict[str, Any], results[0])
+    records = typing.cast(list[list[dict[str, Any]]], results[1:])
     by_type = dict(zip([*ns.KINDS, ns.VSERVER_BINDING, ns.MONITOR_BINDING], records, strict=True))
     return ns.parse_actual(by_type, operator_id=operator_id, mbf=_truthy(modes.get("mbf")))
 

@@ -280,10 +280,10 @@ def diff(
                 continue
             if kind == "service":
                 deleted.add(obj.name)
-            body: dict[str, Any] = {ns.KINDS[kind].key: obj.name}
+            key_body: dict[str, Any] = {ns.KINDS[kind].key: obj.name}
             if kind == "lbmonitor":
-                body["type"] = obj.get("type")
-            ops.append(Op("delete", kind, obj.name, obj.owner, body))
+                key_body["type"] = obj.get("type")
+            ops.append(Op("delete", kind, obj.name, obj.owner, key_body))
     referenced = {
         o.get("servername") for o in [*actual.of_kind("service"), *desired.of_kind("service")] if o.name not in deleted
     }
