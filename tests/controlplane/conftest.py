@@ -99,7 +99,9 @@ class ControlPlaneError(RuntimeError):
 
 
 @dataclass
-class _Proc:
+class Proc:
+    """A process started in its own process group, with its log file (also used by the tier's tests)."""
+
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
@@ -117,6 +119,7 @@ class _Proc:
             )
 
     def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM to the process group, SIGKILL after `grace` seconds."""
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGTERM)
@@ -140,7 +143,7 @@ class ControlPlane:
     bin_dir: Path
     workdir: Path
     insecure: bool = False
-    processes: list[_Proc] = field(default_factory=list, repr=False)
+    processes: list[Proc] = field(default_factory=list, repr=False)
 
     # -- commands ---------------------------------------------------------------------------
     @property
@@ -295,7 +298,7 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _start(name: str, args: list[str], logs: Path) -> _Proc:
+def _start(name: str, args: list[str], logs: Path) -> Proc:
     log = logs / f"{name}.log"
     with open(log, "wb") as out:
         popen = subprocess.Popen(
@@ -306,7 +309,7 @@ def _start(name: str, args: list[str], logs: Path) -> _Proc:
             start_new_session=True,  # own process group: stopped with killpg
             preexec_fn=_die_with_parent,
         )
-    return _Proc(name, popen, log)
+    return Proc(name, popen, log)
 
 
 def _http_ok(url: str, ctx: ssl.SSLContext | None = None, token: str | None = None) -> bool:

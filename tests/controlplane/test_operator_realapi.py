@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from tests.controlplane.conftest import Proc
 
 if TYPE_CHECKING:
     from conftest import ControlPlane  # tests/controlplane/conftest.py
@@ -63,31 +64,6 @@ def _needs_root_and_netns() -> str | None:
     return None
 
 
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def alive(self) -> None:
-        if self.popen.poll() is not None:
-            raise AssertionError(f"{self.name} exited with {self.popen.returncode}:\n{self.tail()}")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(5)
-
-
 def _spawn(name: str, args: list[str], env: dict[str, str], workdir: Path) -> Proc:
     log = workdir / f"{name}.log"
     with open(log, "wb") as out:
@@ -113,7 +89,7 @@ class Rig:
     def wait(self, predicate: Any, timeout: float, what: str) -> Any:
         def check() -> Any:
             for proc in self.procs:
-                proc.alive()
+                proc.check_alive()
             return predicate()
 
         try:
@@ -245,7 +221,7 @@ def rig(controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) ->
         yield rig
     finally:
         for proc in reversed(procs):
-            proc.stop()
+            proc.stop(grace=20)
         for step in reversed(cleanup):
             with contextlib.suppress(Exception):
                 step()
