@@ -210,13 +210,21 @@ async def converged(cluster: Cluster, nodes: tuple[str, ...]) -> None:
     await eventually(check)
 
 
+@contextlib.asynccontextmanager
+async def serving(cluster: Cluster, kube: KubeHandle, sim: server.Simulator, monkeypatch: pytest.MonkeyPatch,
+                  nodes: tuple[str, ...], spec: dict[str, Any] | None = None, **settings: Any) -> AsyncIterator[None]:
+    """The operator running, DsrService shop/web created, and every node in `nodes` ready and bound."""
+    await cluster.slice(dict.fromkeys(nodes, "ready"))
+    async with running_operator(kube, sim, monkeypatch, **settings):
+        await cluster.dsrservice(**(spec or {}))
+        await converged(cluster, nodes)
+        yield
+
+
 async def test_scale_up_and_down_by_endpointslice_changes(
     cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await cluster.slice({"n1": "ready"})
-    async with running_operator(kube, nitro_sim, monkeypatch, max_unbind_percent=100):
-        await cluster.dsrservice()
-        await converged(cluster, ("n1",))
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), max_unbind_percent=100):
         await cluster.slice({"n1": "ready", "n2": "ready", "n3": "ready"})
         await converged(cluster, ("n1", "n2", "n3"))
         await cluster.slice({"n3": "ready"})
@@ -237,11 +245,10 @@ async def test_scale_up_and_down_by_endpointslice_changes(
 async def test_terminating_endpoint_is_drained_then_removed_then_its_vip_released(
     cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await cluster.slice({"n1": "ready", "n2": "ready"})
     # A resync far away: the end of the drain alone must bring the removal.
-    async with running_operator(kube, nitro_sim, monkeypatch, resync_seconds=60):
-        await cluster.dsrservice(drainSeconds=1)
-        await converged(cluster, ("n1", "n2"))
+    async with serving(
+        cluster, kube, nitro_sim, monkeypatch, ("n1", "n2"), spec={"drainSeconds": 1}, resync_seconds=60
+    ):
         seq = max(e["seq"] for e in await nitro_sim.journal())
         await cluster.slice({"n1": "ready", "n2": "terminating"})
 
@@ -266,10 +273,7 @@ async def test_terminating_endpoint_is_drained_then_removed_then_its_vip_release
 async def test_a_node_going_away_is_unbound(
     cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await cluster.slice({"n1": "ready", "n2": "ready"})
-    async with running_operator(kube, nitro_sim, monkeypatch):
-        await cluster.dsrservice()
-        await converged(cluster, ("n1", "n2"))
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1", "n2")):
         await cluster.client.delete(NodeRes, "n2")
 
         async def unbound() -> bool:
@@ -302,10 +306,7 @@ async def test_an_agent_that_never_answers_is_never_bound(
 async def test_drift_on_netscaler_is_repaired_by_resync(
     cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await cluster.slice({"n1": "ready", "n2": "ready"})
-    async with running_operator(kube, nitro_sim, monkeypatch):
-        await cluster.dsrservice()
-        await converged(cluster, ("n1", "n2"))
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1", "n2")):
         headers = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": "nsroot"}
         async with aiohttp.ClientSession() as http:
             url = f"{nitro_sim.url}/nitro/v1/config/lbvserver_service_binding/dsr-shop_web_80"
@@ -326,10 +327,7 @@ async def test_drift_on_netscaler_is_repaired_by_resync(
 async def test_netscaler_outage_and_recovery(
     cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await cluster.slice({"n1": "ready"})
-    async with running_operator(kube, nitro_sim, monkeypatch):
-        await cluster.dsrservice()
-        await converged(cluster, ("n1",))
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",)):
         await nitro_sim.faults(errorRate=1.0, errorStatus=503)
         await cluster.slice({"n1": "ready", "n2": "ready"})  # a change that needs NetScaler
 
@@ -345,10 +343,7 @@ async def test_netscaler_outage_and_recovery(
 async def test_vip_conflict_stalls_the_younger_and_leaves_netscaler_alone(
     cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await cluster.slice({"n1": "ready"})
-    async with running_operator(kube, nitro_sim, monkeypatch, max_unbind_percent=100):
-        await cluster.dsrservice()
-        await converged(cluster, ("n1",))
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), max_unbind_percent=100):
         await asyncio.sleep(1.1)  # creation timestamps have one-second resolution
         await cluster.dsrservice(name="web-copy")
 
@@ -373,10 +368,7 @@ async def test_vip_conflict_stalls_the_younger_and_leaves_netscaler_alone(
 async def test_deletion_removes_netscaler_objects_then_node_vips_then_the_finalizer(
     cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await cluster.slice({"n1": "ready", "n2": "ready"})
-    async with running_operator(kube, nitro_sim, monkeypatch):
-        await cluster.dsrservice()
-        await converged(cluster, ("n1", "n2"))
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1", "n2")):
         await cluster.client.delete(kubeapi.DsrService, "web", namespace="shop")
 
         async def gone() -> bool:
@@ -436,10 +428,7 @@ async def test_metrics_endpoint_reports_requests_bound_backends_and_stalled(
     cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch,
     unused_tcp_port: int,
 ) -> None:
-    await cluster.slice({"n1": "ready"})
-    async with running_operator(kube, nitro_sim, monkeypatch, metrics_port=unused_tcp_port):
-        await cluster.dsrservice()
-        await converged(cluster, ("n1",))
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), metrics_port=unused_tcp_port):
         await asyncio.sleep(1.1)
         await cluster.dsrservice(name="web-copy")  # a VIP conflict: stalled
         await eventually(lambda: cluster.condition("Stalled", "web-copy"))
