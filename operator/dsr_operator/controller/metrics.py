@@ -27,6 +27,11 @@ class Metrics:
         self.stalled = prometheus_client.Gauge(
             "dsr_stalled_dsrservices", "DsrServices whose Stalled condition is True", registry=self.registry
         )
+        self.drain_unbind_lag = prometheus_client.Histogram(
+            "dsr_drain_unbind_lag_seconds",
+            "Time from the end of a backend's graceful drain on NetScaler to its unbind",
+            registry=self.registry, buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60),
+        )
         self.orphans_removed = prometheus_client.Counter(
             "dsr_orphan_objects_removed_total", "Owned NetScaler objects removed because their DsrService is gone",
             registry=self.registry,

@@ -53,8 +53,6 @@ class Runtime:
     written: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     generations: dict[Key, int | None] = dataclasses.field(default_factory=dict)
     stalled: set[Key] = dataclasses.field(default_factory=set)
-    drains: dict[Key, float] = dataclasses.field(default_factory=dict)
-    """When a DsrService's drains end (monotonic): NetScaler is read again then, as drains end there."""
     indexed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     indices: dict[str, Any] = dataclasses.field(default_factory=dict)
     tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
@@ -247,11 +245,6 @@ async def _reconcile(rt: Runtime, key: Key, body: kopf.Body) -> float | None:
 
     try:
         async with rt.view.lock:
-            drain_end = rt.drains.pop(key, None)
-            if drain_end is not None and time.monotonic() >= drain_end:
-                rt.view.invalidate()  # services we disabled may be OUT OF SERVICE by now
-            elif drain_end is not None:
-                rt.drains[key] = drain_end
             actual = await rt.view.actual()
             backends = gather(actual)
             # Additions first: a node gets the VIP before NetScaler may send it traffic.
@@ -288,9 +281,17 @@ async def _reconcile(rt: Runtime, key: Key, body: kopf.Body) -> float | None:
     await write_status(rt, body, status_of(v, extra))
     if failures:
         return 10.0
-    if any(h.reason == "Draining" for h in plan.holds) and plan.retry_after is not None:
-        rt.drains[key] = time.monotonic() + plan.retry_after
-    return plan.retry_after
+    return _come_back(rt, plan, actual, ref.uid)
+
+
+def _come_back(rt: Runtime, plan: planner.Plan, actual: ns.NetScalerState, uid: str) -> float | None:
+    """When to reconcile again: as soon as one of our drains ends on the box, or when a hold says."""
+    delays = [h.retry_after for h in plan.holds if h.retry_after is not None and h.reason != "Draining"]
+    if any(h.reason == "Draining" for h in plan.holds):
+        ours = {b.child for b in actual.bindings if b.kind == ns.VSERVER_BINDING and b.owner == uid}
+        wait = rt.view.drain_wait(ours)
+        delays.append(wait if wait is not None else plan.retry_after or 1.0)
+    return min(delays) if delays else None
 
 
 async def finalize(rt: Runtime, key: Key, body: kopf.Body) -> None:
@@ -313,7 +314,8 @@ async def finalize(rt: Runtime, key: Key, body: kopf.Body) -> None:
     if outcome.failures:
         raise kopf.TemporaryError("; ".join(str(f) for f in outcome.failures), delay=10)
     if plan.holds:
-        raise kopf.TemporaryError(plan.holds[0].message, delay=min(plan.retry_after or 5.0, 5.0))
+        again = _come_back(rt, plan, actual, uid)
+        raise kopf.TemporaryError(plan.holds[0].message, delay=5.0 if again is None else max(0.05, min(again, 5.0)))
     await sync_nodes(rt, rt.book.forget(key))
     rt.stalled.discard(key)
     rt.metrics.stalled.set(len(rt.stalled))

@@ -2,16 +2,23 @@
 
 Reconciles read the cached state instead of the box, and update it from the operations that
 succeeded (`planner.effects`), so an endpoint change costs only the writes it needs. The cache is
-re-read on resync, after any failure, and when drains may have finished. Writes go only to the HA
-primary; the configuration is saved once writes have been quiet for a while.
+re-read on resync and after any failure. Writes go only to the HA primary; the configuration is
+saved once writes have been quiet for a while.
+
+Drains: when a graceful disable is sent, the view records when it ends on the box (the time it was
+sent plus its delay). From then on, every read of the cache first asks the box for the state of the
+services whose drain is due (one small GET each), until they are OUT OF SERVICE, so the unbind
+follows the end of a drain by one reconcile, not by a resync.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 
 from dsr_operator import settings as settings_mod
 from dsr_operator.netscaler import client as nitro
@@ -21,6 +28,11 @@ from dsr_operator.planner import effects
 from dsr_operator.planner import plan as planner
 
 log = logging.getLogger(__name__)
+
+#: How often a service whose drain is due is asked again while the box still says GOING OUT OF SERVICE.
+DRAIN_POLL_SECONDS = 0.05
+#: How often a drain of unknown end (found on the box after a restart) is asked about.
+UNKNOWN_DRAIN_POLL_SECONDS = 1.0
 
 
 class NotPrimary(errors.NitroError):
@@ -35,7 +47,9 @@ class NetScalerView:
         *,
         save_debounce: float = 5.0,
         on_request: nitro.RequestHook | None = None,
+        on_drain_lag: Callable[[float], None] | None = None,
         client_factory: Callable[[], nitro.NitroClient] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.operator_id = operator_id
         self.lock = asyncio.Lock()
@@ -46,6 +60,12 @@ class NetScalerView:
         self._client: nitro.NitroClient | None = None
         self._actual: ns.NetScalerState | None = None
         self._save_task: asyncio.Task[None] | None = None
+        self._on_drain_lag = on_drain_lag
+        self.clock = clock
+        self._drain_due: dict[str, float] = {}
+        """Services being drained → when to ask the box about them next (its drain's end, then polls)."""
+        self._drain_end: dict[str, float] = {}
+        """Services being drained → when their drain ends by our clock (for the drain-to-unbind lag)."""
         self.requests_total = 0
 
     async def _open(self) -> nitro.NitroClient:
@@ -70,26 +90,98 @@ class NetScalerView:
         self._actual = None
 
     async def actual(self) -> ns.NetScalerState:
-        """The cached state; read from the box when missing (first use, invalidated, after failures)."""
-        if self._actual is None:
-            try:
+        """The cached state; read from the box when missing (first use, invalidated, after failures).
+
+        Services whose drain is due are read again first, so a finished drain is seen at once.
+        """
+        try:
+            if self._actual is None:
                 client = await self._open()
                 self._actual = await executor.read_actual(client, self.operator_id)
-            except errors.NitroError:
-                await self._drop_client()
-                raise
+                self._track_unknown_drains(self._actual)
+            else:
+                await self._refresh_due_drains()
+        except errors.NitroError:
+            await self._drop_client()
+            raise
         return self._actual
+
+    def drain_wait(self, services: Iterable[str]) -> float | None:
+        """Seconds until one of `services` should be asked about its drain again (None: none drains)."""
+        due = [self._drain_due[s] for s in services if s in self._drain_due]
+        return max(0.0, min(due) - self.clock()) if due else None
+
+    def _track_unknown_drains(self, state: ns.NetScalerState) -> None:
+        now = self.clock()
+        for obj in state.of_kind("service"):
+            if obj.state == ns.GOING_OUT_OF_SERVICE:
+                self._drain_due.setdefault(obj.name, now + UNKNOWN_DRAIN_POLL_SECONDS)
+            else:
+                self._drain_due.pop(obj.name, None)
+
+    async def _refresh_due_drains(self) -> None:
+        assert self._actual is not None
+        now = self.clock()
+        due = sorted(name for name, when in self._drain_due.items() if when <= now)
+        if not due:
+            return
+        client = await self._open()
+        rows = await asyncio.gather(*(self._service_state(client, name) for name in due))
+        state = self._actual
+        objects = dict(state.objects)
+        for name, svrstate in zip(due, rows, strict=True):
+            old = objects.get(("service", name))
+            if old is None or svrstate is None:  # gone from the box: nothing left to drain
+                self._forget_drain(name)
+                continue
+            objects[("service", name)] = dataclasses.replace(old, state=svrstate)
+            if svrstate == ns.GOING_OUT_OF_SERVICE:
+                self._drain_due[name] = now + DRAIN_POLL_SECONDS
+            else:
+                self._drain_due.pop(name, None)
+        self._actual = ns.NetScalerState.build(objects.values(), state.bindings, mbf=state.mbf,
+                                               foreign=state.foreign)
+
+    @staticmethod
+    async def _service_state(client: nitro.NitroClient, name: str) -> str | None:
+        try:
+            rows = await client.get("service", name, attrs=("name", "svrstate"))
+        except errors.NitroNotFound:
+            return None
+        return str(rows[0].get("svrstate")) if rows else None
+
+    def _forget_drain(self, name: str) -> None:
+        self._drain_due.pop(name, None)
+        self._drain_end.pop(name, None)
+
+    def _note_drains(self, sent: float, applied: Iterable[planner.Op]) -> None:
+        """Keep the drain book true to the operations that were applied."""
+        for op in applied:
+            if op.kind == "service" and op.verb == "disable":
+                end = sent + float(op.body.get("delay") or 0)
+                self._drain_due[op.name] = end
+                self._drain_end[op.name] = end
+            elif op.kind == "service" and op.verb in ("enable", "delete"):
+                self._forget_drain(op.name)
+            elif op.kind == ns.VSERVER_BINDING and op.verb == "unbind":
+                service = str(op.body.get("servicename"))
+                if service in self._drain_end:
+                    end = self._drain_end.pop(service)
+                    if self._on_drain_lag is not None:
+                        self._on_drain_lag(max(0.0, self.clock() - end))
 
     async def execute(self, plan: planner.Plan) -> executor.Outcome:
         """Carry out a plan and keep the cache true; on transport trouble the cache is dropped."""
         if plan.empty:
             return executor.Outcome((), ())
+        sent = self.clock()
         try:
             client = await self._open()
             outcome = await executor.execute(client, plan)
         except errors.NitroError:
             await self._drop_client()
             raise
+        self._note_drains(sent, outcome.applied)
         if self._actual is not None:
             self._actual = effects.after(self._actual, outcome.applied, self.operator_id)
         if outcome.failures:
