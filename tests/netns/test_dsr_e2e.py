@@ -5,12 +5,20 @@ Topology (`dsr_operator.dsrlab.Lab`): namespaces client, lb and b1..b3 on one br
 the Kubernetes emulator; one real node agent process per backend puts the VIP on the backend's `lo`.
 Everything is configured from one DsrService and its EndpointSlice; Node InternalIPs are the
 backend namespaces' addresses.
+
+One lab serves every test of the module (it takes seconds to build); each test is one act and first
+brings the lab to the state it starts from, so any one of them can run alone. Assertions are on order
+and state: the simulator's journal (when each write was applied), the dataplane's history (when each
+forwarding choice took effect), packet counters, and what each request got. Waits poll for a state
+with generous limits; no assertion depends on how fast this machine is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import dataclasses
 import os
 import pathlib
 import shutil
@@ -19,31 +27,39 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 
+from dsr_operator import kubeemu
 from dsr_operator.dsrlab import Lab, Reply
 from dsr_operator.simulator import dataplane, server
 from tests.conftest import KubeHandle
 from tests.integration.test_operator import Cluster, running_operator
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("nft") is None or shutil.which("tcpdump") is None,
-    reason="the DSR end-to-end test needs nftables and tcpdump: apt-get install nftables tcpdump",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("nft") is None or shutil.which("tcpdump") is None,
+        reason="the DSR end-to-end test needs nftables and tcpdump: apt-get install nftables tcpdump",
+    ),
+    pytest.mark.asyncio(loop_scope="module"),
+]
 
 VSERVER = "dsr-shop_web_80"
 NODES = {"n1": "b1", "n2": "b2", "n3": "b3"}
 AUTH = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": "nsroot"}
+DRAIN = 4
+WAIT = 90.0  # the longest any state may take to appear, on the slowest machine we run on
 
 
 def svc(lab: Lab, backend: str) -> str:
     return f"dsr-{lab.ip(backend)}_80"
 
 
-async def wait_for(check: Any, what: str, within: float = 20.0, interval: float = 0.1) -> Any:
+async def wait_for(check: Any, what: str, within: float = WAIT, interval: float = 0.1) -> Any:
     deadline = time.monotonic() + within
     last = None
     while time.monotonic() < deadline:
@@ -54,7 +70,7 @@ async def wait_for(check: Any, what: str, within: float = 20.0, interval: float 
     raise AssertionError(f"timed out after {within}s waiting for {what}; last: {last!r}")
 
 
-async def gets(lab: Lab, count: int, each: float = 1.0) -> list[Reply]:
+async def gets(lab: Lab, count: int, each: float = 5.0) -> list[Reply]:
     return [await asyncio.to_thread(lab.get, each) for _ in range(count)]
 
 
@@ -66,6 +82,8 @@ class Agents:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, node: str) -> None:
+        if node in self.procs:
+            return
         backend = NODES[node]
         log = (self.tmp / f"agent-{node}.log").open("ab")
         self.procs[node] = subprocess.Popen(
@@ -91,12 +109,19 @@ class Agents:
             self.stop(node)
 
 
+@dataclasses.dataclass(frozen=True)
+class Result:
+    started: float
+    finished: float
+    reply: Reply
+
+
 class Loop:
     """A client making requests in a thread until stopped: new connections, or one keep-alive connection."""
 
     def __init__(self, lab: Lab, keepalive: Any = None, pause: float = 0.0) -> None:
         self.lab, self.keepalive, self.pause = lab, keepalive, pause
-        self.results: list[tuple[float, Reply]] = []
+        self.results: list[Result] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -104,7 +129,7 @@ class Loop:
         while not self._stop.is_set() and len(self.results) < 5000:
             started = time.time()
             if self.keepalive is None:
-                reply = self.lab.get(timeout=2.0)
+                reply = self.lab.get(timeout=5.0)
             else:
                 try:
                     self.keepalive.request("GET", "/")
@@ -113,9 +138,12 @@ class Loop:
                     reply = Reply(False, f"{type(exc).__name__}: {exc}")
                 except Exception as exc:  # http.client protocol errors after a reset
                     reply = Reply(False, f"{type(exc).__name__}: {exc}")
-            self.results.append((started, reply))
+            self.results.append(Result(started, time.time(), reply))
             if self.pause:
                 self._stop.wait(self.pause)
+
+    def ok_since(self, since: float) -> int:
+        return sum(1 for r in self.results if r.started >= since and r.reply.ok)
 
     def __enter__(self) -> Loop:
         self._thread.start()
@@ -123,7 +151,7 @@ class Loop:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=30)
 
 
 async def nitro(sim: server.Simulator, method: str, path: str, body: Any = None) -> dict[str, Any]:
@@ -136,168 +164,239 @@ async def nitro(sim: server.Simulator, method: str, path: str, body: Any = None)
         return doc
 
 
-async def test_dsr_end_to_end(kube: KubeHandle, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
+@dataclasses.dataclass
+class Stand:
+    """The shared lab: namespaces, simulator with dataplane, Kubernetes emulator, agents and the operator."""
+
+    lab: Lab
+    sim: server.Simulator
+    cluster: Cluster
+    agents: Agents
+    operator: contextlib.AsyncExitStack
+    slice: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    async def plane(self) -> dict[str, Any]:
+        return await self.sim.dataplane()
+
+    async def new_flows(self) -> list[str]:
+        vservers = (await self.plane())["vservers"]
+        return list(vservers[0]["newFlows"]) if vservers else []
+
+    async def set_slice(self, nodes: tuple[str, ...]) -> None:
+        want = dict.fromkeys(nodes, "ready")
+        if want != self.slice:
+            await self.cluster.slice(want)
+            self.slice = want
+
+    async def serving_on(self, *nodes: str) -> None:
+        """Bring the lab to: exactly `nodes` in the EndpointSlice, their agents running, bound and UP."""
+        await self.set_slice(nodes)
+        for node in nodes:
+            self.agents.start(node)
+        want = [svc(self.lab, NODES[n]) for n in nodes]
+        await wait_for(lambda: _eq(self.new_flows(), want), f"{want} bound and UP")
+
+    async def journal_seq(self) -> int:
+        return max((j["seq"] for j in await self.sim.journal()), default=0)
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def stand(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stand]:
     lab = Lab(f"dsre{os.getpid() % 100000}")
-    await asyncio.to_thread(lab.up)
-    agents = Agents(kube, lab, tmp_path)
+    tmp = tmp_path_factory.mktemp("dsr-e2e")
     try:
-        plane = dataplane.Dataplane(lab.ns("lb"), "eth0")
-        async with server.running(users={"nsroot": "nsroot"}, dataplane=plane) as sim:
-            await _scenario(kube, lab, sim, agents, monkeypatch)
+        await asyncio.to_thread(lab.up)
+        async with kubeemu.serve() as (emulator, url):
+            kube = KubeHandle(emulator=emulator, url=url)
+            agents = Agents(kube, lab, tmp)
+            plane = dataplane.Dataplane(lab.ns("lb"), "eth0")
+            try:
+                async with (
+                    server.running(users={"nsroot": "nsroot"}, dataplane=plane) as sim,
+                    contextlib.AsyncExitStack() as operator,
+                ):
+                    cluster = Cluster(kube, sim, "nsroot")
+                    for node, backend in NODES.items():
+                        await cluster.node(node, lab.ip(backend))
+                    await cluster.service()
+                    monkeypatch = operator.enter_context(pytest.MonkeyPatch.context())
+                    await operator.enter_async_context(running_operator(kube, sim, monkeypatch, resync_seconds=1.0))
+                    stand = Stand(lab, sim, cluster, agents, operator)
+                    await stand.set_slice(("n1", "n2"))
+                    await cluster.dsrservice(
+                        vip=lab.vip, drainSeconds=DRAIN,
+                        healthCheck={"type": "TCP", "intervalSeconds": 2, "timeoutSeconds": 1, "retries": 1},
+                    )  # fmt: skip
+                    yield stand
+            finally:
+                agents.stop_all()
+                for client in kube._clients:
+                    await client.close()
     finally:
-        agents.stop_all()
         await asyncio.to_thread(lab.down)
     assert not any(ns.startswith(lab.prefix) for ns in os.listdir("/run/netns")), "namespaces left behind"
 
 
-async def _scenario(
-    kube: KubeHandle, lab: Lab, sim: server.Simulator, agents: Agents, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cluster = Cluster(kube, sim, "nsroot")
-    for node, backend in NODES.items():
-        await cluster.node(node, lab.ip(backend))
-    await cluster.service()
-    await cluster.slice({"n1": "ready", "n2": "ready"})
-    agents.start("n1")
-    agents.start("n2")
+async def test_requests_spread_over_the_backends_and_replies_bypass_lb(stand: Stand) -> None:
+    lab, sim = stand.lab, stand.sim
+    await stand.serving_on("n1", "n2")
+    before = await stand.plane()
+    lb_before = await asyncio.to_thread(lab.link_packets, "lb")
+    replies_before = [await asyncio.to_thread(lab.vip_packets, b) for b in lab.backends]
+    with (
+        lab.capture("b1", f"tcp and src host {lab.vip}") as b1_frames,
+        lab.capture("lb", f"src host {lab.vip}") as lb_frames,
+    ):
+        replies = await gets(lab, 40)
+    assert all(r.ok for r in replies), [r for r in replies if not r.ok]
+    assert {r.backend for r in replies} == {"b1", "b2"}
+    after = await sim.dataplane()
+    lb_after = await asyncio.to_thread(lab.link_packets, "lb")
+    replies_after = [await asyncio.to_thread(lab.vip_packets, b) for b in lab.backends]
+    client_mac = await asyncio.to_thread(lab.mac, "client")
+    assert lb_frames == [], f"replies crossed lb: {lb_frames[:3]}"
+    assert b1_frames, "no reply captured on b1"
+    assert {(f["src"], f["sport"], f["dst"], f["dst_mac"]) for f in b1_frames} == {
+        (lab.vip, "80", lab.ip("client"), client_mac)
+    }
+    vip_in = after["counters"]["vserverPackets"][VSERVER] - before["counters"]["vserverPackets"].get(VSERVER, 0)
+    forwarded = sum(after["counters"]["forwardedPackets"].values()) - sum(
+        before["counters"]["forwardedPackets"].values()
+    )
+    sent_by_backends = sum(a[1] - b[1] for a, b in zip(replies_after, replies_before, strict=True))
+    rx, tx = (a - b for a, b in zip(lb_after, lb_before, strict=True))
+    assert vip_in >= 40 * 4 and forwarded == vip_in, (vip_in, forwarded)
+    assert sent_by_backends >= 40 * 3
+    # lb received the client→VIP frames and little else (ARP, probe answers): never the replies.
+    assert vip_in <= rx < vip_in + sent_by_backends // 4, (rx, vip_in, sent_by_backends)
+    assert forwarded <= tx < forwarded + sent_by_backends // 4, (tx, forwarded, sent_by_backends)
 
-    async def plane() -> dict[str, Any]:
-        return await sim.dataplane()
 
-    async def new_flows() -> list[str]:
-        vservers = (await plane())["vservers"]
-        return vservers[0]["newFlows"] if vservers else []
+async def test_a_backend_whose_agent_is_stopped_is_never_bound_until_its_agent_runs(stand: Stand) -> None:
+    lab, sim, cluster = stand.lab, stand.sim, stand.cluster
+    await stand.serving_on("n1", "n2")
+    stand.agents.stop("n3")
+    await stand.set_slice(("n1", "n2", "n3"))
+    await wait_for(lambda: cluster.nodeconfig("n3"), "the operator asks n3 for the VIP")
 
-    async with running_operator(kube, sim, monkeypatch, resync_seconds=1.0):
-        await cluster.dsrservice(
-            vip=lab.vip, drainSeconds=4,
-            healthCheck={"type": "TCP", "intervalSeconds": 2, "timeoutSeconds": 1, "retries": 1},
-        )  # fmt: skip
-        await wait_for(lambda: _eq(new_flows(), [svc(lab, "b1"), svc(lab, "b2")]), "b1 and b2 bound and UP", within=30)
+    async def reported() -> bool:
+        backends = ((await cluster.dsr()).get("status") or {}).get("backends") or {}
+        return backends == {"desired": 3, "loopbackReady": 2, "bound": 2}
 
-        # 1 + 2. Requests succeed on both backends; replies leave the backend for the client's MAC, not via lb.
-        before = await plane()
-        lb_before = await asyncio.to_thread(lab.link_packets, "lb")
-        replies_before = [await asyncio.to_thread(lab.vip_packets, b) for b in lab.backends]
-        with (
-            lab.capture("b1", f"tcp and src host {lab.vip}") as b1_frames,
-            lab.capture("lb", f"src host {lab.vip}") as lb_frames,
-        ):
-            replies = await gets(lab, 40)
-        assert all(r.ok for r in replies), [r for r in replies if not r.ok]
-        assert {r.backend for r in replies} == {"b1", "b2"}
-        after = await plane()
-        lb_after = await asyncio.to_thread(lab.link_packets, "lb")
-        replies_after = [await asyncio.to_thread(lab.vip_packets, b) for b in lab.backends]
-        client_mac = await asyncio.to_thread(lab.mac, "client")
-        assert lb_frames == [], f"replies crossed lb: {lb_frames[:3]}"
-        assert b1_frames, "no reply captured on b1"
-        assert {(f["src"], f["sport"], f["dst"], f["dst_mac"]) for f in b1_frames} == {
-            (lab.vip, "80", lab.ip("client"), client_mac)
-        }
-        vip_in = after["counters"]["vserverPackets"][VSERVER] - before["counters"]["vserverPackets"].get(VSERVER, 0)
-        forwarded = sum(after["counters"]["forwardedPackets"].values()) - sum(
-            before["counters"]["forwardedPackets"].values()
-        )
-        sent_by_backends = sum(a[1] - b[1] for a, b in zip(replies_after, replies_before, strict=True))
-        rx, tx = (a - b for a, b in zip(lb_after, lb_before, strict=True))
-        assert vip_in >= 40 * 4 and forwarded == vip_in, (vip_in, forwarded)
-        assert sent_by_backends >= 40 * 3
-        # lb received the client→VIP frames and little else (ARP, probe answers): never the replies.
-        assert vip_in <= rx < vip_in + sent_by_backends // 4, (rx, vip_in, sent_by_backends)
-        assert forwarded <= tx < forwarded + sent_by_backends // 4, (tx, forwarded, sent_by_backends)
+    await wait_for(reported, "status: 3 desired, 2 with the VIP, 2 bound")
+    # Give the operator three full re-reads of NetScaler (resyncs) in which it could go wrong.
+    reads = (await sim.stats())["byResource"].get("lbvserver", 0)
+    await wait_for(lambda: _at_least(sim, "lbvserver", reads + 3), "three resyncs")
+    assert svc(lab, "b3") not in await cluster.bound()
+    replies = await gets(lab, 20)
+    assert all(r.ok and r.backend != "b3" for r in replies), replies
+    assert (await asyncio.to_thread(lab.vip_packets, "b3"))[0] == 0
+    assert not [j for j in await sim.journal() if j["resource"] == "lbvserver_service_binding"
+                and j["key"].get("servicename") == svc(lab, "b3")]  # fmt: skip
+    stand.agents.start("n3")
+    await wait_for(lambda: _eq(stand.new_flows(), [svc(lab, b) for b in ("b1", "b2", "b3")]), "b3 joins")
+    replies = await gets(lab, 60)
+    assert all(r.ok for r in replies), [r for r in replies if not r.ok]
+    assert set(collections.Counter(r.backend for r in replies)) == {"b1", "b2", "b3"}
 
-        # 4. A backend whose agent is stopped is never bound and gets no traffic; its agent starts, it joins.
-        await cluster.slice({"n1": "ready", "n2": "ready", "n3": "ready"})
-        await wait_for(lambda: cluster.nodeconfig("n3"), "the operator asks n3 for the VIP")
-        await asyncio.sleep(4)  # several resyncs and probe intervals
-        assert svc(lab, "b3") not in await cluster.bound()
-        replies = await gets(lab, 20)
-        assert all(r.ok and r.backend != "b3" for r in replies), replies
-        assert (await asyncio.to_thread(lab.vip_packets, "b3"))[0] == 0
-        assert not [j for j in await sim.journal() if j["resource"] == "lbvserver_service_binding"
-                    and j["key"].get("servicename") == svc(lab, "b3")]  # fmt: skip
-        agents.start("n3")
-        await wait_for(lambda: _eq(new_flows(), [svc(lab, b) for b in ("b1", "b2", "b3")]), "b3 joins", within=20)
-        replies = await gets(lab, 60)
-        assert all(r.ok for r in replies), [r for r in replies if not r.ok]
-        assert set(collections.Counter(r.backend for r in replies)) == {"b1", "b2", "b3"}
 
-        # 3. Remove b1 while clients loop: a connection started on b1 stays there during the drain,
-        # new ones go elsewhere, nothing fails; the VIP leaves b1 only after NetScaler unbound it.
-        keepalive = None
-        for _ in range(30):
-            conn = lab.connection(timeout=5.0)  # generous: CI machines are busy
-            conn.request("GET", "/")
-            if conn.getresponse().read().decode().strip() == "b1":
-                keepalive = conn
-                break
-            conn.close()
-        assert keepalive is not None, "no keep-alive connection landed on b1"
-        seq0 = max((j["seq"] for j in await sim.journal()), default=0)
-        vip_gone_from_spec = vip_gone_from_host = None
-        with Loop(lab, keepalive=keepalive, pause=0.1) as held, Loop(lab) as fresh:
-            await asyncio.sleep(0.5)
-            removed_at = time.time()
-            await cluster.slice({"n2": "ready", "n3": "ready"})
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and vip_gone_from_host is None:
-                if vip_gone_from_spec is None:
-                    cfg = await cluster.nodeconfig("n1")
-                    if cfg is None or lab.vip not in (cfg.get("spec") or {}).get("vips", []):
-                        vip_gone_from_spec = time.time()
-                if not await asyncio.to_thread(lab.has_vip, "b1"):
-                    vip_gone_from_host = time.time()
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.5)
-        keepalive.close()
-        assert vip_gone_from_spec is not None and vip_gone_from_host is not None, "b1 kept the VIP"
-        journal = await sim.journal(since=seq0)
-        b1 = svc(lab, "b1")
+async def test_a_removed_backend_drains_without_a_failure_then_loses_the_vip(stand: Stand) -> None:
+    """Remove b1 while clients loop: connections held on b1 stay there for the whole drain, new ones go
+    elsewhere, nothing fails; b1 is unbound only once NetScaler ended the drain, and loses the VIP after."""
+    lab, sim, cluster = stand.lab, stand.sim, stand.cluster
+    await stand.serving_on("n1", "n2", "n3")
+    keepalive = None
+    for _ in range(60):
+        conn = lab.connection(timeout=10.0)
+        conn.request("GET", "/")
+        if conn.getresponse().read().decode().strip() == "b1":
+            keepalive = conn
+            break
+        conn.close()
+    assert keepalive is not None, "no keep-alive connection landed on b1"
+    seq0 = await stand.journal_seq()
+    vip_gone_from_spec = vip_gone_from_host = None
+    with Loop(lab, keepalive=keepalive, pause=0.1) as held, Loop(lab) as fresh:
+        started = time.time()
+        await wait_for(lambda: _true(held.ok_since(started) >= 3 and fresh.ok_since(started) >= 3), "both loops run")
+        removed_at = time.time()
+        await stand.set_slice(("n2", "n3"))
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline and vip_gone_from_host is None:
+            if vip_gone_from_spec is None:
+                cfg = await cluster.nodeconfig("n1")
+                if cfg is None or lab.vip not in (cfg.get("spec") or {}).get("vips", []):
+                    vip_gone_from_spec = time.time()
+            if not await asyncio.to_thread(lab.has_vip, "b1"):
+                vip_gone_from_host = time.time()
+            await asyncio.sleep(0.05)
+        gone = time.time()
+        await wait_for(lambda: _true(fresh.ok_since(gone) >= 3), "new connections after b1 left")
+    keepalive.close()
+    assert vip_gone_from_spec is not None and vip_gone_from_host is not None, "b1 kept the VIP"
+    journal = await sim.journal(since=seq0)
+    b1 = svc(lab, "b1")
 
-        def when(resource: str, action: str) -> float:
-            hits = [j["time"] for j in journal if j["resource"] == resource and j["action"] == action
-                    and b1 in (j["name"], j["key"].get("servicename"))]  # fmt: skip
-            assert hits, f"no {action} {resource} for {b1} in {journal}"
-            return float(hits[0])
+    def when(resource: str, action: str) -> float:
+        hits = [j["time"] for j in journal if j["resource"] == resource and j["action"] == action
+                and b1 in (j["name"], j["key"].get("servicename"))]  # fmt: skip
+        assert hits, f"no {action} {resource} for {b1} in {journal}"
+        return float(hits[0])
 
-        disabled, unbound, deleted = (
-            when("service", "disable"), when("lbvserver_service_binding", "unbind"), when("service", "delete")
-        )  # fmt: skip
-        assert removed_at < disabled < unbound <= deleted < vip_gone_from_spec <= vip_gone_from_host
-        assert unbound - disabled >= 4 - 0.5, "the drain lasted drainSeconds"
-        failures = [(t, r) for t, r in fresh.results if not r.ok]
-        assert len(fresh.results) > 20 and failures == [], failures[:5]
-        late_on_b1 = [(t, r) for t, r in fresh.results if t > disabled + 1.0 and r.backend == "b1"]
-        assert late_on_b1 == [], "new connections went to the draining backend"
-        during_drain = [r for t, r in held.results if disabled < t < unbound - 0.5]
-        off_b1 = [r for r in during_drain if not (r.ok and r.backend == "b1")]
-        assert during_drain and off_b1 == [], off_b1
-        b1_in = (await asyncio.to_thread(lab.vip_packets, "b1"))[0]
-        replies = await gets(lab, 20)
-        assert all(r.ok and r.backend in ("b2", "b3") for r in replies), replies
-        assert (await asyncio.to_thread(lab.vip_packets, "b1"))[0] == b1_in, "traffic still reaches b1"
+    disabled, unbound, deleted = (
+        when("service", "disable"), when("lbvserver_service_binding", "unbind"), when("service", "delete")
+    )  # fmt: skip
+    assert removed_at < disabled < unbound <= deleted < vip_gone_from_spec <= vip_gone_from_host
+    assert unbound - disabled >= DRAIN - 0.05, "unbound before the drain ended on NetScaler"
+    print(f"\ndrain end → unbind: {(unbound - disabled - DRAIN) * 1000:.0f} ms")
 
-    # 5. Negative controls, with the operator stopped so that it does not repair them.
-    async def refused() -> bool:
-        return not (await asyncio.to_thread(lab.get, 0.5)).ok
+    # When the dataplane stopped giving b1 new connections (by the end of that ruleset's transaction),
+    # and when it may have stopped serving b1's held ones (from the start of that transaction).
+    history = [h for h in (await sim.dataplane())["history"] if h["applying"] >= removed_at]
+    empty = {"newFlows": [], "serving": []}
+    no_new = next((h["time"] for h in history if b1 not in h["vservers"].get(VSERVER, empty)["newFlows"]), None)
+    cut = next((h["applying"] for h in history if b1 not in h["vservers"].get(VSERVER, empty)["serving"]), None)
+    assert no_new is not None and cut is not None, history
+    assert disabled <= no_new
+    assert cut >= disabled + DRAIN - 0.05, "the dataplane cut b1's connections before the drain ended"
+
+    failures = [r for r in fresh.results if not r.reply.ok]
+    assert failures == [], failures[:5]
+    late_on_b1 = [r for r in fresh.results if r.started > no_new and r.reply.backend == "b1"]
+    assert late_on_b1 == [], "new connections went to the draining backend"
+    during_drain = [r for r in held.results if disabled < r.started and r.finished < cut]
+    off_b1 = [r for r in during_drain if not (r.reply.ok and r.reply.backend == "b1")]
+    assert during_drain and off_b1 == [], off_b1
+    b1_in = (await asyncio.to_thread(lab.vip_packets, "b1"))[0]
+    replies = await gets(lab, 20)
+    assert all(r.ok and r.backend in ("b2", "b3") for r in replies), replies
+    assert (await asyncio.to_thread(lab.vip_packets, "b1"))[0] == b1_in, "traffic still reaches b1"
+
+
+async def test_negative_controls_a_broken_dsr_path_fails_visibly(stand: Stand) -> None:
+    """With the operator stopped (so that it does not repair them): MBF off, m IP, and a backend without
+    the VIP under a monitor that does not go through the DSR path, each break traffic; the transparent
+    monitor takes such a backend out."""
+    lab, sim = stand.lab, stand.sim
+    await stand.serving_on("n2", "n3")
+    await stand.operator.aclose()
 
     await nitro(sim, "POST", "nsmode?action=disable", {"nsmode": {"mode": ["MBF"]}})
-    await wait_for(lambda: _not_forwarded(plane(), "MBF"), "MBF off in the dataplane")
+    await wait_for(lambda: _not_forwarded(stand.plane(), "MBF"), "MBF off in the dataplane")
     replies = await gets(lab, 5, 0.5)
     assert not any(r.ok for r in replies), replies
     await nitro(sim, "POST", "nsmode?action=enable", {"nsmode": {"mode": ["MBF"]}})
     await wait_for(lambda: _ok(lab), "forwarding again with MBF on")
 
     await nitro(sim, "PUT", "lbvserver", {"lbvserver": {"name": VSERVER, "m": "IP"}})
-    await wait_for(lambda: _not_forwarded(plane(), "m=IP"), "m IP in the dataplane")
+    await wait_for(lambda: _not_forwarded(stand.plane(), "m=IP"), "m IP in the dataplane")
     replies = await gets(lab, 5, 0.5)
     assert not any(r.ok for r in replies), replies
     await nitro(sim, "PUT", "lbvserver", {"lbvserver": {"name": VSERVER, "m": "MAC"}})
     await wait_for(lambda: _ok(lab), "forwarding again in MAC mode")
 
     # b2 loses its VIP (its agent stopped; SIGTERM leaves VIPs, so take it away by hand).
-    agents.stop("n2")
+    stand.agents.stop("n2")
     await asyncio.to_thread(
         subprocess.run, ["ip", "-n", lab.ns("b2"), "addr", "del", f"{lab.vip}/32", "dev", "lo"], check=True
     )
@@ -310,9 +409,9 @@ async def _scenario(
     await nitro(sim, "DELETE", f"service_lbmonitor_binding/{b2}?args=monitor_name:{monitor}")
     await nitro(sim, "POST", "service_lbmonitor_binding",
                 {"service_lbmonitor_binding": {"name": b2, "monitor_name": "ctl-plain"}})  # fmt: skip
-    await wait_for(lambda: _contains(new_flows(), b2), "b2 UP under the plain monitor")
+    await wait_for(lambda: _contains(stand.new_flows(), b2), "b2 UP under the plain monitor")
     outcomes = []
-    for _ in range(40):
+    for _ in range(60):
         outcomes.append(await asyncio.to_thread(lab.get, 0.5))
         if not outcomes[-1].ok:
             break
@@ -321,7 +420,7 @@ async def _scenario(
     await nitro(sim, "DELETE", f"service_lbmonitor_binding/{b2}?args=monitor_name:ctl-plain")
     await nitro(sim, "POST", "service_lbmonitor_binding",
                 {"service_lbmonitor_binding": {"name": b2, "monitor_name": monitor}})  # fmt: skip
-    await wait_for(lambda: _lacks(new_flows(), b2), "b2 DOWN under the transparent monitor", within=10)
+    await wait_for(lambda: _lacks(stand.new_flows(), b2), "b2 DOWN under the transparent monitor")
     rows = await nitro(sim, "GET", f"service/{b2}")
     assert rows["service"][0]["svrstate"] == "DOWN"
     replies = await gets(lab, 20)
@@ -330,6 +429,14 @@ async def _scenario(
 
 async def _eq(value: Any, want: Any) -> bool:
     return bool(await value == want)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _at_least(sim: server.Simulator, resource: str, count: int) -> bool:
+    return int((await sim.stats())["byResource"].get(resource, 0)) >= count
 
 
 async def _contains(value: Any, item: str) -> bool:

@@ -44,6 +44,7 @@ namespace that plays the NetScaler, the way MBF does it:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import ipaddress
@@ -66,6 +67,7 @@ TABLE = "dsrsim"
 WILDCARD_PORT = 65535
 FLOW_TIMEOUT = 120.0
 RENDER_POLL_SECONDS = 0.25
+HISTORY_LENGTH = 1000
 NEIGH_REFRESH_SECONDS = 1.0
 SERVING_STATES = ("UP", "GOING OUT OF SERVICE")
 _TIME_UNIT_S = {"SEC": 1.0, "MSEC": 0.001, "MIN": 60.0}
@@ -477,6 +479,8 @@ class Dataplane:
         self.applied: Desired | None = None
         self.script = ""
         self.renders = 0
+        self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=HISTORY_LENGTH)
+        """Each applied ruleset's forwarding choices, with when its transaction started and ended (wall clock)."""
         self.last_error: str | None = None
         self._objects: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
         self._vips_added: set[str] = set()
@@ -569,6 +573,7 @@ class Dataplane:
                 self._dirty.set()
 
     async def _apply(self, desired: Desired) -> None:
+        applying = time.time()
         script, objects = render(
             desired,
             dev=self.dev,
@@ -588,6 +593,12 @@ class Dataplane:
         self.applied = desired
         self.script = script
         self.renders += 1
+        self.history.append({
+            "applying": applying,
+            "time": time.time(),
+            "vservers": {v.name: {"newFlows": [m.service for m in v.active], "serving": [m.service for m in v.serving]}
+                         for v in desired.vservers},
+        })
         self.last_error = None
         for v in desired.vservers:
             logger.info(
@@ -761,6 +772,7 @@ class Dataplane:
                 for v in (applied.vservers if applied else ())
             ],
             "notForwarded": [{"name": n, "reason": why} for n, why in (applied.skipped if applied else ())],
+            "history": list(self.history),
             "probes": [
                 {"service": s, "monitor": m, "up": st.up, "probes": st.probes, "failed": st.failed, "last": st.last}
                 for (s, m), st in sorted(self.probes.items())

@@ -37,7 +37,9 @@ Simulator control endpoints, outside `/nitro/`, without auth, JSON in and out (4
   (the vserver of an lbvserver binding), `key` all of them.
 * `GET /_sim/ha`, `POST /_sim/ha` `{"state": "Primary"|"Secondary"}` sets what `hanode/0` reports.
 * `GET /_sim/dataplane` (only with a dataplane, else 404): the forwarding choices per vserver, the
-  learnt backend MACs, the probe verdicts, and the nft and interface packet counters.
+  learnt backend MACs, the probe verdicts, the nft and interface packet counters, and `history`: the
+  last 1,000 applied rulesets as `{"applying", "time", "vservers": {name: {"newFlows", "serving"}}}`:
+  the ruleset took effect between `applying` and `time` (wall clock, as the journal's).
 * `GET /_sim/config` the persisted document; `POST /_sim/reset` empties the configuration, the
   journal and the host marks (users and sessions stay).
 """
