@@ -38,5 +38,6 @@ crds: setup
 bench: setup
 	$(BIN)/python bench/converge.py
 	$(BIN)/python bench/agent_vips.py
+	$(BIN)/python bench/drain_lag.py
 
 include tools/controlplane/Makefile.fragment

@@ -1,0 +1,152 @@
+"""Benchmark: the lag from the end of a backend's drain on NetScaler to its unbind, through the whole operator.
+
+The operator runs in-process against the Kubernetes API emulator (kmock, real HTTP) and the NITRO
+simulator with 5 ms latency per request. N DsrServices each have three static backends of their own
+and `drainSeconds: 1`. Each round removes one backend from C of them at once (C drains end together),
+waits until all of them are unbound, then puts the backends back. For every removal the simulator's
+journal gives when the graceful disable was applied and when the unbind was: the drain ends on the
+box at disable + 1 s, and the lag is unbind minus that end. It runs with C = 1 (one drain at a time) and
+with C = N (every DsrService drains at once).
+
+Baseline, measured in the same run against the same simulator: one NITRO round trip (a bulk unbind
+of N bindings sent by this script and bound again), the least time any client needs to act on the
+end of a drain. The script prints the lag's percentiles and their ratio to that round trip.
+
+Usage: python bench/drain_lag.py [--services 20] [--rounds 10] [--latency-ms 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import kmock
+from lightkube.types import PatchType
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from tests import conftest as kube_fixture
+
+from dsr_operator import kube as kubeapi
+from dsr_operator import kubeemu
+from dsr_operator.controller import cli as operator_cli
+from dsr_operator.controller import config
+from dsr_operator.simulator import server
+
+HEADERS = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": "bench"}
+DRAIN = 1
+
+
+def backends(i: int, count: int = 3) -> list[dict[str, str]]:
+    return [{"name": f"h{k}", "address": f"10.1.{i}.{k + 1}"} for k in range(count)]
+
+
+async def bindings(url: str) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as http, http.get(
+        f"{url}/nitro/v1/config/lbvserver_service_binding", params={"bulkbindings": "yes"}, headers=HEADERS
+    ) as resp:
+        rows: list[dict[str, Any]] = (await resp.json()).get("lbvserver_service_binding", [])
+        return rows
+
+
+async def wait_bound(url: str, want: int) -> None:
+    deadline = time.monotonic() + 300
+    while len(await bindings(url)) != want:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bindings did not reach {want}")
+        await asyncio.sleep(0.05)
+
+
+async def round_trip(url: str, rows: list[dict[str, Any]]) -> float:
+    """One bulk unbind of `rows` (timed), then bind them again (not timed)."""
+    body = [{"name": r["name"], "servicename": r["servicename"]} for r in rows]
+    async with aiohttp.ClientSession() as http:
+        start = time.perf_counter()
+        async with http.post(f"{url}/nitro/v1/config/lbvserver_service_binding?action=unbind", headers=HEADERS,
+                             json={"lbvserver_service_binding": body}) as resp:
+            assert resp.status == 200, await resp.text()
+        took = time.perf_counter() - start
+        async with http.put(f"{url}/nitro/v1/config/lbvserver_service_binding", headers=HEADERS,
+                            json={"lbvserver_service_binding": body}) as resp:
+            assert resp.status in (200, 201), await resp.text()
+    return took
+
+
+async def main(services: int, rounds: int, latency_ms: float) -> None:
+    async with kubeemu.KubeEmulator() as emulator, kmock.Server(emulator) as kserver, \
+            server.running(users={"nsroot": "bench"}) as sim:
+        for resource, kind, namespaced, status in kube_fixture.RESOURCES:
+            emulator.register(resource, kind=kind, namespaced=namespaced, status=status)
+        handle = kube_fixture.KubeHandle(emulator=emulator, url=str(kserver.url).rstrip("/"))
+        client = handle.client()
+        for i in range(services):
+            await client.create(kubeapi.DsrService({
+                "apiVersion": "dsr.operators.dev/v1alpha1", "kind": "DsrService",
+                "metadata": {"name": f"svc{i}", "namespace": "bench"},
+                "spec": {"vip": f"192.0.2.{i + 1}", "ports": [80], "backends": {"static": backends(i)},
+                         "drainSeconds": DRAIN}}))
+        await sim.faults(latencyMs=latency_ms)
+        os.environ["DSR_NETSCALER_URL"] = sim.url
+        os.environ["DSR_NETSCALER_PASSWORD"] = "bench"
+        settings = config.OperatorSettings(kube_server=handle.url, metrics_port=0, liveness_port=0,
+                                           resync_seconds=3600, save_debounce_seconds=1.0)
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(operator_cli.run(settings, stop_flag=stop, ready_flag=ready))
+        await ready.wait()
+        await wait_bound(sim.url, services * 3)
+        print(f"Converged {services} DsrServices x 3 static backends")
+
+        baseline = [await round_trip(sim.url, await bindings(sim.url)) for _ in range(5)]
+        results = {1: await drains(client, sim, services, 1, rounds),
+                   services: await drains(client, sim, services, services, max(1, rounds // 3))}
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+
+    rtt = statistics.median(baseline)
+    print(f"drainSeconds {DRAIN}, simulator latency {latency_ms:g} ms/request; "
+          f"baseline: one bulk NITRO unbind round trip, p50 {rtt * 1000:.1f} ms")
+    for together, lags in results.items():
+        lags.sort()
+        p50 = statistics.median(lags)
+        p99 = lags[max(0, int(len(lags) * 0.99) - 1)]
+        print(f"{together:>3} drain(s) ending together, {len(lags)} drains: drain end on NetScaler → unbind "
+              f"p50 {p50 * 1000:.1f} ms ({p50 / rtt:.1f}x baseline), p99 {p99 * 1000:.1f} ms ({p99 / rtt:.1f}x), "
+              f"max {lags[-1] * 1000:.1f} ms; target p99 < 200 ms {'met' if p99 < 0.2 else 'NOT met'}")
+
+
+async def drains(client: Any, sim: server.Simulator, services: int, together: int, rounds: int) -> list[float]:
+    """`rounds` rounds of `together` DsrServices losing a backend at once; the lag of each drain."""
+    lags: list[float] = []
+    for r in range(rounds):
+        chosen = [(r * together + k) % services for k in range(together)]
+        seq = max((j["seq"] for j in await sim.journal()), default=0)
+        for i in chosen:
+            await client.patch(kubeapi.DsrService, f"svc{i}", {"spec": {"backends": {"static": backends(i, 2)}}},
+                               namespace="bench", patch_type=PatchType.MERGE)
+        await wait_bound(sim.url, services * 3 - together)
+        journal = await sim.journal(since=seq)
+        disabled = {j["name"]: j["time"] for j in journal if (j["resource"], j["action"]) == ("service", "disable")}
+        unbound = {j["key"]["servicename"]: j["time"] for j in journal
+                   if (j["resource"], j["action"]) == ("lbvserver_service_binding", "unbind")}
+        assert set(disabled) == set(unbound) and len(disabled) == together, (disabled, unbound)
+        lags.extend(unbound[s] - (disabled[s] + DRAIN) for s in disabled)
+        for i in chosen:
+            await client.patch(kubeapi.DsrService, f"svc{i}", {"spec": {"backends": {"static": backends(i)}}},
+                               namespace="bench", patch_type=PatchType.MERGE)
+        await wait_bound(sim.url, services * 3)
+    return lags
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--services", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--latency-ms", type=float, default=5.0)
+    args = parser.parse_args()
+    asyncio.run(main(args.services, args.rounds, args.latency_ms))
