@@ -474,3 +474,25 @@ async def nitro_config(cluster: Cluster) -> dict[str, Any]:
         f"{cluster.sim.url}/nitro/v1/config/nsconfig", headers=headers
     ) as resp:
         return (await resp.json())["nsconfig"]
+
+
+async def test_a_port_removed_from_the_spec_loses_its_vserver(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One backend: the guard's share of it rounds to zero, yet the unwanted vserver must go.
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), spec={"ports": [80, 443]}):
+        assert await cluster.bound("dsr-shop_web_443") == ["dsr-198.51.100.1_443"]
+        await cluster.client.patch(kubeapi.DsrService, "web", {"spec": {"ports": [80]}}, namespace="shop",
+                                   patch_type=PatchType.MERGE)
+
+        async def removed() -> bool:
+            ready = await cluster.condition("Ready")
+            return [v["name"] for v in await cluster.nitro("lbvserver")] == ["dsr-shop_web_80"] and \
+                ready.get("reason") == "Converged"
+
+        await eventually(removed, timeout=30)
+        assert {s["name"] for s in await cluster.nitro("service")} == {"dsr-198.51.100.1_80"}
+        assert await cluster.bound() == ["dsr-198.51.100.1_80"]
+        status = (await cluster.dsr())["status"]
+        assert [v["name"] for v in status["vservers"]] == ["dsr-shop_web_80"]
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -126,6 +127,47 @@ def test_blast_radius_guard_keeps_half_of_the_bound_backends() -> None:
     unbinds = [op for op in plan.ops if op.verb == "unbind" and op.kind == ns.VSERVER_BINDING]
     assert len(unbinds) == 2
     assert [h.reason for h in plan.holds] == ["BlastRadiusGuard"]
+
+
+def vserver_unbinds(plan: planner.Plan, vserver: str) -> list[planner.Op]:
+    return [
+        op
+        for op in plan.ops
+        if op.verb == "unbind" and op.kind == ns.VSERVER_BINDING and op.name.startswith(vserver + " ")
+    ]
+
+
+@pytest.mark.parametrize("percent", [30, 50, 100])
+@pytest.mark.parametrize("count", [1, 2, 4])
+def test_a_port_removed_from_the_spec_loses_its_vserver_and_every_binding_at_once(percent: int, count: int) -> None:
+    # The vserver of the removed port is no longer wanted: the guard does not apply to it.
+    policy = planner.Policy(OP_ID, default_drain_seconds=0, default_guard_percent=percent)
+    before = intent(backends=hosts(*range(1, count + 1)), ports=[80, 443])
+    after = intent(backends=hosts(*range(1, count + 1)), ports=[80])
+    actual = converge(EMPTY, [before], policy)
+    plan = planner.diff(d.desired([after]), actual, policy)
+    assert len(vserver_unbinds(plan, "dsr-shop_web_443")) == count
+    assert "rm lb vserver dsr-shop_web_443" in commands(plan)
+    assert not vserver_unbinds(plan, "dsr-shop_web_80")
+    assert [h.reason for h in plan.holds] == []
+    done = nsmodel.apply(actual, plan, OP_ID)
+    assert nsmodel.ours(done) == nsmodel.ours(d.desired([after]))
+
+
+def test_a_removed_port_is_drained_before_its_vserver_goes() -> None:
+    policy = planner.Policy(OP_ID, default_drain_seconds=30)
+    actual = converge(EMPTY, [intent(backends=hosts(21), ports=[80, 443])], policy)
+    want = d.desired([intent(backends=hosts(21), ports=[80])])
+    first = planner.diff(want, actual, policy)
+    assert commands(first) == ["disable service dsr-198.51.100.21_443 30 -graceful YES"]
+    assert [h.reason for h in first.holds] == ["Draining"]
+    done = nsmodel.elapse(nsmodel.apply(actual, first, OP_ID))
+    assert commands(planner.diff(want, done, policy)) == [
+        "unbind lb vserver dsr-shop_web_443 dsr-198.51.100.21_443",
+        "unbind service dsr-198.51.100.21_443 -monitorName dsr-shop_web_tcp",
+        "rm service dsr-198.51.100.21_443",
+        "rm lb vserver dsr-shop_web_443",
+    ]
 
 
 def test_deleting_the_dsrservice_is_not_limited_by_the_guard() -> None:
@@ -267,14 +309,14 @@ def test_no_operation_names_an_object_without_our_marker(intents: list[d.Intent]
 
 @PROPS
 @given(before=intent_sets(), after=intent_sets())
-def test_guard_never_removes_more_than_half_of_a_live_vserver(before: list[d.Intent], after: list[d.Intent]) -> None:
+def test_guard_never_removes_more_than_half_of_a_wanted_vserver(before: list[d.Intent], after: list[d.Intent]) -> None:
     policy = planner.Policy(OP_ID, default_drain_seconds=0)
     actual = converge(EMPTY, before, FREE)
     plan = planner.diff(d.desired(after), actual, policy)
-    live = {i.ref.uid for i in after}
+    want = d.desired(after)
     for vserver in actual.of_kind("lbvserver"):
-        if vserver.owner not in live:
-            continue
+        if want.get("lbvserver", vserver.name) is None:
+            continue  # no longer wanted (its DsrService or its port is gone): no guard
         bound = [b for b in actual.bindings if b.parent == vserver.name]
         gone = [
             op

@@ -9,8 +9,8 @@ Safety rules enforced here, not in the callers:
   exists without our marker is a conflict and is never touched;
 - only owners in `scope` lose objects (a one-shot apply of one file never prunes another's);
 - a service that carries traffic is disabled gracefully for `drainSeconds` before it is unbound;
-- the blast-radius guard: one plan removes at most a share of a vserver's bound backends, unless
-  its DsrService is being deleted;
+- the blast-radius guard: one plan removes at most a share of a wanted vserver's bound backends;
+  a vserver no longer wanted (its DsrService deleted, its port removed) is not limited;
 - servers and services are shared: removed only when nothing that remains references them.
 """
 
@@ -201,7 +201,10 @@ def diff(
         if not in_scope(owner):
             continue
         removing = sorted(b for b in bound if b not in desired.bindings)
-        if owner in live_owners and removing:
+        # The guard protects a wanted vserver's bindings; a vserver nobody wants any more (its
+        # DsrService or its port is gone) goes with all of them: that removal is the user's intent.
+        wanted = desired.get("lbvserver", vserver) is not None
+        if owner in live_owners and wanted and removing:
             allowed = math.floor(len(bound) * policy.guard(owner) / 100)
             if len(removing) > allowed:
                 kept, removing = removing[allowed:], removing[:allowed]
