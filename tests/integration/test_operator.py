@@ -496,3 +496,20 @@ async def test_a_port_removed_from_the_spec_loses_its_vserver(
         status = (await cluster.dsr())["status"]
         assert [v["name"] for v in status["vservers"]] == ["dsr-shop_web_80"]
 
+
+async def test_a_guard_below_half_still_removes_backends_one_at_a_time(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # floor(3 x 30 %) = 0 and floor(2 x 30 %) = 0: one removal per pass must still be allowed.
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1", "n2", "n3"), spec={"maxUnbindPercent": 30}):
+        seq = max(e["seq"] for e in await nitro_sim.journal())
+        await cluster.slice({"n3": "ready"})
+
+        async def scaled_down() -> bool:
+            ready = await cluster.condition("Ready")
+            return await cluster.bound() == ["dsr-198.51.100.3_80"] and ready.get("reason") == "Converged"
+
+        await eventually(scaled_down, timeout=40)
+        unbinds = [e for e in await nitro_sim.journal(since=seq)
+                   if (e["resource"], e["action"]) == ("lbvserver_service_binding", "unbind")]
+        assert [e["key"]["servicename"] for e in unbinds] == ["dsr-198.51.100.1_80", "dsr-198.51.100.2_80"]

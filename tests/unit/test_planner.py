@@ -170,6 +170,48 @@ def test_a_removed_port_is_drained_before_its_vserver_goes() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("bound", "removing", "percent", "removed_now"),
+    [
+        (2, 1, 30, 1),  # floor(2 x 30 %) = 0: at least one may go
+        (2, 2, 30, 1),
+        (3, 1, 30, 1),
+        (3, 2, 30, 1),
+        (3, 2, 49, 1),
+        (10, 5, 30, 3),  # floor(10 x 30 %) = 3
+        (2, 2, 50, 1),
+        (4, 4, 50, 2),
+        (4, 1, 1, 1),
+        (1, 1, 30, 0),  # the last binding of a wanted vserver: the minimum of one does not apply
+        (1, 1, 50, 0),
+        (1, 1, 99, 0),
+        (1, 1, 100, 1),  # 100 % lets everything go
+        (2, 2, 100, 2),
+    ],
+)
+def test_blast_radius_guard_removals_per_pass(bound: int, removing: int, percent: int, removed_now: int) -> None:
+    policy = planner.Policy(OP_ID, default_drain_seconds=0, default_guard_percent=percent)
+    actual = converge(EMPTY, [intent(backends=hosts(*range(1, bound + 1)))], policy)
+    want = d.desired([intent(backends=hosts(*range(removing + 1, bound + 1)))])
+    plan = planner.diff(want, actual, policy)
+    assert len(vserver_unbinds(plan, "dsr-shop_web_80")) == removed_now
+    held = removing - removed_now
+    assert [h.reason for h in plan.holds] == (["BlastRadiusGuard"] if held else [])
+
+
+def test_guard_below_half_with_few_backends_removes_them_over_several_passes() -> None:
+    policy = planner.Policy(OP_ID, default_drain_seconds=0, default_guard_percent=30)
+    actual = converge(EMPTY, [intent(backends=hosts(1, 2, 3))], policy)
+    want = d.desired([intent(backends=hosts(3))])
+    passes = 0
+    while not (plan := planner.diff(want, actual, policy)).empty:
+        assert len(vserver_unbinds(plan, "dsr-shop_web_80")) == 1
+        actual = nsmodel.apply(actual, plan, OP_ID)
+        passes += 1
+    assert passes == 2
+    assert nsmodel.ours(actual) == nsmodel.ours(want)
+
+
 def test_deleting_the_dsrservice_is_not_limited_by_the_guard() -> None:
     policy = planner.Policy(OP_ID, default_drain_seconds=0)
     actual = converge(EMPTY, [intent(backends=hosts(1, 2, 3, 4))], policy)

@@ -9,8 +9,9 @@ Safety rules enforced here, not in the callers:
   exists without our marker is a conflict and is never touched;
 - only owners in `scope` lose objects (a one-shot apply of one file never prunes another's);
 - a service that carries traffic is disabled gracefully for `drainSeconds` before it is unbound;
-- the blast-radius guard: one plan removes at most a share of a wanted vserver's bound backends;
-  a vserver no longer wanted (its DsrService deleted, its port removed) is not limited;
+- the blast-radius guard: one plan removes at most a share of a wanted vserver's bound backends
+  (rounded down, but at least one while more than one is bound: `guard_allowance`); a vserver no
+  longer wanted (its DsrService deleted, its port removed) is not limited;
 - servers and services are shared: removed only when nothing that remains references them.
 """
 
@@ -205,7 +206,7 @@ def diff(
         # DsrService or its port is gone) goes with all of them: that removal is the user's intent.
         wanted = desired.get("lbvserver", vserver) is not None
         if owner in live_owners and wanted and removing:
-            allowed = math.floor(len(bound) * policy.guard(owner) / 100)
+            allowed = guard_allowance(len(bound), policy.guard(owner))
             if len(removing) > allowed:
                 kept, removing = removing[allowed:], removing[:allowed]
                 held_services.update(b.child for b in kept)
@@ -296,6 +297,17 @@ def diff(
         ops.append(Op("delete", "server", server.name, server.owner, {"name": server.name}))
 
     return Plan(stages=_stages(ops), holds=tuple(holds))
+
+
+def guard_allowance(bound: int, percent: int) -> int:
+    """How many of a wanted vserver's `bound` bindings one plan may remove under a `percent` guard.
+
+    The share rounds down, but never to zero while more than one binding is bound, so a small
+    percentage over few backends still makes progress, one binding per plan; the last binding goes
+    only when the share allows it in full (100 %).
+    """
+    share = math.floor(bound * percent / 100)
+    return 1 if share == 0 and bound > 1 else share
 
 
 def _first_user(desired: ns.NetScalerState, name: str) -> str:
