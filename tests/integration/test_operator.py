@@ -513,3 +513,30 @@ async def test_a_guard_below_half_still_removes_backends_one_at_a_time(
         unbinds = [e for e in await nitro_sim.journal(since=seq)
                    if (e["resource"], e["action"]) == ("lbvserver_service_binding", "unbind")]
         assert [e["key"]["servicename"] for e in unbinds] == ["dsr-198.51.100.1_80", "dsr-198.51.100.2_80"]
+
+
+async def test_monitor_fields_removed_from_the_spec_are_unset_once(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), spec={"healthCheck": {"port": 8080}}):
+        [mon] = await cluster.nitro("lbmonitor")
+        assert (mon.get("destip"), mon.get("destport"), mon["transparent"]) == (VIP, 8080, "YES")
+        await cluster.client.patch(kubeapi.DsrService, "web",
+                                   {"spec": {"healthCheck": {"port": None, "throughVip": False}}},
+                                   namespace="shop", patch_type=PatchType.MERGE)
+
+        async def unset() -> bool:
+            [mon] = await cluster.nitro("lbmonitor")
+            return "destip" not in mon and "destport" not in mon and mon["transparent"] == "NO" and \
+                (await nitro_config(cluster))["configchanged"] is False
+        await eventually(unset)
+        unsets = [e for e in await nitro_sim.journal() if (e["resource"], e["action"]) == ("lbmonitor", "unset")]
+        assert len(unsets) == 1
+        # The next passes (resyncs re-read the monitor) find nothing to change: no update, no save.
+        seq = max(e["seq"] for e in await nitro_sim.journal())
+        reads = (await nitro_sim.stats())["byResource"].get("lbmonitor", 0)
+
+        async def resynced_twice() -> bool:
+            return (await nitro_sim.stats())["byResource"].get("lbmonitor", 0) >= reads + 2
+        await eventually(resynced_twice)
+        assert await nitro_sim.journal(since=seq) == []

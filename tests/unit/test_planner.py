@@ -236,6 +236,57 @@ def test_a_shared_server_and_service_stay_while_another_dsrservice_uses_them() -
     assert {o.owner for o in after.objects.values()} == {"uid-api", ns.SHARED_OWNER}
 
 
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        (
+            {"port": 8080},
+            {"port": 8080, "throughVip": False},
+            [
+                "set lb monitor dsr-shop_web_tcp TCP -transparent NO -comment dsr-operator:test:uid-web",
+                "unset lb monitor dsr-shop_web_tcp TCP -destIP",
+            ],
+        ),
+        ({"port": 8080}, {}, ["unset lb monitor dsr-shop_web_tcp TCP -destPort"]),
+        (
+            {"port": 8080},
+            {"throughVip": False},
+            [
+                "set lb monitor dsr-shop_web_tcp TCP -transparent NO -comment dsr-operator:test:uid-web",
+                "unset lb monitor dsr-shop_web_tcp TCP -destIP -destPort",
+            ],
+        ),
+        (
+            {"throughVip": False},
+            {"port": 8080},
+            [
+                "set lb monitor dsr-shop_web_tcp TCP -destIP 192.0.2.10 -destPort 8080 -transparent YES"
+                " -comment dsr-operator:test:uid-web",
+            ],
+        ),
+    ],
+)
+def test_monitor_fields_no_longer_wanted_are_unset(
+    before: dict[str, object], after: dict[str, object], expected: list[str]
+) -> None:
+    policy = planner.Policy(OP_ID)
+    actual = converge(EMPTY, [intent(backends=hosts(21), healthCheck=before)], policy)
+    want = d.desired([intent(backends=hosts(21), healthCheck=after)])
+    plan = planner.diff(want, actual, policy)
+    assert commands(plan) == expected
+    done = nsmodel.apply(actual, plan, OP_ID)
+    assert nsmodel.ours(done) == nsmodel.ours(want)
+    assert planner.diff(want, done, policy).empty
+
+
+def test_netscaler_reporting_an_unset_monitor_field_as_zero_is_no_change() -> None:
+    want = d.desired([intent(backends=(), healthCheck={"throughVip": False})])
+    monitor = want.of_kind("lbmonitor")[0]
+    record = {**monitor.payload(OP_ID), "destip": "0.0.0.0", "destport": "0"}
+    actual = ns.parse_actual({"lbmonitor": [record]}, operator_id=OP_ID, mbf=True)
+    assert [op for op in planner.diff(want, actual, planner.Policy(OP_ID)).ops if op.kind == "lbmonitor"] == []
+
+
 def test_hand_made_object_with_our_name_is_never_touched() -> None:
     foreign = ns.NetScalerState(foreign=frozenset({("lbvserver", "dsr-shop_web_80")}))
     plan = planner.diff(d.desired([intent(backends=hosts(21))]), foreign, planner.Policy(OP_ID))

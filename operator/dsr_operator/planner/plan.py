@@ -7,6 +7,8 @@ bindings, vservers, vserver bindings; then, for removal, the reverse with a grac
 Safety rules enforced here, not in the callers:
 - only objects whose `comment` carries our marker are updated or removed; a desired name that
   exists without our marker is a conflict and is never touched;
+- a managed optional field that is no longer wanted is unset (back to NetScaler's default),
+  never left behind;
 - only owners in `scope` lose objects (a one-shot apply of one file never prunes another's);
 - a service that carries traffic is disabled gracefully for `drainSeconds` before it is unbound;
 - the blast-radius guard: one plan removes at most a share of a wanted vserver's bound backends
@@ -34,6 +36,7 @@ ORDER: tuple[tuple[str, str], ...] = (
     ("update", "server"),
     ("add", "lbmonitor"),
     ("update", "lbmonitor"),
+    ("unset", "lbmonitor"),
     ("add", "service"),
     ("update", "service"),
     ("enable", "service"),
@@ -179,6 +182,13 @@ def diff(
             if kind == "lbmonitor":
                 body["type"] = want.get("type")
             ops.append(Op("update", kind, name, want.owner, body))
+        unset = want.unset_fields(have)
+        if unset:
+            # Fields we set before and no longer want go back to NetScaler's default.
+            unset_body: dict[str, Any] = {key: name, **dict.fromkeys(unset, True)}
+            if kind == "lbmonitor":
+                unset_body["type"] = want.get("type")
+            ops.append(Op("unset", kind, name, want.owner, unset_body))
         if kind == "service" and have.state in (ns.OUT_OF_SERVICE, ns.GOING_OUT_OF_SERVICE):
             ops.append(Op("enable", kind, name, want.owner, {"name": name}))
     for binding in sorted(desired.bindings - actual.bindings):
