@@ -681,7 +681,9 @@ async def test_stats_count_nitro_requests(nitro_sim: server.Simulator, nitro: Ni
 
 async def test_latency_error_rate_and_dropped_connections(nitro_sim: server.Simulator, nitro: Nitro) -> None:
     settings = await nitro_sim.faults(latencyMs=150)
-    assert settings == {"latencyMs": 150, "errorRate": 0.0, "errorStatus": 503, "dropConnections": 0}
+    assert settings == {
+        "latencyMs": 150, "errorRate": 0.0, "errorStatus": 503, "errorResources": [], "dropConnections": 0
+    }
     started = time.monotonic()
     assert (await nitro.get("server"))[0] == 200
     assert time.monotonic() - started >= 0.15
@@ -709,6 +711,23 @@ async def test_latency_error_rate_and_dropped_connections(nitro_sim: server.Simu
     async with nitro.http.post(f"{nitro_sim.url}/_sim/faults", json={"errorRate": 2}) as r:
         assert r.status == 400
     async with nitro.http.post(f"{nitro_sim.url}/_sim/faults", json={"latency": 1}) as r:
+        assert r.status == 400
+
+
+async def test_error_rate_limited_to_some_resources(nitro_sim: server.Simulator, nitro: Nitro) -> None:
+    settings = await nitro_sim.faults(errorRate=1.0, errorResources=["nsconfig"])
+    assert settings["errorResources"] == ["nsconfig"]
+    await nitro.ok("POST", "server", _servers("a"))  # other resources are untouched
+    status, doc = await nitro.post("nsconfig?action=save", {"nsconfig": {}})
+    assert (status, doc["errorcode"]) == (503, 503)
+    assert (await nitro.get("nsconfig"))[0] == 503
+    assert (await nitro.get("nsconfig"))[0] == 503
+    await nitro_sim.faults(errorResources=[])  # every resource again
+    assert (await nitro.get("server"))[0] == 503
+    await nitro_sim.clear_faults()
+    assert (await nitro_sim.faults())["errorResources"] == []
+    await nitro.ok("POST", "nsconfig?action=save", {"nsconfig": {}})
+    async with nitro.http.post(f"{nitro_sim.url}/_sim/faults", json={"errorResources": "nsconfig"}) as r:
         assert r.status == 400
 
 
