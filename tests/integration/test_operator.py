@@ -474,3 +474,69 @@ async def nitro_config(cluster: Cluster) -> dict[str, Any]:
         f"{cluster.sim.url}/nitro/v1/config/nsconfig", headers=headers
     ) as resp:
         return (await resp.json())["nsconfig"]
+
+
+async def test_a_port_removed_from_the_spec_loses_its_vserver(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One backend: the guard's share of it rounds to zero, yet the unwanted vserver must go.
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), spec={"ports": [80, 443]}):
+        assert await cluster.bound("dsr-shop_web_443") == ["dsr-198.51.100.1_443"]
+        await cluster.client.patch(kubeapi.DsrService, "web", {"spec": {"ports": [80]}}, namespace="shop",
+                                   patch_type=PatchType.MERGE)
+
+        async def removed() -> bool:
+            ready = await cluster.condition("Ready")
+            return [v["name"] for v in await cluster.nitro("lbvserver")] == ["dsr-shop_web_80"] and \
+                ready.get("reason") == "Converged"
+
+        await eventually(removed, timeout=30)
+        assert {s["name"] for s in await cluster.nitro("service")} == {"dsr-198.51.100.1_80"}
+        assert await cluster.bound() == ["dsr-198.51.100.1_80"]
+        status = (await cluster.dsr())["status"]
+        assert [v["name"] for v in status["vservers"]] == ["dsr-shop_web_80"]
+
+
+async def test_a_guard_below_half_still_removes_backends_one_at_a_time(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # floor(3 x 30 %) = 0 and floor(2 x 30 %) = 0: one removal per pass must still be allowed.
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1", "n2", "n3"), spec={"maxUnbindPercent": 30}):
+        seq = max(e["seq"] for e in await nitro_sim.journal())
+        await cluster.slice({"n3": "ready"})
+
+        async def scaled_down() -> bool:
+            ready = await cluster.condition("Ready")
+            return await cluster.bound() == ["dsr-198.51.100.3_80"] and ready.get("reason") == "Converged"
+
+        await eventually(scaled_down, timeout=40)
+        unbinds = [e for e in await nitro_sim.journal(since=seq)
+                   if (e["resource"], e["action"]) == ("lbvserver_service_binding", "unbind")]
+        assert [e["key"]["servicename"] for e in unbinds] == ["dsr-198.51.100.1_80", "dsr-198.51.100.2_80"]
+
+
+async def test_monitor_fields_removed_from_the_spec_are_unset_once(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), spec={"healthCheck": {"port": 8080}}):
+        [mon] = await cluster.nitro("lbmonitor")
+        assert (mon.get("destip"), mon.get("destport"), mon["transparent"]) == (VIP, 8080, "YES")
+        await cluster.client.patch(kubeapi.DsrService, "web",
+                                   {"spec": {"healthCheck": {"port": None, "throughVip": False}}},
+                                   namespace="shop", patch_type=PatchType.MERGE)
+
+        async def unset() -> bool:
+            [mon] = await cluster.nitro("lbmonitor")
+            return "destip" not in mon and "destport" not in mon and mon["transparent"] == "NO" and \
+                (await nitro_config(cluster))["configchanged"] is False
+        await eventually(unset)
+        unsets = [e for e in await nitro_sim.journal() if (e["resource"], e["action"]) == ("lbmonitor", "unset")]
+        assert len(unsets) == 1
+        # The next passes (resyncs re-read the monitor) find nothing to change: no update, no save.
+        seq = max(e["seq"] for e in await nitro_sim.journal())
+        reads = (await nitro_sim.stats())["byResource"].get("lbmonitor", 0)
+
+        async def resynced_twice() -> bool:
+            return (await nitro_sim.stats())["byResource"].get("lbmonitor", 0) >= reads + 2
+        await eventually(resynced_twice)
+        assert await nitro_sim.journal(since=seq) == []

@@ -392,6 +392,37 @@ async def test_monitors_are_keyed_by_name_and_type(nitro: Nitro) -> None:
     assert (await one(nitro, "lbmonitor/m?args=type:PING"))["interval"] == 10
 
 
+async def test_unset_resets_fields_to_their_defaults(nitro_sim: server.Simulator, nitro: Nitro) -> None:
+    mon = {"monitorname": "m", "type": "TCP", "destip": "192.0.2.10", "destport": 8080, "transparent": "YES"}
+    await nitro.ok("POST", "lbmonitor", {"lbmonitor": mon})
+    await nitro.ok("POST", "nsconfig?action=save", {"nsconfig": {}})
+    body = {"lbmonitor": {"monitorname": "m", "type": "TCP", "destip": True, "transparent": True}}
+    assert await nitro.ok("POST", "lbmonitor?action=unset", body) == DONE
+    got = await one(nitro, "lbmonitor/m?args=type:TCP")
+    assert "destip" not in got and got["transparent"] == "NO" and got["destport"] == 8080  # no default: gone
+    assert (await nitro.get("nsconfig"))[1]["nsconfig"]["configchanged"] is True
+    assert [(e["resource"], e["action"], e["key"]) for e in await nitro_sim.journal()][-1] == (
+        "lbmonitor", "unset", {"monitorname": "m", "type": "TCP"}
+    )
+    # Bulk, as our client sends it; unsetting what is already unset is fine.
+    bulk = {"lbmonitor": [{"monitorname": "m", "type": "TCP", "destport": True, "destip": True}]}
+    await nitro.ok("POST", "lbmonitor?action=unset", bulk)
+    assert "destport" not in await one(nitro, "lbmonitor/m?args=type:TCP")
+    # Errors: unknown or unchangeable fields, a missing object, a missing key.
+    status, doc = await nitro.post("lbmonitor?action=unset", {"lbmonitor": {"monitorname": "m", "type": "TCP",
+                                                                            "bogus": True}})
+    assert (status, doc["errorcode"]) == (599, 278)
+    status, doc = await nitro.post("service?action=unset", {"service": {"name": "nope", "comment": True}})
+    assert (status, doc["errorcode"]) == (404, 258)
+    status, doc = await nitro.post("lbmonitor?action=unset", {"lbmonitor": {"monitorname": "m", "destip": True}})
+    assert (status, doc["errorcode"]) == (599, 1095)
+    await dsr_setup(nitro)
+    status, doc = await nitro.post("service?action=unset", {"service": {"name": "svc1", "port": True}})
+    assert (status, doc["errorcode"]) == (599, 278)
+    await nitro.ok("POST", "lbvserver?action=unset", {"lbvserver": {"name": "vs", "lbmethod": True}})
+    assert (await one(nitro, "lbvserver/vs"))["lbmethod"] == "LEASTCONNECTION"
+
+
 async def test_update_ignores_immutable_fields(nitro: Nitro) -> None:
     await dsr_setup(nitro)
     body = {"lbvserver": {"lbmethod": "ROUNDROBIN", "port": 80, "servicetype": "TCP", "comment": "x"}}
@@ -650,7 +681,9 @@ async def test_stats_count_nitro_requests(nitro_sim: server.Simulator, nitro: Ni
 
 async def test_latency_error_rate_and_dropped_connections(nitro_sim: server.Simulator, nitro: Nitro) -> None:
     settings = await nitro_sim.faults(latencyMs=150)
-    assert settings == {"latencyMs": 150, "errorRate": 0.0, "errorStatus": 503, "dropConnections": 0}
+    assert settings == {
+        "latencyMs": 150, "errorRate": 0.0, "errorStatus": 503, "errorResources": [], "dropConnections": 0
+    }
     started = time.monotonic()
     assert (await nitro.get("server"))[0] == 200
     assert time.monotonic() - started >= 0.15
@@ -678,6 +711,23 @@ async def test_latency_error_rate_and_dropped_connections(nitro_sim: server.Simu
     async with nitro.http.post(f"{nitro_sim.url}/_sim/faults", json={"errorRate": 2}) as r:
         assert r.status == 400
     async with nitro.http.post(f"{nitro_sim.url}/_sim/faults", json={"latency": 1}) as r:
+        assert r.status == 400
+
+
+async def test_error_rate_limited_to_some_resources(nitro_sim: server.Simulator, nitro: Nitro) -> None:
+    settings = await nitro_sim.faults(errorRate=1.0, errorResources=["nsconfig"])
+    assert settings["errorResources"] == ["nsconfig"]
+    await nitro.ok("POST", "server", _servers("a"))  # other resources are untouched
+    status, doc = await nitro.post("nsconfig?action=save", {"nsconfig": {}})
+    assert (status, doc["errorcode"]) == (503, 503)
+    assert (await nitro.get("nsconfig"))[0] == 503
+    assert (await nitro.get("nsconfig"))[0] == 503
+    await nitro_sim.faults(errorResources=[])  # every resource again
+    assert (await nitro.get("server"))[0] == 503
+    await nitro_sim.clear_faults()
+    assert (await nitro_sim.faults())["errorResources"] == []
+    await nitro.ok("POST", "nsconfig?action=save", {"nsconfig": {}})
+    async with nitro.http.post(f"{nitro_sim.url}/_sim/faults", json={"errorResources": "nsconfig"}) as r:
         assert r.status == 400
 
 

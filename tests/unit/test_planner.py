@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -128,6 +129,89 @@ def test_blast_radius_guard_keeps_half_of_the_bound_backends() -> None:
     assert [h.reason for h in plan.holds] == ["BlastRadiusGuard"]
 
 
+def vserver_unbinds(plan: planner.Plan, vserver: str) -> list[planner.Op]:
+    return [
+        op
+        for op in plan.ops
+        if op.verb == "unbind" and op.kind == ns.VSERVER_BINDING and op.name.startswith(vserver + " ")
+    ]
+
+
+@pytest.mark.parametrize("percent", [30, 50, 100])
+@pytest.mark.parametrize("count", [1, 2, 4])
+def test_a_port_removed_from_the_spec_loses_its_vserver_and_every_binding_at_once(percent: int, count: int) -> None:
+    # The vserver of the removed port is no longer wanted: the guard does not apply to it.
+    policy = planner.Policy(OP_ID, default_drain_seconds=0, default_guard_percent=percent)
+    before = intent(backends=hosts(*range(1, count + 1)), ports=[80, 443])
+    after = intent(backends=hosts(*range(1, count + 1)), ports=[80])
+    actual = converge(EMPTY, [before], policy)
+    plan = planner.diff(d.desired([after]), actual, policy)
+    assert len(vserver_unbinds(plan, "dsr-shop_web_443")) == count
+    assert "rm lb vserver dsr-shop_web_443" in commands(plan)
+    assert not vserver_unbinds(plan, "dsr-shop_web_80")
+    assert [h.reason for h in plan.holds] == []
+    done = nsmodel.apply(actual, plan, OP_ID)
+    assert nsmodel.ours(done) == nsmodel.ours(d.desired([after]))
+
+
+def test_a_removed_port_is_drained_before_its_vserver_goes() -> None:
+    policy = planner.Policy(OP_ID, default_drain_seconds=30)
+    actual = converge(EMPTY, [intent(backends=hosts(21), ports=[80, 443])], policy)
+    want = d.desired([intent(backends=hosts(21), ports=[80])])
+    first = planner.diff(want, actual, policy)
+    assert commands(first) == ["disable service dsr-198.51.100.21_443 30 -graceful YES"]
+    assert [h.reason for h in first.holds] == ["Draining"]
+    done = nsmodel.elapse(nsmodel.apply(actual, first, OP_ID))
+    assert commands(planner.diff(want, done, policy)) == [
+        "unbind lb vserver dsr-shop_web_443 dsr-198.51.100.21_443",
+        "unbind service dsr-198.51.100.21_443 -monitorName dsr-shop_web_tcp",
+        "rm service dsr-198.51.100.21_443",
+        "rm lb vserver dsr-shop_web_443",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("bound", "removing", "percent", "removed_now"),
+    [
+        (2, 1, 30, 1),  # floor(2 x 30 %) = 0: at least one may go
+        (2, 2, 30, 1),
+        (3, 1, 30, 1),
+        (3, 2, 30, 1),
+        (3, 2, 49, 1),
+        (10, 5, 30, 3),  # floor(10 x 30 %) = 3
+        (2, 2, 50, 1),
+        (4, 4, 50, 2),
+        (4, 1, 1, 1),
+        (1, 1, 30, 0),  # the last binding of a wanted vserver: the minimum of one does not apply
+        (1, 1, 50, 0),
+        (1, 1, 99, 0),
+        (1, 1, 100, 1),  # 100 % lets everything go
+        (2, 2, 100, 2),
+    ],
+)
+def test_blast_radius_guard_removals_per_pass(bound: int, removing: int, percent: int, removed_now: int) -> None:
+    policy = planner.Policy(OP_ID, default_drain_seconds=0, default_guard_percent=percent)
+    actual = converge(EMPTY, [intent(backends=hosts(*range(1, bound + 1)))], policy)
+    want = d.desired([intent(backends=hosts(*range(removing + 1, bound + 1)))])
+    plan = planner.diff(want, actual, policy)
+    assert len(vserver_unbinds(plan, "dsr-shop_web_80")) == removed_now
+    held = removing - removed_now
+    assert [h.reason for h in plan.holds] == (["BlastRadiusGuard"] if held else [])
+
+
+def test_guard_below_half_with_few_backends_removes_them_over_several_passes() -> None:
+    policy = planner.Policy(OP_ID, default_drain_seconds=0, default_guard_percent=30)
+    actual = converge(EMPTY, [intent(backends=hosts(1, 2, 3))], policy)
+    want = d.desired([intent(backends=hosts(3))])
+    passes = 0
+    while not (plan := planner.diff(want, actual, policy)).empty:
+        assert len(vserver_unbinds(plan, "dsr-shop_web_80")) == 1
+        actual = nsmodel.apply(actual, plan, OP_ID)
+        passes += 1
+    assert passes == 2
+    assert nsmodel.ours(actual) == nsmodel.ours(want)
+
+
 def test_deleting_the_dsrservice_is_not_limited_by_the_guard() -> None:
     policy = planner.Policy(OP_ID, default_drain_seconds=0)
     actual = converge(EMPTY, [intent(backends=hosts(1, 2, 3, 4))], policy)
@@ -150,6 +234,57 @@ def test_a_shared_server_and_service_stay_while_another_dsrservice_uses_them() -
     after = converge(actual, both[1:], policy, scope=frozenset({"uid-web"}))
     assert [s.name for s in after.of_kind("service")] == ["dsr-198.51.100.21_80"]
     assert {o.owner for o in after.objects.values()} == {"uid-api", ns.SHARED_OWNER}
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        (
+            {"port": 8080},
+            {"port": 8080, "throughVip": False},
+            [
+                "set lb monitor dsr-shop_web_tcp TCP -transparent NO -comment dsr-operator:test:uid-web",
+                "unset lb monitor dsr-shop_web_tcp TCP -destIP",
+            ],
+        ),
+        ({"port": 8080}, {}, ["unset lb monitor dsr-shop_web_tcp TCP -destPort"]),
+        (
+            {"port": 8080},
+            {"throughVip": False},
+            [
+                "set lb monitor dsr-shop_web_tcp TCP -transparent NO -comment dsr-operator:test:uid-web",
+                "unset lb monitor dsr-shop_web_tcp TCP -destIP -destPort",
+            ],
+        ),
+        (
+            {"throughVip": False},
+            {"port": 8080},
+            [
+                "set lb monitor dsr-shop_web_tcp TCP -destIP 192.0.2.10 -destPort 8080 -transparent YES"
+                " -comment dsr-operator:test:uid-web",
+            ],
+        ),
+    ],
+)
+def test_monitor_fields_no_longer_wanted_are_unset(
+    before: dict[str, object], after: dict[str, object], expected: list[str]
+) -> None:
+    policy = planner.Policy(OP_ID)
+    actual = converge(EMPTY, [intent(backends=hosts(21), healthCheck=before)], policy)
+    want = d.desired([intent(backends=hosts(21), healthCheck=after)])
+    plan = planner.diff(want, actual, policy)
+    assert commands(plan) == expected
+    done = nsmodel.apply(actual, plan, OP_ID)
+    assert nsmodel.ours(done) == nsmodel.ours(want)
+    assert planner.diff(want, done, policy).empty
+
+
+def test_netscaler_reporting_an_unset_monitor_field_as_zero_is_no_change() -> None:
+    want = d.desired([intent(backends=(), healthCheck={"throughVip": False})])
+    monitor = want.of_kind("lbmonitor")[0]
+    record = {**monitor.payload(OP_ID), "destip": "0.0.0.0", "destport": "0"}
+    actual = ns.parse_actual({"lbmonitor": [record]}, operator_id=OP_ID, mbf=True)
+    assert [op for op in planner.diff(want, actual, planner.Policy(OP_ID)).ops if op.kind == "lbmonitor"] == []
 
 
 def test_hand_made_object_with_our_name_is_never_touched() -> None:
@@ -267,14 +402,14 @@ def test_no_operation_names_an_object_without_our_marker(intents: list[d.Intent]
 
 @PROPS
 @given(before=intent_sets(), after=intent_sets())
-def test_guard_never_removes_more_than_half_of_a_live_vserver(before: list[d.Intent], after: list[d.Intent]) -> None:
+def test_guard_never_removes_more_than_half_of_a_wanted_vserver(before: list[d.Intent], after: list[d.Intent]) -> None:
     policy = planner.Policy(OP_ID, default_drain_seconds=0)
     actual = converge(EMPTY, before, FREE)
     plan = planner.diff(d.desired(after), actual, policy)
-    live = {i.ref.uid for i in after}
+    want = d.desired(after)
     for vserver in actual.of_kind("lbvserver"):
-        if vserver.owner not in live:
-            continue
+        if want.get("lbvserver", vserver.name) is None:
+            continue  # no longer wanted (its DsrService or its port is gone): no guard
         bound = [b for b in actual.bindings if b.parent == vserver.name]
         gone = [
             op

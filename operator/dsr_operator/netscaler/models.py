@@ -26,6 +26,10 @@ class Kind:
     managed: tuple[str, ...]
     immutable: tuple[str, ...] = ()
     delete_args: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    """Managed fields a desired object may leave out; NetScaler then has them unset (its default)."""
+    blank: tuple[tuple[str, Any], ...] = ()
+    """(field, value) pairs NetScaler may report for an unset optional field: read as absent."""
 
 
 SERVER = Kind("server", "name", ("ipaddress", "comment"))
@@ -47,6 +51,8 @@ LBMONITOR = Kind(
     ("type", "interval", "resptimeout", "retries", "destip", "destport", "transparent", "comment"),
     immutable=("type",),
     delete_args=("type",),
+    optional=("destip", "destport"),
+    blank=(("destip", "0.0.0.0"), ("destip", "::"), ("destport", 0)),
 )
 KINDS: dict[str, Kind] = {k.rtype: k for k in (SERVER, SERVICE, LBVSERVER, LBMONITOR)}
 
@@ -116,6 +122,11 @@ class NsObject:
         """Managed fields whose value in `self` differs from `other` (the actual object)."""
         mine, theirs = self.data, other.data
         return {k: v for k, v in mine.items() if k != "comment" and theirs.get(k) != v}
+
+    def unset_fields(self, other: NsObject) -> list[str]:
+        """Optional fields that `other` (the actual object) has and `self` no longer wants."""
+        mine, theirs = self.data, other.data
+        return [k for k in KINDS[self.kind].optional if k in theirs and k not in mine]
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -198,7 +209,11 @@ def parse_actual(
             if owner is None:
                 foreign.append((kind_name, name))
                 continue
-            fields = {f: rec.get(f) for f in kind.managed if f != "comment" and rec.get(f) not in (None, "")}
+            fields = {
+                f: rec.get(f)
+                for f in kind.managed
+                if f != "comment" and rec.get(f) not in (None, "") and (f, _normalise(rec.get(f))) not in kind.blank
+            }
             if kind is SERVICE and "servername" not in fields and rec.get("servername"):
                 fields["servername"] = rec["servername"]
             state = rec.get("svrstate") if kind is SERVICE else rec.get("curstate")

@@ -68,6 +68,11 @@ def command(verb: str, kind: str, body: Mapping[str, Any]) -> str:
         key = "monitorname" if kind == "lbmonitor" else "name"
         extra = f" {b['type']}" if kind == "lbmonitor" else ""
         return f"set {words} {b[key]}{extra} {_options(b, (key, 'type'))}".strip()
+    if verb == "unset":
+        key = "monitorname" if kind == "lbmonitor" else "name"
+        extra = f" {b['type']}" if kind == "lbmonitor" else ""
+        flags = " ".join(f"-{_OPTION_NAMES.get(k, k)}" for k, v in b.items() if k not in (key, "type") and v)
+        return f"unset {words} {b[key]}{extra} {flags}".strip()
     if verb == "delete":
         if kind == "lbmonitor":
             return f"rm lb monitor {b['monitorname']} {b['type']}"

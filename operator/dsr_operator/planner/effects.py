@@ -48,6 +48,14 @@ def after(
             changed = {k: v for k, v in op.body.items() if k in kind.managed and k != "comment"}
             owner = ns.parse_marker(op.body.get("comment"), operator_id) or old.owner
             objects[key] = ns.NsObject.make(op.kind, op.name, owner, state=old.state, **{**old.data, **changed})
+        elif op.verb == "unset":
+            check(key in objects, f"unset of missing {key}")
+            old = objects.get(key)
+            if old is None:
+                continue
+            cleared = {k for k, v in op.body.items() if v is True}
+            kept = {k: v for k, v in old.data.items() if k not in cleared}
+            objects[key] = ns.NsObject.make(op.kind, op.name, old.owner, state=old.state, **kept)
         elif op.verb == "delete":
             check(key in objects, f"delete of missing {key}")
             if op.kind == "service":

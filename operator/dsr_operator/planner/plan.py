@@ -7,10 +7,13 @@ bindings, vservers, vserver bindings; then, for removal, the reverse with a grac
 Safety rules enforced here, not in the callers:
 - only objects whose `comment` carries our marker are updated or removed; a desired name that
   exists without our marker is a conflict and is never touched;
+- a managed optional field that is no longer wanted is unset (back to NetScaler's default),
+  never left behind;
 - only owners in `scope` lose objects (a one-shot apply of one file never prunes another's);
 - a service that carries traffic is disabled gracefully for `drainSeconds` before it is unbound;
-- the blast-radius guard: one plan removes at most a share of a vserver's bound backends, unless
-  its DsrService is being deleted;
+- the blast-radius guard: one plan removes at most a share of a wanted vserver's bound backends
+  (rounded down, but at least one while more than one is bound: `guard_allowance`); a vserver no
+  longer wanted (its DsrService deleted, its port removed) is not limited;
 - servers and services are shared: removed only when nothing that remains references them.
 """
 
@@ -33,6 +36,7 @@ ORDER: tuple[tuple[str, str], ...] = (
     ("update", "server"),
     ("add", "lbmonitor"),
     ("update", "lbmonitor"),
+    ("unset", "lbmonitor"),
     ("add", "service"),
     ("update", "service"),
     ("enable", "service"),
@@ -178,6 +182,13 @@ def diff(
             if kind == "lbmonitor":
                 body["type"] = want.get("type")
             ops.append(Op("update", kind, name, want.owner, body))
+        unset = want.unset_fields(have)
+        if unset:
+            # Fields we set before and no longer want go back to NetScaler's default.
+            unset_body: dict[str, Any] = {key: name, **dict.fromkeys(unset, True)}
+            if kind == "lbmonitor":
+                unset_body["type"] = want.get("type")
+            ops.append(Op("unset", kind, name, want.owner, unset_body))
         if kind == "service" and have.state in (ns.OUT_OF_SERVICE, ns.GOING_OUT_OF_SERVICE):
             ops.append(Op("enable", kind, name, want.owner, {"name": name}))
     for binding in sorted(desired.bindings - actual.bindings):
@@ -201,8 +212,11 @@ def diff(
         if not in_scope(owner):
             continue
         removing = sorted(b for b in bound if b not in desired.bindings)
-        if owner in live_owners and removing:
-            allowed = math.floor(len(bound) * policy.guard(owner) / 100)
+        # The guard protects a wanted vserver's bindings; a vserver nobody wants any more (its
+        # DsrService or its port is gone) goes with all of them: that removal is the user's intent.
+        wanted = desired.get("lbvserver", vserver) is not None
+        if owner in live_owners and wanted and removing:
+            allowed = guard_allowance(len(bound), policy.guard(owner))
             if len(removing) > allowed:
                 kept, removing = removing[allowed:], removing[:allowed]
                 held_services.update(b.child for b in kept)
@@ -293,6 +307,17 @@ def diff(
         ops.append(Op("delete", "server", server.name, server.owner, {"name": server.name}))
 
     return Plan(stages=_stages(ops), holds=tuple(holds))
+
+
+def guard_allowance(bound: int, percent: int) -> int:
+    """How many of a wanted vserver's `bound` bindings one plan may remove under a `percent` guard.
+
+    The share rounds down, but never to zero while more than one binding is bound, so a small
+    percentage over few backends still makes progress, one binding per plan; the last binding goes
+    only when the share allows it in full (100 %).
+    """
+    share = math.floor(bound * percent / 100)
+    return 1 if share == 0 and bound > 1 else share
 
 
 def _first_user(desired: ns.NetScalerState, name: str) -> str:

@@ -11,16 +11,20 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-FAULT_KEYS = ("latencyMs", "errorRate", "errorStatus", "dropConnections", "expireSessions", "seed")
+FAULT_KEYS = ("latencyMs", "errorRate", "errorStatus", "errorResources", "dropConnections", "expireSessions", "seed")
 
 
 @dataclasses.dataclass
 class Faults:
-    """Current fault settings. `drop_connections` counts down as requests are dropped."""
+    """Current fault settings. `drop_connections` counts down as requests are dropped.
+
+    `error_resources` limits the error rate to requests for those NITRO resource types (empty: all).
+    """
 
     latency_ms: float = 0.0
     error_rate: float = 0.0
     error_status: int = 503
+    error_resources: frozenset[str] = frozenset()
     drop_connections: int = 0
     rng: random.Random = dataclasses.field(default_factory=random.Random, repr=False)
 
@@ -29,6 +33,7 @@ class Faults:
             "latencyMs": self.latency_ms,
             "errorRate": self.error_rate,
             "errorStatus": self.error_status,
+            "errorResources": sorted(self.error_resources),
             "dropConnections": self.drop_connections,
         }
 
@@ -44,6 +49,9 @@ class Faults:
         rate = _number(doc, "errorRate", self.error_rate, 0, 1)
         status = int(_number(doc, "errorStatus", self.error_status, 100, 599, integer=True))
         drops = int(_number(doc, "dropConnections", self.drop_connections, 0, None, integer=True))
+        resources = doc.get("errorResources", sorted(self.error_resources))
+        if not isinstance(resources, list) or not all(isinstance(r, str) for r in resources):
+            raise ValueError("errorResources must be a list of resource types")
         expire = doc.get("expireSessions", False)
         if not isinstance(expire, bool):
             raise ValueError("expireSessions must be a boolean")
@@ -55,12 +63,16 @@ class Faults:
             status,
             drops,
         )
+        self.error_resources = frozenset(resources)
         return expire
 
     def clear(self) -> None:
         self.latency_ms, self.error_rate, self.error_status, self.drop_connections = 0.0, 0.0, 503, 0
+        self.error_resources = frozenset()
 
-    def should_fail(self) -> bool:
+    def should_fail(self, resource: str) -> bool:
+        if self.error_resources and resource not in self.error_resources:
+            return False
         return self.error_rate > 0 and self.rng.random() < self.error_rate
 
     def take_drop(self) -> bool:

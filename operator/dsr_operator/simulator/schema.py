@@ -285,6 +285,13 @@ def render_value(field: Field | None, value: Any) -> Any:
     return value
 
 
+#: Updatable fields `?action=unset` refuses: an object's own address has no default to return to.
+NOT_UNSETTABLE: Mapping[str, frozenset[str]] = {
+    "server": frozenset({"ipaddress"}),
+    "service": frozenset({"ipaddress"}),
+    "lbvserver": frozenset({"ipv46"}),
+}
+
 #: Extra arguments accepted by `?action=disable` on server and service (besides the key).
 DISABLE_FIELDS: Mapping[str, Field] = {
     "delay": _d(0, 4294967294),

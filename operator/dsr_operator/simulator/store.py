@@ -14,6 +14,8 @@ Choices where the NITRO reference is silent (see `reference/nitro-api.md` §10):
 * `resptimeout` not below `interval` → 599 / 278 "Invalid argument [resptimeout]".
 * enabling an enabled object (or disabling a disabled one) succeeds.
 * unknown resource type → 599 / 1232, unknown action → 599 / 1240.
+* `?action=unset` takes the key and each field to reset as `true`: the field returns to its default,
+  or is removed when it has none; a field that cannot be updated (or is an object's address) → 599 / 278.
 * monitor binding errors (2133 already bound, 2170 not bound, 2171 no such monitor) use HTTP 599.
 
 Runtime state: a service is UP when enabled and its IP is not marked unreachable (`hosts_down`),
@@ -400,6 +402,7 @@ class Store:
                 "add": lambda p: self._add(res, p),
                 "update": lambda p: self._update(res, p),
                 "delete": lambda p: self._delete(res, p),
+                "unset": lambda p: self._unset(res, p),
             }
             if "enable" in res.actions:
                 table["enable"] = lambda p: self._set_state(res, p, enable=True)
@@ -525,6 +528,32 @@ class Store:
                 if svc["servername"] == obj["name"]:
                     svc["ipaddress"] = changes["ipaddress"]
         obj.update(changes)
+        return dict(zip(res.keys, key, strict=True))
+
+    def _unset(self, res: schema.Resource, payload: Any) -> dict[str, str]:
+        """`?action=unset`: each field given as true goes back to its default (or away if it has none)."""
+        data = _require_mapping(payload, res.name)
+        key = validate_key(res, data)
+        flags = {k: v for k, v in data.items() if k not in res.keys}
+        for name in flags:
+            field = res.fields.get(name)
+            if field is None or not field.update or name in schema.NOT_UNSETTABLE.get(res.name, ()):
+                raise invalid_argument(name)
+        cleared = [k for k, v in flags.items() if coerce(k, schema.Field("bool"), v)]
+        obj = self._find(res, key)
+        candidate = dict(obj)
+        for name in cleared:
+            default = res.fields[name].default
+            if default is None:
+                candidate.pop(name, None)
+            else:
+                candidate[name] = default
+        if res.name == "lbvserver":
+            self._check_vserver(candidate)
+        elif res.name == "lbmonitor":
+            self._check_monitor(candidate)
+        obj.clear()
+        obj.update(candidate)
         return dict(zip(res.keys, key, strict=True))
 
     def _delete(self, res: schema.Resource, payload: Any) -> dict[str, str]:
