@@ -114,7 +114,7 @@ def _intents(loaded: Iterable[Loaded]) -> list[desired_mod.Intent]:
 def _policy(operator_id: str, intents: Sequence[desired_mod.Intent]) -> planner.Policy:
     return planner.Policy(
         operator_id=operator_id,
-        drain_seconds={i.ref.uid: i.spec.drain_seconds for i in intents},
+        drain_seconds={i.ref.uid: i.spec.drain_seconds for i in intents if i.spec.drain_seconds is not None},
         guard_percent={i.ref.uid: i.spec.max_unbind_percent for i in intents if i.spec.max_unbind_percent},
         default_guard_percent=100,  # a one-shot apply is the admin's explicit request
     )

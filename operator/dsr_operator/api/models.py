@@ -119,7 +119,8 @@ class DsrServiceSpec(_Model):
     backends: Backends
     lb_method: LbMethod = LbMethod.LEASTCONNECTION
     health_check: HealthCheck = HealthCheck()
-    drain_seconds: Annotated[int, pydantic.Field(ge=0, le=3600)] = 30
+    drain_seconds: Annotated[int, pydantic.Field(ge=0, le=3600)] | None = None
+    """Graceful drain before a backend is removed (seconds); default: the operator's setting (30)."""
     max_unbind_percent: Annotated[int, pydantic.Field(ge=1, le=100)] | None = None
     """Blast-radius guard: most of a vserver's bound backends one reconcile may remove (operator default)."""
 

@@ -1,10 +1,13 @@
 # kopf's callback protocols do not model index keyword arguments (e.g. `dsr_by_backend`) nor a
 # non-optional `namespace` for namespaced resources; the handlers' signatures are what kopf passes.
 # mypy: disable-error-code="arg-type"
-"""Kopf handlers: thin. Indices gather the cluster, events wake the DsrServices they concern,
-one daemon per DsrService reconciles level-triggered, a finalizer cleans up, a timer resyncs.
+"""Kopf handlers: thin. Indices gather the cluster, events mark dirty exactly the DsrServices that read
+the changed input, one reconcile loop per NetScaler takes them in batches, a finalizer cleans up, a timer
+resyncs.
 
-Handlers hold no logic: they route to `reconcile` and keep `Runtime` (in kopf's memo) current.
+Routing goes from inputs to the DsrServices that read them (kopf indices): EndpointSlices by Service
+and by node, DsrServices by backend Service and by VIP (old and new), never through the operator's
+own last output. Handlers hold no logic: they route to `reconcile` and keep `Runtime` current.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import kopf
 
 from dsr_operator import kube
 from dsr_operator.api import models
-from dsr_operator.controller import config, reconcile, view, world
+from dsr_operator.controller import config, decide, reconcile, view, world
 from dsr_operator.controller.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -27,6 +30,7 @@ NODECONFIGS = (models.GROUP, models.VERSION, models.NODECONFIG_PLURAL)
 SLICES = ("discovery.k8s.io", "v1", "endpointslices")
 NODES = ("", "v1", "nodes")
 SERVICES = ("", "v1", "services")
+Key = tuple[str, str]
 
 
 def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
@@ -50,6 +54,7 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         rt = await _make_runtime(settings)
         rt.indices.update({k: v for k, v in kwargs.items() if k.startswith("dsr_")})
         memo["runtime"] = rt
+        rt.tasks.append(asyncio.create_task(reconcile.run(rt), name="dsr-reconcile"))
         rt.tasks.append(asyncio.create_task(_resync_loop(rt), name="dsr-resync"))
         if settings.metrics_port:
             runner = await rt.metrics.serve(settings.metrics_port)
@@ -71,12 +76,19 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         if runner is not None:
             await runner.cleanup()
 
-    # --- indices: what the reconciler reads -------------------------------------------------------
+    # --- indices: what the reconciler reads, and how inputs reach the DsrServices that read them ----
 
     @kopf.index(*SLICES, registry=registry, id="dsr_slices")
     def dsr_slices(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
         service = labels.get(world.SERVICE_NAME_LABEL)
         return {(namespace, service): world.slice_endpoints(body)} if service else None
+
+    @kopf.index(*SLICES, registry=registry, id="dsr_slices_by_node")
+    def dsr_slices_by_node(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+        service = labels.get(world.SERVICE_NAME_LABEL)
+        if not service:
+            return None
+        return {ep.node: (namespace, service) for ep in world.slice_endpoints(body) if ep.node}
 
     @kopf.index(*NODES, registry=registry, id="dsr_nodes")
     def dsr_nodes(name: str, body: kopf.Body, **_: Any) -> Any:
@@ -91,102 +103,86 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         return {(namespace, name): tuple(spec.get("externalIPs") or ())}
 
     @kopf.index(*DSR, registry=registry, id="dsr_services")
-    def dsr_services(namespace: str, name: str, body: kopf.Body, meta: kopf.Meta, **_: Any) -> Any:
-        entry = reconcile.ServiceEntry(
-            uid=meta.get("uid") or f"{namespace}/{name}", created=meta.get("creationTimestamp") or "",
-            spec=dict(body.get("spec") or {}), deleting=bool(meta.get("deletionTimestamp")),
-        )
-        return {(namespace, name): entry}
+    def dsr_services(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+        return {(namespace, name): decide.Entry.of(body)}
 
     @kopf.index(*DSR, registry=registry, id="dsr_by_backend")
     def dsr_by_backend(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
         backend = (body.get("spec") or {}).get("backends", {}).get("service")
         return {(namespace, backend): (namespace, name)} if isinstance(backend, str) else None
 
-    # --- wake-ups: only the DsrServices an event concerns -----------------------------------------
+    @kopf.index(*DSR, registry=registry, id="dsr_by_vip")
+    def dsr_by_vip(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+        vip = (body.get("spec") or {}).get("vip")
+        return {str(vip): (namespace, name)} if vip else None
+
+    # --- routing: only the DsrServices an event concerns -----------------------------------------
 
     def runtime(memo: kopf.Memo) -> reconcile.Runtime:
         rt: reconcile.Runtime = memo["runtime"]
         rt.indexed.set()
         return rt
 
+    def readers_of_node(node: str, slices_by_node: kopf.Index, by_backend: kopf.Index) -> set[Key]:
+        keys: set[Key] = set()
+        for service in slices_by_node.get(node, ()):
+            keys.update(by_backend.get(service, ()))
+        return keys
+
     @kopf.on.event(*SLICES, registry=registry)
     def slice_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, dsr_by_backend: kopf.Index,
                       **_: Any) -> None:
         service = labels.get(world.SERVICE_NAME_LABEL)
         if service:
-            runtime(memo).wake(*dsr_by_backend.get((namespace, service), ()))
+            runtime(memo).batcher.mark(*dsr_by_backend.get((namespace, service), ()))
 
     @kopf.on.event(*SERVICES, registry=registry)
     def service_changed(namespace: str, name: str, memo: kopf.Memo, dsr_by_backend: kopf.Index, **_: Any) -> None:
-        runtime(memo).wake(*dsr_by_backend.get((namespace, name), ()))
+        runtime(memo).batcher.mark(*dsr_by_backend.get((namespace, name), ()))
 
     @kopf.on.event(*NODES, registry=registry)
-    def node_changed(name: str, memo: kopf.Memo, **_: Any) -> None:
-        rt = runtime(memo)
-        rt.wake(*rt.book.users_of(name))
+    def node_changed(name: str, memo: kopf.Memo, dsr_slices_by_node: kopf.Index, dsr_by_backend: kopf.Index,
+                     **_: Any) -> None:
+        runtime(memo).batcher.mark(*readers_of_node(name, dsr_slices_by_node, dsr_by_backend))
 
     @kopf.on.event(*NODECONFIGS, registry=registry)
-    def nodeconfig_changed(name: str, memo: kopf.Memo, **_: Any) -> None:
+    def nodeconfig_changed(name: str, body: kopf.Body, type: str | None, memo: kopf.Memo,
+                           dsr_slices_by_node: kopf.Index, dsr_by_backend: kopf.Index, **_: Any) -> None:
         rt = runtime(memo)
-        rt.wake(*rt.book.users_of(name))
+        gone = type == "DELETED"
+        reconcile.index_caught_up(rt, name, None if gone else (body.get("spec") or {}).get("vips") or [])
+        readers = readers_of_node(name, dsr_slices_by_node, dsr_by_backend) | rt.book.users_of(name)
+        rt.batcher.mark(*readers)
+        if gone and rt.book.vips(name):
+            # Recreated by the next batch of its readers (the index no longer has it).
+            log.info("DsrNodeConfig %s was deleted; it will be written again", name)
 
     @kopf.on.event(*DSR, registry=registry)
     def dsrservice_changed(namespace: str, name: str, body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo,
-                           type: str | None, dsr_services: kopf.Index, **_: Any) -> None:
+                           type: str | None, dsr_by_vip: kopf.Index, **_: Any) -> None:
         rt = runtime(memo)
         key = (namespace, name)
         generation = meta.get("generation")
         if type not in ("ADDED", "DELETED") and rt.generations.get(key) == generation:
             return  # our own status write, or metadata only: nothing to reconcile
         rt.generations[key] = generation
-        rt.wake(key)
-        vip = (body.get("spec") or {}).get("vip")
-        # A VIP freed or claimed may settle another DsrService's conflict.
-        for other, entries in dsr_services.items():
-            if other != key and any(e.spec.get("vip") == vip for e in entries):
-                rt.wake(other)
+        vip = str((body.get("spec") or {}).get("vip") or "")
+        old = rt.vips.get(key)
+        rt.vips[key] = vip
+        if type == "DELETED":
+            rt.generations.pop(key, None)
+            rt.vips.pop(key, None)
+        # A VIP freed or claimed may settle another DsrService's conflict: wake those of the old and new VIP.
+        keys = {key}
+        for address in {vip, old or vip}:
+            keys.update(dsr_by_vip.get(address, ()))
+        rt.batcher.mark(*keys)
 
-    # --- the per-DsrService daemon and the finalizer ------------------------------------------------
-
-    @kopf.daemon(*DSR, registry=registry, cancellation_timeout=10.0,
-                 when=lambda meta, **_: not meta.get("deletionTimestamp"))
-    async def dsrservice_daemon(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo,
-                                stopped: kopf.DaemonStopped, logger: logging.Logger, **_: Any) -> None:
-        rt = runtime(memo)
-        key = (namespace, name)
-        wake = rt.wakeup(key)
-        wake.set()
-        delay: float | None = None
-        while not stopped:
-            timeout = settings.resync_seconds if delay is None else min(delay, settings.resync_seconds)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=timeout)
-            if stopped:
-                break
-            if settings.debounce_seconds:
-                await asyncio.sleep(settings.debounce_seconds)
-            wake.clear()
-            async with rt.lock(key):
-                if stopped:
-                    break
-                try:
-                    delay = await reconcile.reconcile(rt, key, body)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    logger.exception("Reconcile of %s/%s failed", namespace, name)
-                    kopf.exception(body, reason="ReconcileFailed", message=str(exc))
-                    delay = 10.0
+    # --- the finalizer ---------------------------------------------------------------------------
 
     @kopf.on.delete(*DSR, registry=registry)
     async def dsrservice_deleted(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        rt = runtime(memo)
-        key = (namespace, name)
-        async with rt.lock(key):
-            await reconcile.finalize(rt, key, body)
-        rt.wakeups.pop(key, None)
-        rt.locks.pop(key, None)
+        await reconcile.finalize(runtime(memo), (namespace, name), body)
 
     return registry
 
@@ -207,7 +203,7 @@ async def _make_runtime(settings: config.OperatorSettings) -> reconcile.Runtime:
         settings.nitro(), settings.operator_id, save_debounce=settings.save_debounce_seconds,
         on_request=metrics.on_request, on_drain_lag=metrics.drain_unbind_lag.observe,
     )
-    return reconcile.Runtime(settings=settings, view=nitro_view, kube=client, metrics=metrics)
+    return reconcile.make_runtime(settings, nitro_view, client, metrics)
 
 
 async def _resync_loop(rt: reconcile.Runtime) -> None:
@@ -220,4 +216,4 @@ async def _resync_loop(rt: reconcile.Runtime) -> None:
             log.warning("Orphan cleanup failed: %s", exc)
         await asyncio.sleep(rt.settings.resync_seconds)
         rt.view.invalidate()
-        rt.wake_all()
+        rt.batcher.mark_all(reconcile.entries(rt))

@@ -10,8 +10,15 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = prometheus_client.CollectorRegistry()
         self.reconcile_seconds = prometheus_client.Histogram(
-            "dsr_reconcile_duration_seconds", "Time of one DsrService reconcile", ["result"],
+            "dsr_reconcile_duration_seconds", "Time of one reconcile batch", ["result"],
             registry=self.registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.batch_size = prometheus_client.Histogram(
+            "dsr_reconcile_batch_size", "DsrServices reconciled together in one batch", registry=self.registry,
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000),
+        )
+        self.reconciled = prometheus_client.Counter(
+            "dsr_reconciled_total", "DsrServices reconciled (each DsrService of each batch)", registry=self.registry,
         )
         self.nitro_requests = prometheus_client.Counter(
             "dsr_nitro_requests_total", "NITRO requests sent", ["method", "resource", "status"],

@@ -187,15 +187,13 @@ def static_backends(spec: models.DsrServiceSpec) -> Backends:
 
 def owned_service_addresses(actual: ns.NetScalerState, owner: str) -> tuple[set[str], set[str]]:
     """(bound, present) backend addresses of one DsrService on NetScaler, from its bindings."""
-    servers = {s.name: s.get("ipaddress") for s in actual.of_kind("server")}
-    service_address = {svc.name: servers.get(svc.get("servername")) for svc in actual.of_kind("service")}
+    _, owned = actual.owned_by(owner)
     bound: set[str] = set()
     present: set[str] = set()
-    for b in actual.bindings:
-        if b.owner != owner:
-            continue
-        service = b.child if b.kind == ns.VSERVER_BINDING else b.parent
-        address = service_address.get(service)
+    for b in owned:
+        service = actual.get("service", b.child if b.kind == ns.VSERVER_BINDING else b.parent)
+        server = actual.get("server", str(service.get("servername"))) if service is not None else None
+        address = server.get("ipaddress") if server is not None else None
         if address is None:
             continue
         present.add(address)
@@ -209,7 +207,8 @@ def bound_count(actual: ns.NetScalerState, ref: models.ObjectRef, spec: models.D
     counts = []
     for port in spec.ports:
         vserver = names.vserver(ref, port)
-        counts.append(sum(1 for b in actual.bindings if b.kind == ns.VSERVER_BINDING and b.parent == vserver))
+        bound = [b for b in actual.bindings_of(vserver) if b.kind == ns.VSERVER_BINDING and b.parent == vserver]
+        counts.append(len(bound))
     return min(counts) if counts else 0
 
 

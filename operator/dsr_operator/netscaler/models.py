@@ -8,7 +8,9 @@ kept apart from configuration: it is read, never written.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -178,13 +180,61 @@ class NetScalerState:
         return cls(objects=objs, bindings=frozenset(bindings), mbf=mbf, foreign=frozenset(foreign))
 
     def of_kind(self, kind: str) -> list[NsObject]:
-        return sorted((o for (k, _), o in self.objects.items() if k == kind), key=lambda o: o.name)
+        return sorted(self._index.by_kind.get(kind, ()), key=lambda o: o.name)
+
+    @functools.cached_property
+    def _index(self) -> StateIndex:
+        return StateIndex.of(self)
+
+    def bindings_of(self, name: str) -> tuple[Binding, ...]:
+        """Bindings in which the object `name` is the parent or the child."""
+        return self._index.by_name.get(name, ())
+
+    def owned_by(self, owner: str) -> tuple[tuple[NsObject, ...], tuple[Binding, ...]]:
+        """The objects and bindings of one owner."""
+        return self._index.objects_of.get(owner, ()), self._index.bindings_of.get(owner, ())
+
+    def services_of_server(self, server: str) -> tuple[NsObject, ...]:
+        return self._index.services_of.get(server, ())
 
     def get(self, kind: str, name: str) -> NsObject | None:
         return self.objects.get((kind, name))
 
     def owners(self) -> set[str]:
         return {o.owner for o in self.objects.values()}
+
+
+@dataclasses.dataclass(frozen=True)
+class StateIndex:
+    """Lookups over a `NetScalerState`, built once per state, so that work follows what is asked for."""
+
+    by_kind: Mapping[str, tuple[NsObject, ...]]
+    by_name: Mapping[str, tuple[Binding, ...]]
+    objects_of: Mapping[str, tuple[NsObject, ...]]
+    bindings_of: Mapping[str, tuple[Binding, ...]]
+    services_of: Mapping[str, tuple[NsObject, ...]]
+
+    @classmethod
+    def of(cls, state: NetScalerState) -> StateIndex:
+        by_kind: dict[str, list[NsObject]] = collections.defaultdict(list)
+        objects_of: dict[str, list[NsObject]] = collections.defaultdict(list)
+        services_of: dict[str, list[NsObject]] = collections.defaultdict(list)
+        for (kind, _), obj in state.objects.items():
+            by_kind[kind].append(obj)
+            objects_of[obj.owner].append(obj)
+            if kind == SERVICE.rtype and obj.get("servername"):
+                services_of[str(obj.get("servername"))].append(obj)
+        by_name: dict[str, list[Binding]] = collections.defaultdict(list)
+        bindings_of: dict[str, list[Binding]] = collections.defaultdict(list)
+        for b in state.bindings:
+            by_name[b.parent].append(b)
+            by_name[b.child].append(b)
+            bindings_of[b.owner].append(b)
+
+        def frozen(d: Mapping[str, list[Any]]) -> dict[str, tuple[Any, ...]]:
+            return {k: tuple(v) for k, v in d.items()}
+
+        return cls(frozen(by_kind), frozen(by_name), frozen(objects_of), frozen(bindings_of), frozen(services_of))
 
 
 def parse_actual(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from dsr_operator.netscaler import models as ns
@@ -120,6 +120,50 @@ class Policy:
 
     def guard(self, owner: str) -> int:
         return self.guard_percent.get(owner, self.default_guard_percent)
+
+
+def relevant(actual: ns.NetScalerState, desired: ns.NetScalerState, scope: Iterable[str]) -> ns.NetScalerState:
+    """The part of `actual` a plan for the owners in `scope` can read or change (cost: that part).
+
+    Everything the owners own; every desired object that exists; the services they bind or want,
+    with every binding of those services (other owners' too, so that a shared service is never taken
+    for unused); the servers of those services, with every service on those servers (a server goes
+    only when no service uses it). `diff(desired, relevant(...), policy, scope)` equals the diff
+    against the whole box for the same scope, minus the removal of unrelated unused shared objects
+    (the resync's sweep does that).
+    """
+    objects: dict[tuple[str, str], ns.NsObject] = {}
+    bindings: set[ns.Binding] = set()
+    services: set[str] = set()
+    servers: set[str] = set()
+    for owner in scope:
+        owned, owned_bindings = actual.owned_by(owner)
+        objects.update(((o.kind, o.name), o) for o in owned)
+        bindings.update(owned_bindings)
+        services.update(b.child if b.kind == ns.VSERVER_BINDING else b.parent for b in owned_bindings)
+    for key in desired.objects:
+        have = actual.objects.get(key)
+        if have is not None:
+            objects[key] = have
+        if key[0] == "service":
+            services.add(key[1])
+        elif key[0] == "server":
+            servers.add(key[1])
+    for name in services:
+        service = actual.get("service", name)
+        if service is not None:
+            objects[("service", name)] = service
+            if service.get("servername"):
+                servers.add(str(service.get("servername")))
+        bindings.update(actual.bindings_of(name))
+    for name in servers:
+        server = actual.get("server", name)
+        if server is not None:
+            objects[("server", name)] = server
+        for service in actual.services_of_server(name):
+            objects[("service", service.name)] = service
+            bindings.update(actual.bindings_of(service.name))
+    return ns.NetScalerState(objects=objects, bindings=frozenset(bindings), mbf=actual.mbf, foreign=actual.foreign)
 
 
 def diff(
@@ -326,6 +370,11 @@ def _first_user(desired: ns.NetScalerState, name: str) -> str:
     users += sorted(b.owner for b in desired.bindings if name in (b.parent, b.child))
     users = [u for u in users if u != ns.SHARED_OWNER]
     return users[0] if users else ns.SHARED_OWNER
+
+
+def stages(ops: Iterable[Op]) -> tuple[Stage, ...]:
+    """Operations grouped into stages (one verb on one kind each), in the safe order."""
+    return _stages(list(ops))
 
 
 def _stages(ops: list[Op]) -> tuple[Stage, ...]:

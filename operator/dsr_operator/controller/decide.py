@@ -1,0 +1,281 @@
+"""What to do for a batch of DsrServices, decided from a snapshot of the inputs (pure, no I/O).
+
+`decide(snapshot)` takes every DsrService the batch must reconcile and returns one `Decision`: for
+each of them a judgement (invalid, in conflict, waiting for its Service, or an intent with its
+backends), the VIPs each node must hold before NetScaler may route to it, and one plan for the whole
+batch (so one bulk request per stage, whatever the batch size). The plan is made against only the
+part of NetScaler the batch touches (`planner.relevant`), so its cost follows the batch, not the box.
+
+`report(decision, after, outcome, now)` turns what happened into each DsrService's status, events
+and when to come back. Both are table-tested without any I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pydantic
+
+from dsr_operator.api import models
+from dsr_operator.controller import world
+from dsr_operator.netscaler import executor
+from dsr_operator.netscaler import models as ns
+from dsr_operator.planner import desired as desired_mod
+from dsr_operator.planner import plan as planner
+
+Key = tuple[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """A DsrService as the index keeps it: parsed once, with what status decisions need."""
+
+    ref: models.ObjectRef
+    generation: int | None
+    created: str
+    spec: models.DsrServiceSpec | None
+    error: str | None
+    deleting: bool
+    status: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> Entry:
+        meta = body.get("metadata") or {}
+        namespace, name = meta.get("namespace") or "default", meta.get("name") or ""
+        ref = models.ObjectRef(namespace=namespace, name=name, uid=meta.get("uid") or f"{namespace}/{name}")
+        spec: models.DsrServiceSpec | None = None
+        error: str | None = None
+        try:
+            spec = models.DsrServiceSpec.model_validate(dict(body.get("spec") or {}))
+        except pydantic.ValidationError as exc:
+            error = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return cls(ref=ref, generation=meta.get("generation"), created=meta.get("creationTimestamp") or "",
+                   spec=spec, error=error, deleting=bool(meta.get("deletionTimestamp")),
+                   status=dict(body.get("status") or {}))
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """Enough of the object for events to refer to it."""
+        return {"apiVersion": models.API_VERSION, "kind": models.SERVICE_KIND,
+                "metadata": {"namespace": self.ref.namespace, "name": self.ref.name, "uid": self.ref.uid}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Defaults:
+    """Operator-wide settings the decisions use."""
+
+    operator_id: str
+    drain_seconds: int = 30
+    guard_percent: int = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """The inputs of one batch, frozen: the batch's keys, every DsrService, the cluster, NetScaler."""
+
+    keys: frozenset[Key]
+    entries: Mapping[Key, Entry]
+    slices: Mapping[Key, Sequence[Sequence[world.Endpoint]]]
+    nodes: Mapping[str, world.NodeInfo]
+    nodeconfigs: Mapping[str, world.NodeConfigInfo]
+    services: Mapping[Key, tuple[str, ...]] | None
+    """Kubernetes Services → their externalIPs; None when the operator does not watch Services."""
+    actual: ns.NetScalerState
+    needs: Mapping[Key, Mapping[str, str]]
+    """node → VIP each DsrService asked nodes to hold so far (the node VIP book)."""
+    defaults: Defaults
+
+
+@dataclasses.dataclass(frozen=True)
+class Judgement:
+    """One DsrService of the batch, as decided before NetScaler is written."""
+
+    key: Key
+    entry: Entry
+    stalled: world.Verdict | None = None
+    """Set when nothing is planned for it (invalid, conflict, missing Service)."""
+    intent: desired_mod.Intent | None = None
+    backends: world.Backends | None = None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    judgements: Mapping[Key, Judgement]
+    needs: Mapping[Key, Mapping[str, str]]
+    """What each DsrService of the batch needs on the nodes before the plan runs (additions first)."""
+    plan: planner.Plan
+    scope: frozenset[str]
+    users: Mapping[str, frozenset[str]]
+    """NetScaler object name → uids of the batch's DsrServices that use it (to report shared failures)."""
+
+
+def _conflicts(entries: Mapping[Key, Entry]) -> dict[Key, desired_mod.VipConflict]:
+    claims = [(e.ref, e.spec, e.created) for e in entries.values() if e.spec is not None and not e.deleting]
+    return {(c.loser.namespace, c.loser.name): c for c in desired_mod.vip_conflicts(claims)}
+
+
+def _gather(snapshot: Snapshot, entry: Entry, spec: models.DsrServiceSpec) -> world.Backends:
+    if spec.backends.static is not None:
+        return world.static_backends(spec)
+    bound, present = world.owned_service_addresses(snapshot.actual, entry.ref.uid)
+    slices = snapshot.slices.get((entry.ref.namespace, spec.backends.service or ""), ())
+    return world.service_backends(spec, slices, snapshot.nodes, snapshot.nodeconfigs, bound, present)
+
+
+def judge(snapshot: Snapshot, key: Key, conflicts: Mapping[Key, desired_mod.VipConflict]) -> Judgement | None:
+    """One DsrService of the batch; None when it is gone or being deleted (the finalizer's job)."""
+    entry = snapshot.entries.get(key)
+    if entry is None or entry.deleting:
+        return None
+    if entry.error is not None or entry.spec is None:
+        return Judgement(key, entry, world.Verdict(False, "InvalidSpec", entry.error or "invalid", stalled=True))
+    spec = entry.spec
+    conflict = conflicts.get(key)
+    if conflict is not None:
+        message = (f"{conflict.endpoint} is already served by DsrService "
+                   f"{conflict.winner.namespace}/{conflict.winner.name}")
+        return Judgement(key, entry, world.Verdict(False, "VipConflict", message, stalled=True))
+    warnings: list[str] = []
+    if spec.backends.service is not None and snapshot.services is not None:
+        external = snapshot.services.get((entry.ref.namespace, spec.backends.service))
+        if external is None:
+            message = f"Service {entry.ref.namespace}/{spec.backends.service} does not exist"
+            return Judgement(key, entry, world.Verdict(False, "ServiceNotFound", message, stalled=True))
+        if spec.vip not in external:
+            warnings.append(
+                f"Service {entry.ref.namespace}/{spec.backends.service} does not list {spec.vip} in externalIPs: "
+                "kube-proxy will not deliver VIP traffic to its pods unless they listen on the VIP with host networking"
+            )
+    backends = _gather(snapshot, entry, spec)
+    intent = desired_mod.Intent(entry.ref, spec, backends.backends)
+    return Judgement(key, entry, intent=intent, backends=backends, warnings=tuple(warnings))
+
+
+def policy(defaults: Defaults, intents: Iterable[desired_mod.Intent]) -> planner.Policy:
+    intents = list(intents)
+    return planner.Policy(
+        operator_id=defaults.operator_id,
+        drain_seconds={i.ref.uid: i.spec.drain_seconds for i in intents if i.spec.drain_seconds is not None},
+        default_drain_seconds=defaults.drain_seconds,
+        guard_percent={i.ref.uid: i.spec.max_unbind_percent for i in intents if i.spec.max_unbind_percent},
+        default_guard_percent=defaults.guard_percent,
+    )
+
+
+def decide(snapshot: Snapshot) -> Decision:
+    conflicts = _conflicts(snapshot.entries)
+    judgements: dict[Key, Judgement] = {}
+    for key in sorted(snapshot.keys):
+        judgement = judge(snapshot, key, conflicts)
+        if judgement is not None:
+            judgements[key] = judgement
+    needs: dict[Key, Mapping[str, str]] = {}
+    for key, j in judgements.items():
+        before = snapshot.needs.get(key, {})
+        # Additions first: a node gets the VIP before NetScaler may send it traffic; a stalled
+        # DsrService keeps what it had (its last good NetScaler config stays too).
+        needs[key] = {**before, **j.backends.node_vips} if j.backends is not None else dict(before)
+    intents = [j.intent for j in judgements.values() if j.intent is not None]
+    scope = frozenset(i.ref.uid for i in intents)
+    want = desired_mod.desired(intents)
+    plan = planner.diff(want, planner.relevant(snapshot.actual, want, scope), policy(snapshot.defaults, intents),
+                        scope)
+    users: dict[str, set[str]] = {}
+    for binding in want.bindings:
+        for name in (binding.parent, binding.child):
+            users.setdefault(name, set()).add(binding.owner)
+    for service in want.of_kind("service"):
+        server = service.get("servername")
+        if server:
+            users.setdefault(str(server), set()).update(users.get(service.name, ()))
+    return Decision(judgements, needs, plan, scope, {k: frozenset(v) for k, v in users.items()})
+
+
+# --- after NetScaler was written -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What one DsrService's status, events and next visit are after the batch."""
+
+    key: Key
+    entry: Entry
+    status: dict[str, Any]
+    verdict: world.Verdict
+    applied: tuple[planner.Op, ...] = ()
+    failures: tuple[str, ...] = ()
+    needs: Mapping[str, str] | None = None
+    """What the DsrService needs on the nodes now (None: keep what it had)."""
+    bound: int = 0
+    draining_services: frozenset[str] = frozenset()
+    retry_after: float | None = None
+    """From the plan's holds (the guard); drains come back when the box ends them."""
+
+
+def _timestamp(now: datetime.datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status_for(entry: Entry, v: world.Verdict, extra: Mapping[str, Any], now: datetime.datetime) -> dict[str, Any]:
+    previous = entry.status.get("conditions") or []
+    return {"observedGeneration": entry.generation, **extra,
+            "conditions": world.conditions(v, entry.generation, _timestamp(now), previous)}
+
+
+def owner_of(op: planner.Op, users: Mapping[str, frozenset[str]]) -> frozenset[str]:
+    if op.owner != ns.SHARED_OWNER:
+        return frozenset({op.owner})
+    return users.get(op.name, frozenset())
+
+
+def report(decision: Decision, after: ns.NetScalerState, outcome: executor.Outcome, snapshot: Snapshot,
+           now: datetime.datetime) -> list[Report]:
+    applied: dict[str, list[planner.Op]] = {}
+    for op in outcome.applied:
+        for uid in owner_of(op, decision.users):
+            applied.setdefault(uid, []).append(op)
+    failed: dict[str, list[str]] = {}
+    for failure in outcome.failures:
+        for uid in owner_of(failure.op, decision.users):
+            failed.setdefault(uid, []).append(str(failure))
+    reports: list[Report] = []
+    for key, j in decision.judgements.items():
+        if j.stalled is not None or j.intent is None or j.backends is None:
+            v = j.stalled or world.Verdict(False, "InvalidSpec", "invalid", stalled=True)
+            reports.append(Report(key, j.entry, status_for(j.entry, v, {}, now), v))
+            continue
+        uid = j.entry.ref.uid
+        spec = j.intent.spec
+        backends = _gather(dataclasses.replace(snapshot, actual=after), j.entry, spec)
+        holds = tuple(h for h in decision.plan.holds if h.owner == uid)
+        bound = world.bound_count(after, j.entry.ref, spec)
+        failures = tuple(failed.get(uid, ()))
+        v = world.verdict(backends=backends, bound=bound, plan=planner.Plan((), holds), failures=failures)
+        states = world.vserver_states(after, j.entry.ref, spec)
+        extra = {
+            "backends": {"desired": backends.desired, "loopbackReady": backends.loopback_ready, "bound": bound},
+            "vservers": states,
+            "vserverState": "UP" if states and all(s["state"] == "UP" for s in states) else
+                            ("DOWN" if states else "ABSENT"),
+            "warnings": list(j.warnings),
+        }
+        _, owned = after.owned_by(uid)
+        draining = frozenset(b.child for b in owned if b.kind == ns.VSERVER_BINDING) if any(
+            h.reason == "Draining" for h in holds) else frozenset()
+        others = [h.retry_after for h in holds if h.retry_after is not None and h.reason != "Draining"]
+        reports.append(Report(
+            key, j.entry, status_for(j.entry, v, extra, now), v, tuple(applied.get(uid, ())), failures,
+            backends.node_vips, bound, draining, min(others) if others else None,
+        ))
+    return reports
+
+
+def unreachable(decision: Decision, reason: str, message: str, now: datetime.datetime) -> list[Report]:
+    """Every DsrService of the batch when NetScaler could not be reached (or refused our login)."""
+    v = world.Verdict(False, reason, message, stalled=True)
+    return [Report(key, j.entry, status_for(j.entry, j.stalled or v, {}, now), j.stalled or v)
+            for key, j in decision.judgements.items()]

@@ -1,0 +1,78 @@
+"""Which DsrServices to reconcile next: a dirty set, per-key retry times, a short debounce (no I/O but sleep).
+
+Events mark keys dirty; outcomes schedule a key again (a drain's end, a hold, a backoff after a
+failure). `next_batch()` waits until something is due, lets a burst of events settle for the debounce,
+then hands out every dirty or due key at once: one batch, one plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+
+Key = tuple[str, str]
+
+#: Longest back-off after repeated failures of one DsrService (seconds).
+MAX_BACKOFF_SECONDS = 60.0
+
+
+class Batcher:
+    def __init__(self, debounce: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.debounce = debounce
+        self.clock = clock
+        self._dirty: set[Key] = set()
+        self._due: dict[Key, float] = {}
+        self._failures: dict[Key, int] = {}
+        self._event = asyncio.Event()
+
+    def mark(self, *keys: Key) -> None:
+        if keys:
+            self._dirty.update(keys)
+            self._event.set()
+
+    def mark_all(self, keys: Iterable[Key]) -> None:
+        self.mark(*keys)
+
+    def later(self, key: Key, seconds: float) -> None:
+        """Reconcile `key` again in `seconds` (the earliest of several requests wins)."""
+        when = self.clock() + max(0.0, seconds)
+        if when < self._due.get(key, float("inf")):
+            self._due[key] = when
+            self._event.set()
+
+    def failed(self, key: Key) -> float:
+        """Back off exponentially after a failure of `key`: 1, 2, 4 … 60 s. Returns the delay."""
+        count = self._failures.get(key, 0)
+        self._failures[key] = count + 1
+        delay = min(MAX_BACKOFF_SECONDS, 2.0**count)
+        self.later(key, delay)
+        return delay
+
+    def succeeded(self, key: Key) -> None:
+        self._failures.pop(key, None)
+
+    def forget(self, key: Key) -> None:
+        self._dirty.discard(key)
+        self._due.pop(key, None)
+        self._failures.pop(key, None)
+
+    def _ready(self) -> bool:
+        now = self.clock()
+        return bool(self._dirty) or any(when <= now for when in self._due.values())
+
+    async def next_batch(self) -> set[Key]:
+        while not self._ready():
+            self._event.clear()
+            timeout = max(0.0, min(self._due.values()) - self.clock()) if self._due else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), timeout)
+        if self.debounce:
+            await asyncio.sleep(self.debounce)
+        now = self.clock()
+        batch = set(self._dirty) | {key for key, when in self._due.items() if when <= now}
+        self._dirty.clear()
+        for key in batch:
+            self._due.pop(key, None)
+        return batch
