@@ -9,6 +9,8 @@ in-cluster service account, `$KUBECONFIG` / `~/.kube/config`.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import logging
 import pathlib
 
 import httpx2
@@ -16,6 +18,9 @@ import lightkube
 import lightkube.config.kubeconfig
 import lightkube.config.models
 import lightkube.generic_resource
+import lightkube.models.core_v1
+import lightkube.models.meta_v1
+import lightkube.resources.core_v1
 
 from dsr_operator.api import models
 
@@ -28,6 +33,49 @@ DsrNodeConfig = lightkube.generic_resource.create_global_resource(
     models.GROUP, models.VERSION, models.NODECONFIG_KIND, models.NODECONFIG_PLURAL
 )
 """DsrNodeConfig (cluster-scoped, named after its node); `DsrNodeConfig.Status` is its status subresource."""
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Involved:
+    """The object an Event is about."""
+
+    kind: str
+    name: str
+    namespace: str | None = None
+    uid: str | None = None
+    resource_version: str | None = None
+    api_version: str = models.API_VERSION
+
+
+async def post_event(
+    client: lightkube.AsyncClient, involved: Involved, reason: str, message: str, *, component: str,
+    namespace: str | None = None, warning: bool = False, host: str | None = None,
+) -> None:
+    """Post a core/v1 Event about `involved` (best effort: a failure is logged, never raised)."""
+    now = datetime.datetime.now(datetime.UTC)
+    where = namespace or involved.namespace or "default"
+    event = lightkube.resources.core_v1.Event(
+        metadata=lightkube.models.meta_v1.ObjectMeta(generateName=f"{involved.name}.", namespace=where),
+        involvedObject=lightkube.models.core_v1.ObjectReference(
+            apiVersion=involved.api_version, kind=involved.kind, name=involved.name, namespace=involved.namespace,
+            uid=involved.uid, resourceVersion=involved.resource_version,
+        ),
+        reason=reason,
+        message=message[:1024],
+        type="Warning" if warning else "Normal",
+        source=lightkube.models.core_v1.EventSource(component=component, host=host),
+        firstTimestamp=now,
+        lastTimestamp=now,
+        count=1,
+        reportingComponent=component,
+        reportingInstance=host or component,
+    )
+    try:
+        await client.create(event)
+    except Exception as exc:  # an event is best effort
+        log.warning("Posting event %s for %s %s failed: %s", reason, involved.kind, involved.name, exc)
 
 
 @dataclasses.dataclass(frozen=True)

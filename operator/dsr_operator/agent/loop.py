@@ -216,28 +216,7 @@ class Agent:
 
     async def _event(self, reason: str, message: str, metadata: Mapping[str, Any], now: datetime.datetime) -> None:
         name = self.settings.node_name
-        event = lightkube.resources.core_v1.Event(
-            metadata=lightkube.models.meta_v1.ObjectMeta(
-                generateName=f"{name}.", namespace=self.settings.events_namespace
-            ),
-            involvedObject=lightkube.models.core_v1.ObjectReference(
-                apiVersion=models.API_VERSION,
-                kind=models.NODECONFIG_KIND,
-                name=name,
-                uid=metadata.get("uid"),
-                resourceVersion=metadata.get("resourceVersion"),
-            ),
-            reason=reason,
-            message=message[:1024],
-            type="Normal",
-            source=lightkube.models.core_v1.EventSource(component=COMPONENT, host=name),
-            firstTimestamp=now,
-            lastTimestamp=now,
-            count=1,
-            reportingComponent=COMPONENT,
-            reportingInstance=name,
-        )
-        try:
-            await self.client.create(event)
-        except Exception as exc:  # an event is best effort
-            logger.warning("Posting event %s for DsrNodeConfig %s failed: %s", reason, name, exc)
+        involved = kube.Involved(models.NODECONFIG_KIND, name, uid=metadata.get("uid"),
+                                 resource_version=metadata.get("resourceVersion"))
+        await kube.post_event(self.client, involved, reason, message, component=COMPONENT,
+                              namespace=self.settings.events_namespace, host=name)

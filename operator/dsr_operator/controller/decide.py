@@ -51,16 +51,11 @@ class Entry:
         try:
             spec = models.DsrServiceSpec.model_validate(dict(body.get("spec") or {}))
         except pydantic.ValidationError as exc:
-            error = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            error = "; ".join(": ".join([".".join(str(p) for p in e["loc"]), e["msg"]] if e["loc"] else [e["msg"]])
+                              for e in exc.errors())
         return cls(ref=ref, generation=meta.get("generation"), created=meta.get("creationTimestamp") or "",
                    spec=spec, error=error, deleting=bool(meta.get("deletionTimestamp")),
                    status=dict(body.get("status") or {}))
-
-    @property
-    def body(self) -> dict[str, Any]:
-        """Enough of the object for events to refer to it."""
-        return {"apiVersion": models.API_VERSION, "kind": models.SERVICE_KIND,
-                "metadata": {"namespace": self.ref.namespace, "name": self.ref.name, "uid": self.ref.uid}}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,6 +28,7 @@ import lightkube
 from lightkube.types import PatchType
 
 from dsr_operator import kube
+from dsr_operator.api import models
 from dsr_operator.controller import config, decide, loop, nodes, view, world
 from dsr_operator.controller.metrics import Metrics
 from dsr_operator.netscaler import errors, executor, render
@@ -37,6 +38,7 @@ from dsr_operator.planner import plan as planner
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
 MAX_EVENTS_PER_RECONCILE = 5
+COMPONENT = "dsr-operator"
 STATUS_WRITERS = 16
 
 
@@ -146,16 +148,17 @@ async def write_status(rt: Runtime, entry: decide.Entry, status: Mapping[str, An
         log.warning("Status of %s/%s not written: %s", entry.ref.namespace, entry.ref.name, exc)
 
 
-def _post_events(entry: decide.Entry, applied: Iterable[planner.Op], failures: Iterable[str]) -> None:
-    body = kopf.Body(entry.body)  # type: ignore[arg-type]
+async def _post_events(rt: Runtime, entry: decide.Entry, applied: Iterable[planner.Op],
+                       failures: Iterable[str]) -> None:
+    """Events on the DsrService: each applied change (one summary past a handful), each failure."""
+    involved = kube.Involved(models.SERVICE_KIND, entry.ref.name, entry.ref.namespace, entry.ref.uid)
     lines = [render.command(op.verb, op.kind, op.body) for op in applied]
-    if len(lines) <= MAX_EVENTS_PER_RECONCILE:
-        for line in lines:
-            kopf.info(body, reason="Applied", message=line)
-    else:
-        kopf.info(body, reason="Applied", message=f"{len(lines)} NetScaler changes: " + "; ".join(lines[:10]))
+    if len(lines) > MAX_EVENTS_PER_RECONCILE:
+        lines = [f"{len(lines)} NetScaler changes: " + "; ".join(lines[:10])]
+    for line in lines:
+        await kube.post_event(rt.kube, involved, "Applied", line, component=COMPONENT)
     for failure in failures:
-        kopf.warn(body, reason="NetScalerRejected", message=failure)
+        await kube.post_event(rt.kube, involved, "NetScalerRejected", failure, component=COMPONENT, warning=True)
 
 
 async def run(rt: Runtime) -> None:
@@ -208,7 +211,7 @@ async def reconcile_batch(rt: Runtime, keys: set[Key]) -> None:
     async def finish(r: decide.Report) -> None:
         async with semaphore:
             await write_status(rt, r.entry, r.status)
-        _post_events(r.entry, r.applied, r.failures)
+            await _post_events(rt, r.entry, r.applied, r.failures)
         rt.metrics.reconciled.inc()
         if r.verdict.reason not in ("InvalidSpec", "VipConflict", "ServiceNotFound"):
             rt.metrics.bound_backends.labels(r.key[0], r.key[1]).set(r.bound)
@@ -233,7 +236,8 @@ async def _unreachable(rt: Runtime, keys: set[Key], exc: errors.NitroError, now:
     for r in decide.unreachable(decision, reason, str(exc), now):
         await write_status(rt, r.entry, r.status)
         if r.verdict.reason == reason:
-            kopf.warn(kopf.Body(r.entry.body), reason=reason, message=str(exc))  # type: ignore[arg-type]
+            involved = kube.Involved(models.SERVICE_KIND, r.key[1], r.key[0], r.entry.ref.uid)
+            await kube.post_event(rt.kube, involved, reason, str(exc), component=COMPONENT, warning=True)
             rt.batcher.later(r.key, delay)
 
 

@@ -1,0 +1,233 @@
+"""The reconcile loop as users see it: inputs reach the DsrServices that read them, without a resync.
+
+The operator runs in-process against the Kubernetes emulator and the NITRO simulator. Every test here
+sets the resync far away (600 s), so only event routing can bring what the test waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from dsr_operator import kube as kubeapi
+from dsr_operator.controller import cli as operator_cli
+from dsr_operator.controller import config
+from dsr_operator.simulator import server
+from tests.conftest import KubeHandle
+from tests.integration.test_operator import VIP, Cluster, converged, eventually, running_operator, serving
+
+FAR = 600.0
+
+
+@pytest.fixture
+async def cluster(kube: KubeHandle, nitro_sim: server.Simulator) -> Cluster:
+    c = Cluster(kube, nitro_sim, "nsroot")
+    for i in (1, 2, 3):
+        await c.node(f"n{i}", f"198.51.100.{i}")
+    await c.service()
+    return c
+
+
+async def create(cluster: Cluster, name: str, spec: dict[str, Any], namespace: str = "shop") -> None:
+    await cluster.client.create(kubeapi.DsrService({
+        "apiVersion": "dsr.operators.dev/v1alpha1", "kind": "DsrService",
+        "metadata": {"name": name, "namespace": namespace}, "spec": spec,
+    }))
+
+
+def static(*addresses: str) -> dict[str, Any]:
+    return {"static": [{"name": f"h{i}", "address": a} for i, a in enumerate(addresses)]}
+
+
+async def ready(cluster: Cluster, name: str, reason: str = "Converged") -> dict[str, Any]:
+    seen: list[dict[str, Any]] = []
+
+    async def check() -> dict[str, Any] | None:
+        c = await cluster.condition("Ready", name)
+        seen[:] = [c]
+        return c if c.get("reason") == reason else None
+
+    try:
+        return await eventually(check, timeout=30)
+    except AssertionError:
+        raise AssertionError(f"{name} never {reason}: last {seen}") from None
+
+
+async def test_a_deleted_dsrnodeconfig_is_written_again(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), resync_seconds=FAR):
+        await cluster.client.delete(kubeapi.DsrNodeConfig, "n1")
+
+        async def rewritten() -> bool:
+            cfg = await cluster.nodeconfig("n1")
+            return cfg is not None and cfg["spec"]["vips"] == [VIP]
+
+        await eventually(rewritten, timeout=30)
+        await converged(cluster, ("n1",))
+
+
+async def test_a_node_created_after_the_endpointslice_that_names_it_is_picked_up(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await cluster.slice({"n1": "ready", "n4": "ready"})
+    async with running_operator(kube, nitro_sim, monkeypatch, resync_seconds=FAR):
+        await cluster.dsrservice()
+        await eventually(lambda: cluster.nodeconfig("n1"), timeout=30)
+        assert await cluster.nodeconfig("n4") is None
+        await cluster.node("n4", "198.51.100.4")
+        await eventually(lambda: cluster.nodeconfig("n4"), timeout=30)
+        await converged(cluster, ("n1", "n4"))
+
+
+async def test_the_loser_of_a_vip_conflict_takes_over_when_the_winner_moves(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_operator(kube, nitro_sim, monkeypatch, resync_seconds=FAR):
+        await create(cluster, "first", {"vip": VIP, "ports": [80], "backends": static("10.0.0.1")})
+        await ready(cluster, "first")
+        await create(cluster, "second", {"vip": VIP, "ports": [80], "backends": static("10.0.0.2")})
+        await ready(cluster, "second", "VipConflict")
+        await cluster.client.patch(kubeapi.DsrService, "first", {"spec": {"vip": "192.0.2.99"}}, namespace="shop")
+        await ready(cluster, "second")
+        await ready(cluster, "first")
+        vservers = {v["name"]: v["ipv46"] for v in await cluster.nitro("lbvserver")}
+        assert vservers == {"dsr-shop_first_80": "192.0.2.99", "dsr-shop_second_80": VIP}
+
+
+async def test_the_operators_default_drain_applies_when_the_spec_sets_none(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_operator(kube, nitro_sim, monkeypatch, resync_seconds=FAR, default_drain_seconds=1):
+        await create(cluster, "web", {"vip": VIP, "ports": [80], "backends": static("10.0.0.1", "10.0.0.2")})
+        await ready(cluster, "web")
+        await cluster.client.patch(kubeapi.DsrService, "web", {"spec": {"backends": static("10.0.0.1")}},
+                                   namespace="shop")
+
+        async def drained() -> bool:
+            return await cluster.bound() == ["dsr-10.0.0.1_80"]
+
+        await eventually(drained, timeout=30)
+        journal = await nitro_sim.journal()
+        disables = [e for e in journal if (e["resource"], e["action"]) == ("service", "disable")]
+        unbinds = [e for e in journal if (e["resource"], e["action"]) == ("lbvserver_service_binding", "unbind")]
+        assert [e["name"] for e in disables] == ["dsr-10.0.0.2_80"]
+        assert unbinds and unbinds[0]["time"] - disables[0]["time"] >= 1 - 0.05, "drained for the default 1 s"
+
+
+async def test_a_wrong_password_is_its_own_reason(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DSR_NETSCALER_URL", nitro_sim.url)
+    monkeypatch.setenv("DSR_NETSCALER_PASSWORD", "wrong")
+    settings = config.OperatorSettings(kube_server=kube.url, metrics_port=0, liveness_port=0, resync_seconds=FAR)
+    async with _operator(settings):
+        await create(cluster, "web", {"vip": VIP, "ports": [80], "backends": static("10.0.0.1")})
+        c = await ready(cluster, "web", "NetScalerAuthFailed")
+        assert "wrong" not in c["message"]
+        assert (await nitro_sim.stats())["writes"] == 0
+
+
+async def test_invalid_specs_missing_services_and_no_ready_backends_are_reported_and_leave_netscaler_alone(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await cluster.slice({"n1": "notready"})
+    async with running_operator(kube, nitro_sim, monkeypatch, resync_seconds=FAR):
+        # The emulator does not apply the CRD schema: the operator sees what the API server would refuse.
+        await create(cluster, "bad", {"vip": "not-an-ip", "ports": [80], "backends": static("10.0.0.1")})
+        await create(cluster, "lost", {"vip": "192.0.2.20", "ports": [80], "backends": {"service": "nope"}})
+        await create(cluster, "idle", {"vip": "192.0.2.21", "ports": [80], "backends": {"service": "web"}})
+        bad = await ready(cluster, "bad", "InvalidSpec")
+        assert "vip" in bad["message"]
+        assert (await cluster.condition("Stalled", "bad"))["status"] == "True"
+        await ready(cluster, "lost", "ServiceNotFound")
+        await ready(cluster, "idle", "NoReadyBackends")
+        vservers = {v["name"] for v in await cluster.nitro("lbvserver")}
+        assert vservers == {"dsr-shop_idle_80"}, "only the valid DsrService is on NetScaler"
+        # A not-ready endpoint's node gets the VIP and an unbound service, ready for later.
+        cfg = await eventually(lambda: cluster.nodeconfig("n1"))
+        assert cfg["spec"]["vips"] == ["192.0.2.21"]
+        assert await cluster.bound("dsr-shop_idle_80") == []
+        assert [s["name"] for s in await cluster.nitro("service")] == ["dsr-198.51.100.1_80"]
+
+
+async def test_static_backends_several_ports_the_wildcard_and_an_ipv6_vip(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_operator(kube, nitro_sim, monkeypatch, resync_seconds=FAR):
+        await create(cluster, "two", {"vip": "192.0.2.30", "ports": [80, 443], "backends": static("10.0.1.1")})
+        await create(cluster, "all", {"vip": "192.0.2.31", "ports": ["*"], "backends": static("10.0.1.2"),
+                                     "healthCheck": {"type": "TCP", "port": 22}})
+        await create(cluster, "six", {"vip": "2001:db8::10", "ports": [80], "backends": static("2001:db8::21")})
+        for name in ("two", "all", "six"):
+            await ready(cluster, name)
+        vservers = {v["name"]: (v["ipv46"], int(v["port"])) for v in await cluster.nitro("lbvserver")}
+        assert vservers == {
+            "dsr-shop_two_80": ("192.0.2.30", 80), "dsr-shop_two_443": ("192.0.2.30", 443),
+            "dsr-shop_all_any": ("192.0.2.31", 65535), "dsr-shop_six_80": ("2001:db8::10", 80),
+        }
+        status = (await cluster.dsr("two"))["status"]
+        assert status["backends"] == {"desired": 1, "loopbackReady": 1, "bound": 1}
+
+
+async def test_a_restart_killed_in_the_middle_of_a_batch_adopts_and_never_rebuilds(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("DSR_NETSCALER_URL", nitro_sim.url)
+    monkeypatch.setenv("DSR_NETSCALER_PASSWORD", "nsroot")
+    settings = config.OperatorSettings(kube_server=kube.url, metrics_port=0, liveness_port=0, resync_seconds=FAR,
+                                       save_debounce_seconds=0.1, default_drain_seconds=0)
+    async with _operator(settings):
+        for i in range(3):
+            await create(cluster, f"s{i}", {"vip": f"192.0.2.{40 + i}", "ports": [80],
+                                            "backends": static(f"10.0.2.{i + 1}", f"10.0.3.{i + 1}")})
+        for i in range(3):
+            await ready(cluster, f"s{i}")
+    before = {(e["resource"], e["name"], str(e["key"])) for e in await nitro_sim.journal()}
+    seq0 = max(e["seq"] for e in await nitro_sim.journal())
+    # Kill the operator right after its first write of the next batch (a journal hook, not a sleep).
+    task_box: dict[str, asyncio.Task[None]] = {}
+
+    def kill_after_first_write(change: Any) -> None:
+        task = task_box.get("task")
+        if task is not None and not task.done():
+            task.cancel()
+
+    nitro_sim.store.listeners.append(kill_after_first_write)
+    stop, ready_flag = asyncio.Event(), asyncio.Event()
+    task_box["task"] = asyncio.create_task(operator_cli.run(settings, stop_flag=stop, ready_flag=ready_flag))
+    await asyncio.wait_for(ready_flag.wait(), timeout=30)
+    await create(cluster, "s3", {"vip": "192.0.2.43", "ports": [80, 443],
+                                 "backends": static("10.0.2.4", "10.0.3.4")})
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task_box["task"], timeout=30)
+    nitro_sim.store.listeners.remove(kill_after_first_write)
+    assert max(e["seq"] for e in await nitro_sim.journal()) > seq0, "the hook fired after a write"
+    async with _operator(settings):
+        for i in range(4):
+            await ready(cluster, f"s{i}")
+    journal = await nitro_sim.journal(since=seq0)
+    undone = [e for e in journal if e["action"] in ("rm", "delete", "unbind", "disable")]
+    assert undone == [], undone
+    readded = [e for e in journal if (e["resource"], e["name"], str(e["key"])) in before and e["action"] == "add"]
+    assert readded == [], readded
+    assert "Will escalate" not in caplog.text
+
+
+@contextlib.asynccontextmanager
+async def _operator(settings: config.OperatorSettings) -> AsyncIterator[None]:
+    stop, ready_flag = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(operator_cli.run(settings, stop_flag=stop, ready_flag=ready_flag))
+    await asyncio.wait_for(ready_flag.wait(), timeout=30)
+    try:
+        yield
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=15)
+
