@@ -14,7 +14,8 @@ import lightkube.types
 import pytest
 
 from dsr_operator import kube as kubeapi
-from dsr_operator.agent import host, loop
+from dsr_operator.agent import core, host, loop
+from dsr_operator.agent import sysctl as sysctl_mod
 from tests.conftest import KubeHandle
 from tests.netns.hostcheck import addresses, cidrs, poll, run, set_sysctl, sysctl
 
@@ -231,3 +232,15 @@ async def test_api_errors_are_retried_with_backoff(kube: KubeHandle, netns: str,
         await poll(lambda: "192.0.2.90/32" in cidrs(netns, "lo"), what="VIP applied after the API recovered")
     lists = [r for r in list(kube.emulator) if r.action == kmock.action.LIST and r.resource == nodeconfigs]
     assert len(lists) >= 3
+
+
+async def test_no_vip_is_added_while_the_arp_sysctls_cannot_be_set(
+    netns: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The arp sysctls come first: a VIP on a node that answers ARP for it would race NetScaler."""
+    monkeypatch.setattr(sysctl_mod, "PROC_SYS", tmp_path / "no-proc-sys")  # every sysctl write fails
+    vips, _ = core.parse_vips(["192.0.2.70"])
+    async with host.Host(netns=netns, mode="loopback", state_dir=tmp_path) as the_host:
+        outcome = await the_host.apply(vips)
+    assert outcome.error and "arp" in outcome.error, outcome
+    assert outcome.applied == () and "192.0.2.70/32" not in cidrs(netns, "lo")

@@ -140,6 +140,9 @@ class Host:
         try:
             mode, link, links, created = await self._target()
             ifname = link.name
+            # The arp sysctls first: a VIP on the node before arp_ignore/arp_announce would be answered
+            # in ARP by the node, in a race with NetScaler. If they cannot be set, no VIP is added.
+            sysctl_values, fixed = await self._ensure_sysctls(ifname)
             current = await self.netlink.addresses(links)
             the_plan = core.plan(vips, link.index, current, self.ownership())
 
@@ -164,7 +167,6 @@ class Host:
                 else:
                     error = f"cannot remove {addr.address} from {addr.ifname}: {problem}"
 
-            sysctl_values, fixed = await self._ensure_sysctls(ifname)
             rp_filter = await self.sysctls.rp_filter()
         except (HostError, NetlinkError, OSError, sysctl.SysctlError) as exc:
             error = str(exc) or type(exc).__name__
