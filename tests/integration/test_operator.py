@@ -540,3 +540,50 @@ async def test_monitor_fields_removed_from_the_spec_are_unset_once(
             return (await nitro_sim.stats())["byResource"].get("lbmonitor", 0) >= reads + 2
         await eventually(resynced_twice)
         assert await nitro_sim.journal(since=seq) == []
+
+
+async def test_a_failed_save_is_retried_until_the_box_is_saved(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DSR_NETSCALER_RETRIES", "0")  # one request per save attempt: attempts are countable
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",)):
+        await eventually(lambda: saved(cluster))
+        await nitro_sim.faults(errorRate=1.0, errorStatus=503, errorResources=["nsconfig"])
+        before = (await nitro_sim.stats())["byResource"].get("nsconfig", 0)
+        await cluster.slice({"n1": "ready", "n2": "ready"})
+        await converged(cluster, ("n1", "n2"))
+        assert (await nitro_config_raw(nitro_sim))["configchanged"] is True
+
+        async def refused_three_times() -> bool:
+            return (await nitro_sim.stats())["byResource"].get("nsconfig", 0) >= before + 3
+        await eventually(refused_three_times, timeout=30)
+        assert (await nitro_config_raw(nitro_sim))["configchanged"] is True
+        await nitro_sim.clear_faults()
+        await eventually(lambda: saved(cluster), timeout=30)
+
+
+async def test_an_operator_started_against_unsaved_changes_saves_them(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Killed within the save debounce: the changes are on the box, unsaved.
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), save_debounce_seconds=3600):
+        pass
+    assert (await nitro_config_raw(nitro_sim))["configchanged"] is True
+    assert not [e for e in await nitro_sim.journal() if e["resource"] == "nsconfig"]
+    seq = max(e["seq"] for e in await nitro_sim.journal())
+    async with running_operator(kube, nitro_sim, monkeypatch):
+        await eventually(lambda: saved(cluster))
+        # Saving is all the restart did: the objects were adopted, not rewritten.
+        assert [(e["resource"], e["action"]) for e in await nitro_sim.journal(since=seq)] == [("nsconfig", "save")]
+
+
+async def saved(cluster: Cluster) -> bool:
+    saves = [e for e in await cluster.sim.journal() if (e["resource"], e["action"]) == ("nsconfig", "save")]
+    return bool(saves) and (await nitro_config_raw(cluster.sim))["configchanged"] is False
+
+
+async def nitro_config_raw(sim: server.Simulator) -> dict[str, Any]:
+    """nsconfig as the store has it (not over NITRO: a fault on nsconfig must not hide it)."""
+    record = sim.store.records("nsconfig")
+    assert isinstance(record, dict)
+    return record
