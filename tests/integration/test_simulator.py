@@ -278,6 +278,25 @@ async def test_not_found_duplicates_and_references(nitro: Nitro) -> None:
     await nitro.ok("DELETE", "server/web1")
 
 
+async def test_a_vserver_cannot_move_onto_an_ip_port_another_one_holds(nitro: Nitro) -> None:
+    await dsr_setup(nitro)  # vs: ANY 192.0.2.10 *
+    other = {"name": "vs2", "servicetype": "ANY", "ipv46": "192.0.2.11", "port": 65535, "m": "MAC"}
+    await nitro.ok("POST", "lbvserver", {"lbvserver": other})
+    refused = await nitro.post("lbvserver", {"lbvserver": other | {"name": "vs3", "ipv46": "192.0.2.10"}})
+    status, doc = await nitro.put("lbvserver/vs2", {"lbvserver": {"ipv46": "192.0.2.10"}})
+    assert (status, doc) == refused == (
+        409, {"errorcode": 273, "message": "Resource already exists", "severity": "ERROR"}
+    )
+    assert (await one(nitro, "lbvserver/vs2"))["ipv46"] == "192.0.2.11"  # unchanged
+    status, doc = await nitro.put("lbvserver", {"lbvserver": [{"name": "vs2", "ipv46": "192.0.2.10"}]})
+    assert (status, doc["response"][0]["errorcode"]) == (207, 273)
+    # Its own address, a free one, or the same IP on another port are fine.
+    await nitro.ok("PUT", "lbvserver/vs2", {"lbvserver": {"ipv46": "192.0.2.11", "lbmethod": "ROUNDROBIN"}})
+    await nitro.ok("PUT", "lbvserver/vs2", {"lbvserver": {"ipv46": "192.0.2.12"}})
+    await nitro.ok("POST", "lbvserver", {"lbvserver": other | {"name": "vs4", "ipv46": "192.0.2.13", "port": 80}})
+    await nitro.ok("PUT", "lbvserver/vs4", {"lbvserver": {"ipv46": "192.0.2.10"}})
+
+
 async def test_binding_errors(nitro: Nitro) -> None:
     await dsr_setup(nitro)
     await nitro.ok(
