@@ -587,3 +587,59 @@ async def nitro_config_raw(sim: server.Simulator) -> dict[str, Any]:
     record = sim.store.records("nsconfig")
     assert isinstance(record, dict)
     return record
+
+
+async def test_moving_onto_a_served_vip_leaves_one_vserver_there_and_the_holder_keeps_it(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = "192.0.2.11"
+
+    async def on(vip: str, port: int = 80) -> list[str]:
+        return sorted(v["name"] for v in await cluster.nitro("lbvserver") if (v["ipv46"], v["port"]) == (vip, port))
+
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",)):
+        await asyncio.sleep(1.1)  # creation timestamps have one-second resolution: web is the older
+        await cluster.dsrservice(name="web2", vip=other)
+
+        async def n1_asked() -> bool:
+            return (await cluster.nodeconfig("n1"))["spec"]["vips"] == sorted([VIP, other])
+        await eventually(n1_asked)
+        await cluster.agent_applies("n1")
+
+        async def web2_serving() -> bool:
+            return await cluster.bound("dsr-shop_web2_80") == ["dsr-198.51.100.1_80"] and \
+                (await cluster.condition("Ready", "web2")).get("status") == "True"
+        await eventually(web2_serving)
+
+        # The older DsrService moves onto the younger's VIP: the younger already serves it and keeps it.
+        await cluster.client.patch(kubeapi.DsrService, "web", {"spec": {"vip": other}}, namespace="shop",
+                                   patch_type=PatchType.MERGE)
+
+        async def web_in_conflict() -> bool:
+            return (await cluster.condition("Stalled", "web")).get("reason") == "VipConflict"
+        await eventually(web_in_conflict)
+        assert (await cluster.condition("Stalled", "web"))["message"] == \
+            f"{other}:80 is already served by DsrService shop/web2"
+        assert (await cluster.condition("Ready", "web2"))["status"] == "True"
+        # Over the next passes (resyncs re-read the vservers) it stays so: one vserver on the VIP:port.
+        reads = (await nitro_sim.stats())["byResource"].get("lbvserver", 0)
+
+        async def resynced_twice() -> bool:
+            return (await nitro_sim.stats())["byResource"].get("lbvserver", 0) >= reads + 2
+        await eventually(resynced_twice)
+        assert await on(other) == ["dsr-shop_web2_80"]
+        assert await on(VIP) == ["dsr-shop_web_80"]  # web keeps its last good configuration meanwhile
+        assert (await cluster.condition("Stalled", "web"))["reason"] == "VipConflict"
+
+        # The holder goes: its vserver is removed first, and only then does web move onto the VIP:port.
+        seq = max(e["seq"] for e in await nitro_sim.journal())
+        await cluster.client.delete(kubeapi.DsrService, "web2", namespace="shop")
+
+        async def web_took_over() -> bool:
+            ready = await cluster.condition("Ready", "web")
+            return await on(other) == ["dsr-shop_web_80"] and ready.get("status") == "True"
+        await eventually(web_took_over, timeout=30)
+        assert await on(VIP) == []
+        steps = [(e["resource"], e["action"], e["name"]) for e in await nitro_sim.journal(since=seq)]
+        assert steps.index(("lbvserver", "delete", "dsr-shop_web2_80")) < \
+            steps.index(("lbvserver", "update", "dsr-shop_web_80"))

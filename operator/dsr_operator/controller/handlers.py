@@ -142,9 +142,12 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         rt.generations[key] = generation
         rt.wake(key)
         vip = (body.get("spec") or {}).get("vip")
-        # A VIP freed or claimed may settle another DsrService's conflict.
+        old_vip = rt.vips.pop(key, None) if type == "DELETED" else rt.vips.get(key)
+        if type != "DELETED":
+            rt.vips[key] = vip
+        # A VIP freed or claimed (the old one of a move too) may settle another DsrService's conflict.
         for other, entries in dsr_services.items():
-            if other != key and any(e.spec.get("vip") == vip for e in entries):
+            if other != key and any(e.spec.get("vip") in (vip, old_vip) for e in entries):
                 rt.wake(other)
 
     # --- the per-DsrService daemon and the finalizer ------------------------------------------------

@@ -1,7 +1,8 @@
 """Reconcile one DsrService, level-triggered: read, decide, act, report.
 
 1. Parse the spec; an invalid one stalls and keeps the last good NetScaler config.
-2. Resolve a VIP:port conflict: the younger DsrService stalls and NetScaler is not touched for it.
+2. Resolve a VIP:port conflict against NetScaler: the DsrService whose vserver holds it keeps it
+   (else the older one); the other stalls and only its vservers on that VIP:port are removed.
 3. Gather backends (static hosts, or the nodes that host the Service's endpoints) and their
    loopback readiness from the DsrNodeConfig statuses.
 4. Ask nodes for the VIP (additions first), plan against NetScaler, apply, then release VIPs that
@@ -17,7 +18,7 @@ import dataclasses
 import datetime
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -29,7 +30,7 @@ from dsr_operator import kube
 from dsr_operator.api import models
 from dsr_operator.controller import config, nodes, view, world
 from dsr_operator.controller.metrics import Metrics
-from dsr_operator.netscaler import errors, render
+from dsr_operator.netscaler import errors, executor, render
 from dsr_operator.netscaler import models as ns
 from dsr_operator.planner import desired as desired_mod
 from dsr_operator.planner import plan as planner
@@ -52,6 +53,8 @@ class Runtime:
     locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
     written: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     generations: dict[Key, int | None] = dataclasses.field(default_factory=dict)
+    vips: dict[Key, Any] = dataclasses.field(default_factory=dict)
+    """The VIP each DsrService asked for when last seen: a move wakes those on the old VIP too."""
     stalled: set[Key] = dataclasses.field(default_factory=set)
     drains: dict[Key, float] = dataclasses.field(default_factory=dict)
     """When a DsrService's drains end (monotonic): NetScaler is read again then, as drains end there."""
@@ -104,7 +107,7 @@ def _entries(index: Any) -> list[tuple[Key, ServiceEntry]]:
     return out
 
 
-def vip_conflict(key: Key, services_index: Any) -> desired_mod.VipConflict | None:
+def _claims(services_index: Any) -> list[tuple[models.ObjectRef, models.DsrServiceSpec, str]]:
     claims = []
     for other_key, entry in _entries(services_index):
         if entry.deleting:
@@ -114,10 +117,24 @@ def vip_conflict(key: Key, services_index: Any) -> desired_mod.VipConflict | Non
         except pydantic.ValidationError:
             continue
         claims.append((models.ObjectRef(namespace=other_key[0], name=other_key[1], uid=entry.uid), spec, entry.created))
-    for conflict in desired_mod.vip_conflicts(claims):
-        if (conflict.loser.namespace, conflict.loser.name) == key:
+    return claims
+
+
+def _key(ref: models.ObjectRef) -> Key:
+    return (ref.namespace, ref.name)
+
+
+def vip_conflict(key: Key, services_index: Any, actual: ns.NetScalerState) -> desired_mod.VipConflict | None:
+    """The conflict this DsrService loses, if any; whoever holds a VIP:port on NetScaler keeps it."""
+    for conflict in desired_mod.vip_conflicts(_claims(services_index), desired_mod.holdings(actual)):
+        if _key(conflict.loser) == key:
             return conflict
     return None
+
+
+def contested(key: Key, services_index: Any) -> bool:
+    """Whether another DsrService claims one of this one's VIP:ports (who wins needs NetScaler)."""
+    return any(key in (_key(c.loser), _key(c.winner)) for c in desired_mod.vip_conflicts(_claims(services_index)))
 
 
 def _policy(rt: Runtime, intent: desired_mod.Intent | None, uid: str) -> planner.Policy:
@@ -210,14 +227,22 @@ async def _reconcile(rt: Runtime, key: Key, body: kopf.Body) -> float | None:
     ref = svc.ref
     spec = svc.spec
 
-    conflict = vip_conflict(key, rt.indices.get("dsr_services"))
-    if conflict is not None:
-        message = (f"{conflict.endpoint} is already served by DsrService "
-                   f"{conflict.winner.namespace}/{conflict.winner.name}")
-        v = world.Verdict(False, "VipConflict", message, stalled=True)
-        rt.book.record(key, rt.book.needs_of(key))  # reported: other DsrServices' VIP removals may proceed
-        await write_status(rt, body, status_of(v, {}))
-        return None
+    if contested(key, rt.indices.get("dsr_services")):
+        try:
+            resolved = await _resolve_conflict(rt, key, ref, spec)
+        except _UNREACHABLE as exc:
+            return await _unreachable(rt, body, exc, status_of)
+        if resolved is not None:
+            conflict, plan, outcome = resolved
+            message = (f"{conflict.endpoint} is already served by DsrService "
+                       f"{conflict.winner.namespace}/{conflict.winner.name}")
+            v = world.Verdict(False, "VipConflict", message, stalled=True)
+            rt.book.record(key, rt.book.needs_of(key))  # reported: other DsrServices' VIP removals may proceed
+            _post_events(body, list(outcome.applied), [str(f) for f in outcome.failures])
+            await write_status(rt, body, status_of(v, {}))
+            if outcome.failures:
+                return 10.0
+            return plan.retry_after
 
     slices_index = rt.indices.get("dsr_slices")
     services_index = rt.indices.get("dsr_k8s_services")
@@ -264,13 +289,8 @@ async def _reconcile(rt: Runtime, key: Key, body: kopf.Body) -> float | None:
             after = gather(actual)
             await sync_nodes(rt, rt.book.record(key, after.node_vips))
             rt.unreachable_since = None
-    except (errors.NitroTransportError, errors.NitroServerError, errors.NitroSessionExpired,
-            errors.NitroAuthenticationFailed, view.NotPrimary) as exc:
-        rt.unreachable_since = rt.unreachable_since or time.monotonic()
-        v = world.Verdict(False, "NetScalerUnreachable", str(exc), stalled=True)
-        await write_status(rt, body, status_of(v, {}))
-        kopf.warn(body, reason="NetScalerUnreachable", message=str(exc))
-        return min(30.0, 2.0 + (time.monotonic() - rt.unreachable_since) / 2)
+    except _UNREACHABLE as exc:
+        return await _unreachable(rt, body, exc, status_of)
 
     failures = [str(f) for f in outcome.failures]
     _post_events(body, list(outcome.applied), failures)
@@ -291,6 +311,49 @@ async def _reconcile(rt: Runtime, key: Key, body: kopf.Body) -> float | None:
     if any(h.reason == "Draining" for h in plan.holds) and plan.retry_after is not None:
         rt.drains[key] = time.monotonic() + plan.retry_after
     return plan.retry_after
+
+
+_UNREACHABLE = (errors.NitroTransportError, errors.NitroServerError, errors.NitroSessionExpired,
+                errors.NitroAuthenticationFailed, view.NotPrimary)
+
+
+async def _unreachable(rt: Runtime, body: kopf.Body, exc: Exception,
+                       status_of: Callable[[world.Verdict, Mapping[str, Any]], dict[str, Any]]) -> float:
+    rt.unreachable_since = rt.unreachable_since or time.monotonic()
+    v = world.Verdict(False, "NetScalerUnreachable", str(exc), stalled=True)
+    await write_status(rt, body, status_of(v, {}))
+    kopf.warn(body, reason="NetScalerUnreachable", message=str(exc))
+    return min(30.0, 2.0 + (time.monotonic() - rt.unreachable_since) / 2)
+
+
+async def _resolve_conflict(rt: Runtime, key: Key, ref: models.ObjectRef, spec: models.DsrServiceSpec
+                            ) -> tuple[desired_mod.VipConflict, planner.Plan, executor.Outcome] | None:
+    """If this DsrService loses a VIP:port conflict, remove (drained) its vservers there, nothing else.
+
+    Decided against NetScaler: the DsrService whose vserver already holds the VIP:port keeps it.
+    The loser's other objects stay as they are (its last good configuration); the winner's vserver
+    goes onto the VIP:port only once the loser's has left (the planner waits for that).
+    """
+    async with rt.view.lock:
+        drain_end = rt.drains.pop(key, None)
+        if drain_end is not None and time.monotonic() >= drain_end:
+            rt.view.invalidate()  # services we disabled may be OUT OF SERVICE by now
+        elif drain_end is not None:
+            rt.drains[key] = drain_end
+        actual = await rt.view.actual()
+        conflict = vip_conflict(key, rt.indices.get("dsr_services"), actual)
+        if conflict is None:
+            return None
+        plan = planner.Plan(stages=())
+        if conflict.release:
+            keep = desired_mod.released(actual, ref.uid, conflict.release)
+            intent = desired_mod.Intent(ref, spec, ())
+            plan = planner.diff(keep, actual, _policy(rt, intent, ref.uid), frozenset({ref.uid}))
+        outcome = await rt.view.execute(plan)
+        rt.unreachable_since = None
+    if any(h.reason == "Draining" for h in plan.holds) and plan.retry_after is not None:
+        rt.drains[key] = time.monotonic() + plan.retry_after
+    return conflict, plan, outcome
 
 
 async def finalize(rt: Runtime, key: Key, body: kopf.Body) -> None:
