@@ -540,3 +540,106 @@ async def test_monitor_fields_removed_from_the_spec_are_unset_once(
             return (await nitro_sim.stats())["byResource"].get("lbmonitor", 0) >= reads + 2
         await eventually(resynced_twice)
         assert await nitro_sim.journal(since=seq) == []
+
+
+async def test_a_failed_save_is_retried_until_the_box_is_saved(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DSR_NETSCALER_RETRIES", "0")  # one request per save attempt: attempts are countable
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",)):
+        await eventually(lambda: saved(cluster))
+        await nitro_sim.faults(errorRate=1.0, errorStatus=503, errorResources=["nsconfig"])
+        before = (await nitro_sim.stats())["byResource"].get("nsconfig", 0)
+        await cluster.slice({"n1": "ready", "n2": "ready"})
+        await converged(cluster, ("n1", "n2"))
+        assert (await nitro_config_raw(nitro_sim))["configchanged"] is True
+
+        async def refused_three_times() -> bool:
+            return (await nitro_sim.stats())["byResource"].get("nsconfig", 0) >= before + 3
+        await eventually(refused_three_times, timeout=30)
+        assert (await nitro_config_raw(nitro_sim))["configchanged"] is True
+        await nitro_sim.clear_faults()
+        await eventually(lambda: saved(cluster), timeout=30)
+
+
+async def test_an_operator_started_against_unsaved_changes_saves_them(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Killed within the save debounce: the changes are on the box, unsaved.
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), save_debounce_seconds=3600):
+        pass
+    assert (await nitro_config_raw(nitro_sim))["configchanged"] is True
+    assert not [e for e in await nitro_sim.journal() if e["resource"] == "nsconfig"]
+    seq = max(e["seq"] for e in await nitro_sim.journal())
+    async with running_operator(kube, nitro_sim, monkeypatch):
+        await eventually(lambda: saved(cluster))
+        # Saving is all the restart did: the objects were adopted, not rewritten.
+        assert [(e["resource"], e["action"]) for e in await nitro_sim.journal(since=seq)] == [("nsconfig", "save")]
+
+
+async def saved(cluster: Cluster) -> bool:
+    saves = [e for e in await cluster.sim.journal() if (e["resource"], e["action"]) == ("nsconfig", "save")]
+    return bool(saves) and (await nitro_config_raw(cluster.sim))["configchanged"] is False
+
+
+async def nitro_config_raw(sim: server.Simulator) -> dict[str, Any]:
+    """nsconfig as the store has it (not over NITRO: a fault on nsconfig must not hide it)."""
+    record = sim.store.records("nsconfig")
+    assert isinstance(record, dict)
+    return record
+
+
+async def test_moving_onto_a_served_vip_leaves_one_vserver_there_and_the_holder_keeps_it(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = "192.0.2.11"
+
+    async def on(vip: str, port: int = 80) -> list[str]:
+        return sorted(v["name"] for v in await cluster.nitro("lbvserver") if (v["ipv46"], v["port"]) == (vip, port))
+
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",)):
+        await asyncio.sleep(1.1)  # creation timestamps have one-second resolution: web is the older
+        await cluster.dsrservice(name="web2", vip=other)
+
+        async def n1_asked() -> bool:
+            return (await cluster.nodeconfig("n1"))["spec"]["vips"] == sorted([VIP, other])
+        await eventually(n1_asked)
+        await cluster.agent_applies("n1")
+
+        async def web2_serving() -> bool:
+            return await cluster.bound("dsr-shop_web2_80") == ["dsr-198.51.100.1_80"] and \
+                (await cluster.condition("Ready", "web2")).get("status") == "True"
+        await eventually(web2_serving)
+
+        # The older DsrService moves onto the younger's VIP: the younger already serves it and keeps it.
+        await cluster.client.patch(kubeapi.DsrService, "web", {"spec": {"vip": other}}, namespace="shop",
+                                   patch_type=PatchType.MERGE)
+
+        async def web_in_conflict() -> bool:
+            return (await cluster.condition("Stalled", "web")).get("reason") == "VipConflict"
+        await eventually(web_in_conflict)
+        assert (await cluster.condition("Stalled", "web"))["message"] == \
+            f"{other}:80 is already served by DsrService shop/web2"
+        assert (await cluster.condition("Ready", "web2"))["status"] == "True"
+        # Over the next passes (resyncs re-read the vservers) it stays so: one vserver on the VIP:port.
+        reads = (await nitro_sim.stats())["byResource"].get("lbvserver", 0)
+
+        async def resynced_twice() -> bool:
+            return (await nitro_sim.stats())["byResource"].get("lbvserver", 0) >= reads + 2
+        await eventually(resynced_twice)
+        assert await on(other) == ["dsr-shop_web2_80"]
+        assert await on(VIP) == ["dsr-shop_web_80"]  # web keeps its last good configuration meanwhile
+        assert (await cluster.condition("Stalled", "web"))["reason"] == "VipConflict"
+
+        # The holder goes: its vserver is removed first, and only then does web move onto the VIP:port.
+        seq = max(e["seq"] for e in await nitro_sim.journal())
+        await cluster.client.delete(kubeapi.DsrService, "web2", namespace="shop")
+
+        async def web_took_over() -> bool:
+            ready = await cluster.condition("Ready", "web")
+            return await on(other) == ["dsr-shop_web_80"] and ready.get("status") == "True"
+        await eventually(web_took_over, timeout=30)
+        assert await on(VIP) == []
+        steps = [(e["resource"], e["action"], e["name"]) for e in await nitro_sim.journal(since=seq)]
+        assert steps.index(("lbvserver", "delete", "dsr-shop_web2_80")) < \
+            steps.index(("lbvserver", "update", "dsr-shop_web_80"))

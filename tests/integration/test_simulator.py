@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import pathlib
 import time
 import urllib.parse
@@ -16,6 +17,7 @@ import pytest
 
 from dsr_operator import cli
 from dsr_operator.simulator import server, store
+from tests.integration.test_operator import eventually
 
 AUTH = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": "nsroot"}
 DONE = {"errorcode": 0, "message": "Done", "severity": "NONE"}
@@ -274,6 +276,25 @@ async def test_not_found_duplicates_and_references(nitro: Nitro) -> None:
         b["servicename"] for b in (await nitro.get("lbvserver_service_binding/vs"))[1]["lbvserver_service_binding"]
     ] == ["svc2"]
     await nitro.ok("DELETE", "server/web1")
+
+
+async def test_a_vserver_cannot_move_onto_an_ip_port_another_one_holds(nitro: Nitro) -> None:
+    await dsr_setup(nitro)  # vs: ANY 192.0.2.10 *
+    other = {"name": "vs2", "servicetype": "ANY", "ipv46": "192.0.2.11", "port": 65535, "m": "MAC"}
+    await nitro.ok("POST", "lbvserver", {"lbvserver": other})
+    refused = await nitro.post("lbvserver", {"lbvserver": other | {"name": "vs3", "ipv46": "192.0.2.10"}})
+    status, doc = await nitro.put("lbvserver/vs2", {"lbvserver": {"ipv46": "192.0.2.10"}})
+    assert (status, doc) == refused == (
+        409, {"errorcode": 273, "message": "Resource already exists", "severity": "ERROR"}
+    )
+    assert (await one(nitro, "lbvserver/vs2"))["ipv46"] == "192.0.2.11"  # unchanged
+    status, doc = await nitro.put("lbvserver", {"lbvserver": [{"name": "vs2", "ipv46": "192.0.2.10"}]})
+    assert (status, doc["response"][0]["errorcode"]) == (207, 273)
+    # Its own address, a free one, or the same IP on another port are fine.
+    await nitro.ok("PUT", "lbvserver/vs2", {"lbvserver": {"ipv46": "192.0.2.11", "lbmethod": "ROUNDROBIN"}})
+    await nitro.ok("PUT", "lbvserver/vs2", {"lbvserver": {"ipv46": "192.0.2.12"}})
+    await nitro.ok("POST", "lbvserver", {"lbvserver": other | {"name": "vs4", "ipv46": "192.0.2.13", "port": 80}})
+    await nitro.ok("PUT", "lbvserver/vs4", {"lbvserver": {"ipv46": "192.0.2.10"}})
 
 
 async def test_binding_errors(nitro: Nitro) -> None:
@@ -712,6 +733,35 @@ async def test_latency_error_rate_and_dropped_connections(nitro_sim: server.Simu
         assert r.status == 400
     async with nitro.http.post(f"{nitro_sim.url}/_sim/faults", json={"latency": 1}) as r:
         assert r.status == 400
+
+
+async def test_a_client_that_gives_up_mid_request_is_not_an_error(
+    nitro_sim: server.Simulator, nitro: Nitro, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    await nitro_sim.faults(latencyMs=300)
+    url = f"{nitro_sim.url}/nitro/v1/config/server"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.05)) as impatient:
+        for method, body in (("GET", None), ("POST", _servers("a"))):
+            with pytest.raises(TimeoutError):
+                async with impatient.request(method, url, json=body, headers=AUTH):
+                    pass
+
+    def finished(method: str) -> bool:
+        return any(
+            r.name == server.logger.name and r.getMessage().startswith(f"NITRO {method} /nitro/v1/config/server")
+            for r in caplog.records
+        )
+
+    async def both_finished() -> bool:  # the simulator has come to the end of both requests
+        return finished("GET") and finished("POST")
+
+    await eventually(both_finished)
+    troubles = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info or "-> 500" in r.getMessage()]
+    assert troubles == []
+    await nitro_sim.clear_faults()
+    await nitro.ok("POST", "server", _servers("b"))  # still serving
+    assert await _server_names(nitro) == ["b"]  # the request nobody waited for was not carried out
 
 
 async def test_error_rate_limited_to_some_resources(nitro_sim: server.Simulator, nitro: Nitro) -> None:

@@ -10,7 +10,7 @@ from dsr_operator.api import models
 from dsr_operator.netscaler import models as ns
 from dsr_operator.netscaler import render
 from dsr_operator.planner import desired as d
-from dsr_operator.planner import names
+from dsr_operator.planner import effects, names
 from dsr_operator.planner import plan as planner
 
 from . import nsmodel
@@ -313,6 +313,108 @@ def test_vip_conflict_younger_loses() -> None:
         ]
     )
     assert [(c.loser.name, c.winner.name) for c in conflicts] == [("two", "one")]
+
+
+ONE = models.ObjectRef(namespace="a", name="one", uid="1")
+TWO = models.ObjectRef(namespace="b", name="two", uid="2")
+THREE = models.ObjectRef(namespace="c", name="three", uid="3")
+
+
+def test_vip_conflict_the_holder_on_netscaler_keeps_it_against_an_older_newcomer() -> None:
+    # `one` is older but moved onto the VIP:port `two` already serves: `two` keeps it.
+    conflicts = d.vip_conflicts(
+        [(ONE, spec(ports=[80]), "2026-01-01"), (TWO, spec(ports=[80]), "2026-01-02")],
+        holders={"1": [("192.0.2.99", 80)], "2": [("192.0.2.10", 80)]},
+    )
+    assert [(c.loser.name, c.winner.name, c.endpoint, c.release) for c in conflicts] == [
+        ("one", "two", "192.0.2.10:80", ())
+    ]
+
+
+def test_vip_conflict_between_two_holders_the_older_keeps_it_and_the_younger_releases_it() -> None:
+    conflicts = d.vip_conflicts(
+        [(TWO, spec(ports=[80, 443]), "2026-01-02"), (ONE, spec(ports=[80]), "2026-01-01")],
+        holders={"1": [("192.0.2.10", 80)], "2": [("192.0.2.10", 80), ("192.0.2.10", 443)]},
+    )
+    assert [(c.loser.name, c.winner.name, c.release) for c in conflicts] == [("two", "one", (("192.0.2.10", 80),))]
+
+
+def test_vip_conflict_a_loser_still_protects_what_it_holds() -> None:
+    # `one` holds :443 and adds :80, which `two` holds: `one` loses, keeps :443, and `three` can't take it.
+    conflicts = d.vip_conflicts(
+        [
+            (ONE, spec(ports=[80, 443]), "2026-01-01"),
+            (TWO, spec(ports=[80]), "2026-01-02"),
+            (THREE, spec(ports=[443]), "2026-01-03"),
+        ],
+        holders={"1": [("192.0.2.10", 443)], "2": [("192.0.2.10", 80)]},
+    )
+    assert [(c.loser.name, c.winner.name, c.release) for c in conflicts] == [("one", "two", ()), ("three", "one", ())]
+
+
+def test_vip_holdings_come_from_the_vservers_on_netscaler() -> None:
+    policy = planner.Policy(OP_ID)
+    intents = [intent(backends=hosts(21), ports=[80, 443]), intent("any", vip="192.0.2.11", ports=["*"],
+                                                                     healthCheck={"port": 80})]
+    actual = converge(EMPTY, intents, policy)
+    assert d.holdings(actual) == {
+        "uid-web": {("192.0.2.10", 80), ("192.0.2.10", 443)},
+        "uid-any": {("192.0.2.11", "*")},
+    }
+
+
+def moved(state: ns.NetScalerState, vserver: str, vip: str) -> ns.NetScalerState:
+    """NetScaler with a vserver moved onto another VIP (as an unguarded operator once did)."""
+    obj = state.get("lbvserver", vserver)
+    assert obj is not None
+    op = planner.Op("update", "lbvserver", vserver, obj.owner, {"name": vserver, "ipv46": vip})
+    return effects.after(state, [op], OP_ID)
+
+
+def test_a_vserver_waits_until_another_vserver_has_left_its_vip_port() -> None:
+    policy = planner.Policy(OP_ID, default_drain_seconds=0)
+    web, web2 = intent("web", hosts(21)), intent("web2", hosts(21), vip="192.0.2.11")
+    actual = converge(EMPTY, [web, web2], policy)
+    web_moved = intent("web", hosts(21), vip="192.0.2.11")
+    plan = planner.diff(d.desired([web_moved]), actual, policy, frozenset({"uid-web"}))
+    assert [op for op in plan.ops if op.kind == "lbvserver"] == []
+    assert [(h.owner, h.reason) for h in plan.holds] == [("uid-web", "VipConflict")]
+    assert plan.holds[0].message == (
+        "192.0.2.11:80 is still held on NetScaler by vserver dsr-shop_web2_80; dsr-shop_web_80 waits for it to leave"
+    )
+    # web2 goes (its DsrService is deleted): then, and only then, web moves.
+    actual = nsmodel.apply(actual, plan, OP_ID)
+    actual = nsmodel.apply(actual, planner.diff(EMPTY, actual, policy, frozenset({"uid-web2"})), OP_ID)
+    assert commands(planner.diff(d.desired([web_moved]), actual, policy, frozenset({"uid-web"}))) == [
+        "set lb vserver dsr-shop_web_80 -IPAddress 192.0.2.11 -comment dsr-operator:test:uid-web"
+    ]
+
+
+def test_a_conflict_loser_drains_and_removes_only_its_vserver_on_the_contested_vip_port() -> None:
+    policy = planner.Policy(OP_ID, default_drain_seconds=30)
+    web = intent("web", hosts(21), ports=[80, 443])
+    web2 = intent("web2", hosts(22), vip="192.0.2.11")
+    actual = moved(converge(EMPTY, [web, web2], policy), "dsr-shop_web2_80", "192.0.2.10")
+    # The winner, already there, goes on as usual; the loser releases the VIP:port.
+    assert planner.diff(d.desired([web]), actual, policy, frozenset({"uid-web"})) == planner.Plan(stages=())
+    keep = d.released(actual, "uid-web2", {("192.0.2.10", 80)})
+    first = planner.diff(keep, actual, policy, frozenset({"uid-web2"}))
+    assert commands(first) == ["disable service dsr-198.51.100.22_80 30 -graceful YES"]
+    done = nsmodel.elapse(nsmodel.apply(actual, first, OP_ID))
+    assert commands(planner.diff(keep, done, policy, frozenset({"uid-web2"}))) == [
+        "unbind lb vserver dsr-shop_web2_80 dsr-198.51.100.22_80",
+        "unbind service dsr-198.51.100.22_80 -monitorName dsr-shop_web2_tcp",
+        "rm service dsr-198.51.100.22_80",
+        "rm lb vserver dsr-shop_web2_80",
+        "rm server dsr-198.51.100.22",
+    ]
+    # The loser of a port it shares with others keeps everything else; shared services stay.
+    keep_web = d.released(actual, "uid-web", {("192.0.2.10", 80)})
+    plan = planner.diff(keep_web, actual, policy, frozenset({"uid-web"}))
+    done = nsmodel.elapse(nsmodel.apply(actual, plan, OP_ID))
+    done = nsmodel.apply(done, planner.diff(keep_web, done, policy, frozenset({"uid-web"})), OP_ID)
+    assert [v.name for v in done.of_kind("lbvserver")] == ["dsr-shop_web2_80", "dsr-shop_web_443"]
+    assert planner.diff(keep_web, done, policy, frozenset({"uid-web"})).empty
 
 
 # --- properties -----------------------------------------------------------------------------------

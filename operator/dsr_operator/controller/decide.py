@@ -92,6 +92,8 @@ class Judgement:
     entry: Entry
     stalled: world.Verdict | None = None
     """Set when nothing is planned for it (invalid, conflict, missing Service)."""
+    keep: ns.NetScalerState | None = None
+    """A conflict's loser: what it keeps on NetScaler (all but its vservers on the VIP:ports it lost)."""
     intent: desired_mod.Intent | None = None
     backends: world.Backends | None = None
     warnings: tuple[str, ...] = ()
@@ -108,9 +110,11 @@ class Decision:
     """NetScaler object name → uids of the batch's DsrServices that use it (to report shared failures)."""
 
 
-def _conflicts(entries: Mapping[Key, Entry]) -> dict[Key, desired_mod.VipConflict]:
+def _conflicts(entries: Mapping[Key, Entry], actual: ns.NetScalerState) -> dict[Key, desired_mod.VipConflict]:
+    """Losers of VIP:port conflicts: whoever holds a VIP:port on NetScaler keeps it, else the older one."""
     claims = [(e.ref, e.spec, e.created) for e in entries.values() if e.spec is not None and not e.deleting]
-    return {(c.loser.namespace, c.loser.name): c for c in desired_mod.vip_conflicts(claims)}
+    conflicts = desired_mod.vip_conflicts(claims, desired_mod.holdings(actual))
+    return {(c.loser.namespace, c.loser.name): c for c in conflicts}
 
 
 def _gather(snapshot: Snapshot, entry: Entry, spec: models.DsrServiceSpec) -> world.Backends:
@@ -133,7 +137,8 @@ def judge(snapshot: Snapshot, key: Key, conflicts: Mapping[Key, desired_mod.VipC
     if conflict is not None:
         message = (f"{conflict.endpoint} is already served by DsrService "
                    f"{conflict.winner.namespace}/{conflict.winner.name}")
-        return Judgement(key, entry, world.Verdict(False, "VipConflict", message, stalled=True))
+        keep = desired_mod.released(snapshot.actual, entry.ref.uid, conflict.release) if conflict.release else None
+        return Judgement(key, entry, world.Verdict(False, "VipConflict", message, stalled=True), keep=keep)
     warnings: list[str] = []
     if spec.backends.service is not None and snapshot.services is not None:
         external = snapshot.services.get((entry.ref.namespace, spec.backends.service))
@@ -162,7 +167,7 @@ def policy(defaults: Defaults, intents: Iterable[desired_mod.Intent]) -> planner
 
 
 def decide(snapshot: Snapshot) -> Decision:
-    conflicts = _conflicts(snapshot.entries)
+    conflicts = _conflicts(snapshot.entries, snapshot.actual)
     judgements: dict[Key, Judgement] = {}
     for key in sorted(snapshot.keys):
         judgement = judge(snapshot, key, conflicts)
@@ -175,10 +180,12 @@ def decide(snapshot: Snapshot) -> Decision:
         # DsrService keeps what it had (its last good NetScaler config stays too).
         needs[key] = {**before, **j.backends.node_vips} if j.backends is not None else dict(before)
     intents = [j.intent for j in judgements.values() if j.intent is not None]
-    scope = frozenset(i.ref.uid for i in intents)
-    want = desired_mod.desired(intents)
-    plan = planner.diff(want, planner.relevant(snapshot.actual, want, scope), policy(snapshot.defaults, intents),
-                        scope)
+    losers = [j for j in judgements.values() if j.keep is not None]
+    scope = frozenset(i.ref.uid for i in intents) | {j.entry.ref.uid for j in losers}
+    want = _union(desired_mod.desired(intents), *(j.keep for j in losers if j.keep is not None))
+    drains = [desired_mod.Intent(j.entry.ref, j.entry.spec, ()) for j in losers if j.entry.spec is not None]
+    plan = planner.diff(want, planner.relevant(snapshot.actual, want, scope),
+                        policy(snapshot.defaults, [*intents, *drains]), scope)
     users: dict[str, set[str]] = {}
     for binding in want.bindings:
         for name in (binding.parent, binding.child):
@@ -188,6 +195,19 @@ def decide(snapshot: Snapshot) -> Decision:
         if server:
             users.setdefault(str(server), set()).update(users.get(service.name, ()))
     return Decision(judgements, needs, plan, scope, {k: frozenset(v) for k, v in users.items()})
+
+
+def _union(first: ns.NetScalerState, *others: ns.NetScalerState) -> ns.NetScalerState:
+    """Several desired states as one; an object both want is taken from the first that has it."""
+    if not others:
+        return first
+    objects = dict(first.objects)
+    bindings = set(first.bindings)
+    for other in others:
+        for key, obj in other.objects.items():
+            objects.setdefault(key, obj)
+        bindings |= other.bindings
+    return ns.NetScalerState(objects=objects, bindings=frozenset(bindings), mbf=True)
 
 
 # --- after NetScaler was written -----------------------------------------------------------------
@@ -241,7 +261,10 @@ def report(decision: Decision, after: ns.NetScalerState, outcome: executor.Outco
     for key, j in decision.judgements.items():
         if j.stalled is not None or j.intent is None or j.backends is None:
             v = j.stalled or world.Verdict(False, "InvalidSpec", "invalid", stalled=True)
-            reports.append(Report(key, j.entry, status_for(j.entry, v, {}, now), v))
+            uid = j.entry.ref.uid
+            draining, again = _come_back(decision, after, uid)
+            reports.append(Report(key, j.entry, status_for(j.entry, v, {}, now), v, tuple(applied.get(uid, ())),
+                                  tuple(failed.get(uid, ())), draining_services=draining, retry_after=again))
             continue
         uid = j.entry.ref.uid
         spec = j.intent.spec
@@ -258,15 +281,23 @@ def report(decision: Decision, after: ns.NetScalerState, outcome: executor.Outco
                             ("DOWN" if states else "ABSENT"),
             "warnings": list(j.warnings),
         }
-        _, owned = after.owned_by(uid)
-        draining = frozenset(b.child for b in owned if b.kind == ns.VSERVER_BINDING) if any(
-            h.reason == "Draining" for h in holds) else frozenset()
-        others = [h.retry_after for h in holds if h.retry_after is not None and h.reason != "Draining"]
+        draining, again = _come_back(decision, after, uid)
         reports.append(Report(
             key, j.entry, status_for(j.entry, v, extra, now), v, tuple(applied.get(uid, ())), failures,
-            backends.node_vips, bound, draining, min(others) if others else None,
+            backends.node_vips, bound, draining, again,
         ))
     return reports
+
+
+def _come_back(decision: Decision, after: ns.NetScalerState, uid: str) -> tuple[frozenset[str], float | None]:
+    """(services whose drain end brings this DsrService back, seconds until another hold's retry)."""
+    holds = [h for h in decision.plan.holds if h.owner == uid]
+    draining: frozenset[str] = frozenset()
+    if any(h.reason == "Draining" for h in holds):
+        _, owned = after.owned_by(uid)
+        draining = frozenset(b.child for b in owned if b.kind == ns.VSERVER_BINDING)
+    others = [h.retry_after for h in holds if h.retry_after is not None and h.reason != "Draining"]
+    return draining, min(others) if others else None
 
 
 def unreachable(decision: Decision, reason: str, message: str, now: datetime.datetime) -> list[Report]:

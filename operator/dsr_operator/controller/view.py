@@ -3,7 +3,9 @@
 Reconciles read the cached state instead of the box, and update it from the operations that
 succeeded (`planner.effects`), so an endpoint change costs only the writes it needs. The cache is
 re-read on resync and after any failure. Writes go only to the HA primary; the configuration is
-saved once writes have been quiet for a while.
+saved once writes have been quiet for a while, and the save is retried with backoff until NetScaler
+reports no unsaved change (`configchanged` false). Unsaved changes found at the first connection (an
+operator stopped within the debounce) are saved too.
 
 Drains: when a graceful disable is sent, the view records when it ends on the box (the time it was
 sent plus its delay). From then on, every read of the cache first asks the box for the state of the
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 DRAIN_POLL_SECONDS = 0.05
 #: How often a drain of unknown end (found on the box after a restart) is asked about.
 UNKNOWN_DRAIN_POLL_SECONDS = 1.0
+#: Longest wait between two attempts to save the configuration (seconds).
+SAVE_RETRY_MAX_SECONDS = 60.0
 
 
 class NotPrimary(errors.NitroError):
@@ -66,17 +70,26 @@ class NetScalerView:
         """Services being drained → when to ask the box about them next (its drain's end, then polls)."""
         self._drain_end: dict[str, float] = {}
         """Services being drained → when their drain ends by our clock (for the drain-to-unbind lag)."""
+        self._connected_once = False
         self.requests_total = 0
 
     async def _open(self) -> nitro.NitroClient:
         if self._client is None:
             client = self._factory()
             await client.open()
-            state = await client.ha_state()
-            if state not in ("Primary", "UNKNOWN"):
+            try:
+                state = await client.ha_state()
+                if state not in ("Primary", "UNKNOWN"):
+                    raise NotPrimary(f"NetScaler at {self._settings.url} is {state}, not the HA primary")
+                unsaved = not self._connected_once and await client.config_changed()
+            except BaseException:
                 await client.close()
-                raise NotPrimary(f"NetScaler at {self._settings.url} is {state}, not the HA primary")
+                raise
             self._client = client
+            self._connected_once = True
+            if unsaved and (self._save_task is None or self._save_task.done()):
+                log.info("NetScaler has unsaved configuration changes; saving them")
+                self._schedule_save()
         return self._client
 
     async def _drop_client(self) -> None:
@@ -196,14 +209,23 @@ class NetScalerView:
         self._save_task = asyncio.create_task(self._save_later(), name="netscaler-save")
 
     async def _save_later(self) -> None:
+        """Save once writes are quiet; retry with backoff until NetScaler says nothing is unsaved."""
         await asyncio.sleep(self._save_debounce)
-        async with self.lock:
-            try:
-                client = await self._open()
-                await client.save_config()
-                log.info("Saved NetScaler configuration")
-            except errors.NitroError as exc:
-                log.warning("Saving NetScaler configuration failed: %s", exc)
+        delay = max(self._save_debounce, 0.1)
+        while True:
+            async with self.lock:
+                try:
+                    client = await self._open()
+                    await client.save_config()
+                    if not await client.config_changed():
+                        log.info("Saved NetScaler configuration")
+                        return
+                    log.info("NetScaler configuration changed again during the save; saving again in %.1f s", delay)
+                except errors.NitroError as exc:
+                    log.warning("Saving NetScaler configuration failed, retrying in %.1f s: %s", delay, exc)
+                    await self._drop_client()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, SAVE_RETRY_MAX_SECONDS)
 
     async def close(self) -> None:
         if self._save_task is not None and not self._save_task.done():

@@ -259,6 +259,9 @@ def verdict(
     conflicts = [h for h in holds if h.reason == "NameConflict"]
     if conflicts:
         return Verdict(False, "NameConflict", conflicts[0].message, stalled=True)
+    occupied = [h for h in holds if h.reason == "VipConflict"]
+    if occupied:  # another vserver still holds the VIP:port and is leaving: not stalled, waiting
+        return Verdict(bound > 0, "VipConflict", occupied[0].message, reconciling=True)
     if backends.missing_nodes:
         missing = ", ".join(backends.missing_nodes)
         note = f"nodes without a usable address: {missing}"

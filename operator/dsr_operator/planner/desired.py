@@ -10,7 +10,7 @@ holds the VIP (the loopback handshake), so nothing is black-holed.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from dsr_operator.api import models
 from dsr_operator.netscaler import models as ns
@@ -116,36 +116,115 @@ def desired(intents: Iterable[Intent]) -> ns.NetScalerState:
     return ns.NetScalerState.build(objects.values(), bindings, mbf=True)
 
 
+Endpoint = tuple[str, int | str]
+"""A VIP and a spec port (`*` for every port)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class VipConflict:
     loser: models.ObjectRef
     winner: models.ObjectRef
     endpoint: str
+    release: tuple[Endpoint, ...] = ()
+    """Endpoints the loser holds on NetScaler that another DsrService wins: its vservers there must go."""
+
+
+def _overlap(a: int | str, b: int | str) -> bool:
+    return models.WILDCARD_PORT in (a, b) or a == b
 
 
 def vip_conflicts(
     services: Iterable[tuple[models.ObjectRef, models.DsrServiceSpec, str]],
+    holders: Mapping[str, Iterable[Endpoint]] | None = None,
 ) -> list[VipConflict]:
-    """DsrServices that claim a VIP:port already claimed by an older one.
+    """DsrServices that claim a VIP:port another one wins.
 
-    Each entry is (ref, spec, creation key); the oldest claim wins (ties by namespace/name).
-    A `*` port claims every port of the VIP.
+    Each entry is (ref, spec, creation key); `holders` maps a DsrService uid to the endpoints its
+    vservers occupy on NetScaler (`holdings`). Whoever already holds a VIP:port it still asks for
+    keeps it: an existing, serving vserver is not displaced by a DsrService that moved onto its
+    address. Otherwise (and between two holders) the oldest claim wins, ties by namespace/name.
+    A `*` port claims every port of the VIP. A loser keeps the endpoints it holds and nobody else
+    claims; those it holds and loses are in `release`.
     """
-    conflicts: list[VipConflict] = []
+    held = {uid: set(endpoints) for uid, endpoints in (holders or {}).items()}
+    ordered = sorted(services, key=lambda s: (s[2], s[0].namespace, s[0].name))
     claimed: list[tuple[str, int | str, models.ObjectRef]] = []
-    for ref, spec, _ in sorted(services, key=lambda s: (s[2], s[0].namespace, s[0].name)):
-        clash = None
-        for vip, port, owner in claimed:
-            if vip != spec.vip:
-                continue
-            for mine in spec.ports:
-                if models.WILDCARD_PORT in (mine, port) or mine == port:
-                    clash = (owner, f"{vip}:{mine}")
-                    break
-            if clash:
-                break
-        if clash:
-            conflicts.append(VipConflict(loser=ref, winner=clash[0], endpoint=clash[1]))
+    lost: dict[str, tuple[models.ObjectRef, models.ObjectRef, str]] = {}
+
+    def rival(ref: models.ObjectRef, vip: str, port: int | str) -> models.ObjectRef | None:
+        return next((o for v, p, o in claimed if o != ref and v == vip and _overlap(p, port)), None)
+
+    # First what is already on NetScaler and still asked for: a holder keeps all of it that no
+    # older holder has, and loses (only) the rest.
+    for ref, spec, _ in ordered:
+        for port in (p for p in spec.ports if (spec.vip, p) in held.get(ref.uid, ())):
+            winner = rival(ref, spec.vip, port)
+            if winner is not None:
+                lost.setdefault(ref.uid, (ref, winner, f"{spec.vip}:{port}"))
+            else:
+                claimed.append((spec.vip, port, ref))
+    # Then what is not there yet: all of a DsrService's new endpoints, or it loses.
+    for ref, spec, _ in ordered:
+        if ref.uid in lost:
             continue
-        claimed.extend((spec.vip, port, ref) for port in spec.ports)
+        new = [p for p in spec.ports if (spec.vip, p) not in held.get(ref.uid, ())]
+        clash = next(((p, w) for p in new if (w := rival(ref, spec.vip, p)) is not None), None)
+        if clash is not None:
+            lost[ref.uid] = (ref, clash[1], f"{spec.vip}:{clash[0]}")
+        else:
+            claimed.extend((spec.vip, p, ref) for p in new)
+    conflicts = []
+    for ref, _, _ in ordered:
+        if ref.uid in lost:
+            loser, winner, endpoint = lost[ref.uid]
+            release = tuple(
+                sorted((e for e in held.get(ref.uid, ()) if rival(ref, *e)), key=lambda e: (e[0], str(e[1])))
+            )
+            conflicts.append(VipConflict(loser=loser, winner=winner, endpoint=endpoint, release=release))
     return conflicts
+
+
+def _spec_port(port: object) -> int | str:
+    number = int(str(port))
+    return models.WILDCARD_PORT if number == models.NITRO_WILDCARD_PORT else number
+
+
+def holdings(actual: ns.NetScalerState) -> dict[str, set[Endpoint]]:
+    """DsrService uid → the VIP:ports its vservers occupy on NetScaler."""
+    out: dict[str, set[Endpoint]] = {}
+    for vserver in actual.of_kind("lbvserver"):
+        if vserver.get("ipv46") is not None and vserver.get("port") is not None:
+            out.setdefault(vserver.owner, set()).add((str(vserver.get("ipv46")), _spec_port(vserver.get("port"))))
+    return out
+
+
+def released(actual: ns.NetScalerState, owner: str, endpoints: Iterable[Endpoint]) -> ns.NetScalerState:
+    """What a VIP conflict's loser keeps on NetScaler: all it has but its vservers on `endpoints`.
+
+    The services only those vservers used go too, so a diff against this state drains them, then
+    unbinds and removes them with the vservers; nothing else of the loser changes (its last good
+    configuration stays), except that a service it was already draining goes on draining.
+    """
+    lost = set(endpoints)
+    vservers = [v for v in actual.of_kind("lbvserver") if v.owner == owner]
+    gone = {v.name for v in vservers if (str(v.get("ipv46")), _spec_port(v.get("port"))) in lost}
+    kept_ports = {v.get("port") for v in vservers if v.name not in gone}
+    mine = [b for b in actual.bindings if b.owner == owner]
+    used = {b.child if b.kind == ns.VSERVER_BINDING else b.parent for b in mine}
+    draining = (ns.OUT_OF_SERVICE, ns.GOING_OUT_OF_SERVICE)
+    services = [
+        s
+        for s in actual.of_kind("service")
+        if s.name in used and s.get("port") in kept_ports and s.state not in draining
+    ]
+    kept_services = {s.name for s in services}
+    servers = [s for s in actual.of_kind("server") if s.name in {svc.get("servername") for svc in services}]
+    monitors = [m for m in actual.of_kind("lbmonitor") if m.owner == owner]
+    bindings = [
+        b
+        for b in mine
+        if (b.kind == ns.VSERVER_BINDING and b.parent not in gone and b.child in kept_services)
+        or (b.kind == ns.MONITOR_BINDING and b.parent in kept_services)
+    ]
+    objects = [*(v for v in vservers if v.name not in gone), *services, *servers, *monitors]
+    return ns.NetScalerState.build(objects, bindings, mbf=True)

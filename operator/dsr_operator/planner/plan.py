@@ -14,7 +14,8 @@ Safety rules enforced here, not in the callers:
 - the blast-radius guard: one plan removes at most a share of a wanted vserver's bound backends
   (rounded down, but at least one while more than one is bound: `guard_allowance`); a vserver no
   longer wanted (its DsrService deleted, its port removed) is not limited;
-- servers and services are shared: removed only when nothing that remains references them.
+- servers and services are shared: removed only when nothing that remains references them;
+- a vserver is never added or moved onto an IP:port another vserver holds: it waits (VipConflict).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from dsr_operator.api.models import NITRO_WILDCARD_PORT
 from dsr_operator.netscaler import models as ns
 
 NSMODE = "nsmode"
@@ -80,7 +82,7 @@ class Hold:
     """Why an owner's change is not (fully) in this plan: a drain in progress, the guard, a conflict."""
 
     owner: str
-    reason: str  # Draining | BlastRadiusGuard | NameConflict
+    reason: str  # Draining | BlastRadiusGuard | NameConflict | VipConflict
     message: str
     retry_after: float | None = None
 
@@ -202,6 +204,30 @@ def diff(
                     _first_user(desired, obj.name),
                     "NameConflict",
                     f"service {obj.name} waits: its server name is taken by a hand-made object",
+                )
+            )
+
+    # A vserver never goes onto an IP:port that another vserver still holds (NetScaler refuses two):
+    # it waits until that one has left, drained and removed by its own DsrService.
+    spots: dict[tuple[Any, Any, Any], list[str]] = defaultdict(list)
+    for vs in actual.of_kind("lbvserver"):
+        spots[(vs.get("ipv46"), vs.get("port"), vs.get("servicetype"))].append(vs.name)
+    for want in desired.of_kind("lbvserver"):
+        spot = (want.get("ipv46"), want.get("port"), want.get("servicetype"))
+        have = actual.get("lbvserver", want.name)
+        if have is not None and (have.get("ipv46"), have.get("port"), have.get("servicetype")) == spot:
+            continue  # already there
+        others = [n for n in spots.get(spot, ()) if n != want.name]
+        if others and want.name not in blocked_names:
+            blocked_names.add(want.name)
+            port = "*" if spot[1] == NITRO_WILDCARD_PORT else spot[1]
+            holds.append(
+                Hold(
+                    want.owner,
+                    "VipConflict",
+                    f"{spot[0]}:{port} is still held on NetScaler by vserver {others[0]}; "
+                    f"{want.name} waits for it to leave",
+                    retry_after=policy.drain_poll_seconds,
                 )
             )
 

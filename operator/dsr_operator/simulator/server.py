@@ -17,6 +17,8 @@ NITRO behaviour worth knowing:
   default `exit`. Rollback only for add/bind (otherwise 599/1242). All items fine → 201 (add/bind)
   or 200; any failure → 207 with errorcode 1243 and a per-item `response` list.
 * `POST /config/<type>?idempotent=yes` adds, or updates an existing object (200).
+* A client that disconnects before its request is read (it timed out, say, under injected latency)
+  is not an error: the request is not carried out and only a debug line is logged.
 * GET: `args=k:v,...`, `filter=k:v,...` (exact, or `/regex/`), `attrs=a,b`, `count=yes`
   (`{"<type>":[{"__count":N}]}`, N a number), `bulkbindings=yes` for a binding type without a name.
   `nsmode` and `nsconfig` come back as objects, everything else as arrays; no key when empty.
@@ -280,6 +282,11 @@ async def _nitro_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = _reply(exc.status, error=exc)
     except web.HTTPException as exc:
         response = _reply(exc.status, error=store.NitroError(exc.status, 1240, exc.reason))
+    except ConnectionResetError:
+        # The client went away (timed out, closed) before its request was read: nothing to answer,
+        # nothing done, and no fault of ours. aiohttp drops the reply on the closed connection.
+        logger.debug("NITRO %s %s: client disconnected, not carried out", request.method, request.path_qs)
+        return web.Response(status=499, reason="Client Closed Request")
     except Exception:
         logger.exception("Simulator failure on %s %s", request.method, request.path)
         response = _reply(500, error=store.NitroError(500, 500, "Internal Server Error"))

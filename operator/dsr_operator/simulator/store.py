@@ -10,7 +10,8 @@ Choices where the NITRO reference is silent (see `reference/nitro-api.md` §10):
   so does deleting an `lbmonitor` still bound to a service. Deleting a service or a vserver drops
   its bindings, as the appliance does.
 * a second `server` with the same IP → 409 / 1335 "Server already exists [<existing name>]"; a
-  second `service` (or `lbvserver`) with the same IP, port and type → 409 / 273.
+  second `service` (or `lbvserver`) with the same IP, port and type → 409 / 273, and so does an
+  update that moves a vserver (`ipv46`) onto the IP, port and type of another.
 * `resptimeout` not below `interval` → 599 / 278 "Invalid argument [resptimeout]".
 * enabling an enabled object (or disabling a disabled one) succeeds.
 * unknown resource type → 599 / 1232, unknown action → 599 / 1240.
@@ -488,6 +489,10 @@ class Store:
         obj.setdefault("ipv46", "0.0.0.0")
         obj.setdefault("port", 0)
         self._check_vserver(obj)
+        self._check_vserver_address(obj)
+
+    def _check_vserver_address(self, obj: Record) -> None:
+        """One vserver per IP, port and type: another one there → 409 / 273, on add and on a move."""
         if obj["ipv46"] != "0.0.0.0":
             for other in self.objects["lbvserver"].values():
                 if other["name"] != obj["name"] and (other["ipv46"], other["port"], other["servicetype"]) == (
@@ -521,6 +526,7 @@ class Store:
         candidate = obj | changes
         if res.name == "lbvserver":
             self._check_vserver(candidate)
+            self._check_vserver_address(candidate)
         elif res.name == "lbmonitor":
             self._check_monitor(candidate)
         elif res.name == "server" and "ipaddress" in changes:
