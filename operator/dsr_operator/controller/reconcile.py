@@ -178,8 +178,10 @@ async def run(rt: Runtime) -> None:
             for key in batch:
                 rt.batcher.failed(key)
         finally:
-            rt.metrics.reconcile_seconds.labels(result).observe(time.monotonic() - started)
+            took = time.monotonic() - started
+            rt.metrics.reconcile_seconds.labels(result).observe(took)
             rt.metrics.batch_size.observe(len(batch))
+            log.info("Reconciled %d DsrService(s) in %.3f s (%s)", len(batch), took, result)
 
 
 async def reconcile_batch(rt: Runtime, keys: set[Key]) -> None:

@@ -107,8 +107,9 @@ class NsObject:
         items = tuple(sorted((k, _normalise(v)) for k, v in fields.items() if v is not None))
         return cls(kind=kind, name=name, fields=items, owner=owner, state=state)
 
-    @property
-    def data(self) -> dict[str, Any]:
+    @functools.cached_property
+    def data(self) -> Mapping[str, Any]:
+        """The managed fields as a mapping (built once per object; do not mutate)."""
         return dict(self.fields)
 
     def get(self, field: str) -> Any:

@@ -148,11 +148,14 @@ def vip_conflicts(
     """
     held = {uid: set(endpoints) for uid, endpoints in (holders or {}).items()}
     ordered = sorted(services, key=lambda s: (s[2], s[0].namespace, s[0].name))
-    claimed: list[tuple[str, int | str, models.ObjectRef]] = []
+    claimed_on: dict[str, list[tuple[int | str, models.ObjectRef]]] = {}
     lost: dict[str, tuple[models.ObjectRef, models.ObjectRef, str]] = {}
 
+    def claim(vip: str, port: int | str, ref: models.ObjectRef) -> None:
+        claimed_on.setdefault(vip, []).append((port, ref))
+
     def rival(ref: models.ObjectRef, vip: str, port: int | str) -> models.ObjectRef | None:
-        return next((o for v, p, o in claimed if o != ref and v == vip and _overlap(p, port)), None)
+        return next((o for p, o in claimed_on.get(vip, ()) if o.uid != ref.uid and _overlap(p, port)), None)
 
     # First what is already on NetScaler and still asked for: a holder keeps all of it that no
     # older holder has, and loses (only) the rest.
@@ -162,7 +165,7 @@ def vip_conflicts(
             if winner is not None:
                 lost.setdefault(ref.uid, (ref, winner, f"{spec.vip}:{port}"))
             else:
-                claimed.append((spec.vip, port, ref))
+                claim(spec.vip, port, ref)
     # Then what is not there yet: all of a DsrService's new endpoints, or it loses.
     for ref, spec, _ in ordered:
         if ref.uid in lost:
@@ -172,7 +175,8 @@ def vip_conflicts(
         if clash is not None:
             lost[ref.uid] = (ref, clash[1], f"{spec.vip}:{clash[0]}")
         else:
-            claimed.extend((spec.vip, p, ref) for p in new)
+            for p in new:
+                claim(spec.vip, p, ref)
     conflicts = []
     for ref, _, _ in ordered:
         if ref.uid in lost:

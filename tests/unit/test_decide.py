@@ -1,0 +1,135 @@
+"""Table tests of `decide()`: a snapshot in, a decision out (no I/O), and the planner's `relevant()`."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dsr_operator.controller import decide, world
+from dsr_operator.netscaler import executor
+from dsr_operator.netscaler import models as ns
+from dsr_operator.planner import desired as d
+from dsr_operator.planner import effects
+from dsr_operator.planner import plan as planner
+from tests.unit.test_planner import EMPTY, FREE, OP_ID, converge, intent_sets
+
+NOW = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)
+DEFAULTS = decide.Defaults(OP_ID, drain_seconds=0, guard_percent=100)
+
+
+def entry(name: str, spec: dict[str, Any], created: str = "2026-01-01T00:00:00Z", **status: Any) -> decide.Entry:
+    return decide.Entry.of({"metadata": {"namespace": "shop", "name": name, "uid": f"uid-{name}", "generation": 1,
+                                         "creationTimestamp": created}, "spec": spec, "status": status})
+
+
+def static(vip: str, *hosts: str) -> dict[str, Any]:
+    return {"vip": vip, "ports": [80],
+            "backends": {"static": [{"name": f"h{i}", "address": h} for i, h in enumerate(hosts)]}}
+
+
+def snapshot(entries: list[decide.Entry], keys: list[str] | None = None, actual: ns.NetScalerState = EMPTY,
+             **kw: Any) -> decide.Snapshot:
+    all_entries = {(e.ref.namespace, e.ref.name): e for e in entries}
+    batch = frozenset(("shop", k) for k in keys) if keys is not None else frozenset(all_entries)
+    fields: dict[str, Any] = {"slices": {}, "nodes": {}, "nodeconfigs": {}, "services": {}, "needs": {}}
+    fields.update(kw)
+    return decide.Snapshot(keys=batch, entries=all_entries, actual=actual, defaults=DEFAULTS, **fields)
+
+
+def reasons(decision: decide.Decision) -> dict[str, str | None]:
+    return {k[1]: (j.stalled.reason if j.stalled else None) for k, j in decision.judgements.items()}
+
+
+def test_one_plan_for_the_whole_batch_one_bulk_stage_per_kind() -> None:
+    entries = [entry(f"s{i}", static(f"192.0.2.{i}", f"10.0.{i}.1", f"10.0.{i}.2")) for i in range(1, 4)]
+    decision = decide.decide(snapshot(entries))
+    assert reasons(decision) == {"s1": None, "s2": None, "s3": None}
+    steps = [(s.verb, s.kind, len(s.ops)) for s in decision.plan.stages]
+    assert steps == [
+        ("enable", "nsmode", 1), ("add", "server", 6), ("add", "lbmonitor", 3), ("add", "service", 6),
+        ("bind", "service_lbmonitor_binding", 6), ("add", "lbvserver", 3), ("bind", "lbvserver_service_binding", 6),
+    ]
+    assert decision.scope == {"uid-s1", "uid-s2", "uid-s3"}
+
+
+def test_invalid_conflicting_and_waiting_dsrservices_are_judged_and_nothing_is_planned_for_them() -> None:
+    entries = [
+        entry("good", static("192.0.2.1", "10.0.0.1")),
+        entry("bad", {"vip": "nope", "ports": [80], "backends": {"static": []}}),
+        entry("late", static("192.0.2.1", "10.0.0.2"), created="2026-02-01T00:00:00Z"),
+        entry("lost", {"vip": "192.0.2.3", "ports": [80], "backends": {"service": "missing"}}),
+    ]
+    decision = decide.decide(snapshot(entries))
+    assert reasons(decision) == {"bad": "InvalidSpec", "good": None, "late": "VipConflict", "lost": "ServiceNotFound"}
+    assert {op.owner for op in decision.plan.ops} <= {"uid-good", ns.SHARED_OWNER}
+    late = decision.judgements[("shop", "late")].stalled
+    assert late is not None and "192.0.2.1:80 is already served by DsrService shop/good" in late.message
+
+
+def test_a_new_node_backend_is_announced_before_it_is_bound() -> None:
+    spec = {"vip": "192.0.2.9", "ports": [80], "backends": {"service": "web"}}
+    e = entry("web", spec)
+    snap = snapshot(
+        [e],
+        slices={("shop", "web"): [(world.Endpoint("n1", True, True, False),)]},
+        nodes={"n1": world.NodeInfo("n1", "uid-n1", (("InternalIP", "198.51.100.1"),))},
+        services={("shop", "web"): ("192.0.2.9",)},
+    )
+    decision = decide.decide(snap)
+    assert decision.needs == {("shop", "web"): {"n1": "192.0.2.9"}}
+    assert not [op for op in decision.plan.ops if op.kind == ns.VSERVER_BINDING], "bound before the VIP is on n1"
+    report = decide.report(decision, effects.after(EMPTY, decision.plan.ops, OP_ID), executor.Outcome((), ()),
+                           snap, NOW)
+    assert [r.verdict.reason for r in report] == ["WaitingForLoopback"]
+
+
+def test_the_plan_reads_only_the_part_of_netscaler_the_batch_touches() -> None:
+    others = [entry(f"o{i}", static(f"198.18.{i // 250}.{i % 250}", f"10.9.{i // 250}.{i % 250}"))
+              for i in range(500)]
+    mine = entry("mine", static("192.0.2.1", "10.0.0.1"))
+    box = converge(EMPTY, [d.Intent(e.ref, e.spec, d.static_backends(e.spec)) for e in others], FREE)  # type: ignore[arg-type]
+    snap = snapshot([*others, mine], keys=["mine"], actual=box)
+    decision = decide.decide(snap)
+    assert {op.owner for op in decision.plan.ops} <= {"uid-mine", ns.SHARED_OWNER}
+    want = d.desired([decision.judgements[("shop", "mine")].intent])  # type: ignore[list-item]
+    part = planner.relevant(box, want, {"uid-mine"})
+    assert len(box.objects) > 1000 and len(part.objects) == 0 and not part.bindings
+
+
+def test_a_failure_on_a_shared_object_is_reported_to_the_dsrservices_that_use_it() -> None:
+    entries = [entry("a", static("192.0.2.1", "10.0.0.1")), entry("b", static("192.0.2.2", "10.0.0.1"))]
+    snap = snapshot(entries)
+    decision = decide.decide(snap)
+    server_add = next(op for op in decision.plan.ops if op.kind == "server")
+    from dsr_operator.netscaler import errors
+
+    outcome = executor.Outcome(
+        tuple(op for op in decision.plan.ops if op is not server_add),
+        (executor.Failure(server_add, errors.NitroError("refused")),),
+    )
+    reports = {r.key[1]: r for r in decide.report(decision, EMPTY, outcome, snap, NOW)}
+    assert reports["a"].failures and reports["b"].failures
+    assert reports["a"].verdict.reason == reports["b"].verdict.reason == "NetScalerRejected"
+
+
+PROPS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPS
+@given(before=intent_sets(), after=intent_sets(), keep=st.sets(st.sampled_from(["uid-0", "uid-1", "uid-2"])))
+def test_a_plan_against_the_relevant_part_equals_the_plan_against_the_whole_box(
+    before: list[d.Intent], after: list[d.Intent], keep: set[str]
+) -> None:
+    """Same scope, same plan; the whole-box plan may only add the sweep of unused shared objects."""
+    actual = converge(EMPTY, before, FREE)
+    wanted = [i for i in after if i.ref.uid not in keep]
+    scope = frozenset({i.ref.uid for i in [*before, *after]} - keep)
+    want = d.desired(wanted)
+    narrow = planner.diff(want, planner.relevant(actual, want, scope), FREE, scope)
+    whole = planner.diff(want, actual, FREE, scope)
+    assert set(narrow.ops) <= set(whole.ops)
+    extra = set(whole.ops) - set(narrow.ops)
+    assert all(op.verb == "delete" and op.owner == ns.SHARED_OWNER for op in extra), extra
