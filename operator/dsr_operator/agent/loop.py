@@ -27,6 +27,7 @@ import lightkube.types
 
 from dsr_operator import kube
 from dsr_operator.agent import core, host, state
+from dsr_operator.agent import metrics as metrics_
 from dsr_operator.api import models
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class Settings:
     backoff_max_seconds: float = 30.0
     events_namespace: str = "default"
     """Events about the cluster-scoped DsrNodeConfig go to this namespace."""
+    metrics_port: int = 0
+    """Serve Prometheus `/metrics` on this port (0: no metrics endpoint)."""
 
 
 def _utcnow() -> datetime.datetime:
@@ -75,8 +78,10 @@ class Agent:
         client: lightkube.AsyncClient,
         *,
         clock: Callable[[], datetime.datetime] = _utcnow,
+        metrics: metrics_.AgentMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.host = the_host
         self.client = client
         self.clock = clock
@@ -167,6 +172,8 @@ class Agent:
         drift = models.DriftRepair(time=_rfc3339(now), repaired=repaired) if repaired else None
         if repaired:
             logger.warning("DsrNodeConfig %s: repaired host drift: %s", self.settings.node_name, "; ".join(repaired))
+        if self.metrics is not None:
+            self.metrics.observe(outcome, now=now.timestamp(), repaired=len(repaired))
 
         self._retry_in = None
         if obj is None:

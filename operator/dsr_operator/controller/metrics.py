@@ -24,6 +24,27 @@ class Metrics:
             "dsr_bound_backends", "Backends bound on NetScaler per DsrService", ["namespace", "name"],
             registry=self.registry,
         )
+        # Registered for the chart's dashboard and alerts; the batched reconcile loop sets them (not wired
+        # in view.py/reconcile.py yet: those are being rewritten). Until then they export no samples.
+        self.desired_backends = prometheus_client.Gauge(
+            "dsr_desired_backends", "Backends a DsrService wants bound (its status.backends.desired)",
+            ["namespace", "name"], registry=self.registry,
+        )
+        self.draining_backends = prometheus_client.Gauge(
+            "dsr_draining_backends", "Backends of a DsrService being drained (graceful disable) on NetScaler",
+            ["namespace", "name"], registry=self.registry,
+        )
+        self.netscaler_up = prometheus_client.Gauge(
+            "dsr_netscaler_up", "1 when the last NITRO request reached the NetScaler, else 0", registry=self.registry
+        )
+        self.netscaler_ha_primary = prometheus_client.Gauge(
+            "dsr_netscaler_ha_primary", "1 for the NSIP that is the HA primary, 0 for the others", ["url"],
+            registry=self.registry,
+        )
+        self.netscaler_config_unsaved = prometheus_client.Gauge(
+            "dsr_netscaler_config_unsaved",
+            "1 while changes applied to NetScaler are not yet saved (nsconfig save), else 0", registry=self.registry,
+        )
         self.stalled = prometheus_client.Gauge(
             "dsr_stalled_dsrservices", "DsrServices whose Stalled condition is True", registry=self.registry
         )
