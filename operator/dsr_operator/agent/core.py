@@ -247,10 +247,13 @@ def compute_status(
         observed_generation=generation,
         applied_vips=list(outcome.applied),
         failed_vips=[models.VipError(address=f.address, error=f.error) for f in outcome.failed],
+        applied_count=len(outcome.applied),
+        failed_count=len(outcome.failed),
         interface=outcome.interface,
         mode=outcome.mode,  # type: ignore[arg-type]
         sysctls=dict(outcome.sysctls),
         rp_filter=dict(outcome.rp_filter),
+        rp_filter_max=max(outcome.rp_filter.values()) if outcome.rp_filter else None,
         conditions=conditions,
         last_error=outcome.error,
         last_drift_repair=drift,
