@@ -164,7 +164,7 @@ class Host:
                 else:
                     error = f"cannot remove {addr.address} from {addr.ifname}: {problem}"
 
-            sysctl_values, fixed = await self._ensure_sysctls(ifname)
+            sysctl_values, fixed = await self._ensure_sysctls(ifname, ipv6=core.has_ipv6(vips))
             rp_filter = await self.sysctls.rp_filter()
         except (HostError, NetlinkError, OSError, sysctl.SysctlError) as exc:
             error = str(exc) or type(exc).__name__
@@ -185,10 +185,10 @@ class Host:
             interface_created=created,
         )
 
-    async def _ensure_sysctls(self, ifname: str) -> tuple[dict[str, int], list[str]]:
-        desired = core.desired_sysctls(ifname)
+    async def _ensure_sysctls(self, ifname: str, *, ipv6: bool = False) -> tuple[dict[str, int], list[str]]:
+        desired = core.desired_sysctls(ifname, ipv6=ipv6)
         current = await self.sysctls.read(list(desired))
-        fix = {key: value for key, value in desired.items() if current.get(key) != value}
+        fix = {key: value for key, value in desired.items() if not core.sysctl_ok(key, value, current.get(key))}
         for key in fix:
             before = current.get(key)
             if key not in self.st.sysctls and before is not None:

@@ -201,12 +201,13 @@ class Agent:
 
     def _drift(self, outcome: core.Outcome, previous_status: Mapping[str, Any], generation: int | None) -> list[str]:
         """What this pass had to restore although it was in place after the previous pass."""
-        desired_sysctls = core.desired_sysctls(outcome.interface)
+        ipv6 = any(key.startswith("net.ipv6.") for key in outcome.sysctls)
+        desired_sysctls = core.desired_sysctls(outcome.interface, ipv6=ipv6)
         if self._baseline is None and previous_status.get("observedGeneration") == generation and generation:
             # First pass after a start: measure against what the previous agent reported.
             held = set(previous_status.get("appliedVips") or [])
             reported = previous_status.get("sysctls") or {}
-            good = {k for k, v in desired_sysctls.items() if reported.get(k) == v}
+            good = {k for k, v in desired_sysctls.items() if core.sysctl_ok(k, v, reported.get(k))}
             self._baseline = (held, good)
         repaired: list[str] = []
         if self._baseline is not None:
@@ -217,7 +218,7 @@ class Agent:
                 repaired.insert(0, f"interface {outcome.interface} re-created")
         self._baseline = (
             set(outcome.applied),
-            {k for k, v in desired_sysctls.items() if outcome.sysctls.get(k) == v},
+            {k for k, v in desired_sysctls.items() if core.sysctl_ok(k, v, outcome.sysctls.get(k))},
         )
         return repaired
 
