@@ -187,14 +187,19 @@ async def test_ipv6_requests_spread_over_the_backends_and_replies_bypass_lb(stan
     assert forwarded <= tx < forwarded + sent_by_backends // 4, (tx, forwarded, sent_by_backends)
 
 
+def _neighbours6(lab: Lab, role: str) -> dict[str, str | None]:
+    out = subprocess.run(["ip", "-n", lab.ns(role), "-6", "-j", "neigh", "show", "dev", "eth0"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return {n["dst"]: n.get("lladdr") for n in json.loads(out)}
+
+
 async def test_ipv6_neighbour_solicitation_for_the_vip_is_answered_by_lb_only(stand: Stand) -> None:
     lab = stand.lab
-    subprocess.run(["ip", "-n", lab.ns("client"), "-6", "neigh", "flush", "dev", "eth0"], check=True)
+    flush = ["ip", "-n", lab.ns("client"), "-6", "neigh", "flush", "dev", "eth0"]
+    await asyncio.to_thread(subprocess.run, flush, check=True)
     reply = await asyncio.to_thread(lab.get, 2.0, "/", ipv6=True)
     assert reply.ok, reply
-    out = subprocess.run(["ip", "-n", lab.ns("client"), "-6", "-j", "neigh", "show", "dev", "eth0"],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
-    entries = {n["dst"]: n.get("lladdr") for n in json.loads(out)}
+    entries = await asyncio.to_thread(_neighbours6, lab, "client")
     assert entries.get(lab.v6vip) == await asyncio.to_thread(lab.mac, "lb"), entries
 
 

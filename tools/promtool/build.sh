@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds promtool (github.com/prometheus/prometheus/cmd/promtool, the version pinned in go.mod here)
 # into .cache/promtool/bin/ at the repo root, for `promtool test rules` on the chart's alerts
-# (tests/unit/test_chart_alerts.py). Only cmd/promtool is compiled.
+# (tests/controlplane/test_chart_observability.py). Only cmd/promtool is compiled.
 #
 # Rebuilt only when the binary is missing or its version stamp (bin/.stamps/promtool) differs,
 # so a second run costs nothing.
