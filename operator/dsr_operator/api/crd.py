@@ -126,18 +126,19 @@ def _mark_ips(schema: dict[str, Any], paths: list[list[str]]) -> None:
 def _status_schema(model: type[models.pydantic.BaseModel]) -> dict[str, Any]:
     """The status as documentation for `kubectl explain` and a type check of what is written.
 
-    Unknown fields are kept (never pruned) and nothing is defaulted: the writer's document is what is stored.
+    Unknown fields are kept (never pruned), nothing is defaulted and no CEL rule runs: the writer's
+    document is what is stored (and status lists carry no maxItems that a CEL cost estimate would need).
     """
-    status = _without_defaults(_schema(model))
+    status = _without(_schema(model), {"default", "x-kubernetes-validations"})
     status["x-kubernetes-preserve-unknown-fields"] = True
     return status
 
 
-def _without_defaults(node: Any) -> Any:
+def _without(node: Any, keys: set[str]) -> Any:
     if isinstance(node, dict):
-        return {k: _without_defaults(v) for k, v in node.items() if k != "default"}
+        return {k: _without(v, keys) for k, v in node.items() if k not in keys}
     if isinstance(node, list):
-        return [_without_defaults(v) for v in node]
+        return [_without(v, keys) for v in node]
     return node
 
 
@@ -154,7 +155,8 @@ def dsrservice_crd() -> dict[str, Any]:
         description="A VIP load-balanced by NetScaler with Direct Server Return to its backends.",
         columns=[
             {"name": "VIP", "type": "string", "jsonPath": ".spec.vip"},
-            # A JSONPath cannot join a list, so the operator writes the ports as one string (status.portsText).
+            # A JSONPath cannot join a list, so the operator writes the ports as one string: status.portsText =
+            # spec.ports_text (to be written with the rest of the status by the batched reconcile loop).
             {"name": "Ports", "type": "string", "jsonPath": ".status.portsText"},
             {"name": "Bound", "type": "integer", "jsonPath": ".status.backends.bound"},
             {"name": "Desired", "type": "integer", "jsonPath": ".status.backends.desired"},

@@ -147,6 +147,11 @@ class DsrServiceSpec(_Model):
             raise ValueError('"*" already covers every port; list it alone')
         return ports
 
+    @property
+    def ports_text(self) -> str:
+        """The ports as `kubectl get` shows them (status.portsText): `80,443`, or `*`."""
+        return ",".join(str(port) for port in self.ports)
+
     @pydantic.model_validator(mode="after")
     def _wildcard_needs_probe_port(self) -> DsrServiceSpec:
         if self.ports == [WILDCARD_PORT] and self.health_check.type == HealthCheckType.TCP:
