@@ -1,4 +1,4 @@
-"""The agent's `/metrics` endpoint (`dsr-operator agent --metrics-port`): VIPs held and refused, per node."""
+"""The agent process with an IPv6 VIP: its `/metrics` (VIPs held and refused, per node), its IPv6 settings."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import aiohttp
 
 from dsr_operator import kube as kubeapi
 from tests.conftest import KubeHandle
-from tests.netns.hostcheck import cidrs, poll
+from tests.netns.hostcheck import addresses, cidrs, poll, sysctl
 
 NODE = "node-m"
 
@@ -54,6 +55,21 @@ async def test_agent_exports_held_and_refused_vips_for_its_node(
             if line.startswith(f'dsr_agent_last_pass_timestamp_seconds{{node="{NODE}"}}')
         )  # fmt: skip
         assert stamp >= started - 1
+
+        # The IPv6 VIP: no DAD (never tentative, never probed for), no unsolicited neighbour advertisement.
+        (vip6,) = [a for a in addresses(netns) if a["local"] == "2001:db8::80"]
+        assert vip6.get("nodad") is True, vip6
+        for key in ("net.ipv6.conf.all.accept_dad", "net.ipv6.conf.all.ndisc_notify", "net.ipv6.conf.lo.ndisc_notify"):
+            assert sysctl(netns, key) == 0, key
+        assert sysctl(netns, "net.ipv6.conf.lo.accept_dad") in (0, -1)
+
+        async def reported() -> dict[str, Any] | None:
+            status = dict((await client.get(kubeapi.DsrNodeConfig, NODE)).get("status") or {})
+            return status if status.get("appliedCount") == 2 else None
+
+        status = await poll(reported, within=30, what="the status with both VIPs applied")
+        assert status["failedCount"] == 1
+        assert status["sysctls"]["net.ipv6.conf.lo.ndisc_notify"] == 0
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
