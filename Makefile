@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast lint bench crds
+.PHONY: setup demo test test-fast lint bench crds promtool
 
 setup: $(BIN)/dsr-operator
 
@@ -16,8 +16,8 @@ $(BIN)/dsr-operator: pyproject.toml
 demo: setup
 	$(BIN)/dsr-operator demo
 
-## Every tier: unit, integration, netns (root) and control plane (builds binaries once).
-test: setup controlplane
+## Every tier: unit, integration, netns (root) and control plane (builds binaries and promtool once).
+test: setup controlplane promtool
 	DSR_REQUIRE_CONTROLPLANE=1 $(BIN)/python -m pytest
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -39,5 +39,9 @@ bench: setup
 	$(BIN)/python bench/converge.py
 	$(BIN)/python bench/agent_vips.py
 	$(BIN)/python bench/drain_lag.py
+
+## promtool (Prometheus, pinned in tools/promtool/go.mod) for the chart's alert tests; cached in .cache/promtool.
+promtool:
+	bash tools/promtool/build.sh
 
 include tools/controlplane/Makefile.fragment

@@ -17,6 +17,7 @@ COMPONENT_CLIS = (
     "dsr_operator.controller.cli",
     "dsr_operator.agent.cli",
     "dsr_operator.demo_dsr",
+    "dsr_operator.status",
 )
 
 

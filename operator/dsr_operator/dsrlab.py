@@ -1,9 +1,11 @@
 """A DSR lab in network namespaces: client, lb (the simulator's dataplane), backends, one bridge.
 
-Used by `dsr-operator demo-dsr` and by the netns end-to-end test. Everything lives in namespaces
-named `<prefix>-<role>`, on one /24 (default 10.77.0.0/24, VIP 10.77.0.100); traffic goes only to
-those addresses. `Lab.down()` deletes the namespaces, which takes their links, addresses and nftables
-state with them, and stops the processes the lab started.
+Used by `dsr-operator demo-dsr` and by the netns end-to-end tests. Everything lives in namespaces
+named `<prefix>-<role>`, on one /24 (default 10.77.0.0/24, VIP 10.77.0.100); with `net6` (e.g.
+"fd77::") also on one IPv6 /64 (VIP `vip6`, default <net6>100; addresses without duplicate address
+detection, the bridge without multicast snooping so neighbour solicitations reach every port, the
+HTTP servers dual-stack); traffic goes only to those addresses. `Lab.down()` deletes the namespaces,
+which takes their links, addresses and nftables state with them, and stops the processes the lab started.
 
     bridge ns: br0 ── p-client ── client ns (eth0 .10)
                   ├── p-lb ────── lb ns (eth0 .2; the simulator's dataplane, answers ARP for the VIP)
@@ -29,8 +31,9 @@ from typing import Any
 from dsr_operator.simulator import netns as netns_
 
 HTTP_SERVER = r"""
-import http.server, sys
+import http.server, socket, sys
 NAME = sys.argv[1]
+HOST = sys.argv[2] if len(sys.argv) > 2 else "0.0.0.0"
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
@@ -44,7 +47,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
-Server(("0.0.0.0", 80), Handler).serve_forever()
+    address_family = socket.AF_INET6 if ":" in HOST else socket.AF_INET
+    def server_bind(self):
+        if self.address_family == socket.AF_INET6:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 too
+        super().server_bind()
+Server((HOST, 80), Handler).serve_forever()
 """
 
 
@@ -97,6 +105,9 @@ class Lab:
     backends: Sequence[str] = ("b1", "b2", "b3")
     net: str = "10.77.0"
     vip: str = "10.77.0.100"
+    net6: str | None = None
+    """An IPv6 /64 prefix such as "fd77::" (None: IPv4 only)."""
+    vip6: str | None = None
     _procs: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
     _namespaces: list[str] = dataclasses.field(default_factory=list)
 
@@ -111,6 +122,19 @@ class Lab:
             return f"{self.net}.{fixed[role]}"
         return f"{self.net}.{11 + list(self.backends).index(role)}"
 
+    def ip6(self, role: str) -> str:
+        if self.net6 is None:
+            raise ValueError("this lab has no IPv6 network (net6)")
+        fixed = {"lb": 2, "client": 10}
+        host = fixed[role] if role in fixed else 11 + list(self.backends).index(role)
+        return f"{self.net6}{host}"
+
+    @property
+    def v6vip(self) -> str:
+        if self.net6 is None:
+            raise ValueError("this lab has no IPv6 network (net6)")
+        return self.vip6 or f"{self.net6}100"
+
     def mac(self, role: str) -> str:
         return json.loads(sh("ip", "-n", self.ns(role), "-j", "link", "show", "dev", "eth0").stdout)[0]["address"]
 
@@ -120,6 +144,8 @@ class Lab:
         bridge = self.ns("br")
         self._add_ns(bridge)
         sh("ip", "-n", bridge, "link", "add", "br0", "type", "bridge")
+        if self.net6 is not None:
+            sh("ip", "-n", bridge, "link", "set", "br0", "type", "bridge", "mcast_snooping", "0")
         sh("ip", "-n", bridge, "link", "set", "br0", "up")
         for role in ("client", "lb", *self.backends):
             ns = self.ns(role)
@@ -128,6 +154,8 @@ class Lab:
             sh("ip", "-n", bridge, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
             sh("ip", "-n", bridge, "link", "set", port, "master", "br0", "up")
             sh("ip", "-n", ns, "addr", "add", f"{self.ip(role)}/24", "dev", "eth0")
+            if self.net6 is not None:
+                sh("ip", "-n", ns, "-6", "addr", "add", f"{self.ip6(role)}/64", "dev", "eth0", "nodad")
             sh("ip", "-n", ns, "link", "set", "eth0", "up")
         for backend in self.backends:
             self._instrument(backend)
@@ -162,7 +190,8 @@ class Lab:
     def start_http(self, backend: str) -> None:
         ns = self.ns(backend)
         self._procs[f"http-{backend}"] = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-c", HTTP_SERVER, backend],
+            ["ip", "netns", "exec", ns, sys.executable, "-c", HTTP_SERVER, backend,
+             "::" if self.net6 is not None else "0.0.0.0"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -189,6 +218,13 @@ class Lab:
             f"add rule inet dsrlab pre ip saddr {self.ip('client')} ip daddr {self.vip} counter\n"
             f"add rule inet dsrlab out ip saddr {self.vip} ip daddr {self.ip('client')} counter\n"
         )
+        if self.net6 is not None:
+            rules += (
+                "add chain inet dsrlab pre6 { type filter hook prerouting priority -300; }\n"
+                "add chain inet dsrlab out6 { type filter hook output priority -300; }\n"
+                f"add rule inet dsrlab pre6 ip6 saddr {self.ip6('client')} ip6 daddr {self.v6vip} counter\n"
+                f"add rule inet dsrlab out6 ip6 saddr {self.v6vip} ip6 daddr {self.ip6('client')} counter\n"
+            )
         sh("ip", "netns", "exec", self.ns(backend), "nft", "-f", "-", stdin=rules)
 
     def vip_packets(self, backend: str) -> tuple[int, int]:
@@ -200,6 +236,16 @@ class Lab:
             if rule:
                 counts[rule["chain"]] = next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
         return counts.get("pre", 0), counts.get("out", 0)
+
+    def vip6_packets(self, backend: str) -> tuple[int, int]:
+        """As `vip_packets`, for the IPv6 VIP and the client's IPv6 address."""
+        out = sh("ip", "netns", "exec", self.ns(backend), "nft", "-j", "list", "table", "inet", "dsrlab").stdout
+        counts = {}
+        for item in json.loads(out)["nftables"]:
+            rule = item.get("rule")
+            if rule:
+                counts[rule["chain"]] = next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
+        return counts.get("pre6", 0), counts.get("out6", 0)
 
     def link_packets(self, role: str) -> tuple[int, int]:
         """(rx, tx) packets of the role's eth0."""
@@ -213,15 +259,17 @@ class Lab:
 
     # -- client
 
-    def get(self, timeout: float = 1.0, path: str = "/") -> Reply:
-        """One HTTP GET to VIP:80 from the client namespace, on a new connection."""
-        sock = netns_.socket_in(self.ns("client"), socket.AF_INET, socket.SOCK_STREAM)
+    def get(self, timeout: float = 1.0, path: str = "/", *, ipv6: bool = False) -> Reply:
+        """One HTTP GET to VIP:80 (with `ipv6`, [vip6]:80) from the client namespace, on a new connection."""
+        vip = self.v6vip if ipv6 else self.vip
+        sock = netns_.socket_in(self.ns("client"), socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_STREAM)
         sport = 0
         try:
             sock.settimeout(timeout)
-            sock.connect((self.vip, 80))
+            sock.connect((vip, 80))
             sport = sock.getsockname()[1]
-            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {self.vip}\r\nConnection: close\r\n\r\n".encode())
+            host = f"[{vip}]" if ipv6 else vip
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
             data = b""
             while chunk := sock.recv(4096):
                 data += chunk
@@ -269,8 +317,8 @@ class Lab:
 
 
 _TCPDUMP = re.compile(
-    r"(?P<src_mac>[0-9a-f:]{17}) > (?P<dst_mac>[0-9a-f:]{17}), ethertype IPv4 .*?: "
-    r"(?P<src>\d+\.\d+\.\d+\.\d+)\.(?P<sport>\d+) > (?P<dst>\d+\.\d+\.\d+\.\d+)\.(?P<dport>\d+): (?P<rest>.*)"
+    r"(?P<src_mac>[0-9a-f:]{17}) > (?P<dst_mac>[0-9a-f:]{17}), ethertype IPv[46] .*?: "
+    r"(?P<src>[0-9a-f:.]+?)\.(?P<sport>\d+) > (?P<dst>[0-9a-f:.]+?)\.(?P<dport>\d+): (?P<rest>.*)"
 )
 
 

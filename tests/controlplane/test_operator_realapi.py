@@ -295,3 +295,113 @@ def test_operator_peering_heartbeat_in_the_charts_peering_object(rig: Rig) -> No
     peerings = rig.cp.kc_json("get", "kopfpeerings.kopf.dev", "-n", rig.namespace)["items"]
     with_peers = [p for p in peerings if p.get("status")]
     assert with_peers, "the operator (kopf peering on) never wrote its heartbeat"
+
+
+# --- what users and tools read: Argo CD health, kubectl columns and explain, the status command -------
+
+ARGOCD_STATES = ("fresh", "progressing", "healthy", "degraded")
+
+
+def _far_backend(rig: Rig, name: str, node_ip: str, vip: str) -> None:
+    """A Service whose only ready Pod is on a Node that runs no agent: its VIP is never applied there."""
+    cp, ns = rig.cp, rig.namespace
+    node = f"{rig.node}-{name}"
+    cp.kc("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}))
+    cp.kc("patch", "node", node, "--subresource=status", "--type=merge", "-p", json.dumps(
+        {"status": {"addresses": [{"type": "InternalIP", "address": node_ip}]}}))
+    manifests = [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+         "spec": {"selector": {"app": name}, "externalIPs": [vip], "ports": [{"port": 80, "targetPort": 8080}]}},
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-0", "namespace": ns, "labels": {"app": name}},
+         "spec": {"nodeName": node, "containers": [{"name": "web", "image": "registry.invalid/web:1"}]}},
+    ]
+    cp.kc("create", "-f", "-", input="\n---\n".join(json.dumps(m) for m in manifests))
+    cp.kc("patch", "pod", f"{name}-0", "-n", ns, "--subresource=status", "--type=merge", "-p", json.dumps(
+        {"status": {"phase": "Running", "hostIP": node_ip, "podIP": "10.244.78.5", "podIPs": [{"ip": "10.244.78.5"}],
+                    "conditions": [{"type": "Ready", "status": "True"},
+                                   {"type": "ContainersReady", "status": "True"}]}}))
+
+
+def _dsrservice(name: str, namespace: str, vip: str, service: str) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DsrService",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"vip": vip, "ports": [80, 443], "backends": {"service": service}, "drainSeconds": 0,
+                     "healthCheck": {"type": "TCP", "intervalSeconds": 5, "port": 80}}}
+
+
+def test_argocd_health_kubectl_columns_and_status_on_live_objects(rig: Rig, tmp_path: Path) -> None:
+    from tests.argocd import evaluate  # lupa: imported here so the module loads without it
+
+    cp, ns = rig.cp, rig.namespace
+    unwatched = f"{ns}-unwatched"
+    cp.kc("create", "namespace", unwatched)
+    try:
+        _far_backend(rig, "far", "198.51.100.78", "192.0.2.78")
+        objects = {
+            "fresh": _dsrservice("fresh", unwatched, "192.0.2.76", "web"),  # no operator watches it: no status
+            "progressing": _dsrservice("progressing", ns, "192.0.2.78", "far"),  # its node has no agent
+            "healthy": _dsrservice("healthy", ns, VIP, "web"),
+            "degraded": _dsrservice("degraded", ns, "192.0.2.79", "absent"),  # Service missing: Stalled
+        }
+        cp.kc("apply", "-f", "-", input="\n---\n".join(json.dumps(o) for o in objects.values()))
+
+        def live(state: str) -> dict[str, Any]:
+            meta = objects[state]["metadata"]
+            obj: dict[str, Any] = cp.kc_json("get", "dsrsvc", meta["name"], "-n", meta["namespace"])
+            return obj
+
+        def reason(state: str) -> str | None:
+            ready = [c for c in (live(state).get("status") or {}).get("conditions") or [] if c["type"] == "Ready"]
+            return ready[0]["reason"] if ready else None
+
+        rig.wait(lambda: reason("healthy") == "Converged", 90, "healthy to converge")
+        rig.wait(lambda: reason("progressing") == "WaitingForLoopback", 60, "progressing to wait for the loopback")
+        rig.wait(lambda: reason("degraded") == "ServiceNotFound", 60, "degraded to stall")
+        captured = {state: live(state) for state in ARGOCD_STATES}
+        assert "status" not in captured["fresh"]
+        health = {state: evaluate(obj)["status"] for state, obj in captured.items()}
+        assert health == {"fresh": "Progressing", "progressing": "Progressing", "healthy": "Healthy",
+                          "degraded": "Degraded"}, {s: evaluate(o) for s, o in captured.items()}
+        assert "ServiceNotFound" in evaluate(captured["degraded"])["message"]
+        keep = os.environ.get("DSR_ARGOCD_CAPTURE_DIR")  # refresh tests/unit/argocd_statuses/ from a real run
+        if keep:
+            for state, obj in captured.items():
+                (Path(keep) / f"{state}.json").write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+        # kubectl get: the Reason column; the strict gate of the README (every backend bound).
+        table = cp.kc("get", "dsrsvc", "-n", ns).stdout
+        header, *rows = table.splitlines()
+        assert header.split() == ["NAME", "VIP", "PORTS", "BOUND", "DESIRED", "READY", "REASON", "AGE"], table
+        by_name = {row.split()[0]: row for row in rows}
+        assert "Converged" in by_name["healthy"] and "WaitingForLoopback" in by_name["progressing"]
+        assert "ServiceNotFound" in by_name["degraded"]
+        waited = cp.kc("wait", "--for=jsonpath={.status.backends.bound}=1", "dsrsvc/healthy", "-n", ns,
+                       "--timeout=30s", check=False, timeout=60)  # fmt: skip
+        assert waited.returncode == 0, waited.stderr
+        # kubectl get dsrnodeconfigs: the agent's summary of the node it runs on.
+        nodes = cp.kc("get", "dsrnodeconfigs", rig.node).stdout.splitlines()
+        assert nodes[0].split() == ["NAME", "VIPS", "APPLIED", "FAILED", "MODE", "RP-FILTER", "READY", "AGE"], nodes
+        assert nodes[1].split()[2:5] == ["1", "0", "loopback"], nodes
+        # kubectl explain: descriptions generated from the models.
+        explained = cp.kc("explain", "dsrservice.spec").stdout
+        for field in ("vip", "ports", "backends", "lbMethod", "healthCheck", "drainSeconds", "maxUnbindPercent"):
+            assert f"  {field}\t<" in explained, (field, explained)
+        assert "Graceful disable before a removed backend is unbound" in explained
+        assert "strict gate" in cp.kc("explain", "dsrservice.status.backends").stdout
+
+        # dsr-operator status, read-only, from the real API and the simulator.
+        password = tmp_path / "password"
+        password.write_text(SIM_PASSWORD + "\n")
+        shown = subprocess.run(
+            [_entrypoint(), "status", "-n", ns, "--kubeconfig", str(cp.kubeconfig), "--netscaler", rig.sim_url,
+             "--user", SIM_USER, "--password-file", str(password)],
+            env=_base_env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        lines = {(line.split()[0], line.split()[1], line.split()[2]): line for line in shown.stdout.splitlines()[1:]}
+        assert "  bound, " in lines[(f"{ns}/healthy", "80", NODE_IP)], shown.stdout
+        assert "applied" in lines[(f"{ns}/healthy", "443", NODE_IP)], shown.stdout
+        assert "requested, not applied yet" in lines[(f"{ns}/progressing", "80", "198.51.100.78")], shown.stdout
+    finally:
+        cp.kc("delete", "dsrsvc", "--all", "-n", ns, "--wait=false", check=False)
+        cp.kc("delete", "namespace", unwatched, "--wait=false", check=False)

@@ -66,8 +66,14 @@ def test_linux_commands(capsys: pytest.CaptureFixture[str]) -> None:
         "iface lo:dsr inet manual",
         "    up ip address replace 192.0.2.10/32 dev lo label lo:dsr",
         "    down ip address del 192.0.2.10/32 dev lo || true",
+        # With an IPv6 VIP, the same IPv6 settings as the node agent keeps.
+        "sysctl -w net.ipv6.conf.all.accept_dad=0",
+        "sysctl -w net.ipv6.conf.lo.ndisc_notify=0",
+        "net.ipv6.conf.all.ndisc_notify = 0",
     ):
         assert line in out.splitlines(), line
+    assert cli.main(["host-setup", "--vip", "192.0.2.10"]) == 0
+    assert "ipv6" not in capsys.readouterr().out, "IPv4 VIPs only: no IPv6 settings"
 
     assert cli.main(["host-setup", "--vip", "192.0.2.10", "--remove", "--netns", "ns1"]) == 0
     out = capsys.readouterr().out.splitlines()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from typing import Any
 
 import yaml
 
@@ -35,8 +36,12 @@ def test_dsrservice_schema_states_the_rules() -> None:
         "Bound",
         "Desired",
         "Ready",
+        "Reason",
         "Age",
     ]
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns["Ports"] == ".status.portsText"
+    assert columns["Reason"] == '.status.conditions[?(@.type=="Ready")].reason'
     assert doc["spec"]["names"]["shortNames"] == ["dsrsvc"]
 
 
@@ -44,3 +49,48 @@ def test_dsrnodeconfig_is_cluster_scoped_with_status() -> None:
     doc = yaml.safe_load(crd.render()["dsrnodeconfig.yaml"])
     assert doc["spec"]["scope"] == "Cluster"
     assert doc["spec"]["versions"][0]["subresources"] == {"status": {}}
+
+
+def _undescribed(schema: dict[str, Any], path: str) -> list[str]:
+    """Paths of the properties (recursively) that have no description for `kubectl explain`."""
+    missing = [] if schema.get("description") else [path]
+    for name, child in (schema.get("properties") or {}).items():
+        missing += _undescribed(child, f"{path}.{name}")
+    items = schema.get("items")
+    if isinstance(items, dict) and items.get("properties"):
+        for name, child in items["properties"].items():
+            missing += _undescribed(child, f"{path}[].{name}")
+    return missing
+
+
+def test_every_spec_and_status_field_is_described() -> None:
+    for name, root in (("dsrservice.yaml", "dsrservice"), ("dsrnodeconfig.yaml", "dsrnodeconfig")):
+        schema = yaml.safe_load(crd.render()[name])["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        for part in ("spec", "status"):
+            assert _undescribed(schema["properties"][part], f"{root}.{part}") == []
+
+
+def _keys(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        return set(node).union(*(_keys(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_keys(v) for v in node))
+    return set()
+
+
+def test_status_schemas_keep_unknown_fields_default_nothing_and_run_no_cel() -> None:
+    for name in ("dsrservice.yaml", "dsrnodeconfig.yaml"):
+        text = crd.render()[name]
+        status = yaml.safe_load(text)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+        assert status["x-kubernetes-preserve-unknown-fields"] is True
+        assert not _keys(status) & {"default", "x-kubernetes-validations"}
+
+
+def test_dsrnodeconfig_columns_show_the_agents_summary() -> None:
+    doc = yaml.safe_load(crd.render()["dsrnodeconfig.yaml"])
+    columns = {c["name"]: c["jsonPath"] for c in doc["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert columns == {
+        "VIPs": ".spec.vips", "Applied": ".status.appliedCount", "Failed": ".status.failedCount",
+        "Mode": ".status.mode", "RP-Filter": ".status.rpFilterMax",
+        "Ready": '.status.conditions[?(@.type=="Ready")].status', "Age": ".metadata.creationTimestamp",
+    }

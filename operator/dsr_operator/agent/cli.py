@@ -13,7 +13,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from dsr_operator import kube
-from dsr_operator.agent import core, host, hostsetup, loop, netlink, state
+from dsr_operator.agent import core, host, hostsetup, loop, metrics, netlink, state
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="re-check and repair the host at least this often (default: 30)",
     )
     agent.add_argument("--netns", help="apply inside this named network namespace (ip netns)")
+    agent.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("DSR_AGENT_METRICS_PORT", "0")),
+        help="serve Prometheus /metrics on this port (default: $DSR_AGENT_METRICS_PORT, else 0: off)",
+    )
     agent.add_argument(
         "--state-dir",
         type=pathlib.Path,
@@ -101,6 +107,7 @@ def run_agent(args: argparse.Namespace) -> int:
         resync_seconds=args.resync_seconds,
         netns=args.netns,
         state_dir=args.state_dir,
+        metrics_port=args.metrics_port,
     )
     connection = kube.Connection(
         kubeconfig=args.kubeconfig, server=args.server, token_file=args.token_file, certificate_authority=args.ca_file
@@ -126,14 +133,18 @@ async def _agent_main(settings: loop.Settings, connection: kube.Connection, *, u
             return 0
         config = await asyncio.to_thread(kube.load_config, connection)
         client = kube.make_client(config, connection, field_manager=loop.COMPONENT)
+        exporter = metrics.AgentMetrics(settings.node_name) if settings.metrics_port else None
+        runner = await exporter.serve(settings.metrics_port) if exporter is not None else None
         try:
-            agent = loop.Agent(settings, the_host, client)
+            agent = loop.Agent(settings, the_host, client, metrics=exporter)
             return await _until_signal(agent.run())
         except netlink.LinkTypeUnsupported as exc:
             logger.error("Interface mode %s is not possible here: %s; use --interface-mode auto or loopback",
                          settings.interface_mode, exc)
             return 2
         finally:
+            if runner is not None:
+                await runner.cleanup()
             await client.close()
 
 

@@ -30,6 +30,15 @@ LABEL_SUFFIX = ":dsr"
 ARP_SYSCTLS: Mapping[str, int] = {"arp_ignore": 1, "arp_announce": 2}
 """Answer ARP only for addresses of the asking interface; never source ARP from the VIP."""
 
+IPV6_SYSCTLS: Mapping[str, int] = {"accept_dad": 0, "ndisc_notify": 0}
+"""With IPv6 VIPs: no duplicate address detection (whose probes would announce the VIP) and no unsolicited
+neighbour advertisement when an address comes up. The kernel applies the larger of `all` and the interface,
+so both are kept at 0. (IPv6 needs no arp_ignore: Linux answers a neighbour solicitation only for addresses
+of the interface it arrived on, and never sources one from an address of another interface.)"""
+
+_ALSO_GOOD: Mapping[str, frozenset[int]] = {"accept_dad": frozenset({-1})}
+"""Values as good as the desired one: accept_dad -1 (DAD disabled, as the kernel sets it on lo)."""
+
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Vip:
@@ -162,14 +171,28 @@ def plan(desired: Iterable[Vip], target_index: int, current: Sequence[HostAddres
     return Plan(add=tuple(add), delete=tuple(delete), held=tuple(held), foreign=tuple(foreign))
 
 
-def sysctl_key(ifname: str, param: str) -> str:
+def sysctl_key(ifname: str, param: str, family: str = "ipv4") -> str:
     """The sysctl(8) name, with dots in interface names written as slashes (`eth0/100`)."""
-    return f"net.ipv4.conf.{ifname.replace('.', '/')}.{param}"
+    return f"net.{family}.conf.{ifname.replace('.', '/')}.{param}"
 
 
-def desired_sysctls(interface: str) -> dict[str, int]:
-    """arp_ignore/arp_announce on `all` and on the VIP interface."""
-    return {sysctl_key(ifname, param): value for ifname in ("all", interface) for param, value in ARP_SYSCTLS.items()}
+def desired_sysctls(interface: str, *, ipv6: bool = False) -> dict[str, int]:
+    """arp_ignore/arp_announce on `all` and on the VIP interface; with `ipv6`, accept_dad/ndisc_notify too."""
+    wanted = {sysctl_key(i, param): value for i in ("all", interface) for param, value in ARP_SYSCTLS.items()}
+    if ipv6:
+        wanted |= {
+            sysctl_key(i, param, "ipv6"): value for i in ("all", interface) for param, value in IPV6_SYSCTLS.items()
+        }
+    return wanted
+
+
+def sysctl_ok(key: str, desired: int, value: int | None) -> bool:
+    """Whether the sysctl's current value does what the desired value is for."""
+    return value == desired or value in _ALSO_GOOD.get(key.rsplit(".", 1)[-1], frozenset())
+
+
+def has_ipv6(vips: Iterable[Vip]) -> bool:
+    return any(v.family == socket.AF_INET6 for v in vips)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,10 +270,13 @@ def compute_status(
         observed_generation=generation,
         applied_vips=list(outcome.applied),
         failed_vips=[models.VipError(address=f.address, error=f.error) for f in outcome.failed],
+        applied_count=len(outcome.applied),
+        failed_count=len(outcome.failed),
         interface=outcome.interface,
         mode=outcome.mode,  # type: ignore[arg-type]
         sysctls=dict(outcome.sysctls),
         rp_filter=dict(outcome.rp_filter),
+        rp_filter_max=max(outcome.rp_filter.values()) if outcome.rp_filter else None,
         conditions=conditions,
         last_error=outcome.error,
         last_drift_repair=drift,

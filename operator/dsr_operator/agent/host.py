@@ -142,7 +142,7 @@ class Host:
             ifname = link.name
             # The arp sysctls first: a VIP on the node before arp_ignore/arp_announce would be answered
             # in ARP by the node, in a race with NetScaler. If they cannot be set, no VIP is added.
-            sysctl_values, fixed = await self._ensure_sysctls(ifname)
+            sysctl_values, fixed = await self._ensure_sysctls(ifname, ipv6=core.has_ipv6(vips))
             current = await self.netlink.addresses(links)
             the_plan = core.plan(vips, link.index, current, self.ownership())
 
@@ -187,10 +187,10 @@ class Host:
             interface_created=created,
         )
 
-    async def _ensure_sysctls(self, ifname: str) -> tuple[dict[str, int], list[str]]:
-        desired = core.desired_sysctls(ifname)
+    async def _ensure_sysctls(self, ifname: str, *, ipv6: bool = False) -> tuple[dict[str, int], list[str]]:
+        desired = core.desired_sysctls(ifname, ipv6=ipv6)
         current = await self.sysctls.read(list(desired))
-        fix = {key: value for key, value in desired.items() if current.get(key) != value}
+        fix = {key: value for key, value in desired.items() if not core.sysctl_ok(key, value, current.get(key))}
         for key in fix:
             before = current.get(key)
             if key not in self.st.sysctls and before is not None:

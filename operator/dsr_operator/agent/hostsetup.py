@@ -44,7 +44,7 @@ def _del(vip: core.Vip, netns: str | None) -> str:
 
 def linux(vips: Sequence[core.Vip], *, remove: bool = False, netns: str | None = None) -> str:
     """Shell commands (run as root) that put the VIPs on `lo` for L2 DSR, or take them away."""
-    sysctls = core.desired_sysctls(LOOPBACK)
+    sysctls = core.desired_sysctls(LOOPBACK, ipv6=core.has_ipv6(vips))
     names = " ".join(v.address for v in vips)
     lines = [f"# dsr-operator host-setup (Linux): {'remove ' if remove else ''}DSR VIP(s) {names} on {LOOPBACK}"]
     if remove:
@@ -53,12 +53,18 @@ def linux(vips: Sequence[core.Vip], *, remove: bool = False, netns: str | None =
         lines += [
             "# 2. Persistence",
             f"rm -f {IFUPDOWN_FILE} {SYSCTL_FILE}",
-            "# 3. arp_ignore/arp_announce keep their values until the next boot; to go back now, set the",
-            "#    values you had before (kernel defaults are 0), e.g.:",
+            "# 3. The sysctls keep their values until the next boot; to go back now, set the values you had",
+            "#    before (kernel defaults: 0; an interface's accept_dad 1), e.g.:",
         ]
-        lines += [f"{_sysctl(netns)} -w {key}=0" for key in sysctls]
+        # Kernel defaults: 0, except accept_dad 1 on an interface (`all` has 0).
+        lines += [
+            f"{_sysctl(netns)} -w {key}={1 if key.endswith('.accept_dad') and '.all.' not in key else 0}"
+            for key in sysctls
+        ]
         return "\n".join(lines) + "\n"
-    lines += ["# 1. Runtime: answer ARP only for addresses of the asking interface, never announce the VIP"]
+    lines += ["# 1. Runtime: answer ARP only for addresses of the asking interface, never announce the VIP"
+              + ("; IPv6: no duplicate address detection, no unsolicited neighbour advertisements"
+                 if core.has_ipv6(vips) else "")]
     lines += [f"{_sysctl(netns)} -w {key}={value}" for key, value in sysctls.items()]
     lines += ["# The VIP as a host route on the loopback: the host accepts it, never answers ARP for it"]
     lines += [_add(v, netns) for v in vips]

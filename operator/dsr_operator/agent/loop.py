@@ -27,6 +27,7 @@ import lightkube.types
 
 from dsr_operator import kube
 from dsr_operator.agent import core, host, state
+from dsr_operator.agent import metrics as metrics_
 from dsr_operator.api import models
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class Settings:
     backoff_max_seconds: float = 30.0
     events_namespace: str = "default"
     """Events about the cluster-scoped DsrNodeConfig go to this namespace."""
+    metrics_port: int = 0
+    """Serve Prometheus `/metrics` on this port (0: no metrics endpoint)."""
 
 
 def _utcnow() -> datetime.datetime:
@@ -75,8 +78,10 @@ class Agent:
         client: lightkube.AsyncClient,
         *,
         clock: Callable[[], datetime.datetime] = _utcnow,
+        metrics: metrics_.AgentMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.host = the_host
         self.client = client
         self.clock = clock
@@ -167,6 +172,8 @@ class Agent:
         drift = models.DriftRepair(time=_rfc3339(now), repaired=repaired) if repaired else None
         if repaired:
             logger.warning("DsrNodeConfig %s: repaired host drift: %s", self.settings.node_name, "; ".join(repaired))
+        if self.metrics is not None:
+            self.metrics.observe(outcome, now=now.timestamp(), repaired=len(repaired))
 
         self._retry_in = None
         if obj is None:
@@ -194,12 +201,13 @@ class Agent:
 
     def _drift(self, outcome: core.Outcome, previous_status: Mapping[str, Any], generation: int | None) -> list[str]:
         """What this pass had to restore although it was in place after the previous pass."""
-        desired_sysctls = core.desired_sysctls(outcome.interface)
+        ipv6 = any(key.startswith("net.ipv6.") for key in outcome.sysctls)
+        desired_sysctls = core.desired_sysctls(outcome.interface, ipv6=ipv6)
         if self._baseline is None and previous_status.get("observedGeneration") == generation and generation:
             # First pass after a start: measure against what the previous agent reported.
             held = set(previous_status.get("appliedVips") or [])
             reported = previous_status.get("sysctls") or {}
-            good = {k for k, v in desired_sysctls.items() if reported.get(k) == v}
+            good = {k for k, v in desired_sysctls.items() if core.sysctl_ok(k, v, reported.get(k))}
             self._baseline = (held, good)
         repaired: list[str] = []
         if self._baseline is not None:
@@ -210,7 +218,7 @@ class Agent:
                 repaired.insert(0, f"interface {outcome.interface} re-created")
         self._baseline = (
             set(outcome.applied),
-            {k for k, v in desired_sysctls.items() if outcome.sysctls.get(k) == v},
+            {k for k, v in desired_sysctls.items() if core.sysctl_ok(k, v, outcome.sysctls.get(k))},
         )
         return repaired
 

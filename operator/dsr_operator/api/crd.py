@@ -67,6 +67,8 @@ def _structural(node: Any, defs: dict[str, Any], name: str | None = None) -> Any
             # a port name's limit (15) so that a name such as "http" gets the rule's message, not "Too long".
             out: dict[str, Any] = {"x-kubernetes-int-or-string": True, "maxLength": 15,
                                    "x-kubernetes-validations": _PORT_RULE}
+            if "description" in node:
+                out["description"] = " ".join(str(node["description"]).split())
             return out
         if len(non_null) == 1:
             rest = {k: v for k, v in node.items() if k not in ("anyOf", "default")}
@@ -121,9 +123,27 @@ def _mark_ips(schema: dict[str, Any], paths: list[list[str]]) -> None:
         node["maxLength"] = 45
 
 
+def _status_schema(model: type[models.pydantic.BaseModel]) -> dict[str, Any]:
+    """The status as documentation for `kubectl explain` and a type check of what is written.
+
+    Unknown fields are kept (never pruned), nothing is defaulted and no CEL rule runs: the writer's
+    document is what is stored (and status lists carry no maxItems that a CEL cost estimate would need).
+    """
+    status = _without(_schema(model), {"default", "x-kubernetes-validations"})
+    status["x-kubernetes-preserve-unknown-fields"] = True
+    return status
+
+
+def _without(node: Any, keys: set[str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _without(v, keys) for k, v in node.items() if k not in keys}
+    if isinstance(node, list):
+        return [_without(v, keys) for v in node]
+    return node
+
+
 def dsrservice_crd() -> dict[str, Any]:
     spec = _schema(models.DsrServiceSpec)
-    spec.pop("description", None)
     _mark_ips(spec, [["vip"], ["backends", "static", "[]", "address"]])
     return _crd(
         kind=models.SERVICE_KIND,
@@ -131,13 +151,17 @@ def dsrservice_crd() -> dict[str, Any]:
         scope="Namespaced",
         short=["dsrsvc"],
         spec=spec,
+        status=_status_schema(models.DsrServiceStatus),
         description="A VIP load-balanced by NetScaler with Direct Server Return to its backends.",
         columns=[
             {"name": "VIP", "type": "string", "jsonPath": ".spec.vip"},
-            {"name": "Ports", "type": "string", "jsonPath": ".spec.ports"},
+            # A JSONPath cannot join a list, so the operator writes the ports as one string: status.portsText =
+            # spec.ports_text (to be written with the rest of the status by the batched reconcile loop).
+            {"name": "Ports", "type": "string", "jsonPath": ".status.portsText"},
             {"name": "Bound", "type": "integer", "jsonPath": ".status.backends.bound"},
             {"name": "Desired", "type": "integer", "jsonPath": ".status.backends.desired"},
             {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+            {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason'},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
     )
@@ -145,7 +169,6 @@ def dsrservice_crd() -> dict[str, Any]:
 
 def dsrnodeconfig_crd() -> dict[str, Any]:
     spec = _schema(models.NodeConfigSpec)
-    spec.pop("description", None)
     spec["properties"]["vips"]["items"]["x-kubernetes-validations"] = _IP_RULE
     spec["properties"]["vips"]["items"]["maxLength"] = 45
     spec["properties"]["vips"]["x-kubernetes-list-type"] = "set"
@@ -155,11 +178,15 @@ def dsrnodeconfig_crd() -> dict[str, Any]:
         scope="Cluster",
         short=["dsrnode"],
         spec=spec,
+        status=_status_schema(models.NodeConfigStatus),
         description="The VIPs one node must hold on its loopback; its status is written by the node agent.",
         columns=[
             {"name": "VIPs", "type": "string", "jsonPath": ".spec.vips"},
-            {"name": "Applied", "type": "string", "jsonPath": ".status.appliedVips"},
+            {"name": "Applied", "type": "integer", "jsonPath": ".status.appliedCount"},
+            {"name": "Failed", "type": "integer", "jsonPath": ".status.failedCount"},
             {"name": "Mode", "type": "string", "jsonPath": ".status.mode"},
+            {"name": "RP-Filter", "type": "integer", "jsonPath": ".status.rpFilterMax",
+             "description": "the strictest rp_filter on the node (1 = strict, may drop VIP traffic)"},
             {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
@@ -173,6 +200,7 @@ def _crd(
     scope: str,
     short: list[str],
     spec: dict[str, Any],
+    status: dict[str, Any],
     description: str,
     columns: list[dict[str, str]],
 ) -> dict[str, Any]:
@@ -208,7 +236,7 @@ def _crd(
                                 "kind": {"type": "string"},
                                 "metadata": {"type": "object"},
                                 "spec": spec,
-                                "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                                "status": status,
                             },
                         }
                     },

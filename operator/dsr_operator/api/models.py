@@ -73,14 +73,18 @@ class StaticBackend(_Model):
     name: Annotated[
         str, pydantic.Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     ]
+    """A DNS label naming the host (unique in this DsrService); part of the NetScaler object names."""
     address: IPAddress
+    """The host's IP address on the NetScaler's L2 segment (IPv4 or IPv6)."""
 
 
 class Backends(_Model):
     """Where the backends come from: exactly one of `service` or `static`."""
 
     service: Annotated[str, pydantic.Field(min_length=1, max_length=63)] | None = None
+    """A Service in the DsrService's namespace: the nodes hosting its ready endpoints (their InternalIP)."""
     static: Annotated[list[StaticBackend], pydantic.Field(min_length=1, max_length=256)] | None = None
+    """Hosts outside the cluster, bound directly; run `dsr-operator host-setup` on each."""
 
     @pydantic.model_validator(mode="after")
     def _exactly_one(self) -> Backends:
@@ -97,10 +101,15 @@ class HealthCheck(_Model):
     """The NetScaler monitor bound to every service of the DsrService."""
 
     type: HealthCheckType = HealthCheckType.TCP
+    """TCP (a SYN to the port) or PING (ICMP echo); both let NetScaler learn the backend's MAC."""
     interval_seconds: Annotated[int, pydantic.Field(ge=2, le=20940)] = 5
+    """Seconds between probes."""
     timeout_seconds: Annotated[int, pydantic.Field(ge=1, le=20939)] = 2
+    """Seconds a probe may take (less than intervalSeconds)."""
     retries: Annotated[int, pydantic.Field(ge=1, le=127)] = 3
+    """Failed probes in a row before a backend goes DOWN."""
     port: Annotated[int, pydantic.Field(ge=1, le=65535)] | None = None
+    """The port TCP probes go to (default: the service port; required with ports ["*"])."""
     through_vip: bool = True
     """Probe the VIP through the DSR path (destip=VIP, transparent): a host lacking the VIP goes DOWN."""
 
@@ -115,12 +124,18 @@ class DsrServiceSpec(_Model):
     """The user's intent: one VIP, its ports, where the backends are, and how to balance them."""
 
     vip: IPAddress
+    """The load-balanced IP (IPv4 or IPv6): NetScaler answers ARP or neighbour discovery for it, backends hold it."""
     ports: Annotated[list[Port], pydantic.Field(min_length=1, max_length=64)]
+    """Ports (1-65535) served on the VIP, one vserver each, or ["*"] alone for every port (NITRO 65535)."""
     backends: Backends
+    """Where the backends come from: exactly one of `service` or `static`."""
     lb_method: LbMethod = LbMethod.LEASTCONNECTION
+    """NetScaler's load-balancing method (lbmethod) for the vservers."""
     health_check: HealthCheck = HealthCheck()
+    """The NetScaler monitor bound to every backend (a TCP or PING probe)."""
     drain_seconds: Annotated[int, pydantic.Field(ge=0, le=3600)] | None = None
-    """Graceful drain before a backend is removed (seconds); default: the operator's setting (30)."""
+    """Graceful disable before a removed backend is unbound (seconds): existing connections get this long.
+    Default: the operator's setting (DSR_DEFAULT_DRAIN_SECONDS, 30)."""
     max_unbind_percent: Annotated[int, pydantic.Field(ge=1, le=100)] | None = None
     """Blast-radius guard: most of a vserver's bound backends one reconcile may remove (operator default)."""
 
@@ -132,6 +147,11 @@ class DsrServiceSpec(_Model):
         if WILDCARD_PORT in ports and len(ports) > 1:
             raise ValueError('"*" already covers every port; list it alone')
         return ports
+
+    @property
+    def ports_text(self) -> str:
+        """The ports as `kubectl get` shows them (status.portsText): `80,443`, or `*`."""
+        return ",".join(str(port) for port in self.ports)
 
     @pydantic.model_validator(mode="after")
     def _wildcard_needs_probe_port(self) -> DsrServiceSpec:
@@ -168,48 +188,120 @@ class DsrService(_Model):
         return ObjectRef(namespace=namespace, name=meta["name"], uid=uid)
 
 
+class BackendCounts(_Model):
+    """How many backends a DsrService has at each step of the safety order."""
+
+    desired: int = 0
+    """Backends the DsrService wants (ready endpoints' nodes, or static hosts)."""
+    loopback_ready: int = 0
+    """Of those, nodes whose agent reports the VIP applied (static hosts count as ready)."""
+    bound: int = 0
+    """Backends bound to the vservers on NetScaler: the ones that get traffic."""
+
+
+class VserverStatus(_Model):
+    """One vserver of the DsrService as read from NetScaler."""
+
+    name: str
+    """The NetScaler lbvserver name."""
+    port: int | str
+    """The spec port it serves (or "*")."""
+    state: str
+    """NetScaler's state of the vserver (UP, DOWN, OUT OF SERVICE), or ABSENT."""
+
+
+class DsrServiceStatus(_Model):
+    """Written by the operator only. Ready=True means serving: at least one backend bound."""
+
+    # The CRD's status schema is generated from this model (for `kubectl explain`); it keeps unknown fields.
+
+    observed_generation: int | None = None
+    """The metadata.generation this status describes."""
+    conditions: list[Condition] = []
+    """Ready (serving: at least one backend bound), Reconciling and Stalled, kstatus style."""
+    backends: BackendCounts | None = None
+    """Backend counts: desired, loopbackReady, bound (strict gate: bound equals desired)."""
+    vservers: list[VserverStatus] = []
+    """Each vserver's state on NetScaler."""
+    vserver_state: str | None = None
+    """UP when every vserver is UP, DOWN when one is not, ABSENT when none exists."""
+    warnings: list[str] = []
+    """Problems that do not stop reconciling (e.g. a Service without the VIP in externalIPs)."""
+    ports_text: str | None = None
+    """The spec's ports as one string (`80,443` or `*`), for `kubectl get` (written by the operator)."""
+
+
 class NodeConfigSpec(_Model):
     """Written by the operator: the VIPs this node must hold on its loopback/dummy interface."""
 
     vips: Annotated[list[IPAddress], pydantic.Field(max_length=1024)] = []
+    """Every VIP some DsrService needs on this node (the union)."""
 
 
 class VipError(_Model):
+    """A VIP the agent could not apply, and why."""
+
     address: str
+    """The VIP as written in spec.vips."""
     error: str
+    """Why it was refused."""
 
 
 class Condition(_Model):
     """A Kubernetes-style status condition."""
 
     type: str
+    """The condition's type (Ready, Reconciling, Stalled; Degraded on DsrNodeConfigs)."""
     status: Literal["True", "False", "Unknown"]
+    """True, False or Unknown."""
     reason: str
+    """A CamelCase reason, e.g. Converged, WaitingForLoopback, NetScalerUnreachable."""
     message: str = ""
+    """Details for humans."""
     last_transition_time: str | None = None
+    """When status last changed (RFC 3339)."""
     observed_generation: int | None = None
+    """The metadata.generation the condition was computed for."""
 
 
 class DriftRepair(_Model):
     """When the node's agent last restored host state that was changed behind its back, and what."""
 
     time: str
+    """When (RFC 3339)."""
     repaired: list[str] = []
+    """What was restored, one line each."""
 
 
 class NodeConfigStatus(_Model):
     """Written by the node's agent only: what it applied, where, and with which host settings."""
 
     observed_generation: int | None = None
+    """The metadata.generation whose spec.vips this status reports."""
     applied_vips: list[str] = []
+    """VIPs held on the interface (the operator binds a node only for these)."""
     failed_vips: list[VipError] = []
+    """VIPs refused, with the reason."""
+    applied_count: int | None = None
+    """len(appliedVips), for `kubectl get dsrnodeconfigs`."""
+    failed_count: int | None = None
+    """len(failedVips), for `kubectl get dsrnodeconfigs`."""
     interface: str | None = None
+    """Where the VIPs are: lo or the dsr0 dummy link."""
     mode: Literal["dummy", "loopback"] | None = None
+    """dummy (a dsr0 link) or loopback (lo)."""
     sysctls: dict[str, int] = {}
+    """The ARP (and for IPv6 VIPs, DAD and neighbour-notify) sysctls the agent keeps, with their values."""
     rp_filter: dict[str, int] = {}
+    """net.ipv4.conf.<if>.rp_filter per interface as found (VIP traffic needs 0 or 2 where it arrives)."""
+    rp_filter_max: int | None = None
+    """The strictest rp_filter found (1 = strict may drop VIP traffic), for `kubectl get dsrnodeconfigs`."""
     conditions: list[Condition] = []
+    """Ready (every VIP applied) and Degraded (some VIP refused)."""
     last_error: str | None = None
+    """Why the last pass could not configure the host, if it could not."""
     last_drift_repair: DriftRepair | None = None
+    """When the agent last restored host state changed behind its back."""
 
 
 class DsrNodeConfig(_Model):

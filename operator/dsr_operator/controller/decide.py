@@ -237,7 +237,8 @@ def _timestamp(now: datetime.datetime) -> str:
 
 def status_for(entry: Entry, v: world.Verdict, extra: Mapping[str, Any], now: datetime.datetime) -> dict[str, Any]:
     previous = entry.status.get("conditions") or []
-    return {"observedGeneration": entry.generation, **extra,
+    ports = {"portsText": entry.spec.ports_text} if entry.spec is not None else {}
+    return {"observedGeneration": entry.generation, **ports, **extra,
             "conditions": world.conditions(v, entry.generation, _timestamp(now), previous)}
 
 

@@ -202,6 +202,7 @@ async def _make_runtime(settings: config.OperatorSettings) -> reconcile.Runtime:
     nitro_view = view.NetScalerView(
         settings.nitro(), settings.operator_id, save_debounce=settings.save_debounce_seconds,
         on_request=metrics.on_request, on_drain_lag=metrics.drain_unbind_lag.observe,
+        on_unsaved=lambda unsaved: metrics.netscaler_config_unsaved.set(1 if unsaved else 0),
     )
     return reconcile.make_runtime(settings, nitro_view, client, metrics)
 

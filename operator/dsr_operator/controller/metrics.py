@@ -31,6 +31,25 @@ class Metrics:
             "dsr_bound_backends", "Backends bound on NetScaler per DsrService", ["namespace", "name"],
             registry=self.registry,
         )
+        self.desired_backends = prometheus_client.Gauge(
+            "dsr_desired_backends", "Backends a DsrService wants bound (its status.backends.desired)",
+            ["namespace", "name"], registry=self.registry,
+        )
+        self.draining_backends = prometheus_client.Gauge(
+            "dsr_draining_backends", "Backends of a DsrService being drained (graceful disable) on NetScaler",
+            ["namespace", "name"], registry=self.registry,
+        )
+        self.netscaler_up = prometheus_client.Gauge(
+            "dsr_netscaler_up", "1 when the last NITRO request reached the NetScaler, else 0", registry=self.registry
+        )
+        self.netscaler_ha_primary = prometheus_client.Gauge(
+            "dsr_netscaler_ha_primary", "1 for the NSIP that is the HA primary, 0 for the others", ["url"],
+            registry=self.registry,
+        )
+        self.netscaler_config_unsaved = prometheus_client.Gauge(
+            "dsr_netscaler_config_unsaved",
+            "1 while changes applied to NetScaler are not yet saved (nsconfig save), else 0", registry=self.registry,
+        )
         self.stalled = prometheus_client.Gauge(
             "dsr_stalled_dsrservices", "DsrServices whose Stalled condition is True", registry=self.registry
         )
@@ -46,6 +65,7 @@ class Metrics:
 
     def on_request(self, method: str, rtype: str, status: int, errorcode: int, seconds: float) -> None:
         self.nitro_requests.labels(method, rtype, str(status)).inc()
+        self.netscaler_up.set(1)
         if errorcode:
             self.nitro_errors.labels(str(errorcode)).inc()
 

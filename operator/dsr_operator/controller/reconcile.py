@@ -217,6 +217,10 @@ async def reconcile_batch(rt: Runtime, keys: set[Key]) -> None:
         rt.metrics.reconciled.inc()
         if r.verdict.reason not in ("InvalidSpec", "VipConflict", "ServiceNotFound"):
             rt.metrics.bound_backends.labels(r.key[0], r.key[1]).set(r.bound)
+            desired = (r.status.get("backends") or {}).get("desired")
+            if desired is not None:
+                rt.metrics.desired_backends.labels(r.key[0], r.key[1]).set(desired)
+            rt.metrics.draining_backends.labels(r.key[0], r.key[1]).set(len(r.draining_services))
         if r.failures:
             rt.batcher.failed(r.key)
             return
@@ -232,6 +236,8 @@ async def reconcile_batch(rt: Runtime, keys: set[Key]) -> None:
 
 async def _unreachable(rt: Runtime, keys: set[Key], exc: errors.NitroError, now: datetime.datetime) -> None:
     rt.unreachable_since = rt.unreachable_since or time.monotonic()
+    if isinstance(exc, errors.NitroTransportError):
+        rt.metrics.netscaler_up.set(0)
     reason = "NetScalerAuthFailed" if isinstance(exc, errors.NitroAuthenticationFailed) else "NetScalerUnreachable"
     decision = decide.decide(snapshot(rt, keys, ns.NetScalerState()))
     delay = min(30.0, 2.0 + (time.monotonic() - rt.unreachable_since) / 2)
@@ -269,8 +275,9 @@ async def finalize(rt: Runtime, key: Key, body: kopf.Body) -> None:
     rt.batcher.forget(key)
     rt.stalled.discard(key)
     rt.metrics.stalled.set(len(rt.stalled))
-    with contextlib.suppress(KeyError):
-        rt.metrics.bound_backends.remove(*key)
+    for gauge in (rt.metrics.bound_backends, rt.metrics.desired_backends, rt.metrics.draining_backends):
+        with contextlib.suppress(KeyError):
+            gauge.remove(*key)
 
 
 async def remove_orphans(rt: Runtime) -> int:

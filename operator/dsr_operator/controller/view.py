@@ -52,6 +52,7 @@ class NetScalerView:
         save_debounce: float = 5.0,
         on_request: nitro.RequestHook | None = None,
         on_drain_lag: Callable[[float], None] | None = None,
+        on_unsaved: Callable[[bool], None] | None = None,
         client_factory: Callable[[], nitro.NitroClient] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -65,6 +66,7 @@ class NetScalerView:
         self._actual: ns.NetScalerState | None = None
         self._save_task: asyncio.Task[None] | None = None
         self._on_drain_lag = on_drain_lag
+        self._on_unsaved = on_unsaved or (lambda unsaved: None)
         self.clock = clock
         self._drain_due: dict[str, float] = {}
         """Services being drained → when to ask the box about them next (its drain's end, then polls)."""
@@ -204,6 +206,7 @@ class NetScalerView:
         return outcome
 
     def _schedule_save(self) -> None:
+        self._on_unsaved(True)
         if self._save_task is not None and not self._save_task.done():
             self._save_task.cancel()
         self._save_task = asyncio.create_task(self._save_later(), name="netscaler-save")
@@ -219,6 +222,7 @@ class NetScalerView:
                     await client.save_config()
                     if not await client.config_changed():
                         log.info("Saved NetScaler configuration")
+                        self._on_unsaved(False)
                         return
                     log.info("NetScaler configuration changed again during the save; saving again in %.1f s", delay)
                 except errors.NitroError as exc:

@@ -4,11 +4,15 @@
 --dataplane-netns NS --dataplane-dev DEV`). It turns the configuration into forwarding in the
 namespace that plays the NetScaler, the way MBF does it:
 
-* **Which vservers forward.** An lbvserver forwards when it is enabled, of type ANY, has an IPv4
-  `ipv46`, `m` MAC, and nsmode MBF is on. Anything else (m IP, MBF off, disabled) gets no rule, so the
-  frame reaches the namespace's own stack, which holds the VIP and listens on nothing: the client is
-  refused, a wrong configuration fails visibly. Every vserver's VIP is put on DEV (/32), so the
-  namespace answers ARP for it as the appliance does.
+* **Which vservers forward.** An lbvserver forwards when it is enabled, of type ANY, has an IPv4 or
+  IPv6 `ipv46`, `m` MAC, and nsmode MBF is on. Anything else (m IP, MBF off, disabled) gets no rule, so
+  the frame reaches the namespace's own stack, which holds the VIP and listens on nothing: the client is
+  refused, a wrong configuration fails visibly. Every vserver's VIP is put on DEV (/32, or /128 without
+  duplicate address detection), so the namespace answers ARP, or IPv6 neighbour solicitations, for it
+  as the appliance does.
+* **IPv6.** The same rules with `ip6` matches and `ipv6_addr` flow keys; backend MACs come from the
+  neighbour table filled by neighbour discovery, and probes go from DEV's global IPv6 address as
+  hand-made IPv6 frames (TCP SYN, or ICMPv6 echo for PING).
 * **Forwarding.** One netdev ingress chain on DEV. A frame for VIP:port (tcp or udp; any port for
   65535) jumps to the vserver's chain, where its destination MAC is rewritten to a bound service's
   MAC, its source MAC to DEV's own (so the bridge never learns the client's MAC on our port and the
@@ -72,6 +76,7 @@ NEIGH_REFRESH_SECONDS = 1.0
 SERVING_STATES = ("UP", "GOING OUT OF SERVICE")
 _TIME_UNIT_S = {"SEC": 1.0, "MSEC": 0.001, "MIN": 60.0}
 _ETH_P_IP = 0x0800
+_ETH_P_IPV6 = 0x86DD
 _PACKET_OUTGOING = 4
 
 
@@ -98,6 +103,7 @@ class Vserver:
     port: int
     active: tuple[Member, ...]  # UP: new flows
     serving: tuple[Member, ...]  # UP or draining: flows already recorded on them
+    family: int = 4  # IP version of the VIP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,12 +123,13 @@ def desired_state(model: store_.Store, macs: Mapping[str, str]) -> Desired:
     for (name,), vs in sorted(model.objects["lbvserver"].items()):
         vip = vs.get("ipv46", "0.0.0.0")
         try:
-            is_v4 = ipaddress.ip_address(vip).version == 4
+            parsed = ipaddress.ip_address(vip)
         except ValueError:
-            is_v4 = False
-        if not is_v4 or vip == "0.0.0.0":
-            skipped.append((name, "no IPv4 VIP"))
+            parsed = None
+        if parsed is None or parsed.is_unspecified:
+            skipped.append((name, "no IP VIP"))
             continue
+        vip = str(parsed)
         vips.add(vip)
         why = None
         if vs.get("state") == "DISABLED":
@@ -150,7 +157,7 @@ def desired_state(model: store_.Store, macs: Mapping[str, str]) -> Desired:
             members.append(Member(svc_name, svc["ipaddress"], mac, weight, model.svrstate(svc)))
         active = tuple(m for m in members if m.state == "UP")
         serving = tuple(m for m in members if m.state in SERVING_STATES)
-        vservers.append(Vserver(name, vip, int(vs.get("port", 0)), active, serving))
+        vservers.append(Vserver(name, vip, int(vs.get("port", 0)), active, serving, parsed.version))
     return Desired(tuple(vservers), frozenset(vips), tuple(skipped))
 
 
@@ -191,11 +198,11 @@ def render(
     `previous` is what the last transaction left: chains are flushed, flow sets of services that
     still serve are kept with their flows, the rest is deleted after the rules that used it.
     """
-    key = "ip saddr . th sport . th dport"
     fwd = f'ether saddr set {mac} counter fwd to "{dev}"'
     prev_chains, prev_sets = previous
     chains = {names.chain(v.name) for v in desired.vservers}
     sets = {names.flows(v.name, m.service) for v in desired.vservers for m in v.serving}
+    set_family = {names.flows(v.name, m.service): v.family for v in desired.vservers for m in v.serving}
     lines = [
         f"add table netdev {TABLE}",
         f'add chain netdev {TABLE} ingress {{ type filter hook ingress device "{dev}" priority 0; policy accept; }}',
@@ -204,15 +211,18 @@ def render(
     for chain in sorted(prev_chains | chains):
         lines += [f"add chain netdev {TABLE} {chain}", f"flush chain netdev {TABLE} {chain}"]
     for flow_set in sorted(sets):
+        addr_type = "ipv4_addr" if set_family[flow_set] == 4 else "ipv6_addr"
         lines.append(
-            f"add set netdev {TABLE} {flow_set} {{ type ipv4_addr . inet_service . inet_service; "
+            f"add set netdev {TABLE} {flow_set} {{ type {addr_type} . inet_service . inet_service; "
             f"flags dynamic,timeout; timeout {int(flow_timeout)}s; size 65535; }}"
         )
     for v in desired.vservers:
         chain = names.chain(v.name)
+        l3 = "ip" if v.family == 4 else "ip6"
+        key = f"{l3} saddr . th sport . th dport"
         port = "" if v.port in (0, WILDCARD_PORT) else f" th dport {v.port}"
         lines.append(
-            f"add rule netdev {TABLE} ingress ip daddr {v.vip} meta l4proto {{ tcp, udp }}{port} counter "
+            f"add rule netdev {TABLE} ingress {l3} daddr {v.vip} meta l4proto {{ tcp, udp }}{port} counter "
             f"jump {chain} comment {_quote('vserver ' + v.name)}"
         )
         rule = f"add rule netdev {TABLE} {chain}"
@@ -228,7 +238,7 @@ def render(
         if v.active:
             slots = [m.mac for m in v.active for _ in range(max(1, min(m.weight, 100)))]
             choice = ", ".join(f"{i} : {mac_}" for i, mac_ in enumerate(slots))
-            pick = f"jhash ip saddr . th sport mod {len(slots)} seed 0xd5 map {{ {choice} }}"
+            pick = f"jhash {l3} saddr . th sport mod {len(slots)} seed 0xd5 map {{ {choice} }}"
             lines.append(f"{rule} ether daddr set {pick}")
             for m in v.active:
                 flow_set = names.flows(v.name, m.service)
@@ -268,11 +278,30 @@ def _ipv4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
     return header + payload
 
 
+def _ipv6(src: str, dst: str, next_header: int, payload: bytes) -> bytes:
+    header = struct.pack("!IHBB16s16s", 6 << 28, len(payload), next_header, 64,
+                         socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst))  # fmt: skip
+    return header + payload
+
+
+def _pseudo(src: str, dst: str, proto: int, length: int) -> bytes:
+    if ":" in src:
+        return (socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst)
+                + struct.pack("!IxxxB", length, proto))  # fmt: skip
+    return socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, proto, length)
+
+
 def _tcp(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int) -> bytes:
     segment = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 64240, 0, 0)
-    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(segment))
+    pseudo = _pseudo(src, dst, 6, len(segment))
     segment = segment[:16] + struct.pack("!H", _checksum(pseudo + segment)) + segment[18:]
-    return _ipv4(src, dst, 6, segment)
+    return _ipv6(src, dst, 6, segment) if ":" in src else _ipv4(src, dst, 6, segment)
+
+
+def _icmp6_echo(src: str, dst: str, ident: int, seq: int) -> bytes:
+    body = struct.pack("!BBHHH", 128, 0, 0, ident, seq) + b"dsr-operator nitro-sim monitor"
+    body = body[:2] + struct.pack("!H", _checksum(_pseudo(src, dst, 58, len(body)) + body)) + body[4:]
+    return _ipv6(src, dst, 58, body)
 
 
 def _icmp_echo(src: str, dst: str, ident: int, seq: int) -> bytes:
@@ -282,7 +311,8 @@ def _icmp_echo(src: str, dst: str, ident: int, seq: int) -> bytes:
 
 
 def _frame(src_mac: str, dst_mac: str, packet: bytes) -> bytes:
-    return _mac_bytes(dst_mac) + _mac_bytes(src_mac) + struct.pack("!H", _ETH_P_IP) + packet
+    ethertype = _ETH_P_IPV6 if packet[0] >> 4 == 6 else _ETH_P_IP
+    return _mac_bytes(dst_mac) + _mac_bytes(src_mac) + struct.pack("!H", ethertype) + packet
 
 
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
@@ -295,33 +325,38 @@ class Prober:
         self.netns = netns
         self.dev = dev
         self._sock: socket.socket | None = None
+        self._sock6: socket.socket | None = None
         self._pending: dict[tuple[Any, ...], asyncio.Future[tuple[int, ...]]] = {}
         self._ident = random.randrange(1, 65535)
         self._seq = itertools.count(1)
 
     async def start(self) -> None:
+        self._sock = await self._open(_ETH_P_IP)
+        self._sock6 = await self._open(_ETH_P_IPV6)
+
+    async def _open(self, ethertype: int) -> socket.socket:
         sock = await asyncio.to_thread(
-            netns_.socket_in, self.netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_IP)
+            netns_.socket_in, self.netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ethertype)
         )
-        sock.bind((self.dev, _ETH_P_IP))
+        sock.bind((self.dev, ethertype))
         sock.setblocking(False)
-        self._sock = sock
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, sock)
+        return sock
 
     def close(self) -> None:
-        if self._sock is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._sock.fileno())
-            self._sock.close()
-            self._sock = None
+        for sock in (self._sock, self._sock6):
+            if sock is not None:
+                with contextlib.suppress(Exception):
+                    asyncio.get_running_loop().remove_reader(sock.fileno())
+                sock.close()
+        self._sock = self._sock6 = None
         for fut in self._pending.values():
             fut.cancel()
 
-    def _readable(self) -> None:
-        assert self._sock is not None
+    def _readable(self, sock: socket.socket) -> None:
         for _ in range(512):
             try:
-                data, addr = self._sock.recvfrom(2048)
+                data, addr = sock.recvfrom(2048)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -332,10 +367,21 @@ class Prober:
 
     def _dispatch(self, frame: bytes) -> None:
         ip = frame[14:]
-        ihl = (ip[0] & 0x0F) * 4
-        proto = ip[9]
-        src = socket.inet_ntoa(ip[12:16])
-        l4 = ip[ihl:]
+        if ip[0] >> 4 == 6:
+            if len(ip) < 48:
+                return
+            proto, src, l4 = ip[6], socket.inet_ntop(socket.AF_INET6, ip[8:24]), ip[40:]
+            if proto == 58 and len(l4) >= 8:
+                icmp_type, _, _, ident, seq = struct.unpack("!BBHHH", l4[:8])
+                fut = self._pending.get(("icmp", src, ident, seq))
+                if icmp_type == 129 and fut is not None and not fut.done():
+                    fut.set_result((icmp_type,))
+                return
+        else:
+            ihl = (ip[0] & 0x0F) * 4
+            proto = ip[9]
+            src = socket.inet_ntoa(ip[12:16])
+            l4 = ip[ihl:]
         if proto == 6 and len(l4) >= 20:
             sport, dport, seq, ack, _, flags = struct.unpack("!HHIIBB", l4[:14])
             fut = self._pending.get(("tcp", src, sport, dport))
@@ -347,13 +393,20 @@ class Prober:
             if icmp_type == 0 and fut is not None and not fut.done():
                 fut.set_result((icmp_type,))
 
+    def _send(self, frame: bytes) -> None:
+        """Send on the socket of the frame's ethertype (so the kernel tags it as IPv4 or IPv6)."""
+        sock = self._sock6 if frame[12:14] == struct.pack("!H", _ETH_P_IPV6) else self._sock
+        if sock is None:
+            raise RuntimeError("prober not started")
+        sock.send(frame)
+
     async def _exchange(self, key: tuple[Any, ...], frame: bytes, wait: float) -> tuple[int, ...] | None:
         if self._sock is None:
             raise RuntimeError("prober not started")
         fut: asyncio.Future[tuple[int, ...]] = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
         try:
-            self._sock.send(frame)
+            self._send(frame)
             return await asyncio.wait_for(fut, wait)
         except TimeoutError:
             return None
@@ -373,8 +426,8 @@ class Prober:
         flags = reply[0]
         if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK:
             rst = _frame(src_mac, dst_mac, _tcp(src_ip, dst_ip, sport, port, seq + 1, 0, TCP_RST))
-            with contextlib.suppress(OSError):
-                self._sock.send(rst) if self._sock is not None else None
+            with contextlib.suppress(OSError, RuntimeError):
+                self._send(rst)
             return None
         if flags & TCP_RST:
             return f"connection refused by {dst_ip}:{port}"
@@ -382,7 +435,8 @@ class Prober:
 
     async def ping(self, src_mac: str, src_ip: str, dst_mac: str, dst_ip: str, wait: float) -> str | None:
         seq = next(self._seq) & 0xFFFF
-        frame = _frame(src_mac, dst_mac, _icmp_echo(src_ip, dst_ip, self._ident, seq))
+        echo = _icmp6_echo if ":" in dst_ip else _icmp_echo
+        frame = _frame(src_mac, dst_mac, echo(src_ip, dst_ip, self._ident, seq))
         reply = await self._exchange(("icmp", dst_ip, self._ident, seq), frame, wait)
         return None if reply is not None else f"no echo reply from {dst_ip} within {wait:g}s"
 
@@ -450,6 +504,10 @@ class CommandError(RuntimeError):
     pass
 
 
+def _host_cidr(address: str) -> str:
+    return f"{address}/128" if ":" in address else f"{address}/32"
+
+
 async def _run(*args: str, stdin: str | None = None) -> str:
     proc = await asyncio.create_subprocess_exec(
         *args,
@@ -472,6 +530,8 @@ class Dataplane:
         self.flow_timeout = flow_timeout
         self.mac = ""
         self.address = ""
+        self.address6 = ""
+        """DEV's global IPv6 address (probes to IPv6 services go from it); empty without one."""
         self.store: store_.Store | None = None
         self.names = Names()
         self.macs: dict[str, str] = {}
@@ -489,6 +549,7 @@ class Dataplane:
         self._probe_tasks: dict[tuple[str, str], tuple[ProbeSpec, asyncio.Task[None]]] = {}
         self._prober = Prober(netns, dev)
         self._udp: socket.socket | None = None
+        self._udp6: socket.socket | None = None
         self._wanted_ips: set[str] = set()
 
     # -- lifecycle
@@ -515,12 +576,18 @@ class Dataplane:
         if not own:
             raise CommandError(f"{self.dev} in {self.netns} has no IPv4 subnet address to probe from")
         self.address = own[0]
+        own6 = [a["local"] for a in infos if a.get("family") == "inet6" and a.get("scope") == "global"
+                and a.get("prefixlen", 128) < 128]  # fmt: skip
+        self.address6 = own6[0] if own6 else ""
         # A previous run that died may have left its table behind: start from nothing.
         await _run("ip", "netns", "exec", self.netns, "nft", "-f", "-",
                    stdin=f"add table netdev {TABLE}\ndelete table netdev {TABLE}\n")  # fmt: skip
         await self._prober.start()
         self._udp = await asyncio.to_thread(netns_.socket_in, self.netns, socket.AF_INET, socket.SOCK_DGRAM)
         self._udp.setblocking(False)
+        if self.address6:
+            self._udp6 = await asyncio.to_thread(netns_.socket_in, self.netns, socket.AF_INET6, socket.SOCK_DGRAM)
+            self._udp6.setblocking(False)
         self._tasks = [
             asyncio.create_task(self._render_loop(), name="dataplane-render"),
             asyncio.create_task(self._neigh_loop(), name="dataplane-neigh"),
@@ -537,14 +604,15 @@ class Dataplane:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._probe_tasks.clear()
         self._prober.close()
-        if self._udp is not None:
-            self._udp.close()
+        for udp in (self._udp, self._udp6):
+            if udp is not None:
+                udp.close()
         with contextlib.suppress(CommandError):
             await _run("ip", "netns", "exec", self.netns, "nft", "-f", "-",
                        stdin=f"add table netdev {TABLE}\ndelete table netdev {TABLE}\n")  # fmt: skip
         for vip in sorted(self._vips_added):
             with contextlib.suppress(CommandError):
-                await _run(*self._ip("addr", "del", f"{vip}/32", "dev", self.dev))
+                await _run(*self._ip("addr", "del", _host_cidr(vip), "dev", self.dev))
         self._vips_added.clear()
         if self.store is not None and self._changed in self.store.listeners:
             self.store.listeners.remove(self._changed)
@@ -583,12 +651,13 @@ class Dataplane:
             flow_timeout=self.flow_timeout,
         )
         for vip in sorted(desired.vips - self._vips_added):
-            await _run(*self._ip("addr", "replace", f"{vip}/32", "dev", self.dev))
+            nodad = ("nodad",) if ":" in vip else ()  # usable at once, not after duplicate address detection
+            await _run(*self._ip("addr", "replace", _host_cidr(vip), "dev", self.dev, *nodad))
             self._vips_added.add(vip)
         await _run("ip", "netns", "exec", self.netns, "nft", "-f", "-", stdin=script)
         self._objects = objects
         for vip in sorted(self._vips_added - desired.vips):
-            await _run(*self._ip("addr", "del", f"{vip}/32", "dev", self.dev))
+            await _run(*self._ip("addr", "del", _host_cidr(vip), "dev", self.dev))
             self._vips_added.discard(vip)
         self.applied = desired
         self.script = script
@@ -619,11 +688,12 @@ class Dataplane:
         }
 
     def _solicit(self, ips: Iterable[str]) -> None:
-        if self._udp is None:
-            return
         for ip in ips:
+            udp = self._udp6 if ":" in ip else self._udp
+            if udp is None:
+                continue
             with contextlib.suppress(OSError):
-                self._udp.sendto(b"", (ip, 9))  # the kernel resolves the MAC first (discard port)
+                udp.sendto(b"", (ip, 9))  # the kernel resolves the MAC first (ARP or neighbour discovery)
 
     async def _neigh_loop(self) -> None:
         rounds = 0
@@ -686,11 +756,14 @@ class Dataplane:
         mac = await self._mac_of(mac_ip, spec.timeout)
         if mac is None:
             return f"no MAC for {mac_ip}"
+        source = self.address6 if ":" in spec.dst_ip else self.address
+        if not source:
+            return f"{self.dev} has no global IPv6 address to probe {spec.dst_ip} from"
         if spec.type == "PING":
-            return await self._prober.ping(self.mac, self.address, mac, spec.dst_ip, spec.timeout)
+            return await self._prober.ping(self.mac, source, mac, spec.dst_ip, spec.timeout)
         if spec.dst_port in (0, WILDCARD_PORT):
             return "monitor has no destination port for a wildcard service"
-        return await self._prober.tcp(self.mac, self.address, mac, spec.dst_ip, spec.dst_port, spec.timeout)
+        return await self._prober.tcp(self.mac, source, mac, spec.dst_ip, spec.dst_port, spec.timeout)
 
     async def _probe_loop(self, spec: ProbeSpec) -> None:
         key = (spec.service, spec.monitor)
@@ -757,6 +830,7 @@ class Dataplane:
             "dev": self.dev,
             "mac": self.mac,
             "address": self.address,
+            "address6": self.address6,
             "renders": self.renders,
             "lastError": self.last_error,
             "macs": dict(sorted(self.macs.items())),
