@@ -216,6 +216,19 @@ def validate_key(res: schema.Resource, payload: Mapping[str, Any]) -> tuple[str,
     return tuple(str(payload[k]) for k in res.keys)
 
 
+
+#: Writes after which the address index stays true (adds and updates maintain it themselves).
+_KEEPS_ADDRESSES = frozenset({"add", "update", "bind", "unbind", "enable", "disable", "save"})
+
+
+@dataclasses.dataclass
+class Addresses:
+    """Index of the addresses NetScaler keeps unique, so that a bulk add costs O(items), not O(items x box)."""
+
+    servers: dict[str, str]
+    services: dict[tuple[str, Any, str], str]
+    vservers: dict[tuple[str, Any, str], str]
+
 class Store:
     """The simulated appliance's configuration and runtime state."""
 
@@ -238,6 +251,7 @@ class Store:
 
     def _clear_config(self) -> None:
         self.objects = {name: {} for name in schema.RESOURCES}
+        self._addr: Addresses | None = None
         self.modes = set(schema.NSMODE_DEFAULTS)
         self.config_changed = False
         self.last_changed = None
@@ -308,6 +322,7 @@ class Store:
             if res is None:
                 raise ValueError(f"unknown resource type {name!r} in state")
             self.objects[name] = {res.key_of(r): dict(r) for r in records}
+        self._addr = None
         self.modes = set(doc.get("nsmode", schema.NSMODE_DEFAULTS))
         meta = doc.get("nsconfig", {})
         self.config_changed = bool(meta.get("configchanged", False))
@@ -325,6 +340,8 @@ class Store:
         """
         if action == "upsert":
             action = "update" if self._exists(resource, payload) else "add"
+        if action not in _KEEPS_ADDRESSES:
+            self._addr = None  # the next address check rebuilds the index (adds and updates keep it true)
         key = self._dispatch(resource, action)(payload)
         change = self._change(method, resource, action, key)
         if action != "save":
@@ -369,6 +386,7 @@ class Store:
 
     def _restore(self, snap: tuple[Any, ...]) -> None:
         self.objects, self.modes, self.config_changed, self.last_changed, self.last_saved, n = snap
+        self._addr = None
         del self.journal[n:]
 
     def _change(self, method: str, resource: str, action: str, key: Mapping[str, str]) -> Change:
@@ -453,17 +471,32 @@ class Store:
         self.objects[res.name][key] = obj
         return dict(zip(res.keys, key, strict=True))
 
+    def _addresses(self) -> Addresses:
+        """Which object holds each address (one server per IP, one service or vserver per IP, port, type)."""
+        if self._addr is None:
+            self._addr = Addresses(
+                servers={o["ipaddress"]: o["name"] for o in self.objects["server"].values() if "ipaddress" in o},
+                services={(o["ipaddress"], o["port"], o["servicetype"]): o["name"]
+                          for o in self.objects["service"].values()},
+                vservers={(o["ipv46"], o["port"], o["servicetype"]): o["name"]
+                          for o in self.objects["lbvserver"].values() if o.get("ipv46") not in (None, "0.0.0.0")},
+            )
+        return self._addr
+
     def _check_new_server(self, obj: Record) -> None:
         if "ipaddress" not in obj and "domain" not in obj:
             raise argument_missing("ipaddress")
-        for other in self.objects["server"].values():
-            if "ipaddress" in obj and other.get("ipaddress") == obj["ipaddress"]:
-                raise NitroError(409, 1335, f"Server already exists [{other['name']}]")
+        other = self._addresses().servers.get(obj["ipaddress"]) if "ipaddress" in obj else None
+        if other is not None:
+            raise NitroError(409, 1335, f"Server already exists [{other}]")
+        if "ipaddress" in obj:
+            self._addresses().servers[obj["ipaddress"]] = obj["name"]
 
     def _prepare_service(self, obj: Record) -> Record:
         if "ip" in obj:
             ip = obj.pop("ip")
-            server = next((s for s in self.objects["server"].values() if s.get("ipaddress") == ip), None)
+            held = self._addresses().servers.get(ip)
+            server = self.objects["server"].get((held,)) if held is not None else None
             servername = server["name"] if server is not None else ip
             create_server = server is None and (ip,) not in self.objects["server"]
         elif "servername" in obj:
@@ -473,12 +506,13 @@ class Store:
             ip, servername, create_server = server.get("ipaddress", "0.0.0.0"), server["name"], False
         else:
             raise argument_missing("ip")
-        for other in self.objects["service"].values():
-            same = (other["ipaddress"], other["port"], other["servicetype"])
-            if same == (ip, obj["port"], obj["servicetype"]):
-                raise already_exists()
+        addresses = self._addresses()
+        if (ip, obj["port"], obj["servicetype"]) in addresses.services:
+            raise already_exists()
+        addresses.services[(ip, obj["port"], obj["servicetype"])] = obj["name"]
         if create_server:
             self.objects["server"][(ip,)] = {"name": ip, "ipaddress": ip, "state": "ENABLED"}
+            addresses.servers[ip] = ip
         obj.setdefault("usip", "YES" if "usip" in self.modes else "NO")
         head = {"name": obj.pop("name"), "servername": servername, "ipaddress": ip}
         return head | obj
@@ -490,17 +524,17 @@ class Store:
         obj.setdefault("port", 0)
         self._check_vserver(obj)
         self._check_vserver_address(obj)
+        if obj["ipv46"] != "0.0.0.0":
+            self._addresses().vservers[(obj["ipv46"], obj["port"], obj["servicetype"])] = obj["name"]
 
     def _check_vserver_address(self, obj: Record) -> None:
         """One vserver per IP, port and type: another one there → 409 / 273, on add and on a move."""
         if obj["ipv46"] != "0.0.0.0":
-            for other in self.objects["lbvserver"].values():
-                if other["name"] != obj["name"] and (other["ipv46"], other["port"], other["servicetype"]) == (
-                    obj["ipv46"],
-                    obj["port"],
-                    obj["servicetype"],
-                ):
-                    raise already_exists()
+            addresses = self._addresses()
+            place = (obj["ipv46"], obj["port"], obj["servicetype"])
+            holder = addresses.vservers.get(place)
+            if holder is not None and holder != obj["name"]:
+                raise already_exists()
 
     @staticmethod
     def _check_vserver(obj: Record) -> None:
@@ -533,6 +567,13 @@ class Store:
             for svc in self.objects["service"].values():
                 if svc["servername"] == obj["name"]:
                     svc["ipaddress"] = changes["ipaddress"]
+            self._addr = None
+        if res.name == "lbvserver" and self._addr is not None:
+            before = (obj["ipv46"], obj["port"], obj["servicetype"])
+            if self._addr.vservers.get(before) == obj["name"]:
+                del self._addr.vservers[before]
+            if candidate["ipv46"] != "0.0.0.0":
+                self._addr.vservers[(candidate["ipv46"], candidate["port"], candidate["servicetype"])] = obj["name"]
         obj.update(changes)
         return dict(zip(res.keys, key, strict=True))
 
