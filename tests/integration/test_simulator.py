@@ -168,6 +168,21 @@ async def test_expire_sessions_fault(nitro_sim: server.Simulator, nitro: Nitro) 
     assert (await nitro.get("server"))[0] == 200
 
 
+async def test_bulk_write_on_an_expired_session_answers_200_with_errorcode_444(
+    nitro_sim: server.Simulator, nitro: Nitro
+) -> None:
+    _, doc = await nitro.post("login", {"login": {"username": "nsroot", "password": "nsroot"}}, headers={})
+    cookie = {"Cookie": f"NITRO_AUTH_TOKEN={doc['sessionid']}"}
+    await nitro_sim.faults(expireSessions=True)
+    status, doc = await nitro.post("server", _servers("a", "b"), headers=cookie)
+    assert (status, doc["errorcode"], doc["severity"]) == (200, 444, "ERROR")
+    status, doc = await nitro.post("server", {"server": _servers("a")["server"][0]}, headers=cookie)
+    assert (status, doc["errorcode"]) == (401, 444)  # a single object: the usual 401
+    status, doc = await nitro.put("server", {"server": [{"name": "a", "comment": "x"}]}, headers={})
+    assert (status, doc["errorcode"]) == (200, 1027)
+    assert nitro_sim.store.objects["server"] == {}
+
+
 # ---------------------------------------------------------------------------- validation and error codes
 
 VALIDATION_CASES = [

@@ -7,7 +7,8 @@ Usage::
         results = await ns.add("server", [{"name": "web-1", "ipaddress": "198.51.100.21"}])
 
 One private method, ``NitroClient._request``, owns every HTTP exchange: login and logout go through
-it, it re-logs in once when the session expired (errorcode 444 or 1027) and repeats the request once,
+it, it re-logs in once when the session expired (errorcode 444 or 1027, whatever the HTTP status: a
+bulk request on an expired session is answered 200 with errorcode 444) and repeats the request once,
 it bounds concurrency with a semaphore, and it retries with full-jitter exponential backoff only on
 transient faults (connection errors, timeouts, HTTP 5xx other than 599). 4xx and 599 (NetScaler's
 validation errors) are never retried. A write repeated after a dropped connection may already have
@@ -443,7 +444,10 @@ class NitroClient:
         relogin: bool = True,
         retry: bool = True,
     ) -> _Response:
-        """Send one NITRO request; return a success (2xx, 207 included) or raise a typed error."""
+        """Send one NITRO request; return a success (2xx, 207 included) or raise a typed error.
+
+        A 2xx body with a non-zero top-level errorcode (other than the 207 bulk envelope) is an error.
+        """
         if self._state is not State.OPENED or self._session is None:
             raise RuntimeError(f"NitroClient is {self._state.value}; use it inside `async with`")
         url = self._url(rtype, name, params)
@@ -474,7 +478,7 @@ class NitroClient:
                 raise errors.NitroTransportError(f"{method} {rtype}: {_describe(exc)}") from exc
 
             status, errorcode = response.status, _errorcode(response.body)
-            if status < 400 and (response.body or not response.raw.strip()):
+            if status < 400 and (response.body or not response.raw.strip()) and not _failed(response):
                 return response
             self.stats.count_error(errorcode)
             if status >= 500 and status != errors.NETSCALER_ERROR_STATUS and attempt < attempts:
@@ -592,6 +596,20 @@ def _parse(raw: bytes) -> dict[str, Any]:
 def _errorcode(body: Mapping[str, Any]) -> int:
     code = errors.parse_errorcode(body.get("errorcode"))
     return code if code is not None else 0
+
+
+def _failed(response: _Response) -> bool:
+    """A 2xx answer whose body says the request failed.
+
+    A real box answers a bulk request made on an expired session with HTTP 200 and errorcode 444
+    (or 1027) in the body: judged by the status alone, every item would look applied. 207 is the
+    bulk envelope (errorcode 1243 with a per-item ``response`` list); warnings are not failures.
+    """
+    if _errorcode(response.body) == 0:
+        return False
+    if response.status == 207 and isinstance(response.body.get("response"), list):
+        return False
+    return str(response.body.get("severity", "ERROR")).upper() != "WARNING"
 
 
 def _records(body: Mapping[str, Any], rtype: str) -> list[dict[str, Any]]:

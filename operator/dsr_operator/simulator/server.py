@@ -8,7 +8,8 @@ NITRO behaviour worth knowing:
 * login: `POST /nitro/v1/config/login` → 201, body `sessionid`, `Set-Cookie: NITRO_AUTH_TOKEN=<url-encoded
   token>; path=/nitro/v1`. A `sessionid` cookie is accepted too, and so are `X-NITRO-USER` /
   `X-NITRO-PASS` headers per request (no cookie). Expired or killed token → 401/444; no credentials
-  → 401/1027; bad credentials → 401/354.
+  → 401/1027; bad credentials → 401/354. A bulk write (an array body) on an expired or missing
+  session is answered HTTP 200 with errorcode 444 (1027), as a real box does.
 * bulk: an array under the type key on add, update, bind and actions. Two more URL shapes are those of
   the NetScaler Java SDK and are what our client relies on: bulk delete is
   `POST /nitro/v1/config/<type>?action=rm` with an array of key objects (`lbmonitor` needs `type` too),
@@ -248,6 +249,30 @@ def _authenticate(request: web.Request) -> None:
     raise store.NitroError(401, 1027, "Not logged in or connection timed out")
 
 
+async def _check_session(request: web.Request, resource: str) -> None:
+    """Authenticate; a bulk write on an expired or missing session is answered 200, as a real box does.
+
+    nitro-python's newer releases state it: the session error of a bulk request comes back with HTTP
+    200 and errorcode 444 (or 1027) in the body, so a client that trusts the status sees success.
+    """
+    try:
+        _authenticate(request)
+    except store.NitroError as exc:
+        if exc.errorcode in (444, 1027) and await _is_bulk(request, resource):
+            raise store.NitroError(200, exc.errorcode, exc.message) from None
+        raise
+
+
+async def _is_bulk(request: web.Request, resource: str) -> bool:
+    if request.method not in ("POST", "PUT"):
+        return False
+    try:
+        body = await _read_body(request)  # aiohttp keeps the bytes: the handler reads them again
+    except store.NitroError:
+        return False
+    return isinstance((body or {}).get(resource), list)
+
+
 # ---------------------------------------------------------------------------- middleware
 
 
@@ -273,7 +298,7 @@ async def _nitro_middleware(request: web.Request, handler: Handler) -> web.Strea
     response: web.StreamResponse
     try:
         if resource != "login":
-            _authenticate(request)
+            await _check_session(request, resource)
         response = await handler(request)
     except store.NitroError as exc:
         response = _reply(exc.status, error=exc)

@@ -1,0 +1,46 @@
+"""The operator against what real appliances do: expired sessions inside bulk requests, normalised
+monitor intervals, an HA pair that fails over, drains that end early.
+
+The resync is set far away wherever only the behaviour under test may bring the outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from dsr_operator.simulator import server
+from tests.conftest import KubeHandle
+from tests.integration.test_operator import Cluster, converged, eventually, nitro_config, serving
+
+FAR = 600.0
+
+
+@pytest.fixture
+async def cluster(kube: KubeHandle, nitro_sim: server.Simulator) -> Cluster:
+    c = Cluster(kube, nitro_sim, "nsroot")
+    for i in (1, 2, 3):
+        await c.node(f"n{i}", f"198.51.100.{i}")
+    await c.service()
+    return c
+
+
+def saved(cluster: Cluster) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return (await nitro_config(cluster))["configchanged"] is False
+
+    return check
+
+
+async def test_bulk_writes_on_an_expired_session_really_reach_netscaler(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), resync_seconds=FAR):
+        await eventually(saved(cluster))  # nothing in flight: the next request is the bulk write
+        await nitro_sim.faults(expireSessions=True)  # the next bulk write is answered 200 / errorcode 444
+        await cluster.slice({"n1": "ready", "n2": "ready"})
+        await converged(cluster, ("n1", "n2"))  # read from the box, not from the operator's cache
+        assert {s["name"] for s in await cluster.nitro("server")} == {"dsr-198.51.100.1", "dsr-198.51.100.2"}
+        monitors = await cluster.nitro("service_lbmonitor_binding", "/dsr-198.51.100.2_80")
+        assert [m["monitor_name"] for m in monitors] == ["dsr-shop_web_tcp"]
