@@ -44,3 +44,22 @@ async def test_bulk_writes_on_an_expired_session_really_reach_netscaler(
         assert {s["name"] for s in await cluster.nitro("server")} == {"dsr-198.51.100.1", "dsr-198.51.100.2"}
         monitors = await cluster.nitro("service_lbmonitor_binding", "/dsr-198.51.100.2_80")
         assert [m["monitor_name"] for m in monitors] == ["dsr-shop_web_tcp"]
+
+
+async def test_a_monitor_interval_of_a_minute_converges_and_stays_unchanged(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = {"healthCheck": {"type": "TCP", "intervalSeconds": 60, "timeoutSeconds": 2}}
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), spec=spec, resync_seconds=0.5):
+        [monitor] = await cluster.nitro("lbmonitor")
+        assert (monitor["interval"], monitor["units3"]) == (1, "MIN")  # as a real box shows it
+        await eventually(saved(cluster))
+        seq = max(e["seq"] for e in await nitro_sim.journal())
+        reads = (await nitro_sim.stats())["byResource"]["lbmonitor"]
+
+        async def resynced_twice() -> bool:
+            return (await nitro_sim.stats())["byResource"]["lbmonitor"] >= reads + 2
+
+        await eventually(resynced_twice)
+        writes = [(e["resource"], e["action"]) for e in await nitro_sim.journal(since=seq)]
+        assert writes == [], "NetScaler was changed although nothing changed"

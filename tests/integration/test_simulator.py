@@ -407,6 +407,21 @@ async def test_monitors_are_keyed_by_name_and_type(nitro: Nitro) -> None:
     assert (await one(nitro, "lbmonitor/m?args=type:PING"))["interval"] == 10
 
 
+async def test_monitor_times_in_whole_minutes_read_back_in_minutes(nitro: Nitro) -> None:
+    body = {"monitorname": "m", "type": "TCP", "interval": 60, "resptimeout": 2}
+    await nitro.ok("POST", "lbmonitor", {"lbmonitor": body})
+    mon = await one(nitro, "lbmonitor/m")
+    assert (mon["interval"], mon["units3"], mon["resptimeout"], mon["units4"]) == (1, "MIN", 2, "SEC")
+    await nitro.ok("PUT", "lbmonitor", {"lbmonitor": {"monitorname": "m", "type": "TCP", "interval": 90,
+                                                      "units3": "SEC"}})
+    mon = await one(nitro, "lbmonitor/m")
+    assert (mon["interval"], mon["units3"]) == (90, "SEC")
+    await nitro.ok("PUT", "lbmonitor", {"lbmonitor": {"monitorname": "m", "type": "TCP", "interval": 180,
+                                                      "units3": "SEC", "resptimeout": 120, "units4": "SEC"}})
+    mon = await one(nitro, "lbmonitor/m")
+    assert (mon["interval"], mon["units3"], mon["resptimeout"], mon["units4"]) == (3, "MIN", 2, "MIN")
+
+
 async def test_update_ignores_immutable_fields(nitro: Nitro) -> None:
     await dsr_setup(nitro)
     body = {"lbvserver": {"lbmethod": "ROUNDROBIN", "port": 80, "servicetype": "TCP", "comment": "x"}}

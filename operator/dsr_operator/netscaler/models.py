@@ -26,6 +26,8 @@ class Kind:
     managed: tuple[str, ...]
     immutable: tuple[str, ...] = ()
     delete_args: tuple[str, ...] = ()
+    units: tuple[tuple[str, str], ...] = ()
+    """(time field, its unit field): we keep times in seconds; the box may answer in other units."""
 
 
 SERVER = Kind("server", "name", ("ipaddress", "comment"))
@@ -47,6 +49,7 @@ LBMONITOR = Kind(
     ("type", "interval", "resptimeout", "retries", "destip", "destport", "transparent", "comment"),
     immutable=("type",),
     delete_args=("type",),
+    units=(("interval", "units3"), ("resptimeout", "units4")),
 )
 KINDS: dict[str, Kind] = {k.rtype: k for k in (SERVER, SERVICE, LBVSERVER, LBMONITOR)}
 
@@ -71,6 +74,20 @@ def parse_marker(comment: object, operator_id: str) -> str | None:
     if not comment.startswith(head) or len(comment) == len(head):
         return None
     return comment[len(head) :]
+
+
+#: Seconds per NITRO time unit (lbmonitor `units3`, `units4`, ...).
+UNIT_SECONDS = {"SEC": 1.0, "MSEC": 0.001, "MIN": 60.0}
+
+
+def in_seconds(value: Any, unit: Any) -> Any:
+    """A NITRO time in seconds: `interval: 1, units3: MIN` is 60 (a whole number stays an int)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    seconds = number * UNIT_SECONDS.get(str(unit or "SEC").upper(), 1.0)
+    return int(seconds) if seconds.is_integer() else seconds
 
 
 def _normalise(value: Any) -> Any:
@@ -113,9 +130,16 @@ class NsObject:
         return body
 
     def changed_fields(self, other: NsObject) -> dict[str, Any]:
-        """Managed fields whose value in `self` differs from `other` (the actual object)."""
+        """Managed fields whose value in `self` differs from `other` (the actual object).
+
+        A changed time comes with its unit (`units3: SEC`): the box may hold the old one in minutes.
+        """
         mine, theirs = self.data, other.data
-        return {k: v for k, v in mine.items() if k != "comment" and theirs.get(k) != v}
+        changes = {k: v for k, v in mine.items() if k != "comment" and theirs.get(k) != v}
+        for field, unit in KINDS[self.kind].units:
+            if field in changes:
+                changes[unit] = "SEC"
+        return changes
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -199,6 +223,9 @@ def parse_actual(
                 foreign.append((kind_name, name))
                 continue
             fields = {f: rec.get(f) for f in kind.managed if f != "comment" and rec.get(f) not in (None, "")}
+            for field, unit in kind.units:  # `interval: 1, units3: MIN` is 60 seconds
+                if field in fields:
+                    fields[field] = in_seconds(fields[field], rec.get(unit))
             if kind is SERVICE and "servername" not in fields and rec.get("servername"):
                 fields["servername"] = rec["servername"]
             state = rec.get("svrstate") if kind is SERVICE else rec.get("curstate")

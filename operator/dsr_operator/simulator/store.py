@@ -16,6 +16,10 @@ Choices where the NITRO reference is silent (see `reference/nitro-api.md` §10):
 * unknown resource type → 599 / 1232, unknown action → 599 / 1240.
 * monitor binding errors (2133 already bound, 2170 not bound, 2171 no such monitor) use HTTP 599.
 
+Behaviours of real boxes reproduced on purpose (`reference/nitro-api.md` §11):
+* an lbmonitor `interval` (`resptimeout`) of whole minutes given in seconds is stored in minutes:
+  `interval: 60` reads back as `interval: 1, units3: MIN`.
+
 Runtime state: a service is UP when enabled and its IP is not marked unreachable (`hosts_down`),
 or when its `healthmonitor` is NO; OUT OF SERVICE when it or its server is disabled; GOING OUT OF
 SERVICE while a disable `delay` runs. A vserver is UP when any bound service is UP.
@@ -446,6 +450,7 @@ class Store:
             self._prepare_vserver(obj)
         elif res.name == "lbmonitor":
             self._check_monitor(obj)
+            _normalise_monitor_units(obj)
         self.objects[res.name][key] = obj
         return dict(zip(res.keys, key, strict=True))
 
@@ -525,6 +530,8 @@ class Store:
                 if svc["servername"] == obj["name"]:
                     svc["ipaddress"] = changes["ipaddress"]
         obj.update(changes)
+        if res.name == "lbmonitor":
+            _normalise_monitor_units(obj)
         return dict(zip(res.keys, key, strict=True))
 
     def _delete(self, res: schema.Resource, payload: Any) -> dict[str, str]:
@@ -840,6 +847,23 @@ class Store:
             "hasync": "ENABLED",
             "haprop": "ENABLED",
         }
+
+
+#: lbmonitor times and the fields that hold their units.
+MONITOR_UNITS = (("interval", "units3"), ("resptimeout", "units4"))
+
+
+def _normalise_monitor_units(monitor: Record) -> None:
+    """Store whole minutes as minutes, as the appliance does: `interval: 60` reads back `1` + `units3: MIN`.
+
+    ansible-collection-netscaleradc issue #324 (and its `fix_nitro_anomolies`); `resptimeout` with
+    `units4` the same way.
+    """
+    for value_field, unit_field in MONITOR_UNITS:
+        value = monitor.get(value_field)
+        if monitor.get(unit_field, "SEC") == "SEC" and isinstance(value, int) and value >= 60 and value % 60 == 0:
+            monitor[value_field] = value // 60
+            monitor[unit_field] = "MIN"
 
 
 def _matches(obj: Record, args: Mapping[str, str]) -> bool:
