@@ -469,6 +469,8 @@ async def test_filter_attrs_count_and_bulkbindings(nitro: Nitro) -> None:
 
     _, doc = await nitro.get("lbvserver_service_binding?bulkbindings=yes")
     assert [(b["name"], b["servicename"]) for b in doc["lbvserver_service_binding"]] == [("vs", "svc1"), ("vs", "svc2")]
+    status, doc = await nitro.get("lbvserver_service_binding?bulkbindings=yes&filter=name:vs")
+    assert (status, doc["errorcode"]) == (599, 1092)  # undocumented together: refused
     _, doc = await nitro.get("lbvserver_service_binding/vs?filter=servicename:svc2")
     assert [b["weight"] for b in doc["lbvserver_service_binding"]] == ["3"]
     await nitro.ok("POST", "lbvserver", {"lbvserver": {"name": "empty", "servicetype": "ANY"}})

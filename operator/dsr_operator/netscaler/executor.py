@@ -1,6 +1,7 @@
 """Read our objects from NetScaler and carry out a plan, stage by stage, in bulk requests.
 
-Reading costs one GET per object type (filtered to our name prefix, only the fields we use).
+Reading costs one GET per object type (filtered to our name prefix, only the fields we use; the
+bindings of every parent come unfiltered, as `bulkbindings=yes` is documented, and are filtered here).
 Writing sends each plan stage as bulk requests with `X-NITRO-ONERROR: continue`, so one bad object
 fails alone and is reported against its DsrService (per-object error isolation). Outcomes that mean
 "already as wanted" (deleting what is gone, binding what is bound) count as success, so a partly
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 #: Largest number of objects sent in one bulk request.
 CHUNK = 1000
 
-_PREFIX_FILTER = {"name": f"/^{ns.PREFIX}/"}
 _ATTRS: dict[str, tuple[str, ...]] = {
     "server": ("name", "ipaddress", "comment", "state"),
     "service": ("name", "servername", "servicetype", "port", "usip", "healthmonitor", "comment", "svrstate"),
@@ -70,7 +70,9 @@ async def read_actual(client: nitro.NitroClient, operator_id: str) -> ns.NetScal
         return await client.get(rtype, filter={key: f"/^{ns.PREFIX}/"}, attrs=_ATTRS[rtype])
 
     async def bindings(rtype: str) -> list[dict[str, Any]]:
-        return await client.get(rtype, filter=_PREFIX_FILTER, bulkbindings=True)
+        # `bulkbindings=yes` is documented for a get-all only, never with `filter=`: filter here.
+        rows = await client.get(rtype, bulkbindings=True)
+        return [row for row in rows if str(row.get("name", "")).startswith(ns.PREFIX)]
 
     results = await asyncio.gather(
         client.get_modes(),
@@ -137,7 +139,13 @@ async def execute(client: nitro.NitroClient, plan: planner.Plan) -> Outcome:
                     raise result
                 if isinstance(result, errors.NitroTransportError | errors.NitroServerError):
                     raise result  # the box is unreachable or failing: stop, the next run resumes
-                failures.extend(Failure(op, result) for op in batch)
+                # One error for the whole request: judged per operation by the same "already done"
+                # rules as per-item results (an unbind of what is already unbound is done).
+                for op in batch:
+                    if _benign(op, result):
+                        applied.append(op)
+                    else:
+                        failures.append(Failure(op, result))
                 continue
             for op, item in zip(batch, result, strict=True):
                 if item.ok or (item.error is not None and _benign(op, item.error)):

@@ -19,7 +19,8 @@ NITRO behaviour worth knowing:
   or 200; any failure → 207 with errorcode 1243 and a per-item `response` list.
 * `POST /config/<type>?idempotent=yes` adds, or updates an existing object (200).
 * GET: `args=k:v,...`, `filter=k:v,...` (exact, or `/regex/`), `attrs=a,b`, `count=yes`
-  (`{"<type>":[{"__count":N}]}`, N a number), `bulkbindings=yes` for a binding type without a name.
+  (`{"<type>":[{"__count":N}]}`, N a number), `bulkbindings=yes` for a binding type without a name
+  (not together with `filter=`, which the reference never documents: 599/1092).
   `nsmode` and `nsconfig` come back as objects, everything else as arrays; no key when empty.
 
 Simulator control endpoints, outside `/nitro/`, without auth, JSON in and out (400 on bad input):
@@ -357,6 +358,10 @@ async def _get(request: web.Request) -> web.StreamResponse:
     args = _pairs(query.get("args"), "args")
     filters = _pairs(query.get("filter"), "filter")
     model = request.app[STORE]
+    if query.get("bulkbindings") == "yes" and "filter" in query:
+        # Documented apart (filter for a binding's get-by-name, bulkbindings for its get-all), never
+        # together: refused, so that clients stay in the territory real boxes are known to answer.
+        raise store.NitroError(599, 1092, "Arguments cannot both be specified [bulkbindings, filter]")
     found = model.records(resource, name, args, bulkbindings=query.get("bulkbindings") == "yes")
     if isinstance(found, dict):
         return _reply(200, {resource: found})
