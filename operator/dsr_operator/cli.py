@@ -6,6 +6,7 @@ Each component owns a `cli` module with `register(subparsers)`; this module only
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import sys
@@ -22,10 +23,16 @@ COMPONENT_CLIS = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dsr-operator", description="Direct Server Return load balancing on NetScaler, from Kubernetes."
+        prog="dsr-operator",
+        description="Direct Server Return load balancing on NetScaler, from Kubernetes.",
+        allow_abbrev=False,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # No abbreviations anywhere: `--password x` must never be taken for `--password-file x`.
+    subparsers = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND",
+        parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False),
+    )
     for module_name in COMPONENT_CLIS:
         module = importlib.import_module(module_name)
         module.register(subparsers)

@@ -736,6 +736,25 @@ async def test_change_listeners_see_each_write(nitro_sim: server.Simulator, nitr
     assert [(c.resource, c.action, c.name) for c in seen] == [("server", "add", "a"), ("server", "add", "b")]
 
 
+async def test_status_lines_onerror_in_the_query_and_double_slashes(nitro_sim: server.Simulator) -> None:
+    async with aiohttp.ClientSession() as http:
+        base = f"{nitro_sim.url}/nitro/v1/config"
+        async with http.post(f"{base}/server", json={"server": {"name": "-bad", "ipaddress": "10.0.0.1"}},
+                             headers=AUTH) as r:
+            assert (r.status, r.reason) == (599, "Netscaler specific error")
+        # No X-NITRO-ONERROR header: `?onerror=continue` goes on past the failing item.
+        body = {"server": [{"name": "-bad", "ipaddress": "10.0.0.1"}, {"name": "ok", "ipaddress": "10.0.0.2"}]}
+        async with http.post(f"{base}/server?onerror=continue", json=body, headers=AUTH) as r:
+            assert (r.status, r.reason) == (207, "Multi Status")
+            assert [item["errorcode"] for item in (await r.json())["response"]] == [1075, 0]
+        async with http.get(f"{nitro_sim.url}/nitro/v1//config//server/ok", headers=AUTH) as r:
+            assert r.status == 200 and (await r.json())["server"][0]["ipaddress"] == "10.0.0.2"
+        async with http.post(f"{nitro_sim.url}//nitro/v1/config/server?action=rm", json={"server": [{"name": "ok"}]},
+                             headers=AUTH) as r:
+            assert r.status == 200, await r.text()
+    assert nitro_sim.store.objects["server"] == {}
+
+
 # ---------------------------------------------------------------------------- persistence and CLI
 
 
@@ -788,3 +807,11 @@ def test_cli_registers_nitro_sim(tmp_path: pathlib.Path) -> None:
     assert sim_cli.parse_listen("[::1]:9080") == ("::1", 9080)
     assert sim_cli.credentials(args) == {"admin": "secret"}
     assert args.state == pathlib.Path("s.json")
+
+
+@pytest.mark.parametrize("command", [["nitro-sim"], ["plan", "-f", "x.yaml"], ["apply", "-f", "x.yaml"]])
+def test_password_is_never_taken_for_password_file(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        cli.build_parser().parse_args([*command, "--password", "secret"])
+    assert raised.value.code == 2
+    assert "unrecognized arguments: --password" in capsys.readouterr().err

@@ -11,12 +11,16 @@ NITRO behaviour worth knowing:
   → 401/1027; bad credentials → 401/354. A bulk write (an array body) on an expired or missing
   session is answered HTTP 200 with errorcode 444 (1027), as a real box does.
 * bulk: an array under the type key on add, update, bind and actions. Two more URL shapes are those of
-  the NetScaler Java SDK and are what our client relies on: bulk delete is
-  `POST /nitro/v1/config/<type>?action=rm` with an array of key objects (`lbmonitor` needs `type` too),
-  and bulk unbind is `POST /nitro/v1/config/<binding>?action=unbind` with an array of binding objects.
-  `X-NITRO-ONERROR: exit|continue|rollback` (or the SDK's body `"params": {"onerror": ...}`);
-  default `exit`. Rollback only for add/bind (otherwise 599/1242). All items fine → 201 (add/bind)
-  or 200; any failure → 207 with errorcode 1243 and a per-item `response` list.
+  nitro-python (the Java SDK 10.1 sends the same actions in its legacy form dialect) and are what our
+  client relies on: bulk delete is `POST /nitro/v1/config/<type>?action=rm` with an array of key
+  objects (`lbmonitor` needs `type` too), and bulk unbind is
+  `POST /nitro/v1/config/<binding>?action=unbind` with an array of binding objects.
+  `X-NITRO-ONERROR: exit|continue|rollback`, or `?onerror=` in the query string as nitro-python sends
+  it, or the legacy body `"params": {"onerror": ...}`; default `exit`. Rollback only for add/bind
+  (otherwise 599/1242). All items fine → 201 (add/bind) or 200; any failure → 207 with errorcode
+  1243 and a per-item `response` list.
+* status lines as the appliance sends them: `599 Netscaler specific error`, `207 Multi Status`.
+* `//` in a path counts as `/` (`/nitro/v1//config/lbvserver`), as on the appliance's web server.
 * `POST /config/<type>?idempotent=yes` adds, or updates an existing object (200).
 * GET: `args=k:v,...`, `filter=k:v,...` (exact, or `/regex/`), `attrs=a,b`, `count=yes`
   (`{"<type>":[{"__count":N}]}`, N a number), `bulkbindings=yes` for a binding type without a name
@@ -56,6 +60,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -150,11 +155,15 @@ async def _persistence_ctx(app: web.Application) -> AsyncIterator[None]:
 # ---------------------------------------------------------------------------- helpers
 
 
+#: Status lines as NetScaler sends them; adc-nitro-go classifies responses by these literal strings.
+REASONS: Mapping[int, str] = {207: "Multi Status", 209: "Netscaler specific warning", 599: "Netscaler specific error"}
+
+
 def _reply(status: int, extra: Mapping[str, Any] | None = None, error: store.NitroError | None = None) -> web.Response:
     body: dict[str, Any] = error.body() if error else {"errorcode": 0, "message": "Done", "severity": "NONE"}
     if extra:
         body |= extra
-    return web.json_response(body, status=status)
+    return web.json_response(body, status=status, reason=REASONS.get(status))
 
 
 def _resource_of(path: str) -> str:
@@ -216,7 +225,7 @@ def _items(body: dict[str, Any] | None, resource: str) -> Any:
 def _onerror(request: web.Request, body: Mapping[str, Any] | None) -> str:
     params = (body or {}).get("params")
     from_body = params.get("onerror") if isinstance(params, dict) else None
-    value = request.headers.get(ONERROR_HEADER) or from_body or "exit"
+    value = request.headers.get(ONERROR_HEADER) or request.query.get("onerror") or from_body or "exit"
     return str(value).lower()
 
 
@@ -275,6 +284,21 @@ async def _is_bulk(request: web.Request, resource: str) -> bool:
 
 
 # ---------------------------------------------------------------------------- middleware
+
+
+@web.middleware
+async def _collapse_slashes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Serve `/nitro/v1//config//x` as `/nitro/v1/config/x`: routed again on the collapsed path."""
+    if "//" not in request.path:
+        return await handler(request)
+    path = re.sub("/{2,}", "/", request.path)
+    clean = request.clone(rel_url=request.rel_url.with_path(path).with_query(request.rel_url.query))
+    match = await request.app.router.resolve(clean)
+    match.add_app(request.app)
+    match.freeze()
+    clean._match_info = match  # what aiohttp's own dispatch sets, see web_app.Application._handle
+    return await _nitro_middleware(clean, match.handler)
+
 
 
 @web.middleware
@@ -582,7 +606,7 @@ def make_app(
     With `dataplane`, the configuration also drives real forwarding and probes (see `dataplane.py`);
     it starts after the persisted state is loaded and stops with the app.
     """
-    app = web.Application(middlewares=[_nitro_middleware])
+    app = web.Application(middlewares=[_collapse_slashes, _nitro_middleware])
     model = store.Store()
     app[STORE] = model
     app[SESSIONS] = sessions.Sessions(users, timeout=session_timeout)
