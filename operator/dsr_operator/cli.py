@@ -6,11 +6,11 @@ Each component owns a `cli` module with `register(subparsers)`; this module only
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 COMPONENT_CLIS = (
     "dsr_operator.oneshot",
@@ -19,6 +19,14 @@ COMPONENT_CLIS = (
     "dsr_operator.agent.cli",
     "dsr_operator.demo_dsr",
 )
+
+
+class _NoAbbreviations(argparse.ArgumentParser):
+    """A parser that takes options only as spelt out in full."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     # No abbreviations anywhere: `--password x` must never be taken for `--password-file x`.
     subparsers = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND",
-        parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False),
+        parser_class=_NoAbbreviations,
     )
     for module_name in COMPONENT_CLIS:
         module = importlib.import_module(module_name)
