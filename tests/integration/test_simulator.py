@@ -536,14 +536,70 @@ async def test_health_follows_hosts_and_disable(nitro_sim: server.Simulator, nit
     assert (status, doc["errorcode"]) == (599, 278)
 
 
-async def test_graceful_disable_goes_out_of_service_after_delay(nitro: Nitro) -> None:
+async def test_graceful_disable_goes_out_of_service_after_delay(nitro_sim: server.Simulator, nitro: Nitro) -> None:
     await dsr_setup(nitro)
+    await nitro_sim.set_clients({"svc1": 2})
     body = {"service": {"name": "svc1", "delay": 0.4, "graceful": "YES"}}
     await nitro.ok("POST", "service?action=disable", body)
     assert (await one(nitro, "service/svc1"))["svrstate"] == "GOING OUT OF SERVICE"
     assert (await one(nitro, "lbvserver/vs"))["activeservices"] == "1"
     await asyncio.sleep(0.5)
     assert (await one(nitro, "service/svc1"))["svrstate"] == "OUT OF SERVICE"
+
+
+async def test_graceful_disable_ends_early_when_the_last_client_leaves(
+    nitro_sim: server.Simulator, nitro: Nitro
+) -> None:
+    await dsr_setup(nitro)
+    await nitro.ok("POST", "service?action=disable", {"service": {"name": "svc2", "delay": 60, "graceful": "YES"}})
+    assert (await one(nitro, "service/svc2"))["svrstate"] == "OUT OF SERVICE"  # no clients: done at once
+    await nitro_sim.set_clients({"svc1": 2})
+    await nitro.ok("POST", "service?action=disable", {"service": {"name": "svc1", "delay": 60, "graceful": "YES"}})
+    assert (await one(nitro, "service/svc1"))["svrstate"] == "GOING OUT OF SERVICE"
+    await nitro_sim.set_clients({"svc1": 1})
+    assert (await one(nitro, "service/svc1"))["svrstate"] == "GOING OUT OF SERVICE"
+    await nitro_sim.set_clients({"svc1": 0})
+    assert (await one(nitro, "service/svc1"))["svrstate"] == "OUT OF SERVICE"  # long before 60 s
+    # delay 0 waits for the last client; without graceful the delay alone counts.
+    await nitro.ok("POST", "service?action=enable", {"service": {"name": "svc1"}})
+    await nitro_sim.set_clients({"svc1": 1})
+    await nitro.ok("POST", "service?action=disable", {"service": {"name": "svc1", "delay": 0, "graceful": "YES"}})
+    assert (await one(nitro, "service/svc1"))["svrstate"] == "GOING OUT OF SERVICE"
+    await nitro.ok("POST", "service?action=enable", {"service": {"name": "svc2"}})
+    await nitro.ok("POST", "service?action=disable", {"service": {"name": "svc2", "delay": 60}})
+    assert (await one(nitro, "service/svc2"))["svrstate"] == "GOING OUT OF SERVICE"
+
+
+async def stat(nitro: Nitro, path: str) -> Any:
+    async with nitro.http.get(f"{nitro.base}/nitro/v1/stat/{path}", headers=nitro.headers) as response:
+        doc = await response.json()
+        assert response.status == 200, doc
+        return doc[path.split("/")[0]]
+
+
+async def test_stat_endpoints_serve_what_monitoring_tools_read(nitro_sim: server.Simulator, nitro: Nitro) -> None:
+    await dsr_setup(nitro)
+    await nitro_sim.set_clients({"svc1": 3})
+    await nitro_sim.set_hosts({"10.0.0.2": "DOWN"})
+    [svc] = await stat(nitro, "service/svc1")
+    assert (svc["name"], svc["state"], svc["servicetype"], svc["primaryipaddress"], svc["primaryport"]) == (
+        "svc1", "UP", "ANY", "10.0.0.1", 65535)
+    assert (svc["curclntconnections"], svc["cursrvrconnections"], svc["totalrequests"]) == ("3", "3", "0")
+    assert svc["requestsrate"] == 0  # counters are strings, rates numbers, as on the appliance
+    services = await stat(nitro, "service")
+    assert [(s["name"], s["state"]) for s in services] == [("svc1", "UP"), ("svc2", "DOWN")]
+    [vs] = await stat(nitro, "lbvserver/vs")
+    assert (vs["state"], vs["type"], vs["primaryipaddress"], vs["actsvcs"], vs["inactsvcs"]) == (
+        "UP", "ANY", "192.0.2.10", "1", "1")
+    assert (vs["curclntconnections"], vs["tothits"], vs["totalpktsrecvd"], vs["vslbhealth"]) == ("3", "0", "0", "25")
+    ha = await stat(nitro, "hanode")
+    assert (ha["hacurstatus"], ha["hacurmasterstate"]) == ("NO", "Primary")
+    assert {"hacurstate", "transtime", "haerrsyncfailure"} <= set(ha)
+    async with nitro.http.get(f"{nitro.base}/nitro/v1/stat/service/nope", headers=AUTH) as r:
+        assert (r.status, (await r.json())["errorcode"]) == (404, 258)
+    async with nitro.http.get(f"{nitro.base}/nitro/v1/stat/service") as r:
+        assert (r.status, (await r.json())["errorcode"]) == (401, 1027)
+    assert (await nitro_sim.stats())["byResource"]["stat/service"] == 4
 
 
 # ---------------------------------------------------------------------------- bulk

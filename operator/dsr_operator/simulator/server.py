@@ -21,6 +21,8 @@ NITRO behaviour worth knowing:
   1243 and a per-item `response` list.
 * status lines as the appliance sends them: `599 Netscaler specific error`, `207 Multi Status`.
 * `//` in a path counts as `/` (`/nitro/v1//config/lbvserver`), as on the appliance's web server.
+* statistics: `GET /nitro/v1/stat/lbvserver[/name]`, `/stat/service[/name]`, `/stat/hanode` with the
+  reference's field names (see `stats.py`); packets and flows are counted for real with a dataplane.
 * `POST /config/<type>?idempotent=yes` adds, or updates an existing object (200).
 * GET: `args=k:v,...`, `filter=k:v,...` (exact, or `/regex/`), `attrs=a,b`, `count=yes`
   (`{"<type>":[{"__count":N}]}`, N a number), `bulkbindings=yes` for a binding type without a name
@@ -42,6 +44,9 @@ Simulator control endpoints, outside `/nitro/`, without auth, JSON in and out (4
   `[{"seq", "time", "method", "resource", "action", "name", "key"}]`; `name` is the first key field
   (the vserver of an lbvserver binding), `key` all of them.
 * `GET /_sim/ha`, `POST /_sim/ha` `{"state": "Primary"|"Secondary"}` sets what `hanode/0` reports.
+* `GET /_sim/clients` → `{"clients": {service: n}}`; `POST /_sim/clients` `{"<service>": n, ...}` sets
+  a service's current client connections (what `/stat/service` shows as `curclntconnections`; a
+  graceful disable lasts while they are above 0). With a dataplane they are its live flows.
 * `GET /_sim/dataplane` (only with a dataplane, else 404): the forwarding choices per vserver, the
   learnt backend MACs, the probe verdicts, the nft and interface packet counters, and `history`: the
   last 1,000 applied rulesets as `{"applying", "time", "vservers": {name: {"newFlows", "serving"}}}`:
@@ -70,7 +75,7 @@ from aiohttp import web
 
 from dsr_operator.simulator import dataplane as dataplane_
 from dsr_operator.simulator import faults as faults_
-from dsr_operator.simulator import schema, sessions, store
+from dsr_operator.simulator import schema, sessions, stats, store
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +85,7 @@ FAULTS = web.AppKey("faults", faults_.Faults)
 STATS = web.AppKey("stats", faults_.Stats)
 
 CONFIG_PREFIX = "/nitro/v1/config"
+STAT_PREFIX = "/nitro/v1/stat"
 ONERROR_HEADER = "X-NITRO-ONERROR"
 COOKIE = "NITRO_AUTH_TOKEN"
 NITRO_CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded", "text/plain", "")
@@ -167,6 +173,8 @@ def _reply(status: int, extra: Mapping[str, Any] | None = None, error: store.Nit
 
 
 def _resource_of(path: str) -> str:
+    if path.startswith(STAT_PREFIX + "/"):
+        return "stat/" + (path[len(STAT_PREFIX) :].strip("/").split("/")[0] or "?")
     parts = path[len(CONFIG_PREFIX) :].strip("/").split("/") if path.startswith(CONFIG_PREFIX) else []
     return parts[0] if parts and parts[0] else "?"
 
@@ -466,6 +474,26 @@ async def _write(
             await persister.save()
 
 
+async def _stat(request: web.Request) -> web.StreamResponse:
+    resource = request.match_info["type"]
+    name = _decode_name(request.match_info.get("name"))
+    plane = request.app[DATAPLANE]
+    traffic = stats.Traffic()
+    if plane is not None:
+        try:
+            traffic = await plane.traffic()
+        except (dataplane_.CommandError, ValueError) as exc:
+            logger.warning("Cannot read the dataplane's counters: %s", exc)
+    found = stats.records(request.app[STORE], resource, name, traffic, ha_since=_ha_since(request.app))
+    if isinstance(found, dict):
+        return _reply(200, {resource: found})
+    return _reply(200, {resource: found} if found else None)
+
+
+def _ha_since(app: web.Application) -> float | None:
+    return None
+
+
 async def _unknown(request: web.Request) -> web.StreamResponse:
     raise store.NitroError(404, 1240, f"Invalid nitro action or operation [{request.path}]")
 
@@ -535,6 +563,22 @@ async def _sim_journal(request: web.Request) -> web.StreamResponse:
     except ValueError:
         return _bad_request("since must be an integer")
     return web.json_response([c.as_json() for c in request.app[STORE].journal if c.seq > since])
+
+
+async def _sim_get_clients(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"clients": request.app[STORE].clients})
+
+
+async def _sim_set_clients(request: web.Request) -> web.StreamResponse:
+    try:
+        doc = await _json_object(request)
+        for name, count in doc.items():
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ValueError(f"the client count of {name} must be a whole number >= 0")
+    except ValueError as exc:
+        return _bad_request(str(exc))
+    request.app[STORE].set_clients(doc)
+    return web.json_response({"clients": request.app[STORE].clients})
 
 
 async def _sim_get_ha(request: web.Request) -> web.StreamResponse:
@@ -627,6 +671,8 @@ def make_app(
         router.add_put(CONFIG_PREFIX + suffix, _put)
         router.add_delete(CONFIG_PREFIX + suffix, _delete)
     router.add_post(CONFIG_PREFIX + "/{type}", _post)
+    router.add_get(STAT_PREFIX + "/{type}", _stat, allow_head=False)
+    router.add_get(STAT_PREFIX + "/{type}/{name}", _stat, allow_head=False)
     router.add_route("*", "/nitro/{tail:.*}", _unknown)
 
     router.add_get("/_sim/faults", _sim_get_faults)
@@ -637,6 +683,8 @@ def make_app(
     router.add_get("/_sim/hosts", _sim_get_hosts)
     router.add_post("/_sim/hosts", _sim_set_hosts)
     router.add_get("/_sim/journal", _sim_journal)
+    router.add_get("/_sim/clients", _sim_get_clients)
+    router.add_post("/_sim/clients", _sim_set_clients)
     router.add_get("/_sim/ha", _sim_get_ha)
     router.add_post("/_sim/ha", _sim_set_ha)
     router.add_get("/_sim/dataplane", _sim_dataplane)
@@ -689,6 +737,10 @@ class Simulator:
 
     async def set_ha_state(self, state: str) -> None:
         await self._call("POST", "/_sim/ha", {"state": state})
+
+    async def set_clients(self, counts: Mapping[str, int]) -> None:
+        """Current client connections per service: `await sim.set_clients({"svc1": 3})` (0 ends a drain)."""
+        await self._call("POST", "/_sim/clients", dict(counts))
 
     async def reset(self) -> None:
         await self._call("POST", "/_sim/reset")

@@ -22,7 +22,10 @@ Behaviours of real boxes reproduced on purpose (`reference/nitro-api.md` §11):
 
 Runtime state: a service is UP when enabled and its IP is not marked unreachable (`hosts_down`),
 or when its `healthmonitor` is NO; OUT OF SERVICE when it or its server is disabled; GOING OUT OF
-SERVICE while a disable `delay` runs. A vserver is UP when any bound service is UP.
+SERVICE while a disable `delay` runs, and for a graceful disable (`graceful: YES`) only while the
+service still has clients (`clients`, from `/_sim/clients` or the dataplane's live flows): it ends
+when they reach 0 or the delay passes, whichever comes first, as on a real box. A vserver is UP
+when any bound service is UP.
 
 Every successful write is appended to `journal` and passed to each callback in `listeners` (for
 persistence and, later, a dataplane that re-renders on change).
@@ -230,6 +233,13 @@ class Store:
         #: None (the default) means monitors are simulated and only `hosts_down` decides health.
         self.probe_results: dict[tuple[str, str], bool] | None = None
         self.ha_state = "Primary"
+        #: The HA peer as `hanode` lists it ({"id": "1", "ipaddress": ...}), None when stand-alone.
+        self.ha_peer: dict[str, str] | None = None
+        #: This node's NSIP, as `hanode/0` and `nsconfig` show it.
+        self.nsip = "127.0.0.1"
+        #: Current client connections per service: set through `/_sim/clients`, or the dataplane's
+        #: live flows. A graceful disable ends as soon as its service has none left.
+        self.clients: dict[str, int] = {}
         self.objects: dict[str, dict[tuple[str, ...], Record]] = {}
         self.modes: set[str] = set()
         self.config_changed = False
@@ -278,6 +288,27 @@ class Store:
             return
         self.probe_results = new
         self._notify(self._change("POST", "", "probes", {}), journal=False)
+
+    def set_clients(self, counts: Mapping[str, int], *, replace: bool = False) -> None:
+        """Current client connections per service (`replace`: every service not named has none)."""
+        new = ({} if replace else dict(self.clients)) | {k: int(v) for k, v in counts.items()}
+        new = {k: v for k, v in new.items() if v > 0}
+        if new == self.clients:
+            return
+        self.clients = new
+        self._notify(self._change("POST", "", "clients", {}), journal=False)
+
+    def config_document(self) -> dict[str, Any]:
+        """The configuration an HA primary synchronises to its secondary: objects and modes."""
+        return {"objects": copy.deepcopy(self.objects), "nsmode": sorted(self.modes)}
+
+    def load_config_document(self, doc: Mapping[str, Any]) -> None:
+        """Take a primary's configuration (HA sync): what was configured here is replaced, unjournaled."""
+        self.objects = {name: {} for name in schema.RESOURCES}
+        for name, objs in copy.deepcopy(dict(doc.get("objects", {}))).items():
+            self.objects[name] = dict(objs)
+        self.modes = set(doc.get("nsmode", schema.NSMODE_DEFAULTS))
+        self._notify(self._change("POST", "", "sync", {}), journal=False)
 
     def set_ha_state(self, state: str) -> None:
         """What `hanode/0` reports as this node's state (Primary, Secondary, UNKNOWN)."""
@@ -572,10 +603,13 @@ class Store:
         key = validate_key(res, data)
         obj = self._find(res, key)
         obj.pop("_until", None)
+        obj.pop("_graceful", None)
         obj["state"] = "ENABLED" if enable else "DISABLED"
         delay = args.get("delay", 0)
         if not enable and delay:
             obj["_until"] = self.clock() + float(delay)
+        if not enable and args.get("graceful") == "YES":
+            obj["_graceful"] = True  # ends when its clients reach 0 or the delay passes (0: no deadline)
         return dict(zip(res.keys, key, strict=True))
 
     def _rename(self, res: schema.Resource, payload: Any) -> dict[str, str]:
@@ -695,9 +729,22 @@ class Store:
         if obj is None or obj.get("state") != "DISABLED":
             return None
         until = obj.get("_until")
+        if obj.get("_graceful"):
+            # `disable service S D -graceful YES`: until its clients reach 0 or D passes, whichever
+            # comes first; D = 0 waits for the last client.
+            if self.client_count(obj) == 0:
+                return "OUT OF SERVICE"
+            return "GOING OUT OF SERVICE" if until is None or self.clock() < until else "OUT OF SERVICE"
         if until is not None and self.clock() < until:
             return "GOING OUT OF SERVICE"
         return "OUT OF SERVICE"
+
+    def client_count(self, obj: Record) -> int:
+        """Current client connections of a service, or of every service of a server."""
+        if "servername" in obj:
+            return self.clients.get(obj["name"], 0)
+        return sum(self.clients.get(s["name"], 0) for s in self.objects["service"].values()
+                   if s["servername"] == obj["name"])
 
     def svrstate(self, service: Record) -> str:
         server = self.objects["server"].get((service["servername"],))
@@ -797,7 +844,7 @@ class Store:
         if resource == "nsconfig":
             return self._nsconfig_record()
         if resource == "hanode":
-            nodes = [self._hanode_record()]
+            nodes = [self._hanode_record(), *self._peer_records()]
             if name is not None:
                 nodes = [n for n in nodes if n["id"] == name]
                 if not nodes:
@@ -827,10 +874,14 @@ class Store:
         return rec
 
     def _nsconfig_record(self) -> Record:
-        return {
-            "ipaddress": "127.0.0.1",
+        pair: Record = {}
+        if self.ha_peer is not None:
+            primary = self.nsip if self.ha_state == "Primary" else self.ha_peer["ipaddress"]
+            pair = {"primaryip": primary}
+        return pair | {
+            "ipaddress": self.nsip,
             "netmask": "255.0.0.0",
-            "systemtype": "Stand-alone",
+            "systemtype": "HA" if self.ha_peer is not None else "Stand-alone",
             "configchanged": self.config_changed,
             "lastconfigchangedtime": _nstime(self.last_changed),
             "lastconfigsavetime": _nstime(self.last_saved),
@@ -841,12 +892,20 @@ class Store:
         return {
             "id": "0",
             "name": "",
-            "ipaddress": "127.0.0.1",
+            "ipaddress": self.nsip,
             "state": self.ha_state,
-            "hastatus": "UP" if self.ha_state in ("Primary", "Secondary") else "DISABLED",
+            "hastatus": "ENABLED" if self.ha_state in ("Primary", "Secondary") else "DISABLED",
             "hasync": "ENABLED",
             "haprop": "ENABLED",
         }
+
+    def _peer_records(self) -> list[Record]:
+        """The HA peer (id 1) as this node sees it: the other role."""
+        if self.ha_peer is None:
+            return []
+        other = {"Primary": "Secondary", "Secondary": "Primary"}.get(self.ha_state, "UNKNOWN")
+        return [{"id": self.ha_peer.get("id", "1"), "name": "", "ipaddress": self.ha_peer["ipaddress"],
+                 "state": other, "hastatus": "ENABLED", "hasync": "ENABLED", "haprop": "ENABLED"}]
 
 
 #: lbmonitor times and the fields that hold their units.
