@@ -63,3 +63,40 @@ async def test_a_monitor_interval_of_a_minute_converges_and_stays_unchanged(
         await eventually(resynced_twice)
         writes = [(e["resource"], e["action"]) for e in await nitro_sim.journal(since=seq)]
         assert writes == [], "NetScaler was changed although nothing changed"
+
+
+async def test_a_drain_ends_as_soon_as_netscaler_ends_it_and_status_shows_its_clients(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b2 = "dsr-198.51.100.2_80"
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1", "n2"), spec={"drainSeconds": 600},
+                       resync_seconds=FAR, drain_check_seconds=0.2, max_unbind_percent=100):
+        await nitro_sim.set_clients({b2: 3})
+        await cluster.slice({"n1": "ready"})
+
+        async def draining() -> list[dict[str, object]]:
+            return ((await cluster.dsr()).get("status") or {}).get("draining") or []
+
+        def clients(n: int) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                return (await draining()) == [{"service": b2, "state": "GOING OUT OF SERVICE", "clientConnections": n}]
+
+            return check
+
+        await eventually(clients(3))
+        assert (await cluster.condition("Ready"))["reason"] == "Draining"
+        await nitro_sim.set_clients({b2: 1})
+        await eventually(clients(1))
+        await nitro_sim.set_clients({b2: 0})  # the last client leaves: NetScaler ends the drain, 600 s early
+
+        async def unbound() -> bool:
+            return await cluster.bound() == ["dsr-198.51.100.1_80"]
+
+        await eventually(unbound)
+        await eventually(lambda: _no_drains(cluster))
+        assert {s["name"] for s in await cluster.nitro("service")} == {"dsr-198.51.100.1_80"}
+
+
+async def _no_drains(cluster: Cluster) -> bool:
+    status = (await cluster.dsr()).get("status") or {}
+    return status.get("draining") == [] and (await cluster.condition("Ready")).get("status") == "True"

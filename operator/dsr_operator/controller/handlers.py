@@ -206,6 +206,7 @@ async def _make_runtime(settings: config.OperatorSettings) -> reconcile.Runtime:
     nitro_view = view.NetScalerView(
         settings.nitro(), settings.operator_id, save_debounce=settings.save_debounce_seconds,
         on_request=metrics.on_request, on_drain_lag=metrics.drain_unbind_lag.observe,
+        drain_check=settings.drain_check_seconds,
     )
     return reconcile.Runtime(settings=settings, view=nitro_view, kube=client, metrics=metrics)
 

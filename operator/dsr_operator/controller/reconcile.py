@@ -271,7 +271,9 @@ async def _reconcile(rt: Runtime, key: Key, body: kopf.Body) -> float | None:
     rt.metrics.bound_backends.labels(ref.namespace, ref.name).set(bound)
     v = world.verdict(backends=after, bound=bound, plan=plan, failures=failures)
     states = world.vserver_states(actual, ref, spec)
+    ours = {b.child for b in actual.bindings if b.kind == ns.VSERVER_BINDING and b.owner == ref.uid}
     extra = {
+        "draining": rt.view.drain_report(ours),
         "backends": {"desired": after.desired, "loopbackReady": after.loopback_ready, "bound": bound},
         "vservers": states,
         "vserverState": "UP" if states and all(s["state"] == "UP" for s in states) else

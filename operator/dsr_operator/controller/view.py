@@ -5,10 +5,12 @@ succeeded (`planner.effects`), so an endpoint change costs only the writes it ne
 re-read on resync and after any failure. Writes go only to the HA primary; the configuration is
 saved once writes have been quiet for a while.
 
-Drains: when a graceful disable is sent, the view records when it ends on the box (the time it was
-sent plus its delay). From then on, every read of the cache first asks the box for the state of the
-services whose drain is due (one small GET each), until they are OUT OF SERVICE, so the unbind
-follows the end of a drain by one reconcile, not by a resync.
+Drains: when a graceful disable is sent, the view records when it ends on the box at the latest
+(the time it was sent plus its delay). A real box ends it earlier, as soon as the service has no
+clients left, so while it runs the view asks the box about the service every `drain_poll` seconds
+(its `svrstate`, and `curclntconnections` from `/stat/service` for the status), then at the deadline,
+then often until it is OUT OF SERVICE: the unbind follows the end of a drain by one reconcile, not
+by a resync, whether the drain ran its full time or ended early.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ from dsr_operator.planner import plan as planner
 
 log = logging.getLogger(__name__)
 
-#: How often a service whose drain is due is asked again while the box still says GOING OUT OF SERVICE.
+#: How often a service past its drain's deadline is asked again while the box still says GOING OUT OF SERVICE.
 DRAIN_POLL_SECONDS = 0.05
-#: How often a drain of unknown end (found on the box after a restart) is asked about.
-UNKNOWN_DRAIN_POLL_SECONDS = 1.0
+#: How often a draining service is asked about before its deadline (the box may end the drain early).
+DEFAULT_DRAIN_CHECK_SECONDS = 1.0
 
 
 class NotPrimary(errors.NitroError):
@@ -50,6 +52,7 @@ class NetScalerView:
         on_drain_lag: Callable[[float], None] | None = None,
         client_factory: Callable[[], nitro.NitroClient] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        drain_check: float = DEFAULT_DRAIN_CHECK_SECONDS,
     ) -> None:
         self.operator_id = operator_id
         self.lock = asyncio.Lock()
@@ -65,7 +68,11 @@ class NetScalerView:
         self._drain_due: dict[str, float] = {}
         """Services being drained → when to ask the box about them next (its drain's end, then polls)."""
         self._drain_end: dict[str, float] = {}
-        """Services being drained → when their drain ends by our clock (for the drain-to-unbind lag)."""
+        """Services being drained → when their drain ends by our clock at the latest (deadline), or when
+        we saw it ended early (for the drain-to-unbind lag)."""
+        self._drain_clients: dict[str, int | None] = {}
+        """Services being drained → their current client connections, as `/stat/service` last said."""
+        self._drain_check = drain_check
         self.requests_total = 0
 
     async def _open(self) -> nitro.NitroClient:
@@ -111,13 +118,29 @@ class NetScalerView:
         due = [self._drain_due[s] for s in services if s in self._drain_due]
         return max(0.0, min(due) - self.clock()) if due else None
 
+    def drain_report(self, services: Iterable[str]) -> list[dict[str, object]]:
+        """Each of `services` that drains: its state on the box and its current client connections."""
+        state = self._actual or ns.NetScalerState()
+        out: list[dict[str, object]] = []
+        for name in sorted(set(services)):
+            obj = state.get("service", name)
+            if obj is None or obj.state != ns.GOING_OUT_OF_SERVICE:
+                continue
+            entry: dict[str, object] = {"service": name, "state": obj.state}
+            clients = self._drain_clients.get(name)
+            if clients is not None:
+                entry["clientConnections"] = clients
+            out.append(entry)
+        return out
+
     def _track_unknown_drains(self, state: ns.NetScalerState) -> None:
         now = self.clock()
         for obj in state.of_kind("service"):
             if obj.state == ns.GOING_OUT_OF_SERVICE:
-                self._drain_due.setdefault(obj.name, now + UNKNOWN_DRAIN_POLL_SECONDS)
+                self._drain_due.setdefault(obj.name, now + self._drain_check)
             else:
                 self._drain_due.pop(obj.name, None)
+                self._drain_clients.pop(obj.name, None)
 
     async def _refresh_due_drains(self) -> None:
         assert self._actual is not None
@@ -129,37 +152,60 @@ class NetScalerView:
         rows = await asyncio.gather(*(self._service_state(client, name) for name in due))
         state = self._actual
         objects = dict(state.objects)
-        for name, svrstate in zip(due, rows, strict=True):
+        for name, (svrstate, clients) in zip(due, rows, strict=True):
             old = objects.get(("service", name))
             if old is None or svrstate is None:  # gone from the box: nothing left to drain
                 self._forget_drain(name)
                 continue
             objects[("service", name)] = dataclasses.replace(old, state=svrstate)
+            self._drain_clients[name] = clients
+            end = self._drain_end.get(name)
             if svrstate == ns.GOING_OUT_OF_SERVICE:
-                self._drain_due[name] = now + DRAIN_POLL_SECONDS
+                if end is not None and now < end:
+                    self._drain_due[name] = min(end, now + self._drain_check)
+                else:
+                    self._drain_due[name] = now + (DRAIN_POLL_SECONDS if end is not None else self._drain_check)
             else:
                 self._drain_due.pop(name, None)
+                self._drain_clients.pop(name, None)
+                if end is not None and now < end:
+                    self._drain_end[name] = now  # ended early: its last client left
         self._actual = ns.NetScalerState.build(objects.values(), state.bindings, mbf=state.mbf,
                                                foreign=state.foreign)
 
     @staticmethod
-    async def _service_state(client: nitro.NitroClient, name: str) -> str | None:
-        try:
-            rows = await client.get("service", name, attrs=("name", "svrstate"))
-        except errors.NitroNotFound:
-            return None
-        return str(rows[0].get("svrstate")) if rows else None
+    async def _service_state(client: nitro.NitroClient, name: str) -> tuple[str | None, int | None]:
+        """(svrstate, current client connections) of one service; (None, None) when it is gone."""
+
+        async def clients() -> int | None:
+            try:
+                rows = await client.stat("service", name)
+                return nitro.as_int(rows[0].get("curclntconnections")) if rows else None
+            except (errors.NitroApiError, ValueError):
+                return None  # statistics are for the status only: never fail a drain on them
+
+        rows, connections = await asyncio.gather(
+            client.get("service", name, attrs=("name", "svrstate")), clients(), return_exceptions=True
+        )
+        for result in (rows, connections):
+            if isinstance(result, errors.NitroNotFound):
+                return None, None
+            if isinstance(result, BaseException):
+                raise result
+        assert isinstance(rows, list) and not isinstance(connections, BaseException)
+        return (str(rows[0].get("svrstate")) if rows else None), connections
 
     def _forget_drain(self, name: str) -> None:
         self._drain_due.pop(name, None)
         self._drain_end.pop(name, None)
+        self._drain_clients.pop(name, None)
 
     def _note_drains(self, sent: float, applied: Iterable[planner.Op]) -> None:
         """Keep the drain book true to the operations that were applied."""
         for op in applied:
             if op.kind == "service" and op.verb == "disable":
                 end = sent + float(op.body.get("delay") or 0)
-                self._drain_due[op.name] = end
+                self._drain_due[op.name] = min(end, sent + self._drain_check)
                 self._drain_end[op.name] = end
             elif op.kind == "service" and op.verb in ("enable", "delete"):
                 self._forget_drain(op.name)

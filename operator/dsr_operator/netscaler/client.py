@@ -295,6 +295,14 @@ class NitroClient:
         response = await self._request("GET", rtype, name=name, params=params)
         return _records(response.body, rtype)
 
+    async def stat(self, rtype: str, name: str | None = None) -> list[dict[str, Any]]:
+        """Statistics of ``rtype`` (``service``, ``lbvserver``, ``hanode`` …): ``GET /stat/<rtype>[/<name>]``.
+
+        Counters come as NITRO sends them (mostly numeric strings: use ``as_int``).
+        """
+        response = await self._request("GET", rtype, name=name, api="stat")
+        return _records(response.body, rtype)
+
     async def count(self, rtype: str, filter: Mapping[str, str] | None = None) -> int:
         """Number of objects of ``rtype`` (matching ``filter``)."""
         params = {"count": "yes"}
@@ -443,6 +451,7 @@ class NitroClient:
         authenticated: bool = True,
         relogin: bool = True,
         retry: bool = True,
+        api: str = "config",
     ) -> _Response:
         """Send one NITRO request; return a success (2xx, 207 included) or raise a typed error.
 
@@ -450,7 +459,7 @@ class NitroClient:
         """
         if self._state is not State.OPENED or self._session is None:
             raise RuntimeError(f"NitroClient is {self._state.value}; use it inside `async with`")
-        url = self._url(rtype, name, params)
+        url = self._url(rtype, name, params, api)
         attempts = 1 + (self.retries if retry else 0)
         attempt = 0
         relogged = False
@@ -561,8 +570,8 @@ class NitroClient:
         except Exception:
             logger.exception("The on_request hook failed")
 
-    def _url(self, rtype: str, name: str | None, params: Mapping[str, str] | None) -> yarl.URL:
-        url = f"{self.base_url}/nitro/v1/config/{_quote(rtype)}"
+    def _url(self, rtype: str, name: str | None, params: Mapping[str, str] | None, api: str = "config") -> yarl.URL:
+        url = f"{self.base_url}/nitro/v1/{api}/{_quote(rtype)}"
         if name is not None:
             url += "/" + _quote(_quote(name))  # double-encoded, as NetScaler's own clients do
         if params:
