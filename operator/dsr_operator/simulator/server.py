@@ -43,7 +43,12 @@ Simulator control endpoints, outside `/nitro/`, without auth, JSON in and out (4
 * `GET /_sim/journal[?since=<seq>]` → ordered successful writes
   `[{"seq", "time", "method", "resource", "action", "name", "key"}]`; `name` is the first key field
   (the vserver of an lbvserver binding), `key` all of them.
-* `GET /_sim/ha`, `POST /_sim/ha` `{"state": "Primary"|"Secondary"}` sets what `hanode/0` reports.
+* `GET /_sim/ha`, `POST /_sim/ha` `{"state": "Primary"|"Secondary"}` sets what `hanode/0` reports
+  (on this node only). In an HA pair (`--peer URL`, or `running_pair()` in-process; see `ha.py`) the
+  GET also shows the peer and every role `transitions` with the journal's `seq` at that moment;
+  `POST /_sim/failover` swaps both nodes' roles now, or with `{"afterWrites": N}` right after this
+  node applied N more write requests (before it answers the last one); `POST /_sim/peer/sync` and
+  `/_sim/peer/role` are how the two processes talk.
 * `GET /_sim/clients` → `{"clients": {service: n}}`; `POST /_sim/clients` `{"<service>": n, ...}` sets
   a service's current client connections (what `/stat/service` shows as `curclntconnections`; a
   graceful disable lasts while they are above 0). With a dataplane they are its live flows.
@@ -60,6 +65,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import http
 import json
 import logging
@@ -71,10 +77,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
+import yarl
 from aiohttp import web
 
 from dsr_operator.simulator import dataplane as dataplane_
 from dsr_operator.simulator import faults as faults_
+from dsr_operator.simulator import ha as ha_
 from dsr_operator.simulator import schema, sessions, stats, store
 
 logger = logging.getLogger(__name__)
@@ -129,6 +137,7 @@ class Persister:
 
 
 PERSISTER: web.AppKey[Persister | None] = web.AppKey("persister")
+HA: web.AppKey[ha_.Node | None] = web.AppKey("ha")
 DATAPLANE: web.AppKey[dataplane_.Dataplane | None] = web.AppKey("dataplane")
 
 
@@ -305,7 +314,23 @@ async def _collapse_slashes(request: web.Request, handler: Handler) -> web.Strea
     match.add_app(request.app)
     match.freeze()
     clean._match_info = match  # what aiohttp's own dispatch sets, see web_app.Application._handle
-    return await _nitro_middleware(clean, match.handler)
+    return await _nitro_middleware(clean, functools.partial(_ha_middleware, handler=match.handler))
+
+
+@web.middleware
+async def _ha_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """In an HA pair: a write on the primary is propagated before it is answered; one on the
+    secondary stays there (209 with warning 1028 when the client asked for warnings)."""
+    response = await handler(request)
+    node = request.app[HA]
+    if node is None or request.method == "GET" or not request.path.startswith("/nitro/"):
+        return response
+    secondary = node.state == ha_.SECONDARY
+    await node.after_write()
+    if secondary and request.query.get("warning") == "yes" and response.status in (200, 201):
+        response.set_status(209, REASONS[209])
+        response.headers["X-NITRO-WARNING"] = ha_.NOT_PRIMARY_WARNING
+    return response
 
 
 
@@ -491,7 +516,8 @@ async def _stat(request: web.Request) -> web.StreamResponse:
 
 
 def _ha_since(app: web.Application) -> float | None:
-    return None
+    node = app[HA]
+    return node.since if node is not None else None
 
 
 async def _unknown(request: web.Request) -> web.StreamResponse:
@@ -582,7 +608,50 @@ async def _sim_set_clients(request: web.Request) -> web.StreamResponse:
 
 
 async def _sim_get_ha(request: web.Request) -> web.StreamResponse:
-    return web.json_response({"state": request.app[STORE].ha_state})
+    node = request.app[HA]
+    return web.json_response(node.as_json() if node is not None else {"state": request.app[STORE].ha_state})
+
+
+def _node(request: web.Request) -> ha_.Node:
+    node = request.app[HA]
+    if node is None:
+        raise web.HTTPNotFound(text=json.dumps({"error": "not an HA pair (start with --peer)"}),
+                               content_type="application/json")
+    return node
+
+
+async def _sim_failover(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    try:
+        after = (await _json_object(request)).get("afterWrites")
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 1):
+            raise ValueError("afterWrites must be a whole number >= 1")
+    except ValueError as exc:
+        return _bad_request(str(exc))
+    if after is None:
+        await node.failover()
+    else:
+        node.failover_after(after)
+    await _persist(request.app)
+    return web.json_response(node.as_json())
+
+
+async def _sim_peer_sync(request: web.Request) -> web.StreamResponse:
+    try:
+        _node(request).receive(await _json_object(request))
+    except ValueError as exc:
+        return _bad_request(str(exc))
+    await _persist(request.app)
+    return web.json_response({"synced": True})
+
+
+async def _sim_peer_role(request: web.Request) -> web.StreamResponse:
+    try:
+        await _node(request).become(str((await _json_object(request)).get("state")))
+    except ValueError as exc:
+        return _bad_request(str(exc))
+    await _persist(request.app)
+    return web.json_response(_node(request).as_json())
 
 
 async def _sim_set_ha(request: web.Request) -> web.StreamResponse:
@@ -592,7 +661,14 @@ async def _sim_set_ha(request: web.Request) -> web.StreamResponse:
         return _bad_request(str(exc))
     if state not in ("Primary", "Secondary", "UNKNOWN"):
         return _bad_request("state must be Primary, Secondary or UNKNOWN")
-    request.app[STORE].set_ha_state(state)
+    node = request.app[HA]
+    if node is not None:
+        try:
+            await node.become(state)  # this node only: the peer is not told (a split brain, on purpose)
+        except ValueError as exc:
+            return _bad_request(str(exc))
+    else:
+        request.app[STORE].set_ha_state(state)
     await _persist(request.app)
     return web.json_response({"state": state})
 
@@ -638,26 +714,45 @@ async def _persist(app: web.Application) -> None:
 # ---------------------------------------------------------------------------- assembly
 
 
+async def _ha_ctx(app: web.Application) -> AsyncIterator[None]:
+    node = app[HA]
+    if node is not None and node.state == ha_.PRIMARY:
+        await node.push()  # a peer that starts later gets the configuration with the next write
+    yield
+    if node is not None:
+        await node.close()
+
+
 def make_app(
     *,
     users: dict[str, str] | None = None,
     state_path: pathlib.Path | None = None,
     session_timeout: float = sessions.DEFAULT_TIMEOUT,
     dataplane: dataplane_.Dataplane | None = None,
+    nsip: str = "127.0.0.1",
+    peer: str | None = None,
+    ha_state: str = ha_.PRIMARY,
 ) -> web.Application:
     """A NITRO simulator application; `users` maps user names to passwords (default nsroot/nsroot).
 
     With `dataplane`, the configuration also drives real forwarding and probes (see `dataplane.py`);
-    it starts after the persisted state is loaded and stops with the app.
+    it starts after the persisted state is loaded and stops with the app. With `peer` (the other
+    simulator's base URL) it is one node of an HA pair, in role `ha_state` (see `ha.py`); `nsip` is
+    the address `hanode` and `nsconfig` show for this node.
     """
-    app = web.Application(middlewares=[_collapse_slashes, _nitro_middleware])
+    app = web.Application(middlewares=[_collapse_slashes, _nitro_middleware, _ha_middleware])
     model = store.Store()
+    model.nsip = nsip
     app[STORE] = model
     app[SESSIONS] = sessions.Sessions(users, timeout=session_timeout)
     app[FAULTS] = faults_.Faults()
     app[STATS] = faults_.Stats()
     app[PERSISTER] = Persister(state_path, model) if state_path is not None else None
     app.cleanup_ctx.append(_persistence_ctx)
+    app[HA] = None
+    if peer is not None:
+        app[HA] = ha_.Node(model, ha_.RemotePeer(peer), yarl.URL(peer).host or peer, state=ha_state)
+    app.cleanup_ctx.append(_ha_ctx)
     app[DATAPLANE] = dataplane
     if dataplane is not None:
         dataplane.attach(model)
@@ -687,6 +782,9 @@ def make_app(
     router.add_post("/_sim/clients", _sim_set_clients)
     router.add_get("/_sim/ha", _sim_get_ha)
     router.add_post("/_sim/ha", _sim_set_ha)
+    router.add_post("/_sim/failover", _sim_failover)
+    router.add_post("/_sim/peer/sync", _sim_peer_sync)
+    router.add_post("/_sim/peer/role", _sim_peer_role)
     router.add_get("/_sim/dataplane", _sim_dataplane)
     router.add_get("/_sim/config", _sim_config)
     router.add_post("/_sim/reset", _sim_reset)
@@ -738,6 +836,18 @@ class Simulator:
     async def set_ha_state(self, state: str) -> None:
         await self._call("POST", "/_sim/ha", {"state": state})
 
+    async def ha(self) -> dict[str, Any]:
+        """This node's HA state, peer and role transitions (`transitions[i].seq`: journal at that moment)."""
+        result: dict[str, Any] = await self._call("GET", "/_sim/ha")
+        return result
+
+    async def failover(self, after_writes: int | None = None) -> dict[str, Any]:
+        """Swap the pair's roles now, or right after this node applied `after_writes` more write requests."""
+        result: dict[str, Any] = await self._call(
+            "POST", "/_sim/failover", {} if after_writes is None else {"afterWrites": after_writes}
+        )
+        return result
+
     async def set_clients(self, counts: Mapping[str, int]) -> None:
         """Current client connections per service: `await sim.set_clients({"svc1": 3})` (0 ends a drain)."""
         await self._call("POST", "/_sim/clients", dict(counts))
@@ -754,7 +864,39 @@ class Simulator:
 @contextlib.asynccontextmanager
 async def running(host: str = "127.0.0.1", port: int = 0, **make_app_kwargs: Any) -> AsyncIterator[Simulator]:
     """Serve a simulator on a real socket for the duration of the block (port 0 = any free port)."""
-    app = make_app(**make_app_kwargs)
+    async with serving(make_app(**make_app_kwargs), host, port) as sim:
+        yield sim
+
+
+@dataclasses.dataclass
+class Pair:
+    """Two running simulators that form an HA pair: `a` starts as primary, `b` as secondary."""
+
+    a: Simulator
+    b: Simulator
+
+    @property
+    def nodes(self) -> tuple[Simulator, Simulator]:
+        return self.a, self.b
+
+    def primary(self) -> Simulator:
+        return next(n for n in self.nodes if n.store.ha_state == ha_.PRIMARY)
+
+
+@contextlib.asynccontextmanager
+async def running_pair(hosts: tuple[str, str] = ("127.0.0.1", "127.0.0.2"), **make_app_kwargs: Any
+                       ) -> AsyncIterator[Pair]:
+    """An HA pair of simulators in this process, on two loopback addresses (their NSIPs)."""
+    apps = [make_app(nsip=host, **make_app_kwargs) for host in hosts]
+    first, second = ha_.pair(apps[0][STORE], apps[1][STORE], *hosts)
+    apps[0][HA], apps[1][HA] = first, second
+    async with serving(apps[0], hosts[0], 0) as a, serving(apps[1], hosts[1], 0) as b:
+        yield Pair(a, b)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[Simulator]:
+    """Serve a simulator application made by `make_app` on a real socket for the duration of the block."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:

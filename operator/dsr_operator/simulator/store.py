@@ -299,14 +299,21 @@ class Store:
         self._notify(self._change("POST", "", "clients", {}), journal=False)
 
     def config_document(self) -> dict[str, Any]:
-        """The configuration an HA primary synchronises to its secondary: objects and modes."""
-        return {"objects": copy.deepcopy(self.objects), "nsmode": sorted(self.modes)}
+        """The configuration an HA primary synchronises to its secondary (JSON-able): objects and modes."""
+        return {
+            "objects": {name: copy.deepcopy(list(objs.values())) for name, objs in self.objects.items()},
+            "nsmode": sorted(self.modes),
+        }
 
     def load_config_document(self, doc: Mapping[str, Any]) -> None:
         """Take a primary's configuration (HA sync): what was configured here is replaced, unjournaled."""
-        self.objects = {name: {} for name in schema.RESOURCES}
-        for name, objs in copy.deepcopy(dict(doc.get("objects", {}))).items():
-            self.objects[name] = dict(objs)
+        objects: dict[str, dict[tuple[str, ...], Record]] = {name: {} for name in schema.RESOURCES}
+        for name, records in dict(doc.get("objects", {})).items():
+            res = schema.RESOURCES.get(name)
+            if res is None or not isinstance(records, list):
+                raise ValueError(f"unknown resource type {name!r} in an HA sync")
+            objects[name] = {res.key_of(r): copy.deepcopy(dict(r)) for r in records}
+        self.objects = objects
         self.modes = set(doc.get("nsmode", schema.NSMODE_DEFAULTS))
         self._notify(self._change("POST", "", "sync", {}), journal=False)
 
