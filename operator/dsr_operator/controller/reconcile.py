@@ -250,9 +250,9 @@ async def _reconcile(rt: Runtime, key: Key, body: kopf.Body) -> float | None:
             # Additions first: a node gets the VIP before NetScaler may send it traffic.
             await sync_nodes(rt, rt.book.record(key, {**rt.book.needs_of(key), **backends.node_vips}))
             intent = desired_mod.Intent(ref, spec, backends.backends)
-            plan = planner.diff(desired_mod.desired([intent]), actual, _policy(rt, intent, ref.uid),
-                                frozenset({ref.uid}))
-            outcome = await rt.view.execute(plan)
+            want, policy = desired_mod.desired([intent]), _policy(rt, intent, ref.uid)
+            plan, outcome = await rt.view.apply(lambda now: planner.diff(want, now, policy, frozenset({ref.uid})),
+                                                actual)
             actual = await rt.view.actual()
             after = gather(actual)
             await sync_nodes(rt, rt.book.record(key, after.node_vips))
@@ -261,7 +261,7 @@ async def _reconcile(rt: Runtime, key: Key, body: kopf.Body) -> float | None:
             errors.NitroAuthenticationFailed, view.NotPrimary) as exc:
         rt.unreachable_since = rt.unreachable_since or time.monotonic()
         v = world.Verdict(False, "NetScalerUnreachable", str(exc), stalled=True)
-        await write_status(rt, body, status_of(v, {}))
+        await write_status(rt, body, status_of(v, {"netscaler": {"primary": rt.view.primary_url}}))
         kopf.warn(body, reason="NetScalerUnreachable", message=str(exc))
         return min(30.0, 2.0 + (time.monotonic() - rt.unreachable_since) / 2)
 
@@ -279,6 +279,7 @@ async def _reconcile(rt: Runtime, key: Key, body: kopf.Body) -> float | None:
         "vserverState": "UP" if states and all(s["state"] == "UP" for s in states) else
                         ("DOWN" if states else "ABSENT"),
         "warnings": warnings,
+        "netscaler": {"primary": rt.view.primary_url},
     }
     await write_status(rt, body, status_of(v, extra))
     if failures:
@@ -308,9 +309,9 @@ async def finalize(rt: Runtime, key: Key, body: kopf.Body) -> None:
                             default_guard_percent=100)
     async with rt.view.lock:
         try:
+            plan, outcome = await rt.view.apply(lambda now: planner.diff(ns.NetScalerState(), now, policy,
+                                                                         frozenset({uid})))
             actual = await rt.view.actual()
-            plan = planner.diff(ns.NetScalerState(), actual, policy, frozenset({uid}))
-            outcome = await rt.view.execute(plan)
         except errors.NitroError as exc:
             raise kopf.TemporaryError(f"NetScaler: {exc}", delay=5) from exc
     if outcome.failures:
@@ -336,8 +337,7 @@ async def remove_orphans(rt: Runtime) -> int:
             return 0
         policy = planner.Policy(rt.settings.operator_id, default_drain_seconds=rt.settings.default_drain_seconds,
                                 default_guard_percent=100)
-        plan = planner.diff(ns.NetScalerState(), actual, policy, orphans)
-        outcome = await rt.view.execute(plan)
+        _, outcome = await rt.view.apply(lambda now: planner.diff(ns.NetScalerState(), now, policy, orphans), actual)
     log.info("Removed %d NetScaler objects of deleted DsrServices %s", len(outcome.applied), sorted(orphans))
     rt.metrics.orphans_removed.inc(len(outcome.applied))
     return len(outcome.applied)

@@ -2,8 +2,10 @@
 
 Reconciles read the cached state instead of the box, and update it from the operations that
 succeeded (`planner.effects`), so an endpoint change costs only the writes it needs. The cache is
-re-read on resync and after any failure. Writes go only to the HA primary; the configuration is
-saved once writes have been quiet for a while.
+re-read on resync and after any failure. Writes go only to the HA primary (`netscaler.ha`: given
+an HA pair's two NSIPs, it finds the primary and asks it again before every write stage; after a
+failover the rest of a change is planned against the new primary and sent there); the
+configuration is saved once writes have been quiet for a while.
 
 Drains: when a graceful disable is sent, the view records when it ends on the box at the latest
 (the time it was sent plus its delay). A real box ends it earlier, as soon as the service has no
@@ -24,7 +26,7 @@ from collections.abc import Callable, Iterable
 
 from dsr_operator import settings as settings_mod
 from dsr_operator.netscaler import client as nitro
-from dsr_operator.netscaler import errors, executor
+from dsr_operator.netscaler import errors, executor, ha
 from dsr_operator.netscaler import models as ns
 from dsr_operator.planner import effects
 from dsr_operator.planner import plan as planner
@@ -37,8 +39,10 @@ DRAIN_POLL_SECONDS = 0.05
 DEFAULT_DRAIN_CHECK_SECONDS = 1.0
 
 
-class NotPrimary(errors.NitroError):
-    """The NetScaler we talk to is not the HA primary: writes there would be lost."""
+NotPrimary = ha.NotPrimary
+
+#: Failovers followed within one change before giving up (the pair keeps flapping).
+MAX_FAILOVERS = 3
 
 
 class NetScalerView:
@@ -50,17 +54,18 @@ class NetScalerView:
         save_debounce: float = 5.0,
         on_request: nitro.RequestHook | None = None,
         on_drain_lag: Callable[[float], None] | None = None,
-        client_factory: Callable[[], nitro.NitroClient] | None = None,
+        client_factory: Callable[[str], nitro.NitroClient] | None = None,
         clock: Callable[[], float] = time.monotonic,
         drain_check: float = DEFAULT_DRAIN_CHECK_SECONDS,
+        on_primary: Callable[[str | None], None] | None = None,
     ) -> None:
         self.operator_id = operator_id
         self.lock = asyncio.Lock()
         self._settings = nitro_settings
         self._save_debounce = save_debounce
         self._on_request = on_request
-        self._factory = client_factory or (lambda: executor.connect(nitro_settings, on_request=on_request))
-        self._client: nitro.NitroClient | None = None
+        factory = client_factory or (lambda url: executor.connect(nitro_settings, url, on_request=on_request))
+        self._nodes = ha.Nodes(nitro_settings.endpoints(), factory, on_primary=on_primary)
         self._actual: ns.NetScalerState | None = None
         self._save_task: asyncio.Task[None] | None = None
         self._on_drain_lag = on_drain_lag
@@ -75,23 +80,22 @@ class NetScalerView:
         self._drain_check = drain_check
         self.requests_total = 0
 
+    @property
+    def primary_url(self) -> str | None:
+        """The NetScaler written to (an HA pair's primary), None until known."""
+        return self._nodes.primary_url
+
+    @property
+    def failovers(self) -> int:
+        return self._nodes.failovers
+
     async def _open(self) -> nitro.NitroClient:
-        if self._client is None:
-            client = self._factory()
-            await client.open()
-            state = await client.ha_state()
-            if state not in ("Primary", "UNKNOWN"):
-                await client.close()
-                raise NotPrimary(f"NetScaler at {self._settings.url} is {state}, not the HA primary")
-            self._client = client
-        return self._client
+        """The client of the NetScaler to write to (the HA primary), connecting when needed."""
+        return await self._nodes.primary()
 
     async def _drop_client(self) -> None:
-        client, self._client = self._client, None
         self._actual = None
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await client.close()
+        await self._nodes.reset()
 
     def invalidate(self) -> None:
         self._actual = None
@@ -217,21 +221,54 @@ class NetScalerView:
                         self._on_drain_lag(max(0.0, self.clock() - end))
 
     async def execute(self, plan: planner.Plan) -> executor.Outcome:
-        """Carry out a plan and keep the cache true; on transport trouble the cache is dropped."""
+        """Carry out a plan and keep the cache true; on transport trouble the cache is dropped.
+
+        If the HA primary changes on the way, what is left is not sent (NotPrimary): see `apply`.
+        """
+        outcome = await self._execute(plan)
+        if not outcome.complete:
+            raise NotPrimary(f"NetScaler failed over during a change; {len(outcome.applied)} operations were applied")
+        return outcome
+
+    async def apply(
+        self, make_plan: Callable[[ns.NetScalerState], planner.Plan], actual: ns.NetScalerState | None = None
+    ) -> tuple[planner.Plan, executor.Outcome]:
+        """Plan against the state (`actual`, else the cache) and carry the plan out, following failovers.
+
+        Before each write stage the primary is asked whether it still is; if not, the rest of the
+        change is planned again against what the new primary holds (the old primary synchronised
+        what it applied) and sent there: nothing applied twice, nothing lost. Returns the last plan
+        and everything applied or refused on the way.
+        """
+        state = actual if actual is not None else await self.actual()
+        plan = make_plan(state)
+        applied: list[planner.Op] = []
+        failures: list[executor.Failure] = []
+        for _ in range(MAX_FAILOVERS + 1):
+            outcome = await self._execute(plan)
+            applied.extend(outcome.applied)
+            failures.extend(outcome.failures)
+            if outcome.complete:
+                return plan, executor.Outcome(tuple(applied), tuple(failures))
+            log.info("Planning the rest of the change against the new HA primary")
+            plan = make_plan(await self.actual())
+        raise NotPrimary(f"NetScaler failed over more than {MAX_FAILOVERS} times during one change")
+
+    async def _execute(self, plan: planner.Plan) -> executor.Outcome:
         if plan.empty:
             return executor.Outcome((), ())
         sent = self.clock()
         try:
             client = await self._open()
-            outcome = await executor.execute(client, plan)
+            outcome = await executor.execute(client, plan, before_stage=self._nodes.still_primary)
         except errors.NitroError:
             await self._drop_client()
             raise
         self._note_drains(sent, outcome.applied)
         if self._actual is not None:
             self._actual = effects.after(self._actual, outcome.applied, self.operator_id)
-        if outcome.failures:
-            self.invalidate()  # what failed may differ from what we think: read again next time
+        if outcome.failures or not outcome.complete:
+            self.invalidate()  # what failed may differ from what we think; a new primary: read it
         if outcome.applied:
             self._schedule_save()
         return outcome

@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import typing
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from dsr_operator.netscaler import client as nitro
@@ -60,6 +60,8 @@ class Failure:
 class Outcome:
     applied: tuple[planner.Op, ...]
     failures: tuple[Failure, ...]
+    complete: bool = True
+    """False when `before_stage` stopped the plan (the node is no longer the HA primary)."""
 
 
 async def read_actual(client: nitro.NitroClient, operator_id: str) -> ns.NetScalerState:
@@ -122,15 +124,26 @@ async def _send(client: nitro.NitroClient, stage: planner.Stage, batch: Sequence
     return await client.action(stage.kind, verb, bodies)
 
 
-async def execute(client: nitro.NitroClient, plan: planner.Plan) -> Outcome:
+async def execute(
+    client: nitro.NitroClient,
+    plan: planner.Plan,
+    *,
+    before_stage: Callable[[], Awaitable[bool]] | None = None,
+) -> Outcome:
     """Carry out the plan's stages in order; failed objects are reported, the rest goes on.
 
     An operation whose prerequisite failed (a service whose server could not be added) fails on
-    the box too and is reported the same way; nothing is skipped silently.
+    the box too and is reported the same way; nothing is skipped silently. `before_stage` is
+    asked before each stage (an HA pair: is this node still the primary?); when it says no, the
+    plan stops there and the outcome is not `complete`.
     """
     applied: list[planner.Op] = []
     failures: list[Failure] = []
+    complete = True
     for stage in plan.stages:
+        if before_stage is not None and not await before_stage():
+            complete = False
+            break
         batches = [stage.ops[i : i + CHUNK] for i in range(0, len(stage.ops), CHUNK)]
         results = await asyncio.gather(*(_send(client, stage, b) for b in batches), return_exceptions=True)
         for batch, result in zip(batches, results, strict=True):
@@ -156,16 +169,17 @@ async def execute(client: nitro.NitroClient, plan: planner.Plan) -> Outcome:
                     failures.append(Failure(op, errors.NitroError("not attempted")))
     for failure in failures:
         log.warning("NetScaler refused: %s", failure)
-    return Outcome(applied=tuple(applied), failures=tuple(failures))
+    return Outcome(applied=tuple(applied), failures=tuple(failures), complete=complete)
 
 
-def connect(settings: Any, **kwargs: Any) -> nitro.NitroClient:
-    """A NITRO client from `settings.NitroSettings` (not yet opened; use `async with`)."""
+def connect(settings: Any, url: str | None = None, **kwargs: Any) -> nitro.NitroClient:
+    """A NITRO client from `settings.NitroSettings` (not yet opened; use `async with`), to `url`
+    (one of the settings' endpoints) or to the settings' one URL."""
     import aiohttp  # local: keeps this module importable for type checks without a session
 
     username, password = settings.credentials()
     return nitro.NitroClient(
-        settings.url,
+        url or settings.url,
         username=username,
         password=password,
         verify_tls=settings.verify_tls,
