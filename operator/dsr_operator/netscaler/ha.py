@@ -45,6 +45,8 @@ class Nodes:
         self.primary_url: str | None = None
         self.paired = len(self.urls) > 1
         self.failovers = 0
+        self.states: dict[str, str] = {}
+        """What each node answered the last time the primary was looked for."""
         self.retired_requests = 0
         """Requests sent by clients closed since (for request counts that span reconnects)."""
 
@@ -82,7 +84,7 @@ class Nodes:
         """The client of the node to write to; found by asking each node for its HA state."""
         if self.primary_url is not None and self.primary_url in self._clients:
             return self._clients[self.primary_url]
-        states: dict[str, str] = {}
+        states = self.states = {}
         failure: errors.NitroError | None = None
         for url in self.urls:
             try:
