@@ -871,3 +871,21 @@ def test_password_is_never_taken_for_password_file(command: list[str], capsys: p
         cli.build_parser().parse_args([*command, "--password", "secret"])
     assert raised.value.code == 2
     assert "unrecognized arguments: --password" in capsys.readouterr().err
+
+
+def test_with_live_client_counts_a_drain_waits_for_a_count_taken_after_the_disable() -> None:
+    now = [1000.0]
+    model = store.Store(clock=lambda: now[0])
+    model.execute("POST", "server", "add", {"name": "h", "ipaddress": "10.0.0.1"})
+    model.execute("POST", "service", "add", {"name": "s", "servername": "h", "servicetype": "ANY", "port": 80})
+    model.set_clients({}, replace=True, live=True)  # a dataplane counted no flows, a moment ago
+    now[0] += 1
+    model.execute("POST", "service", "disable", {"name": "s", "delay": 30, "graceful": "YES"})
+    service = model.objects["service"][("s",)]
+    assert model.svrstate(service) == "GOING OUT OF SERVICE"  # flows may have started since the count
+    now[0] += 0.25
+    model.set_clients({"s": 2}, replace=True, live=True)
+    assert model.svrstate(service) == "GOING OUT OF SERVICE"
+    now[0] += 0.25
+    model.set_clients({}, replace=True, live=True)
+    assert model.svrstate(service) == "OUT OF SERVICE"

@@ -779,7 +779,7 @@ class Dataplane:
         while True:
             assert self.store is not None
             try:
-                self.store.set_clients(_flows(await self._table(), self.names), replace=True)
+                self.store.set_clients(_flows(await self._table(), self.names), replace=True, live=True)
             except (CommandError, ValueError) as exc:
                 logger.debug("Cannot count the dataplane's flows: %s", exc)
             draining = any(svc.get("state") == "DISABLED" for svc in self.store.objects["service"].values())

@@ -240,6 +240,10 @@ class Store:
         #: Current client connections per service: set through `/_sim/clients`, or the dataplane's
         #: live flows. A graceful disable ends as soon as its service has none left.
         self.clients: dict[str, int] = {}
+        #: Whether `clients` are live counts (a dataplane's flows), and when they were last counted:
+        #: a graceful disable then waits for a count taken after it before it calls 0 clients "none left".
+        self.clients_live = False
+        self.clients_counted: float | None = None
         self.objects: dict[str, dict[tuple[str, ...], Record]] = {}
         self.modes: set[str] = set()
         self.config_changed = False
@@ -289,10 +293,13 @@ class Store:
         self.probe_results = new
         self._notify(self._change("POST", "", "probes", {}), journal=False)
 
-    def set_clients(self, counts: Mapping[str, int], *, replace: bool = False) -> None:
-        """Current client connections per service (`replace`: every service not named has none)."""
+    def set_clients(self, counts: Mapping[str, int], *, replace: bool = False, live: bool = False) -> None:
+        """Current client connections per service (`replace`: every service not named has none;
+        `live`: counted just now, as a dataplane does)."""
         new = ({} if replace else dict(self.clients)) | {k: int(v) for k, v in counts.items()}
         new = {k: v for k, v in new.items() if v > 0}
+        if live:
+            self.clients_live, self.clients_counted = True, self.clock()
         if new == self.clients:
             return
         self.clients = new
@@ -616,7 +623,7 @@ class Store:
         if not enable and delay:
             obj["_until"] = self.clock() + float(delay)
         if not enable and args.get("graceful") == "YES":
-            obj["_graceful"] = True  # ends when its clients reach 0 or the delay passes (0: no deadline)
+            obj["_graceful"] = self.clock()  # ends when its clients reach 0 or the delay passes (0: no deadline)
         return dict(zip(res.keys, key, strict=True))
 
     def _rename(self, res: schema.Resource, payload: Any) -> dict[str, str]:
@@ -736,10 +743,12 @@ class Store:
         if obj is None or obj.get("state") != "DISABLED":
             return None
         until = obj.get("_until")
-        if obj.get("_graceful"):
+        graceful = obj.get("_graceful")
+        if graceful:
             # `disable service S D -graceful YES`: until its clients reach 0 or D passes, whichever
-            # comes first; D = 0 waits for the last client.
-            if self.client_count(obj) == 0:
+            # comes first; D = 0 waits for the last client. Live counts must postdate the disable.
+            counted = not self.clients_live or (self.clients_counted or 0.0) > float(graceful)
+            if counted and self.client_count(obj) == 0:
                 return "OUT OF SERVICE"
             return "GOING OUT OF SERVICE" if until is None or self.clock() < until else "OUT OF SERVICE"
         if until is not None and self.clock() < until:
