@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 from dsr_operator.netscaler import client as nitro
@@ -20,6 +21,8 @@ from dsr_operator.netscaler import errors
 log = logging.getLogger(__name__)
 
 PRIMARY = "Primary"
+#: How long a primary's answer holds for `primary()`; writes ask again anyway (`still_primary`).
+RECHECK_SECONDS = 1.0
 
 
 class NotPrimary(errors.NitroError):
@@ -35,6 +38,7 @@ class Nodes:
         factory: Callable[[str], nitro.NitroClient],
         *,
         on_primary: Callable[[str | None], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not urls:
             raise ValueError("at least one NetScaler URL is needed")
@@ -44,6 +48,8 @@ class Nodes:
         self._clients: dict[str, nitro.NitroClient] = {}
         self.primary_url: str | None = None
         self.paired = len(self.urls) > 1
+        self._clock = clock
+        self._confirmed = 0.0
         self.failovers = 0
         self.states: dict[str, str] = {}
         """What each node answered the last time the primary was looked for."""
@@ -81,9 +87,16 @@ class Nodes:
                 self._on_primary(url)
 
     async def primary(self) -> nitro.NitroClient:
-        """The client of the node to write to; found by asking each node for its HA state."""
-        if self.primary_url is not None and self.primary_url in self._clients:
-            return self._clients[self.primary_url]
+        """The client of the node to write to; found by asking each node for its HA state.
+
+        In a pair, a primary last confirmed more than `RECHECK_SECONDS` ago is asked again (a save or
+        a read may come long after the last write stage).
+        """
+        url = self.primary_url
+        if url is not None and url in self._clients:
+            fresh = not self.paired or self._clock() - self._confirmed < RECHECK_SECONDS
+            if fresh or await self.still_primary():
+                return self._clients[url]
         states = self.states = {}
         failure: errors.NitroError | None = None
         for url in self.urls:
@@ -98,6 +111,7 @@ class Nodes:
             if state == PRIMARY or (state == "UNKNOWN" and len(self.urls) == 1):
                 if not self.paired:
                     self.paired = await _has_peer(client)
+                self._confirmed = self._clock()
                 self._set_primary(url)
                 return client
         self._set_primary(None)
@@ -119,6 +133,7 @@ class Nodes:
             state = f"unreachable ({exc})"
             await self._drop(url)
         if state == PRIMARY:
+            self._confirmed = self._clock()
             return True
         log.warning("NetScaler %s is %s, no longer the HA primary: the rest of this change goes to the new primary",
                     url, state)
