@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast lint bench crds promtool
+.PHONY: setup demo test test-fast test-netscaler lint bench crds promtool
 
 setup: $(BIN)/dsr-operator
 
@@ -26,6 +26,15 @@ test: setup controlplane promtool
 ## Unit and integration tiers only (seconds; no root, no Go).
 test-fast: setup
 	$(BIN)/python -m pytest tests/unit tests/integration
+
+## The conformance suite against your own NetScaler (a VPX or the free Express); README says what it
+## creates. Without NETSCALER_URL it runs against the simulator.
+##   make test-netscaler NETSCALER_URL=https://10.0.0.5 NETSCALER_PASSWORD_FILE=~/ns.password
+## Optional: NETSCALER_USERNAME (nsroot), NETSCALER_CA_FILE or NETSCALER_INSECURE=1, NETSCALER_ENABLE_MBF=yes.
+NETSCALER_VARS := NETSCALER_URL NETSCALER_PASSWORD_FILE NETSCALER_USERNAME NETSCALER_CA_FILE NETSCALER_INSECURE \
+	NETSCALER_ENABLE_MBF
+test-netscaler: setup
+	$(foreach v,$(NETSCALER_VARS),$(v)='$($(v))') $(BIN)/python -m pytest tests/conformance -m netscaler -v
 
 lint: setup
 	$(BIN)/ruff check .

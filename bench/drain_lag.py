@@ -10,7 +10,8 @@ with C = N (every DsrService drains at once).
 
 Baseline, measured in the same run against the same simulator: one NITRO round trip (a bulk unbind
 of N bindings sent by this script and bound again), the least time any client needs to act on the
-end of a drain. The script prints the lag's percentiles and their ratio to that round trip.
+end of a drain. Every backend has one client (`/_sim/clients`), so no drain ends before its time.
+The script prints the lag's percentiles and their ratio to that round trip.
 
 Usage: python bench/drain_lag.py [--services 20] [--rounds 10] [--latency-ms 5]
 """
@@ -100,6 +101,9 @@ async def main(services: int, rounds: int, latency_ms: float) -> None:
         task = asyncio.create_task(operator_cli.run(settings, stop_flag=stop, ready_flag=ready))
         await ready.wait()
         await wait_bound(sim.url, services * 3)
+        # A client on every backend: a graceful disable then lasts its full drainSeconds (with none
+        # left, NetScaler would end it at once).
+        await sim.set_clients({f"dsr-{b['address']}_80": 1 for i in range(services) for b in backends(i)})
         print(f"Converged {services} DsrServices x 3 static backends")
 
         baseline = [await round_trip(sim.url, await bindings(sim.url)) for _ in range(5)]

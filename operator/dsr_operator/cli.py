@@ -10,6 +10,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 COMPONENT_CLIS = (
     "dsr_operator.oneshot",
@@ -21,12 +22,26 @@ COMPONENT_CLIS = (
 )
 
 
+class _NoAbbreviations(argparse.ArgumentParser):
+    """A parser that takes options only as spelt out in full."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dsr-operator", description="Direct Server Return load balancing on NetScaler, from Kubernetes."
+        prog="dsr-operator",
+        description="Direct Server Return load balancing on NetScaler, from Kubernetes.",
+        allow_abbrev=False,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # No abbreviations anywhere: `--password x` must never be taken for `--password-file x`.
+    subparsers = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND",
+        parser_class=_NoAbbreviations,
+    )
     for module_name in COMPONENT_CLIS:
         module = importlib.import_module(module_name)
         module.register(subparsers)

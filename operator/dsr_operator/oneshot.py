@@ -22,7 +22,7 @@ import yaml
 from dsr_operator import settings as settings_mod
 from dsr_operator.api import models
 from dsr_operator.netscaler import client as nitro
-from dsr_operator.netscaler import errors, executor, render
+from dsr_operator.netscaler import errors, executor, ha, render
 from dsr_operator.planner import desired as desired_mod
 from dsr_operator.planner import plan as planner
 
@@ -150,26 +150,46 @@ async def run_plan(
     return 0
 
 
+#: Failovers an apply follows before it gives up (the pair keeps flapping).
+MAX_FAILOVERS = 3
+
+
 async def run_apply(
-    client: nitro.NitroClient,
+    target: nitro.NitroClient | ha.Nodes,
     intents: Sequence[desired_mod.Intent],
     operator_id: str,
     delete: bool,
     out: TextIO,
     wait: bool = True,
+    save: bool = True,
 ) -> int:
-    """Apply until converged (waiting out drains); print what was done and any NetScaler error."""
+    """Apply until converged (waiting out drains); print what was done and any NetScaler error.
+
+    `target` is one NetScaler, or the `ha.Nodes` of an HA pair: then the primary is asked again
+    before each write stage, and after a failover the rest is planned against the new primary.
+    `save`: save the configuration at the end (the conformance suite leaves a user's box unsaved).
+    """
+    nodes = target if isinstance(target, ha.Nodes) else None
     started = time.monotonic()
-    requests_before = client.stats.requests
-    changes = 0
+    requests_before = _requests(target)
+    changes = failovers = 0
     while True:
+        client = await nodes.primary() if nodes is not None else target
+        assert isinstance(client, nitro.NitroClient)
         plan = await _plan_once(client, intents, operator_id, delete)
         if plan.empty and not plan.holds:
             break
-        outcome = await executor.execute(client, plan)
+        outcome = await executor.execute(client, plan, before_stage=nodes.still_primary if nodes else None)
         for op in outcome.applied:
             print(f"applied: {render.command(op.verb, op.kind, op.body)}", file=out)
         changes += len(outcome.applied)
+        if not outcome.complete:
+            failovers += 1
+            if failovers > MAX_FAILOVERS:
+                print(f"NetScaler failed over {failovers} times; run apply again", file=out)
+                return EXIT_FAILED
+            print("# NetScaler failed over: planning the rest against the new HA primary", file=out)
+            continue
         if outcome.failures:
             for failure in outcome.failures:
                 err = failure.error
@@ -196,15 +216,21 @@ async def run_apply(
             for hold in plan.holds:
                 print(f"# {hold.reason}: {hold.message}", file=out)
             await asyncio.sleep(min(delay, 5.0))
-    if changes:
+    if changes and save:
+        client = await nodes.primary() if nodes is not None else target
+        assert isinstance(client, nitro.NitroClient)
         await client.save_config()
     elapsed = time.monotonic() - started
     print(
-        f"Applied {changes} change(s) with {client.stats.requests - requests_before} NITRO request(s) "
+        f"Applied {changes} change(s) with {_requests(target) - requests_before} NITRO request(s) "
         f"in {elapsed:.2f}s.",
         file=out,
     )
     return 0
+
+
+def _requests(target: nitro.NitroClient | ha.Nodes) -> int:
+    return target.requests if isinstance(target, ha.Nodes) else target.stats.requests
 
 
 async def show_objects(client: nitro.NitroClient, operator_id: str, out: TextIO) -> None:
@@ -235,8 +261,12 @@ async def show_objects(client: nitro.NitroClient, operator_id: str, out: TextIO)
 
 def _nitro_settings(args: argparse.Namespace) -> settings_mod.NitroSettings:
     overrides: dict[str, Any] = {}
-    if args.netscaler:
-        overrides["url"] = args.netscaler
+    if args.netscaler and len(args.netscaler) > 2:
+        raise ValueError("--netscaler takes one URL, or an HA pair's two NSIPs")
+    if args.netscaler and len(args.netscaler) == 2:
+        overrides["urls"] = args.netscaler
+    elif args.netscaler:
+        overrides["url"] = args.netscaler[0]
     if args.user:
         overrides["username"] = args.user
     if args.password_file:
@@ -251,24 +281,30 @@ def _nitro_settings(args: argparse.Namespace) -> settings_mod.NitroSettings:
 async def _with_client(args: argparse.Namespace, intents: list[desired_mod.Intent]) -> int:
     nitro_settings = _nitro_settings(args)
     operator_id = args.operator_id
+    urls = nitro_settings.endpoints()
+    nodes = ha.Nodes(urls, lambda url: executor.connect(nitro_settings, url))
     try:
-        async with executor.connect(nitro_settings) as client:
-            if args.command == "plan":
+        if args.command == "plan" and len(urls) == 1:  # reading: any node will do
+            async with executor.connect(nitro_settings) as client:
                 return await run_plan(client, intents, operator_id, args.delete, sys.stdout)
-            state = await client.ha_state()
-            if state not in ("Primary", "UNKNOWN"):
-                print(f"NetScaler at {nitro_settings.url} is the HA {state}: changes there would be lost; "
-                      "apply to the primary", file=sys.stderr)
-                return EXIT_FAILED
-            return await run_apply(
-                client, intents, operator_id, args.delete, sys.stdout, wait=not args.no_wait
-            )
+        try:
+            client = await nodes.primary()
+        except ha.NotPrimary:
+            for url, state in nodes.states.items():
+                print(f"NetScaler at {url} is the HA {state}: changes there would be lost; apply to the primary",
+                      file=sys.stderr)
+            return EXIT_FAILED
+        if args.command == "plan":
+            return await run_plan(client, intents, operator_id, args.delete, sys.stdout)
+        return await run_apply(nodes, intents, operator_id, args.delete, sys.stdout, wait=not args.no_wait)
     except errors.NitroApiError as exc:
         print(f"NetScaler error: errorcode {exc.errorcode}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except errors.NitroError as exc:
-        print(f"NetScaler unreachable at {nitro_settings.url}: {exc}", file=sys.stderr)
+        print(f"NetScaler unreachable at {', '.join(urls)}: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        await nodes.close()
 
 
 def _cmd_plan_apply(args: argparse.Namespace) -> int:
@@ -329,7 +365,11 @@ def _cmd_crd(args: argparse.Namespace) -> int:
 
 
 def _connection_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--netscaler", metavar="URL", help="NITRO base URL (env DSR_NETSCALER_URL)")
+    parser.add_argument(
+        "--netscaler", metavar="URL", action="append",
+        help="NITRO base URL (env DSR_NETSCALER_URL); give it twice for an HA pair's two NSIPs "
+        "(env DSR_NETSCALER_URLS): changes go to the primary only",
+    )
     parser.add_argument("--user", help="NITRO user (env DSR_NETSCALER_USERNAME; default nsroot)")
     parser.add_argument(
         "--password-file",

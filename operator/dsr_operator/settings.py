@@ -18,6 +18,10 @@ class NitroSettings(pydantic_settings.BaseSettings):
     model_config = pydantic_settings.SettingsConfigDict(env_prefix="DSR_NETSCALER_", extra="ignore")
 
     url: str = "http://127.0.0.1:9080"
+    """NITRO base URL of a stand-alone NetScaler (or of one node of an HA pair)."""
+    urls: list[str] = pydantic.Field(default_factory=list, max_length=2)
+    """An HA pair's two NSIPs (JSON list in DSR_NETSCALER_URLS); when set, `url` is not used. The
+    primary is found through `hanode/0` and is the only node written to."""
     username: str = "nsroot"
     username_file: pathlib.Path | None = None
     password: pydantic.SecretStr | None = None
@@ -27,6 +31,10 @@ class NitroSettings(pydantic_settings.BaseSettings):
     timeout_seconds: float = 30.0
     max_concurrency: int = pydantic.Field(default=8, ge=1, le=64)
     retries: int = pydantic.Field(default=4, ge=0, le=20)
+
+    def endpoints(self) -> list[str]:
+        """The NITRO base URLs to talk to: the pair's NSIPs, else the one URL."""
+        return list(self.urls) or [self.url]
 
     def credentials(self) -> tuple[str, str]:
         """(username, password) from files first, then the environment; the password is never logged."""

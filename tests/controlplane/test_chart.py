@@ -146,6 +146,22 @@ def test_bad_values_fail_template_with_the_schema_message(
     assert message in result.stderr, result.stderr
 
 
+def test_an_ha_pair_is_given_by_its_two_nsips(controlplane: ControlPlane) -> None:
+    pair = ("--set", "netscaler.existingSecret=netscaler-login",
+            "--set", "netscaler.urls={https://10.0.0.5,https://10.0.0.6}")
+    (container,) = _one(_render(controlplane, *pair), "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert json.loads(env["DSR_NETSCALER_URLS"]) == ["https://10.0.0.5", "https://10.0.0.6"]
+    assert "DSR_NETSCALER_URL" not in env
+    for values, message in (
+        (("--set", "netscaler.url=https://10.0.0.7"), "at '/netscaler/url': maxLength"),  # not both
+        (("--set", "netscaler.urls={https://a,https://b,https://c}"), "at '/netscaler/urls': maxItems"),
+        (("--set", "netscaler.urls={ftp://10.0.0.5}"), "at '/netscaler/urls/0'"),
+    ):
+        result = controlplane.helm("template", "r", str(CHART), *pair, *values, check=False)
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
 def test_missing_url_and_credentials_are_named(controlplane: ControlPlane) -> None:
     result = controlplane.helm("template", "r", str(CHART), check=False)
     assert result.returncode != 0 and "at '/netscaler/url'" in result.stderr, result.stderr

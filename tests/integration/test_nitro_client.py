@@ -119,6 +119,33 @@ async def test_session_expiring_again_after_the_relogin_raises(
     assert (await nitro_sim.stats())["byResource"]["server"] == 2
 
 
+async def test_bulk_write_on_an_expired_session_is_sent_again_after_a_relogin(
+    nitro_sim: server.Simulator, ns: nitro.NitroClient
+) -> None:
+    # A real box answers a bulk request on an expired session with HTTP 200 and errorcode 444.
+    await nitro_sim.faults(expireSessions=True)
+
+    results = await ns.add("server", servers("web-1", "web-2"))
+
+    assert [r.ok for r in results] == [True, True]
+    assert ns.stats.relogins == 1
+    assert sorted(r["name"] for r in await ns.get("server")) == ["web-1", "web-2"]  # really on the box
+    assert [(c["resource"], c["action"]) for c in await nitro_sim.journal()] == [("server", "add")] * 2
+
+
+async def test_a_2xx_answer_with_an_errorcode_is_an_error(nitro_sim: server.Simulator, ns: nitro.NitroClient) -> None:
+    def expire_every_session(method: str, rtype: str, status: int, errorcode: int, seconds: float) -> None:
+        nitro_sim.app[server.SESSIONS].expire_all()
+
+    await nitro_sim.faults(expireSessions=True)
+    ns.on_request = expire_every_session  # the session is gone again after the re-login
+    with pytest.raises(errors.NitroSessionExpired) as raised:
+        await ns.add("server", servers("web-1"))
+    ns.on_request = None
+    assert (raised.value.status, raised.value.errorcode) == (200, 444)
+    assert nitro_sim.store.objects["server"] == {}
+
+
 async def test_bad_credentials_fail_at_once_without_retry(
     nitro_sim: server.Simulator, nitro_credentials: tuple[str, str]
 ) -> None:

@@ -236,3 +236,31 @@ async def test_apply_refuses_an_ha_secondary(
     assert code == 1
     assert "is the HA Secondary: changes there would be lost; apply to the primary" in err
     assert (await nitro_sim.stats())["writes"] == 0
+
+
+async def test_apply_to_an_ha_pair_writes_to_the_primary_only_and_follows_a_failover(
+    tmp_path: pathlib.Path, password_file: pathlib.Path
+) -> None:
+    path = manifest(tmp_path, STATIC % {"drain": 0})
+    async with server.running_pair(users={"nsroot": PASSWORD}) as pair:
+        a, b = pair.a, pair.b
+        await a.failover(after_writes=1)  # right after the first write stage, b takes over
+        code, out, err = await cli("apply", "-f", str(path), "--netscaler", a.url, "--netscaler", b.url,
+                                   pw=password_file)
+        assert code == 0, out + err
+        assert "# NetScaler failed over: planning the rest against the new HA primary" in out
+        [a_secondary] = [t for t in (await a.ha())["transitions"] if t["state"] == "Secondary"]
+        on_a, on_b = await a.journal(), await b.journal()
+        assert on_a and all(e["seq"] <= a_secondary["seq"] for e in on_a), "written to the secondary"
+        steps = [(e["resource"], e["action"], str(sorted(e["key"].items()))) for e in on_a + on_b
+                 if e["resource"] != "nsconfig"]
+        assert len(steps) == len(set(steps)), steps
+        assert [e["resource"] for e in on_b if e["resource"] == "nsconfig"] == ["nsconfig"]  # saved on b
+        for node in (a, b):
+            assert len(node.store.objects["lbvserver_service_binding"]) == 2
+        # Given only the secondary, apply refuses; given both, plan reads the primary: no changes.
+        code, _, err = await cli("apply", "-f", str(path), url=a.url, pw=password_file)
+        assert code == 1 and "is the HA Secondary: changes there would be lost" in err
+        code, out, err = await cli("plan", "-f", str(path), "--netscaler", a.url, "--netscaler", b.url,
+                                   pw=password_file)
+        assert code == 0 and "No changes" in out, out + err

@@ -170,6 +170,21 @@ async def test_expire_sessions_fault(nitro_sim: server.Simulator, nitro: Nitro) 
     assert (await nitro.get("server"))[0] == 200
 
 
+async def test_bulk_write_on_an_expired_session_answers_200_with_errorcode_444(
+    nitro_sim: server.Simulator, nitro: Nitro
+) -> None:
+    _, doc = await nitro.post("login", {"login": {"username": "nsroot", "password": "nsroot"}}, headers={})
+    cookie = {"Cookie": f"NITRO_AUTH_TOKEN={doc['sessionid']}"}
+    await nitro_sim.faults(expireSessions=True)
+    status, doc = await nitro.post("server", _servers("a", "b"), headers=cookie)
+    assert (status, doc["errorcode"], doc["severity"]) == (200, 444, "ERROR")
+    status, doc = await nitro.post("server", {"server": _servers("a")["server"][0]}, headers=cookie)
+    assert (status, doc["errorcode"]) == (401, 444)  # a single object: the usual 401
+    status, doc = await nitro.put("server", {"server": [{"name": "a", "comment": "x"}]}, headers={})
+    assert (status, doc["errorcode"]) == (200, 1027)
+    assert nitro_sim.store.objects["server"] == {}
+
+
 # ---------------------------------------------------------------------------- validation and error codes
 
 VALIDATION_CASES = [
@@ -444,6 +459,21 @@ async def test_unset_resets_fields_to_their_defaults(nitro_sim: server.Simulator
     assert (await one(nitro, "lbvserver/vs"))["lbmethod"] == "LEASTCONNECTION"
 
 
+async def test_monitor_times_in_whole_minutes_read_back_in_minutes(nitro: Nitro) -> None:
+    body = {"monitorname": "m", "type": "TCP", "interval": 60, "resptimeout": 2}
+    await nitro.ok("POST", "lbmonitor", {"lbmonitor": body})
+    mon = await one(nitro, "lbmonitor/m")
+    assert (mon["interval"], mon["units3"], mon["resptimeout"], mon["units4"]) == (1, "MIN", 2, "SEC")
+    await nitro.ok("PUT", "lbmonitor", {"lbmonitor": {"monitorname": "m", "type": "TCP", "interval": 90,
+                                                      "units3": "SEC"}})
+    mon = await one(nitro, "lbmonitor/m")
+    assert (mon["interval"], mon["units3"]) == (90, "SEC")
+    await nitro.ok("PUT", "lbmonitor", {"lbmonitor": {"monitorname": "m", "type": "TCP", "interval": 180,
+                                                      "units3": "SEC", "resptimeout": 120, "units4": "SEC"}})
+    mon = await one(nitro, "lbmonitor/m")
+    assert (mon["interval"], mon["units3"], mon["resptimeout"], mon["units4"]) == (3, "MIN", 2, "MIN")
+
+
 async def test_update_ignores_immutable_fields(nitro: Nitro) -> None:
     await dsr_setup(nitro)
     body = {"lbvserver": {"lbmethod": "ROUNDROBIN", "port": 80, "servicetype": "TCP", "comment": "x"}}
@@ -491,6 +521,8 @@ async def test_filter_attrs_count_and_bulkbindings(nitro: Nitro) -> None:
 
     _, doc = await nitro.get("lbvserver_service_binding?bulkbindings=yes")
     assert [(b["name"], b["servicename"]) for b in doc["lbvserver_service_binding"]] == [("vs", "svc1"), ("vs", "svc2")]
+    status, doc = await nitro.get("lbvserver_service_binding?bulkbindings=yes&filter=name:vs")
+    assert (status, doc["errorcode"]) == (599, 1092)  # undocumented together: refused
     _, doc = await nitro.get("lbvserver_service_binding/vs?filter=servicename:svc2")
     assert [b["weight"] for b in doc["lbvserver_service_binding"]] == ["3"]
     await nitro.ok("POST", "lbvserver", {"lbvserver": {"name": "empty", "servicetype": "ANY"}})
@@ -556,14 +588,70 @@ async def test_health_follows_hosts_and_disable(nitro_sim: server.Simulator, nit
     assert (status, doc["errorcode"]) == (599, 278)
 
 
-async def test_graceful_disable_goes_out_of_service_after_delay(nitro: Nitro) -> None:
+async def test_graceful_disable_goes_out_of_service_after_delay(nitro_sim: server.Simulator, nitro: Nitro) -> None:
     await dsr_setup(nitro)
+    await nitro_sim.set_clients({"svc1": 2})
     body = {"service": {"name": "svc1", "delay": 0.4, "graceful": "YES"}}
     await nitro.ok("POST", "service?action=disable", body)
     assert (await one(nitro, "service/svc1"))["svrstate"] == "GOING OUT OF SERVICE"
     assert (await one(nitro, "lbvserver/vs"))["activeservices"] == "1"
     await asyncio.sleep(0.5)
     assert (await one(nitro, "service/svc1"))["svrstate"] == "OUT OF SERVICE"
+
+
+async def test_graceful_disable_ends_early_when_the_last_client_leaves(
+    nitro_sim: server.Simulator, nitro: Nitro
+) -> None:
+    await dsr_setup(nitro)
+    await nitro.ok("POST", "service?action=disable", {"service": {"name": "svc2", "delay": 60, "graceful": "YES"}})
+    assert (await one(nitro, "service/svc2"))["svrstate"] == "OUT OF SERVICE"  # no clients: done at once
+    await nitro_sim.set_clients({"svc1": 2})
+    await nitro.ok("POST", "service?action=disable", {"service": {"name": "svc1", "delay": 60, "graceful": "YES"}})
+    assert (await one(nitro, "service/svc1"))["svrstate"] == "GOING OUT OF SERVICE"
+    await nitro_sim.set_clients({"svc1": 1})
+    assert (await one(nitro, "service/svc1"))["svrstate"] == "GOING OUT OF SERVICE"
+    await nitro_sim.set_clients({"svc1": 0})
+    assert (await one(nitro, "service/svc1"))["svrstate"] == "OUT OF SERVICE"  # long before 60 s
+    # delay 0 waits for the last client; without graceful the delay alone counts.
+    await nitro.ok("POST", "service?action=enable", {"service": {"name": "svc1"}})
+    await nitro_sim.set_clients({"svc1": 1})
+    await nitro.ok("POST", "service?action=disable", {"service": {"name": "svc1", "delay": 0, "graceful": "YES"}})
+    assert (await one(nitro, "service/svc1"))["svrstate"] == "GOING OUT OF SERVICE"
+    await nitro.ok("POST", "service?action=enable", {"service": {"name": "svc2"}})
+    await nitro.ok("POST", "service?action=disable", {"service": {"name": "svc2", "delay": 60}})
+    assert (await one(nitro, "service/svc2"))["svrstate"] == "GOING OUT OF SERVICE"
+
+
+async def stat(nitro: Nitro, path: str) -> Any:
+    async with nitro.http.get(f"{nitro.base}/nitro/v1/stat/{path}", headers=nitro.headers) as response:
+        doc = await response.json()
+        assert response.status == 200, doc
+        return doc[path.split("/")[0]]
+
+
+async def test_stat_endpoints_serve_what_monitoring_tools_read(nitro_sim: server.Simulator, nitro: Nitro) -> None:
+    await dsr_setup(nitro)
+    await nitro_sim.set_clients({"svc1": 3})
+    await nitro_sim.set_hosts({"10.0.0.2": "DOWN"})
+    [svc] = await stat(nitro, "service/svc1")
+    assert (svc["name"], svc["state"], svc["servicetype"], svc["primaryipaddress"], svc["primaryport"]) == (
+        "svc1", "UP", "ANY", "10.0.0.1", 65535)
+    assert (svc["curclntconnections"], svc["cursrvrconnections"], svc["totalrequests"]) == ("3", "3", "0")
+    assert svc["requestsrate"] == 0  # counters are strings, rates numbers, as on the appliance
+    services = await stat(nitro, "service")
+    assert [(s["name"], s["state"]) for s in services] == [("svc1", "UP"), ("svc2", "DOWN")]
+    [vs] = await stat(nitro, "lbvserver/vs")
+    assert (vs["state"], vs["type"], vs["primaryipaddress"], vs["actsvcs"], vs["inactsvcs"]) == (
+        "UP", "ANY", "192.0.2.10", "1", "1")
+    assert (vs["curclntconnections"], vs["tothits"], vs["totalpktsrecvd"], vs["vslbhealth"]) == ("3", "0", "0", "25")
+    ha = await stat(nitro, "hanode")
+    assert (ha["hacurstatus"], ha["hacurmasterstate"]) == ("NO", "Primary")
+    assert {"hacurstate", "transtime", "haerrsyncfailure"} <= set(ha)
+    async with nitro.http.get(f"{nitro.base}/nitro/v1/stat/service/nope", headers=AUTH) as r:
+        assert (r.status, (await r.json())["errorcode"]) == (404, 258)
+    async with nitro.http.get(f"{nitro.base}/nitro/v1/stat/service") as r:
+        assert (r.status, (await r.json())["errorcode"]) == (401, 1027)
+    assert (await nitro_sim.stats())["byResource"]["stat/service"] == 4
 
 
 # ---------------------------------------------------------------------------- bulk
@@ -804,6 +892,25 @@ async def test_change_listeners_see_each_write(nitro_sim: server.Simulator, nitr
     assert [(c.resource, c.action, c.name) for c in seen] == [("server", "add", "a"), ("server", "add", "b")]
 
 
+async def test_status_lines_onerror_in_the_query_and_double_slashes(nitro_sim: server.Simulator) -> None:
+    async with aiohttp.ClientSession() as http:
+        base = f"{nitro_sim.url}/nitro/v1/config"
+        async with http.post(f"{base}/server", json={"server": {"name": "-bad", "ipaddress": "10.0.0.1"}},
+                             headers=AUTH) as r:
+            assert (r.status, r.reason) == (599, "Netscaler specific error")
+        # No X-NITRO-ONERROR header: `?onerror=continue` goes on past the failing item.
+        body = {"server": [{"name": "-bad", "ipaddress": "10.0.0.1"}, {"name": "ok", "ipaddress": "10.0.0.2"}]}
+        async with http.post(f"{base}/server?onerror=continue", json=body, headers=AUTH) as r:
+            assert (r.status, r.reason) == (207, "Multi Status")
+            assert [item["errorcode"] for item in (await r.json())["response"]] == [1075, 0]
+        async with http.get(f"{nitro_sim.url}/nitro/v1//config//server/ok", headers=AUTH) as r:
+            assert r.status == 200 and (await r.json())["server"][0]["ipaddress"] == "10.0.0.2"
+        async with http.post(f"{nitro_sim.url}//nitro/v1/config/server?action=rm", json={"server": [{"name": "ok"}]},
+                             headers=AUTH) as r:
+            assert r.status == 200, await r.text()
+    assert nitro_sim.store.objects["server"] == {}
+
+
 # ---------------------------------------------------------------------------- persistence and CLI
 
 
@@ -856,3 +963,29 @@ def test_cli_registers_nitro_sim(tmp_path: pathlib.Path) -> None:
     assert sim_cli.parse_listen("[::1]:9080") == ("::1", 9080)
     assert sim_cli.credentials(args) == {"admin": "secret"}
     assert args.state == pathlib.Path("s.json")
+
+
+@pytest.mark.parametrize("command", [["nitro-sim"], ["plan", "-f", "x.yaml"], ["apply", "-f", "x.yaml"]])
+def test_password_is_never_taken_for_password_file(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        cli.build_parser().parse_args([*command, "--password", "secret"])
+    assert raised.value.code == 2
+    assert "unrecognized arguments: --password" in capsys.readouterr().err
+
+
+def test_with_live_client_counts_a_drain_waits_for_a_count_taken_after_the_disable() -> None:
+    now = [1000.0]
+    model = store.Store(clock=lambda: now[0])
+    model.execute("POST", "server", "add", {"name": "h", "ipaddress": "10.0.0.1"})
+    model.execute("POST", "service", "add", {"name": "s", "servername": "h", "servicetype": "ANY", "port": 80})
+    model.set_clients({}, replace=True, live=True)  # a dataplane counted no flows, a moment ago
+    now[0] += 1
+    model.execute("POST", "service", "disable", {"name": "s", "delay": 30, "graceful": "YES"})
+    service = model.objects["service"][("s",)]
+    assert model.svrstate(service) == "GOING OUT OF SERVICE"  # flows may have started since the count
+    now[0] += 0.25
+    model.set_clients({"s": 2}, replace=True, live=True)
+    assert model.svrstate(service) == "GOING OUT OF SERVICE"
+    now[0] += 0.25
+    model.set_clients({}, replace=True, live=True)
+    assert model.svrstate(service) == "OUT OF SERVICE"

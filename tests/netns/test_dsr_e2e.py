@@ -272,6 +272,39 @@ async def test_requests_spread_over_the_backends_and_replies_bypass_lb(stand: St
     assert forwarded <= tx < forwarded + sent_by_backends // 4, (tx, forwarded, sent_by_backends)
 
 
+async def stat(sim: server.Simulator, path: str) -> Any:
+    async with aiohttp.ClientSession() as http, http.get(f"{sim.url}/nitro/v1/stat/{path}", headers=AUTH) as resp:
+        doc = await resp.json()
+        assert resp.status == 200, doc
+        return doc[path.split("/")[0]]
+
+
+async def test_nitro_stats_count_the_real_packets_and_flows(stand: Stand) -> None:
+    """What monitoring tools read from /nitro/v1/stat: packets and flows the dataplane really saw."""
+    lab, sim = stand.lab, stand.sim
+    await stand.serving_on("n1", "n2")
+    [before] = await stat(sim, f"lbvserver/{VSERVER}")
+    replies = await gets(lab, 30)
+    assert all(r.ok for r in replies), [r for r in replies if not r.ok]
+    [after] = await stat(sim, f"lbvserver/{VSERVER}")
+    packets = int(after["totalpktsrecvd"]) - int(before["totalpktsrecvd"])
+    hits = int(after["tothits"]) - int(before["tothits"])
+    assert packets >= 30 * 4 and hits == 30, (packets, hits)  # one new flow per connection
+    assert int(after["totalpktssent"]) - int(before["totalpktssent"]) == packets
+    assert (after["state"], after["actsvcs"]) == ("UP", "2")
+    services = {s["name"]: s for s in await stat(sim, "service")}
+    for backend in ("b1", "b2"):
+        record = services[svc(lab, backend)]
+        assert record["state"] == "UP" and int(record["vsvrservicehits"]) > 0, record
+    # Each connection's flow lives on until it has been idle for the flow timeout.
+
+    async def flows_counted() -> bool:
+        [now] = await stat(sim, f"lbvserver/{VSERVER}")
+        return int(now["curclntconnections"]) >= 30
+
+    await wait_for(flows_counted, "the connections' flows counted as clients")
+
+
 async def test_a_backend_whose_agent_is_stopped_is_never_bound_until_its_agent_runs(stand: Stand) -> None:
     lab, sim, cluster = stand.lab, stand.sim, stand.cluster
     await stand.serving_on("n1", "n2")

@@ -31,6 +31,9 @@ class OperatorSettings(pydantic_settings.BaseSettings):
     """Port of kopf's liveness endpoint `/healthz`; 0 disables it."""
     default_drain_seconds: int = pydantic.Field(default=30, ge=0)
     """Drain time for DsrServices that do not set `drainSeconds` (seconds)."""
+    drain_check_seconds: float = pydantic.Field(default=1.0, gt=0)
+    """How often a draining backend is asked about while it drains: NetScaler ends a drain early when
+    its last client leaves, and the status shows its connections (seconds)."""
     max_unbind_percent: int = pydantic.Field(default=50, ge=1, le=100)
     """Blast-radius guard: most of a vserver's bound backends one reconcile may remove (percent)."""
     kube_server: str | None = None

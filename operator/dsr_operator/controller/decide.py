@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import pydantic
@@ -249,7 +249,13 @@ def owner_of(op: planner.Op, users: Mapping[str, frozenset[str]]) -> frozenset[s
 
 
 def report(decision: Decision, after: ns.NetScalerState, outcome: executor.Outcome, snapshot: Snapshot,
-           now: datetime.datetime) -> list[Report]:
+           now: datetime.datetime, *, primary: str | None = None,
+           drain_report: Callable[[Iterable[str]], list[dict[str, object]]] | None = None) -> list[Report]:
+    """Per DsrService of the batch: status, events, what it needs on the nodes, when to come back.
+
+    `primary` is the NetScaler written to (an HA pair's primary); `drain_report(services)` tells the
+    drains in progress with their client connections, for the status.
+    """
     applied: dict[str, list[planner.Op]] = {}
     for op in outcome.applied:
         for uid in owner_of(op, decision.users):
@@ -281,7 +287,11 @@ def report(decision: Decision, after: ns.NetScalerState, outcome: executor.Outco
             "vserverState": "UP" if states and all(s["state"] == "UP" for s in states) else
                             ("DOWN" if states else "ABSENT"),
             "warnings": list(j.warnings),
+            "netscaler": {"primary": primary},
         }
+        if drain_report is not None:
+            _, owned = after.owned_by(uid)
+            extra["draining"] = drain_report({b.child for b in owned if b.kind == ns.VSERVER_BINDING})
         draining, again = _come_back(decision, after, uid)
         reports.append(Report(
             key, j.entry, status_for(j.entry, v, extra, now), v, tuple(applied.get(uid, ())), failures,

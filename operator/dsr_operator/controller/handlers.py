@@ -199,10 +199,13 @@ async def _make_runtime(settings: config.OperatorSettings) -> reconcile.Runtime:
     connection = _connection(settings)
     kube_config = await asyncio.to_thread(kube.load_config, connection)
     client = kube.make_client(kube_config, connection, field_manager="dsr-operator")
+    nitro_settings = settings.nitro()
+    metrics.netscalers(nitro_settings.endpoints())
     nitro_view = view.NetScalerView(
-        settings.nitro(), settings.operator_id, save_debounce=settings.save_debounce_seconds,
+        nitro_settings, settings.operator_id, save_debounce=settings.save_debounce_seconds,
         on_request=metrics.on_request, on_drain_lag=metrics.drain_unbind_lag.observe,
         on_unsaved=lambda unsaved: metrics.netscaler_config_unsaved.set(1 if unsaved else 0),
+        drain_check=settings.drain_check_seconds, on_primary=metrics.on_primary,
     )
     return reconcile.make_runtime(settings, nitro_view, client, metrics)
 

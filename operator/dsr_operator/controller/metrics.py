@@ -42,10 +42,6 @@ class Metrics:
         self.netscaler_up = prometheus_client.Gauge(
             "dsr_netscaler_up", "1 when the last NITRO request reached the NetScaler, else 0", registry=self.registry
         )
-        self.netscaler_ha_primary = prometheus_client.Gauge(
-            "dsr_netscaler_ha_primary", "1 for the NSIP that is the HA primary, 0 for the others", ["url"],
-            registry=self.registry,
-        )
         self.netscaler_config_unsaved = prometheus_client.Gauge(
             "dsr_netscaler_config_unsaved",
             "1 while changes applied to NetScaler are not yet saved (nsconfig save), else 0", registry=self.registry,
@@ -58,10 +54,35 @@ class Metrics:
             "Time from the end of a backend's graceful drain on NetScaler to its unbind",
             registry=self.registry, buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60),
         )
+        self.primary = prometheus_client.Gauge(
+            "dsr_netscaler_ha_primary", "1 for the NetScaler the operator writes to (the HA primary), else 0", ["url"],
+            registry=self.registry,
+        )
+        self.failovers = prometheus_client.Counter(
+            "dsr_netscaler_failovers_total", "Times the HA primary written to changed to the other node",
+            registry=self.registry,
+        )
+        self._urls: list[str] = []
+        self._last_primary: str | None = None
         self.orphans_removed = prometheus_client.Counter(
             "dsr_orphan_objects_removed_total", "Owned NetScaler objects removed because their DsrService is gone",
             registry=self.registry,
         )
+
+    def netscalers(self, urls: list[str]) -> None:
+        """The NetScalers the operator may write to (an HA pair's NSIPs): none is primary yet."""
+        self._urls = list(urls)
+        for url in self._urls:
+            self.primary.labels(url).set(0)
+
+    def on_primary(self, url: str | None) -> None:
+        """The HA primary written to changed (None: not known at the moment)."""
+        for other in self._urls:
+            self.primary.labels(other).set(1 if other == url else 0)
+        if url is not None and self._last_primary is not None and url != self._last_primary:
+            self.failovers.inc()
+        if url is not None:
+            self._last_primary = url
 
     def on_request(self, method: str, rtype: str, status: int, errorcode: int, seconds: float) -> None:
         self.nitro_requests.labels(method, rtype, str(status)).inc()

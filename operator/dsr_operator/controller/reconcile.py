@@ -195,14 +195,24 @@ async def reconcile_batch(rt: Runtime, keys: set[Key]) -> None:
             for key, needs in decision.needs.items():
                 changed |= rt.book.record(key, needs)
             await sync_nodes(rt, changed)
-            outcome = await rt.view.execute(decision.plan)
+            latest = [decision]
+
+            def plan_against(state: ns.NetScalerState) -> planner.Plan:
+                """The batch's plan; after an HA failover, the rest planned against the new primary."""
+                if state is not actual:
+                    latest[0] = decide.decide(dataclasses.replace(snap, actual=state))
+                return latest[0].plan
+
+            _, outcome = await rt.view.apply(plan_against, actual)
+            decision = latest[0]
             after = await rt.view.actual()
             rt.unreachable_since = None
         except (errors.NitroTransportError, errors.NitroServerError, errors.NitroSessionExpired,
                 errors.NitroAuthenticationFailed, view.NotPrimary) as exc:
             await _unreachable(rt, keys, exc, now)
             return
-    reports = decide.report(decision, after, outcome, snap, now)
+    reports = decide.report(decision, after, outcome, snap, now, primary=rt.view.primary_url,
+                            drain_report=rt.view.drain_report)
     changed = set()
     for r in reports:
         if r.needs is not None:
@@ -260,8 +270,10 @@ async def finalize(rt: Runtime, key: Key, body: kopf.Body) -> None:
         try:
             actual = await rt.view.actual()
             nothing = ns.NetScalerState()
-            plan = planner.diff(nothing, planner.relevant(actual, nothing, {uid}), policy, frozenset({uid}))
-            outcome = await rt.view.execute(plan)
+            plan, outcome = await rt.view.apply(
+                lambda now: planner.diff(nothing, planner.relevant(now, nothing, {uid}), policy, frozenset({uid})),
+                actual,
+            )
         except errors.NitroError as exc:
             raise kopf.TemporaryError(f"NetScaler: {exc}", delay=5) from exc
     if outcome.failures:
@@ -294,7 +306,9 @@ async def remove_orphans(rt: Runtime) -> int:
         ops = [op for op in plan.ops if op.owner in orphans or op.owner == ns.SHARED_OWNER]
         if not ops:
             return 0
-        outcome = await rt.view.execute(planner.Plan(stages=planner.stages(ops)))
+        _, outcome = await rt.view.apply(lambda now: planner.Plan(stages=planner.stages(
+            op for op in planner.diff(ns.NetScalerState(), now, policy, orphans).ops
+            if op.owner in orphans or op.owner == ns.SHARED_OWNER)), actual)
     log.info("Removed %d NetScaler objects of deleted DsrServices %s", len(outcome.applied), sorted(orphans))
     rt.metrics.orphans_removed.inc(len(outcome.applied))
     return len(outcome.applied)

@@ -2,15 +2,19 @@
 
 Reconciles read the cached state instead of the box, and update it from the operations that
 succeeded (`planner.effects`), so an endpoint change costs only the writes it needs. The cache is
-re-read on resync and after any failure. Writes go only to the HA primary; the configuration is
-saved once writes have been quiet for a while, and the save is retried with backoff until NetScaler
-reports no unsaved change (`configchanged` false). Unsaved changes found at the first connection (an
-operator stopped within the debounce) are saved too.
+re-read on resync and after any failure. Writes go only to the HA primary (`netscaler.ha`: given
+an HA pair's two NSIPs, it finds the primary and asks it again before every write stage; after a
+failover the rest of a change is planned against the new primary and sent there); the
+configuration is saved once writes have been quiet for a while, and the save is retried with
+backoff until NetScaler reports no unsaved change (`configchanged` false). Unsaved changes found at
+the first connection (an operator stopped within the debounce) are saved too.
 
-Drains: when a graceful disable is sent, the view records when it ends on the box (the time it was
-sent plus its delay). From then on, every read of the cache first asks the box for the state of the
-services whose drain is due (one small GET each), until they are OUT OF SERVICE, so the unbind
-follows the end of a drain by one reconcile, not by a resync.
+Drains: when a graceful disable is sent, the view records when it ends on the box at the latest
+(the time it was sent plus its delay). A real box ends it earlier, as soon as the service has no
+clients left, so while it runs the view asks the box about the service every `drain_poll` seconds
+(its `svrstate`, and `curclntconnections` from `/stat/service` for the status), then at the deadline,
+then often until it is OUT OF SERVICE: the unbind follows the end of a drain by one reconcile, not
+by a resync, whether the drain ran its full time or ended early.
 """
 
 from __future__ import annotations
@@ -24,23 +28,25 @@ from collections.abc import Callable, Iterable
 
 from dsr_operator import settings as settings_mod
 from dsr_operator.netscaler import client as nitro
-from dsr_operator.netscaler import errors, executor
+from dsr_operator.netscaler import errors, executor, ha
 from dsr_operator.netscaler import models as ns
 from dsr_operator.planner import effects
 from dsr_operator.planner import plan as planner
 
 log = logging.getLogger(__name__)
 
-#: How often a service whose drain is due is asked again while the box still says GOING OUT OF SERVICE.
+#: How often a service past its drain's deadline is asked again while the box still says GOING OUT OF SERVICE.
 DRAIN_POLL_SECONDS = 0.05
-#: How often a drain of unknown end (found on the box after a restart) is asked about.
-UNKNOWN_DRAIN_POLL_SECONDS = 1.0
 #: Longest wait between two attempts to save the configuration (seconds).
 SAVE_RETRY_MAX_SECONDS = 60.0
+#: How often a draining service is asked about before its deadline (the box may end the drain early).
+DEFAULT_DRAIN_CHECK_SECONDS = 1.0
 
 
-class NotPrimary(errors.NitroError):
-    """The NetScaler we talk to is not the HA primary: writes there would be lost."""
+NotPrimary = ha.NotPrimary
+
+#: Failovers followed within one change before giving up (the pair keeps flapping).
+MAX_FAILOVERS = 3
 
 
 class NetScalerView:
@@ -53,53 +59,61 @@ class NetScalerView:
         on_request: nitro.RequestHook | None = None,
         on_drain_lag: Callable[[float], None] | None = None,
         on_unsaved: Callable[[bool], None] | None = None,
-        client_factory: Callable[[], nitro.NitroClient] | None = None,
+        client_factory: Callable[[str], nitro.NitroClient] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        drain_check: float = DEFAULT_DRAIN_CHECK_SECONDS,
+        on_primary: Callable[[str | None], None] | None = None,
     ) -> None:
         self.operator_id = operator_id
         self.lock = asyncio.Lock()
         self._settings = nitro_settings
         self._save_debounce = save_debounce
         self._on_request = on_request
-        self._factory = client_factory or (lambda: executor.connect(nitro_settings, on_request=on_request))
-        self._client: nitro.NitroClient | None = None
+        factory = client_factory or (lambda url: executor.connect(nitro_settings, url, on_request=on_request))
+        self._nodes = ha.Nodes(nitro_settings.endpoints(), factory, on_primary=on_primary)
         self._actual: ns.NetScalerState | None = None
         self._save_task: asyncio.Task[None] | None = None
         self._on_drain_lag = on_drain_lag
         self._on_unsaved = on_unsaved or (lambda unsaved: None)
+        self._connected_once = False
         self.clock = clock
         self._drain_due: dict[str, float] = {}
         """Services being drained → when to ask the box about them next (its drain's end, then polls)."""
         self._drain_end: dict[str, float] = {}
-        """Services being drained → when their drain ends by our clock (for the drain-to-unbind lag)."""
-        self._connected_once = False
+        """Services being drained → when their drain ends by our clock at the latest (deadline), or when
+        we saw it ended early (for the drain-to-unbind lag)."""
+        self._drain_clients: dict[str, int | None] = {}
+        """Services being drained → their current client connections, as `/stat/service` last said."""
+        self._drain_check = drain_check
         self.requests_total = 0
 
+    @property
+    def primary_url(self) -> str | None:
+        """The NetScaler written to (an HA pair's primary), None until known."""
+        return self._nodes.primary_url
+
+    @property
+    def failovers(self) -> int:
+        return self._nodes.failovers
+
     async def _open(self) -> nitro.NitroClient:
-        if self._client is None:
-            client = self._factory()
-            await client.open()
-            try:
-                state = await client.ha_state()
-                if state not in ("Primary", "UNKNOWN"):
-                    raise NotPrimary(f"NetScaler at {self._settings.url} is {state}, not the HA primary")
-                unsaved = not self._connected_once and await client.config_changed()
-            except BaseException:
-                await client.close()
-                raise
-            self._client = client
+        """The client of the NetScaler to write to (the HA primary), connecting when needed.
+
+        At the first connection, unsaved changes on the box (an operator stopped within the save
+        debounce) get a save scheduled.
+        """
+        client = await self._nodes.primary()
+        if not self._connected_once:
+            unsaved = await client.config_changed()
             self._connected_once = True
             if unsaved and (self._save_task is None or self._save_task.done()):
                 log.info("NetScaler has unsaved configuration changes; saving them")
                 self._schedule_save()
-        return self._client
+        return client
 
     async def _drop_client(self) -> None:
-        client, self._client = self._client, None
         self._actual = None
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await client.close()
+        await self._nodes.reset()
 
     def invalidate(self) -> None:
         self._actual = None
@@ -126,13 +140,29 @@ class NetScalerView:
         due = [self._drain_due[s] for s in services if s in self._drain_due]
         return max(0.0, min(due) - self.clock()) if due else None
 
+    def drain_report(self, services: Iterable[str]) -> list[dict[str, object]]:
+        """Each of `services` that drains: its state on the box and its current client connections."""
+        state = self._actual or ns.NetScalerState()
+        out: list[dict[str, object]] = []
+        for name in sorted(set(services)):
+            obj = state.get("service", name)
+            if obj is None or obj.state != ns.GOING_OUT_OF_SERVICE:
+                continue
+            entry: dict[str, object] = {"service": name, "state": obj.state}
+            clients = self._drain_clients.get(name)
+            if clients is not None:
+                entry["clientConnections"] = clients
+            out.append(entry)
+        return out
+
     def _track_unknown_drains(self, state: ns.NetScalerState) -> None:
         now = self.clock()
         for obj in state.of_kind("service"):
             if obj.state == ns.GOING_OUT_OF_SERVICE:
-                self._drain_due.setdefault(obj.name, now + UNKNOWN_DRAIN_POLL_SECONDS)
+                self._drain_due.setdefault(obj.name, now + self._drain_check)
             else:
                 self._drain_due.pop(obj.name, None)
+                self._drain_clients.pop(obj.name, None)
 
     async def _refresh_due_drains(self) -> None:
         assert self._actual is not None
@@ -144,37 +174,60 @@ class NetScalerView:
         rows = await asyncio.gather(*(self._service_state(client, name) for name in due))
         state = self._actual
         objects = dict(state.objects)
-        for name, svrstate in zip(due, rows, strict=True):
+        for name, (svrstate, clients) in zip(due, rows, strict=True):
             old = objects.get(("service", name))
             if old is None or svrstate is None:  # gone from the box: nothing left to drain
                 self._forget_drain(name)
                 continue
             objects[("service", name)] = dataclasses.replace(old, state=svrstate)
+            self._drain_clients[name] = clients
+            end = self._drain_end.get(name)
             if svrstate == ns.GOING_OUT_OF_SERVICE:
-                self._drain_due[name] = now + DRAIN_POLL_SECONDS
+                if end is not None and now < end:
+                    self._drain_due[name] = min(end, now + self._drain_check)
+                else:
+                    self._drain_due[name] = now + (DRAIN_POLL_SECONDS if end is not None else self._drain_check)
             else:
                 self._drain_due.pop(name, None)
+                self._drain_clients.pop(name, None)
+                if end is not None and now < end:
+                    self._drain_end[name] = now  # ended early: its last client left
         self._actual = ns.NetScalerState.build(objects.values(), state.bindings, mbf=state.mbf,
                                                foreign=state.foreign)
 
     @staticmethod
-    async def _service_state(client: nitro.NitroClient, name: str) -> str | None:
-        try:
-            rows = await client.get("service", name, attrs=("name", "svrstate"))
-        except errors.NitroNotFound:
-            return None
-        return str(rows[0].get("svrstate")) if rows else None
+    async def _service_state(client: nitro.NitroClient, name: str) -> tuple[str | None, int | None]:
+        """(svrstate, current client connections) of one service; (None, None) when it is gone."""
+
+        async def clients() -> int | None:
+            try:
+                rows = await client.stat("service", name)
+                return nitro.as_int(rows[0].get("curclntconnections")) if rows else None
+            except (errors.NitroApiError, ValueError):
+                return None  # statistics are for the status only: never fail a drain on them
+
+        rows, connections = await asyncio.gather(
+            client.get("service", name, attrs=("name", "svrstate")), clients(), return_exceptions=True
+        )
+        for result in (rows, connections):
+            if isinstance(result, errors.NitroNotFound):
+                return None, None
+            if isinstance(result, BaseException):
+                raise result
+        assert isinstance(rows, list) and not isinstance(connections, BaseException)
+        return (str(rows[0].get("svrstate")) if rows else None), connections
 
     def _forget_drain(self, name: str) -> None:
         self._drain_due.pop(name, None)
         self._drain_end.pop(name, None)
+        self._drain_clients.pop(name, None)
 
     def _note_drains(self, sent: float, applied: Iterable[planner.Op]) -> None:
         """Keep the drain book true to the operations that were applied."""
         for op in applied:
             if op.kind == "service" and op.verb == "disable":
                 end = sent + float(op.body.get("delay") or 0)
-                self._drain_due[op.name] = end
+                self._drain_due[op.name] = min(end, sent + self._drain_check)
                 self._drain_end[op.name] = end
             elif op.kind == "service" and op.verb in ("enable", "delete"):
                 self._forget_drain(op.name)
@@ -186,21 +239,54 @@ class NetScalerView:
                         self._on_drain_lag(max(0.0, self.clock() - end))
 
     async def execute(self, plan: planner.Plan) -> executor.Outcome:
-        """Carry out a plan and keep the cache true; on transport trouble the cache is dropped."""
+        """Carry out a plan and keep the cache true; on transport trouble the cache is dropped.
+
+        If the HA primary changes on the way, what is left is not sent (NotPrimary): see `apply`.
+        """
+        outcome = await self._execute(plan)
+        if not outcome.complete:
+            raise NotPrimary(f"NetScaler failed over during a change; {len(outcome.applied)} operations were applied")
+        return outcome
+
+    async def apply(
+        self, make_plan: Callable[[ns.NetScalerState], planner.Plan], actual: ns.NetScalerState | None = None
+    ) -> tuple[planner.Plan, executor.Outcome]:
+        """Plan against the state (`actual`, else the cache) and carry the plan out, following failovers.
+
+        Before each write stage the primary is asked whether it still is; if not, the rest of the
+        change is planned again against what the new primary holds (the old primary synchronised
+        what it applied) and sent there: nothing applied twice, nothing lost. Returns the last plan
+        and everything applied or refused on the way.
+        """
+        state = actual if actual is not None else await self.actual()
+        plan = make_plan(state)
+        applied: list[planner.Op] = []
+        failures: list[executor.Failure] = []
+        for _ in range(MAX_FAILOVERS + 1):
+            outcome = await self._execute(plan)
+            applied.extend(outcome.applied)
+            failures.extend(outcome.failures)
+            if outcome.complete:
+                return plan, executor.Outcome(tuple(applied), tuple(failures))
+            log.info("Planning the rest of the change against the new HA primary")
+            plan = make_plan(await self.actual())
+        raise NotPrimary(f"NetScaler failed over more than {MAX_FAILOVERS} times during one change")
+
+    async def _execute(self, plan: planner.Plan) -> executor.Outcome:
         if plan.empty:
             return executor.Outcome((), ())
         sent = self.clock()
         try:
             client = await self._open()
-            outcome = await executor.execute(client, plan)
+            outcome = await executor.execute(client, plan, before_stage=self._nodes.still_primary)
         except errors.NitroError:
             await self._drop_client()
             raise
         self._note_drains(sent, outcome.applied)
         if self._actual is not None:
             self._actual = effects.after(self._actual, outcome.applied, self.operator_id)
-        if outcome.failures:
-            self.invalidate()  # what failed may differ from what we think: read again next time
+        if outcome.failures or not outcome.complete:
+            self.invalidate()  # what failed may differ from what we think; a new primary: read it
         if outcome.applied:
             self._schedule_save()
         return outcome

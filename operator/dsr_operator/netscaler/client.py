@@ -7,7 +7,8 @@ Usage::
         results = await ns.add("server", [{"name": "web-1", "ipaddress": "198.51.100.21"}])
 
 One private method, ``NitroClient._request``, owns every HTTP exchange: login and logout go through
-it, it re-logs in once when the session expired (errorcode 444 or 1027) and repeats the request once,
+it, it re-logs in once when the session expired (errorcode 444 or 1027, whatever the HTTP status: a
+bulk request on an expired session is answered 200 with errorcode 444) and repeats the request once,
 it bounds concurrency with a semaphore, and it retries with full-jitter exponential backoff only on
 transient faults (connection errors, timeouts, HTTP 5xx other than 599). 4xx and 599 (NetScaler's
 validation errors) are never retried. A write repeated after a dropped connection may already have
@@ -294,6 +295,14 @@ class NitroClient:
         response = await self._request("GET", rtype, name=name, params=params)
         return _records(response.body, rtype)
 
+    async def stat(self, rtype: str, name: str | None = None) -> list[dict[str, Any]]:
+        """Statistics of ``rtype`` (``service``, ``lbvserver``, ``hanode`` …): ``GET /stat/<rtype>[/<name>]``.
+
+        Counters come as NITRO sends them (mostly numeric strings: use ``as_int``).
+        """
+        response = await self._request("GET", rtype, name=name, api="stat")
+        return _records(response.body, rtype)
+
     async def count(self, rtype: str, filter: Mapping[str, str] | None = None) -> int:
         """Number of objects of ``rtype`` (matching ``filter``)."""
         params = {"count": "yes"}
@@ -442,11 +451,15 @@ class NitroClient:
         authenticated: bool = True,
         relogin: bool = True,
         retry: bool = True,
+        api: str = "config",
     ) -> _Response:
-        """Send one NITRO request; return a success (2xx, 207 included) or raise a typed error."""
+        """Send one NITRO request; return a success (2xx, 207 included) or raise a typed error.
+
+        A 2xx body with a non-zero top-level errorcode (other than the 207 bulk envelope) is an error.
+        """
         if self._state is not State.OPENED or self._session is None:
             raise RuntimeError(f"NitroClient is {self._state.value}; use it inside `async with`")
-        url = self._url(rtype, name, params)
+        url = self._url(rtype, name, params, api)
         attempts = 1 + (self.retries if retry else 0)
         attempt = 0
         relogged = False
@@ -474,7 +487,7 @@ class NitroClient:
                 raise errors.NitroTransportError(f"{method} {rtype}: {_describe(exc)}") from exc
 
             status, errorcode = response.status, _errorcode(response.body)
-            if status < 400 and (response.body or not response.raw.strip()):
+            if status < 400 and (response.body or not response.raw.strip()) and not _failed(response):
                 return response
             self.stats.count_error(errorcode)
             if status >= 500 and status != errors.NETSCALER_ERROR_STATUS and attempt < attempts:
@@ -557,8 +570,8 @@ class NitroClient:
         except Exception:
             logger.exception("The on_request hook failed")
 
-    def _url(self, rtype: str, name: str | None, params: Mapping[str, str] | None) -> yarl.URL:
-        url = f"{self.base_url}/nitro/v1/config/{_quote(rtype)}"
+    def _url(self, rtype: str, name: str | None, params: Mapping[str, str] | None, api: str = "config") -> yarl.URL:
+        url = f"{self.base_url}/nitro/v1/{api}/{_quote(rtype)}"
         if name is not None:
             url += "/" + _quote(_quote(name))  # double-encoded, as NetScaler's own clients do
         if params:
@@ -592,6 +605,20 @@ def _parse(raw: bytes) -> dict[str, Any]:
 def _errorcode(body: Mapping[str, Any]) -> int:
     code = errors.parse_errorcode(body.get("errorcode"))
     return code if code is not None else 0
+
+
+def _failed(response: _Response) -> bool:
+    """A 2xx answer whose body says the request failed.
+
+    A real box answers a bulk request made on an expired session with HTTP 200 and errorcode 444
+    (or 1027) in the body: judged by the status alone, every item would look applied. 207 is the
+    bulk envelope (errorcode 1243 with a per-item ``response`` list); warnings are not failures.
+    """
+    if _errorcode(response.body) == 0:
+        return False
+    if response.status == 207 and isinstance(response.body.get("response"), list):
+        return False
+    return str(response.body.get("severity", "ERROR")).upper() != "WARNING"
 
 
 def _records(body: Mapping[str, Any], rtype: str) -> list[dict[str, Any]]:

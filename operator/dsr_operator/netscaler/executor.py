@@ -1,6 +1,7 @@
 """Read our objects from NetScaler and carry out a plan, stage by stage, in bulk requests.
 
-Reading costs one GET per object type (filtered to our name prefix, only the fields we use).
+Reading costs one GET per object type (filtered to our name prefix, only the fields we use; the
+bindings of every parent come unfiltered, as `bulkbindings=yes` is documented, and are filtered here).
 Writing sends each plan stage as bulk requests with `X-NITRO-ONERROR: continue`, so one bad object
 fails alone and is reported against its DsrService (per-object error isolation). Outcomes that mean
 "already as wanted" (deleting what is gone, binding what is bound) count as success, so a partly
@@ -13,7 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import typing
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from dsr_operator.netscaler import client as nitro
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 #: Largest number of objects sent in one bulk request.
 CHUNK = 1000
 
-_PREFIX_FILTER = {"name": f"/^{ns.PREFIX}/"}
 _ATTRS: dict[str, tuple[str, ...]] = {
     "server": ("name", "ipaddress", "comment", "state"),
     "service": ("name", "servername", "servicetype", "port", "usip", "healthmonitor", "comment", "svrstate"),
@@ -35,7 +35,9 @@ _ATTRS: dict[str, tuple[str, ...]] = {
         "monitorname",
         "type",
         "interval",
+        "units3",
         "resptimeout",
+        "units4",
         "retries",
         "destip",
         "destport",
@@ -58,6 +60,8 @@ class Failure:
 class Outcome:
     applied: tuple[planner.Op, ...]
     failures: tuple[Failure, ...]
+    complete: bool = True
+    """False when `before_stage` stopped the plan (the node is no longer the HA primary)."""
 
 
 async def read_actual(client: nitro.NitroClient, operator_id: str) -> ns.NetScalerState:
@@ -68,7 +72,9 @@ async def read_actual(client: nitro.NitroClient, operator_id: str) -> ns.NetScal
         return await client.get(rtype, filter={key: f"/^{ns.PREFIX}/"}, attrs=_ATTRS[rtype])
 
     async def bindings(rtype: str) -> list[dict[str, Any]]:
-        return await client.get(rtype, filter=_PREFIX_FILTER, bulkbindings=True)
+        # `bulkbindings=yes` is documented for a get-all only, never with `filter=`: filter here.
+        rows = await client.get(rtype, bulkbindings=True)
+        return [row for row in rows if str(row.get("name", "")).startswith(ns.PREFIX)]
 
     results = await asyncio.gather(
         client.get_modes(),
@@ -118,15 +124,26 @@ async def _send(client: nitro.NitroClient, stage: planner.Stage, batch: Sequence
     return await client.action(stage.kind, verb, bodies)
 
 
-async def execute(client: nitro.NitroClient, plan: planner.Plan) -> Outcome:
+async def execute(
+    client: nitro.NitroClient,
+    plan: planner.Plan,
+    *,
+    before_stage: Callable[[], Awaitable[bool]] | None = None,
+) -> Outcome:
     """Carry out the plan's stages in order; failed objects are reported, the rest goes on.
 
     An operation whose prerequisite failed (a service whose server could not be added) fails on
-    the box too and is reported the same way; nothing is skipped silently.
+    the box too and is reported the same way; nothing is skipped silently. `before_stage` is
+    asked before each stage (an HA pair: is this node still the primary?); when it says no, the
+    plan stops there and the outcome is not `complete`.
     """
     applied: list[planner.Op] = []
     failures: list[Failure] = []
+    complete = True
     for stage in plan.stages:
+        if before_stage is not None and not await before_stage():
+            complete = False
+            break
         batches = [stage.ops[i : i + CHUNK] for i in range(0, len(stage.ops), CHUNK)]
         results = await asyncio.gather(*(_send(client, stage, b) for b in batches), return_exceptions=True)
         for batch, result in zip(batches, results, strict=True):
@@ -135,7 +152,13 @@ async def execute(client: nitro.NitroClient, plan: planner.Plan) -> Outcome:
                     raise result
                 if isinstance(result, errors.NitroTransportError | errors.NitroServerError):
                     raise result  # the box is unreachable or failing: stop, the next run resumes
-                failures.extend(Failure(op, result) for op in batch)
+                # One error for the whole request: judged per operation by the same "already done"
+                # rules as per-item results (an unbind of what is already unbound is done).
+                for op in batch:
+                    if _benign(op, result):
+                        applied.append(op)
+                    else:
+                        failures.append(Failure(op, result))
                 continue
             for op, item in zip(batch, result, strict=True):
                 if item.ok or (item.error is not None and _benign(op, item.error)):
@@ -146,16 +169,17 @@ async def execute(client: nitro.NitroClient, plan: planner.Plan) -> Outcome:
                     failures.append(Failure(op, errors.NitroError("not attempted")))
     for failure in failures:
         log.warning("NetScaler refused: %s", failure)
-    return Outcome(applied=tuple(applied), failures=tuple(failures))
+    return Outcome(applied=tuple(applied), failures=tuple(failures), complete=complete)
 
 
-def connect(settings: Any, **kwargs: Any) -> nitro.NitroClient:
-    """A NITRO client from `settings.NitroSettings` (not yet opened; use `async with`)."""
+def connect(settings: Any, url: str | None = None, **kwargs: Any) -> nitro.NitroClient:
+    """A NITRO client from `settings.NitroSettings` (not yet opened; use `async with`), to `url`
+    (one of the settings' endpoints) or to the settings' one URL."""
     import aiohttp  # local: keeps this module importable for type checks without a session
 
     username, password = settings.credentials()
     return nitro.NitroClient(
-        settings.url,
+        url or settings.url,
         username=username,
         password=password,
         verify_tls=settings.verify_tls,

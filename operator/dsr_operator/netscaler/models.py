@@ -32,6 +32,8 @@ class Kind:
     """Managed fields a desired object may leave out; NetScaler then has them unset (its default)."""
     blank: tuple[tuple[str, Any], ...] = ()
     """(field, value) pairs NetScaler may report for an unset optional field: read as absent."""
+    units: tuple[tuple[str, str], ...] = ()
+    """(time field, its unit field): we keep times in seconds; the box may answer in other units."""
 
 
 SERVER = Kind("server", "name", ("ipaddress", "comment"))
@@ -55,6 +57,7 @@ LBMONITOR = Kind(
     delete_args=("type",),
     optional=("destip", "destport"),
     blank=(("destip", "0.0.0.0"), ("destip", "::"), ("destport", 0)),
+    units=(("interval", "units3"), ("resptimeout", "units4")),
 )
 KINDS: dict[str, Kind] = {k.rtype: k for k in (SERVER, SERVICE, LBVSERVER, LBMONITOR)}
 
@@ -79,6 +82,20 @@ def parse_marker(comment: object, operator_id: str) -> str | None:
     if not comment.startswith(head) or len(comment) == len(head):
         return None
     return comment[len(head) :]
+
+
+#: Seconds per NITRO time unit (lbmonitor `units3`, `units4`, ...).
+UNIT_SECONDS = {"SEC": 1.0, "MSEC": 0.001, "MIN": 60.0}
+
+
+def in_seconds(value: Any, unit: Any) -> Any:
+    """A NITRO time in seconds: `interval: 1, units3: MIN` is 60 (a whole number stays an int)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    seconds = number * UNIT_SECONDS.get(str(unit or "SEC").upper(), 1.0)
+    return int(seconds) if seconds.is_integer() else seconds
 
 
 def _normalise(value: Any) -> Any:
@@ -122,9 +139,16 @@ class NsObject:
         return body
 
     def changed_fields(self, other: NsObject) -> dict[str, Any]:
-        """Managed fields whose value in `self` differs from `other` (the actual object)."""
+        """Managed fields whose value in `self` differs from `other` (the actual object).
+
+        A changed time comes with its unit (`units3: SEC`): the box may hold the old one in minutes.
+        """
         mine, theirs = self.data, other.data
-        return {k: v for k, v in mine.items() if k != "comment" and theirs.get(k) != v}
+        changes = {k: v for k, v in mine.items() if k != "comment" and theirs.get(k) != v}
+        for field, unit in KINDS[self.kind].units:
+            if field in changes:
+                changes[unit] = "SEC"
+        return changes
 
     def unset_fields(self, other: NsObject) -> list[str]:
         """Optional fields that `other` (the actual object) has and `self` no longer wants."""
@@ -265,6 +289,9 @@ def parse_actual(
                 for f in kind.managed
                 if f != "comment" and rec.get(f) not in (None, "") and (f, _normalise(rec.get(f))) not in kind.blank
             }
+            for field, unit in kind.units:  # `interval: 1, units3: MIN` is 60 seconds
+                if field in fields:
+                    fields[field] = in_seconds(fields[field], rec.get(unit))
             if kind is SERVICE and "servername" not in fields and rec.get("servername"):
                 fields["servername"] = rec["servername"]
             state = rec.get("svrstate") if kind is SERVICE else rec.get("curstate")

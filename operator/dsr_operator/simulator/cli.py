@@ -8,6 +8,7 @@ import logging
 import os
 import pathlib
 import signal
+from typing import Any
 
 from dsr_operator.simulator import dataplane, server
 
@@ -37,6 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument(
         "--dataplane-dev", metavar="DEV", help="the interface in --dataplane-netns that faces clients and backends"
     )
+    parser.add_argument(
+        "--peer", metavar="URL", help="the other simulator of an HA pair (its base URL): configuration is "
+        "synchronised from the primary, POST /_sim/failover swaps the roles",
+    )
+    parser.add_argument("--ha-state", choices=("Primary", "Secondary"), default="Primary",
+                        help="this node's role in the pair (%(default)s)")
+    parser.add_argument("--nsip", metavar="IP", help="the address hanode and nsconfig show (default: --listen host)")
     parser.set_defaults(func=run)
 
 
@@ -65,8 +73,10 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         logger.error("Cannot start the NITRO simulator: %s", exc)
         return 2
+    pair = {"peer": args.peer, "ha_state": args.ha_state, "nsip": args.nsip or host}
     try:
-        serve = _serve(host, port, users, args.state, args.session_timeout, args.dataplane_netns, args.dataplane_dev)
+        serve = _serve(host, port, users, args.state, args.session_timeout, args.dataplane_netns, args.dataplane_dev,
+                       **pair)
         asyncio.run(serve)
     except dataplane.CommandError as exc:
         logger.error("Cannot start the DSR dataplane: %s", exc)
@@ -82,6 +92,7 @@ async def _serve(
     session_timeout: float,
     netns: str | None = None,
     dev: str | None = None,
+    **pair: Any,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -89,9 +100,11 @@ async def _serve(
         loop.add_signal_handler(sig, stop.set)
     plane = dataplane.Dataplane(netns, dev) if netns and dev else None
     serving = server.running(
-        host, port, users=users, state_path=state, session_timeout=session_timeout, dataplane=plane
+        host, port, users=users, state_path=state, session_timeout=session_timeout, dataplane=plane, **pair
     )
     async with serving as sim:
         logger.info("NITRO simulator listening on %s (state: %s)", sim.url, state or "in memory")
+        if pair.get("peer"):
+            logger.info("HA pair with %s; this node is %s", pair["peer"], sim.store.ha_state)
         await stop.wait()
         logger.info("Stopping the NITRO simulator")

@@ -43,6 +43,10 @@ namespace that plays the NetScaler, the way MBF does it:
   service goes DOWN after `retries` failed probes in a row and UP after `successretries` good ones;
   until its first verdict it is DOWN. The verdicts drive `svrstate` and `curstate` through
   `Store.set_probe_results`.
+* **Counting.** Rule counters give packets in per vserver, packets forwarded and new flows per service
+  (kept across ruleset replacements); the flow sets' elements are each service's live flows, published
+  as its current clients (`Store.set_clients`), so a graceful disable ends when they reach 0 and the
+  NITRO stat endpoints show real `curclntconnections`, `tothits` and packet counts.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from dsr_operator.simulator import netns as netns_
+from dsr_operator.simulator import stats as stats_
 from dsr_operator.simulator import store as store_
 
 logger = logging.getLogger(__name__)
@@ -71,6 +76,8 @@ TABLE = "dsrsim"
 WILDCARD_PORT = 65535
 FLOW_TIMEOUT = 120.0
 RENDER_POLL_SECONDS = 0.25
+FLOWS_POLL_SECONDS = 1.0
+FLOWS_POLL_DRAINING_SECONDS = 0.25
 HISTORY_LENGTH = 1000
 NEIGH_REFRESH_SECONDS = 1.0
 SERVING_STATES = ("UP", "GOING OUT OF SERVICE")
@@ -167,6 +174,8 @@ class Names:
     def __init__(self) -> None:
         self._ids: dict[str, int] = {}
         self._next = itertools.count(1)
+        self.sets: dict[str, tuple[str, str]] = {}
+        """flow set name → (vserver, service)"""
 
     def _id(self, key: str) -> int:
         if key not in self._ids:
@@ -177,7 +186,9 @@ class Names:
         return f"v{self._id('vs:' + vserver)}"
 
     def flows(self, vserver: str, service: str) -> str:
-        return f"{self.chain(vserver)}s{self._id('svc:' + service)}"
+        name = f"{self.chain(vserver)}s{self._id('svc:' + service)}"
+        self.sets[name] = (vserver, service)
+        return name
 
 
 def _quote(text: str) -> str:
@@ -244,7 +255,7 @@ def render(
                 flow_set = names.flows(v.name, m.service)
                 lines.append(
                     f"{rule} ether daddr {m.mac} add @{flow_set} {{ {key} }} {fwd} "
-                    f"comment {_quote('service ' + m.service)}"
+                    f"comment {_quote('newflow ' + m.service)}"
                 )
     for flow_set in sorted(prev_sets - sets):
         lines.append(f"delete set netdev {TABLE} {flow_set}")
@@ -497,6 +508,41 @@ class ProbeState:
     at: float = 0.0
 
 
+# ---------------------------------------------------------------------------------------- counting
+
+_COUNTED = ("vserver", "forwarded", "newflow")
+
+
+def _rule_counts(table: Mapping[str, Any]) -> dict[str, collections.Counter[str]]:
+    """Packets by rule comment: per vserver at ingress, per service forwarded (known and new flows),
+    per service the first packets of new flows (that is, new flows)."""
+    counts: dict[str, collections.Counter[str]] = {k: collections.Counter() for k in _COUNTED}
+    for item in table.get("nftables", []):
+        rule = item.get("rule")
+        if not rule:
+            continue
+        packets = next((e["counter"]["packets"] for e in rule.get("expr", []) if "counter" in e), 0)
+        kind, _, name = str(rule.get("comment", "")).partition(" ")
+        if kind == "vserver":
+            counts["vserver"][name] += packets
+        elif kind in ("service", "newflow"):
+            counts["forwarded"][name] += packets
+            if kind == "newflow":
+                counts["newflow"][name] += packets
+    return counts
+
+
+def _flows(table: Mapping[str, Any], names: Names) -> dict[str, int]:
+    """Live flows per service: the elements of its flow sets (each expires after `flow_timeout` idle)."""
+    flows: collections.Counter[str] = collections.Counter()
+    for item in table.get("nftables", []):
+        flow_set = item.get("set")
+        if not flow_set or flow_set.get("name") not in names.sets:
+            continue
+        flows[names.sets[flow_set["name"]][1]] += len(flow_set.get("elem", ()))
+    return dict(flows)
+
+
 # ---------------------------------------------------------------------------------------- dataplane
 
 
@@ -543,6 +589,8 @@ class Dataplane:
         """Each applied ruleset's forwarding choices, with when its transaction started and ended (wall clock)."""
         self.last_error: str | None = None
         self._objects: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+        self._carried: dict[str, collections.Counter[str]] = {k: collections.Counter() for k in _COUNTED}
+        """Rule counters of rulesets replaced since start (a transaction flushes the chains' counters)."""
         self._vips_added: set[str] = set()
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -591,6 +639,7 @@ class Dataplane:
         self._tasks = [
             asyncio.create_task(self._render_loop(), name="dataplane-render"),
             asyncio.create_task(self._neigh_loop(), name="dataplane-neigh"),
+            asyncio.create_task(self._flows_loop(), name="dataplane-flows"),
         ]
         self._dirty.set()
         logger.info(
@@ -654,6 +703,10 @@ class Dataplane:
             nodad = ("nodad",) if ":" in vip else ()  # usable at once, not after duplicate address detection
             await _run(*self._ip("addr", "replace", _host_cidr(vip), "dev", self.dev, *nodad))
             self._vips_added.add(vip)
+        if self._objects[0]:  # the chains' counters restart with the new rules: keep their totals
+            with contextlib.suppress(CommandError, ValueError):
+                for kind, counts in _rule_counts(await self._table()).items():
+                    self._carried[kind].update(counts)
         await _run("ip", "netns", "exec", self.netns, "nft", "-f", "-", stdin=script)
         self._objects = objects
         for vip in sorted(self._vips_added - desired.vips):
@@ -792,29 +845,45 @@ class Dataplane:
             self._publish()
             await asyncio.sleep(max(0.0, spec.interval - (time.monotonic() - started)))
 
+    # -- flows
+
+    async def _flows_loop(self) -> None:
+        """Publish each service's live flows as its current clients (a graceful disable ends at 0)."""
+        while True:
+            assert self.store is not None
+            try:
+                self.store.set_clients(_flows(await self._table(), self.names), replace=True, live=True)
+            except (CommandError, ValueError) as exc:
+                logger.debug("Cannot count the dataplane's flows: %s", exc)
+            draining = any(svc.get("state") == "DISABLED" for svc in self.store.objects["service"].values())
+            await asyncio.sleep(FLOWS_POLL_DRAINING_SECONDS if draining else FLOWS_POLL_SECONDS)
+
     # -- reporting
 
+    async def _table(self) -> dict[str, Any]:
+        out = await _run("ip", "netns", "exec", self.netns, "nft", "-j", "list", "table", "netdev", TABLE)
+        table: dict[str, Any] = json.loads(out)
+        return table
+
+    async def traffic(self) -> stats_.Traffic:
+        """Packets and new flows counted since start, for the NITRO stat endpoints."""
+        counts = await self.counters()
+        return stats_.Traffic(counts["vserverPackets"], counts["forwardedPackets"], counts["newFlows"])
+
     async def counters(self) -> dict[str, Any]:
-        """nft rule counters (packets per vserver at ingress, per service forwarded) and DEV's counters."""
-        table = json.loads(await _run("ip", "netns", "exec", self.netns, "nft", "-j", "list", "table", "netdev", TABLE))
-        ingress: dict[str, int] = {}
-        forwarded: dict[str, int] = {}
-        for item in table.get("nftables", []):
-            rule = item.get("rule")
-            if not rule:
-                continue
-            packets = next((e["counter"]["packets"] for e in rule.get("expr", []) if "counter" in e), 0)
-            comment = rule.get("comment", "")
-            kind, _, name = comment.partition(" ")
-            if kind == "vserver":
-                ingress[name] = ingress.get(name, 0) + packets
-            elif kind == "service":
-                forwarded[name] = forwarded.get(name, 0) + packets
+        """Packets per vserver at ingress, forwarded and new flows per service (since start), live flows
+        per service, and DEV's counters."""
+        table = await self._table()
+        counts = _rule_counts(table)
+        for kind, carried in self._carried.items():
+            counts[kind].update(carried)
         link = json.loads(await _run(*self._ip("-s", "-j", "link", "show", "dev", self.dev)))[0]
         stats = link.get("stats64", link.get("stats", {}))
         return {
-            "vserverPackets": ingress,
-            "forwardedPackets": forwarded,
+            "vserverPackets": dict(counts["vserver"]),
+            "forwardedPackets": dict(counts["forwarded"]),
+            "newFlows": dict(counts["newflow"]),
+            "flows": _flows(table, self.names),
             "interface": {
                 "name": self.dev,
                 "rxPackets": stats.get("rx", {}).get("packets", 0),

@@ -8,19 +8,27 @@ NITRO behaviour worth knowing:
 * login: `POST /nitro/v1/config/login` → 201, body `sessionid`, `Set-Cookie: NITRO_AUTH_TOKEN=<url-encoded
   token>; path=/nitro/v1`. A `sessionid` cookie is accepted too, and so are `X-NITRO-USER` /
   `X-NITRO-PASS` headers per request (no cookie). Expired or killed token → 401/444; no credentials
-  → 401/1027; bad credentials → 401/354.
+  → 401/1027; bad credentials → 401/354. A bulk write (an array body) on an expired or missing
+  session is answered HTTP 200 with errorcode 444 (1027), as a real box does.
 * bulk: an array under the type key on add, update, bind and actions. Two more URL shapes are those of
-  the NetScaler Java SDK and are what our client relies on: bulk delete is
-  `POST /nitro/v1/config/<type>?action=rm` with an array of key objects (`lbmonitor` needs `type` too),
-  and bulk unbind is `POST /nitro/v1/config/<binding>?action=unbind` with an array of binding objects.
-  `X-NITRO-ONERROR: exit|continue|rollback` (or the SDK's body `"params": {"onerror": ...}`);
-  default `exit`. Rollback only for add/bind (otherwise 599/1242). All items fine → 201 (add/bind)
-  or 200; any failure → 207 with errorcode 1243 and a per-item `response` list.
+  nitro-python (the Java SDK 10.1 sends the same actions in its legacy form dialect) and are what our
+  client relies on: bulk delete is `POST /nitro/v1/config/<type>?action=rm` with an array of key
+  objects (`lbmonitor` needs `type` too), and bulk unbind is
+  `POST /nitro/v1/config/<binding>?action=unbind` with an array of binding objects.
+  `X-NITRO-ONERROR: exit|continue|rollback`, or `?onerror=` in the query string as nitro-python sends
+  it, or the legacy body `"params": {"onerror": ...}`; default `exit`. Rollback only for add/bind
+  (otherwise 599/1242). All items fine → 201 (add/bind) or 200; any failure → 207 with errorcode
+  1243 and a per-item `response` list.
+* status lines as the appliance sends them: `599 Netscaler specific error`, `207 Multi Status`.
+* `//` in a path counts as `/` (`/nitro/v1//config/lbvserver`), as on the appliance's web server.
+* statistics: `GET /nitro/v1/stat/lbvserver[/name]`, `/stat/service[/name]`, `/stat/hanode` with the
+  reference's field names (see `stats.py`); packets and flows are counted for real with a dataplane.
 * `POST /config/<type>?idempotent=yes` adds, or updates an existing object (200).
 * A client that disconnects before its request is read (it timed out, say, under injected latency)
   is not an error: the request is not carried out and only a debug line is logged.
 * GET: `args=k:v,...`, `filter=k:v,...` (exact, or `/regex/`), `attrs=a,b`, `count=yes`
-  (`{"<type>":[{"__count":N}]}`, N a number), `bulkbindings=yes` for a binding type without a name.
+  (`{"<type>":[{"__count":N}]}`, N a number), `bulkbindings=yes` for a binding type without a name
+  (not together with `filter=`, which the reference never documents: 599/1092).
   `nsmode` and `nsconfig` come back as objects, everything else as arrays; no key when empty.
 
 Simulator control endpoints, outside `/nitro/`, without auth, JSON in and out (400 on bad input):
@@ -38,7 +46,15 @@ Simulator control endpoints, outside `/nitro/`, without auth, JSON in and out (4
 * `GET /_sim/journal[?since=<seq>]` → ordered successful writes
   `[{"seq", "time", "method", "resource", "action", "name", "key"}]`; `name` is the first key field
   (the vserver of an lbvserver binding), `key` all of them.
-* `GET /_sim/ha`, `POST /_sim/ha` `{"state": "Primary"|"Secondary"}` sets what `hanode/0` reports.
+* `GET /_sim/ha`, `POST /_sim/ha` `{"state": "Primary"|"Secondary"}` sets what `hanode/0` reports
+  (on this node only). In an HA pair (`--peer URL`, or `running_pair()` in-process; see `ha.py`) the
+  GET also shows the peer and every role `transitions` with the journal's `seq` at that moment;
+  `POST /_sim/failover` swaps both nodes' roles now, or with `{"afterWrites": N}` right after this
+  node applied N more write requests (before it answers the last one); `POST /_sim/peer/sync` and
+  `/_sim/peer/role` are how the two processes talk.
+* `GET /_sim/clients` → `{"clients": {service: n}}`; `POST /_sim/clients` `{"<service>": n, ...}` sets
+  a service's current client connections (what `/stat/service` shows as `curclntconnections`; a
+  graceful disable lasts while they are above 0). With a dataplane they are its live flows.
 * `GET /_sim/dataplane` (only with a dataplane, else 404): the forwarding choices per vserver, the
   learnt backend MACs, the probe verdicts, the nft and interface packet counters, and `history`: the
   last 1,000 applied rulesets as `{"applying", "time", "vservers": {name: {"newFlows", "serving"}}}`:
@@ -52,21 +68,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import http
 import json
 import logging
 import os
 import pathlib
+import re
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
+import yarl
 from aiohttp import web
 
 from dsr_operator.simulator import dataplane as dataplane_
 from dsr_operator.simulator import faults as faults_
-from dsr_operator.simulator import schema, sessions, store
+from dsr_operator.simulator import ha as ha_
+from dsr_operator.simulator import schema, sessions, stats, store
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +96,7 @@ FAULTS = web.AppKey("faults", faults_.Faults)
 STATS = web.AppKey("stats", faults_.Stats)
 
 CONFIG_PREFIX = "/nitro/v1/config"
+STAT_PREFIX = "/nitro/v1/stat"
 ONERROR_HEADER = "X-NITRO-ONERROR"
 COOKIE = "NITRO_AUTH_TOKEN"
 NITRO_CONTENT_TYPES = ("application/json", "application/x-www-form-urlencoded", "text/plain", "")
@@ -119,6 +140,7 @@ class Persister:
 
 
 PERSISTER: web.AppKey[Persister | None] = web.AppKey("persister")
+HA: web.AppKey[ha_.Node | None] = web.AppKey("ha")
 DATAPLANE: web.AppKey[dataplane_.Dataplane | None] = web.AppKey("dataplane")
 
 
@@ -151,14 +173,20 @@ async def _persistence_ctx(app: web.Application) -> AsyncIterator[None]:
 # ---------------------------------------------------------------------------- helpers
 
 
+#: Status lines as NetScaler sends them; adc-nitro-go classifies responses by these literal strings.
+REASONS: Mapping[int, str] = {207: "Multi Status", 209: "Netscaler specific warning", 599: "Netscaler specific error"}
+
+
 def _reply(status: int, extra: Mapping[str, Any] | None = None, error: store.NitroError | None = None) -> web.Response:
     body: dict[str, Any] = error.body() if error else {"errorcode": 0, "message": "Done", "severity": "NONE"}
     if extra:
         body |= extra
-    return web.json_response(body, status=status)
+    return web.json_response(body, status=status, reason=REASONS.get(status))
 
 
 def _resource_of(path: str) -> str:
+    if path.startswith(STAT_PREFIX + "/"):
+        return "stat/" + (path[len(STAT_PREFIX) :].strip("/").split("/")[0] or "?")
     parts = path[len(CONFIG_PREFIX) :].strip("/").split("/") if path.startswith(CONFIG_PREFIX) else []
     return parts[0] if parts and parts[0] else "?"
 
@@ -217,7 +245,7 @@ def _items(body: dict[str, Any] | None, resource: str) -> Any:
 def _onerror(request: web.Request, body: Mapping[str, Any] | None) -> str:
     params = (body or {}).get("params")
     from_body = params.get("onerror") if isinstance(params, dict) else None
-    value = request.headers.get(ONERROR_HEADER) or from_body or "exit"
+    value = request.headers.get(ONERROR_HEADER) or request.query.get("onerror") or from_body or "exit"
     return str(value).lower()
 
 
@@ -251,7 +279,62 @@ def _authenticate(request: web.Request) -> None:
     raise store.NitroError(401, 1027, "Not logged in or connection timed out")
 
 
+async def _check_session(request: web.Request, resource: str) -> None:
+    """Authenticate; a bulk write on an expired or missing session is answered 200, as a real box does.
+
+    nitro-python's newer releases state it: the session error of a bulk request comes back with HTTP
+    200 and errorcode 444 (or 1027) in the body, so a client that trusts the status sees success.
+    """
+    try:
+        _authenticate(request)
+    except store.NitroError as exc:
+        if exc.errorcode in (444, 1027) and await _is_bulk(request, resource):
+            raise store.NitroError(200, exc.errorcode, exc.message) from None
+        raise
+
+
+async def _is_bulk(request: web.Request, resource: str) -> bool:
+    if request.method not in ("POST", "PUT"):
+        return False
+    try:
+        body = await _read_body(request)  # aiohttp keeps the bytes: the handler reads them again
+    except store.NitroError:
+        return False
+    return isinstance((body or {}).get(resource), list)
+
+
 # ---------------------------------------------------------------------------- middleware
+
+
+@web.middleware
+async def _collapse_slashes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Serve `/nitro/v1//config//x` as `/nitro/v1/config/x`: routed again on the collapsed path."""
+    if "//" not in request.path:
+        return await handler(request)
+    path = re.sub("/{2,}", "/", request.path)
+    clean = request.clone(rel_url=request.rel_url.with_path(path).with_query(request.rel_url.query))
+    match = await request.app.router.resolve(clean)
+    match.add_app(request.app)
+    match.freeze()
+    clean._match_info = match  # what aiohttp's own dispatch sets, see web_app.Application._handle
+    return await _nitro_middleware(clean, functools.partial(_ha_middleware, handler=match.handler))
+
+
+@web.middleware
+async def _ha_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """In an HA pair: a write on the primary is propagated before it is answered; one on the
+    secondary stays there (209 with warning 1028 when the client asked for warnings)."""
+    response = await handler(request)
+    node = request.app[HA]
+    if node is None or request.method == "GET" or not request.path.startswith("/nitro/"):
+        return response
+    secondary = node.state == ha_.SECONDARY
+    await node.after_write()
+    if secondary and request.query.get("warning") == "yes" and response.status in (200, 201):
+        response.set_status(209, REASONS[209])
+        response.headers["X-NITRO-WARNING"] = ha_.NOT_PRIMARY_WARNING
+    return response
+
 
 
 @web.middleware
@@ -276,7 +359,7 @@ async def _nitro_middleware(request: web.Request, handler: Handler) -> web.Strea
     response: web.StreamResponse
     try:
         if resource != "login":
-            _authenticate(request)
+            await _check_session(request, resource)
         response = await handler(request)
     except store.NitroError as exc:
         response = _reply(exc.status, error=exc)
@@ -340,6 +423,10 @@ async def _get(request: web.Request) -> web.StreamResponse:
     args = _pairs(query.get("args"), "args")
     filters = _pairs(query.get("filter"), "filter")
     model = request.app[STORE]
+    if query.get("bulkbindings") == "yes" and "filter" in query:
+        # Documented apart (filter for a binding's get-by-name, bulkbindings for its get-all), never
+        # together: refused, so that clients stay in the territory real boxes are known to answer.
+        raise store.NitroError(599, 1092, "Arguments cannot both be specified [bulkbindings, filter]")
     found = model.records(resource, name, args, bulkbindings=query.get("bulkbindings") == "yes")
     if isinstance(found, dict):
         return _reply(200, {resource: found})
@@ -420,6 +507,27 @@ async def _write(
             await persister.save()
 
 
+async def _stat(request: web.Request) -> web.StreamResponse:
+    resource = request.match_info["type"]
+    name = _decode_name(request.match_info.get("name"))
+    plane = request.app[DATAPLANE]
+    traffic = stats.Traffic()
+    if plane is not None:
+        try:
+            traffic = await plane.traffic()
+        except (dataplane_.CommandError, ValueError) as exc:
+            logger.warning("Cannot read the dataplane's counters: %s", exc)
+    found = stats.records(request.app[STORE], resource, name, traffic, ha_since=_ha_since(request.app))
+    if isinstance(found, dict):
+        return _reply(200, {resource: found})
+    return _reply(200, {resource: found} if found else None)
+
+
+def _ha_since(app: web.Application) -> float | None:
+    node = app[HA]
+    return node.since if node is not None else None
+
+
 async def _unknown(request: web.Request) -> web.StreamResponse:
     raise store.NitroError(404, 1240, f"Invalid nitro action or operation [{request.path}]")
 
@@ -491,8 +599,67 @@ async def _sim_journal(request: web.Request) -> web.StreamResponse:
     return web.json_response([c.as_json() for c in request.app[STORE].journal if c.seq > since])
 
 
+async def _sim_get_clients(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"clients": request.app[STORE].clients})
+
+
+async def _sim_set_clients(request: web.Request) -> web.StreamResponse:
+    try:
+        doc = await _json_object(request)
+        for name, count in doc.items():
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ValueError(f"the client count of {name} must be a whole number >= 0")
+    except ValueError as exc:
+        return _bad_request(str(exc))
+    request.app[STORE].set_clients(doc)
+    return web.json_response({"clients": request.app[STORE].clients})
+
+
 async def _sim_get_ha(request: web.Request) -> web.StreamResponse:
-    return web.json_response({"state": request.app[STORE].ha_state})
+    node = request.app[HA]
+    return web.json_response(node.as_json() if node is not None else {"state": request.app[STORE].ha_state})
+
+
+def _node(request: web.Request) -> ha_.Node:
+    node = request.app[HA]
+    if node is None:
+        raise web.HTTPNotFound(text=json.dumps({"error": "not an HA pair (start with --peer)"}),
+                               content_type="application/json")
+    return node
+
+
+async def _sim_failover(request: web.Request) -> web.StreamResponse:
+    node = _node(request)
+    try:
+        after = (await _json_object(request)).get("afterWrites")
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 1):
+            raise ValueError("afterWrites must be a whole number >= 1")
+    except ValueError as exc:
+        return _bad_request(str(exc))
+    if after is None:
+        await node.failover()
+    else:
+        node.failover_after(after)
+    await _persist(request.app)
+    return web.json_response(node.as_json())
+
+
+async def _sim_peer_sync(request: web.Request) -> web.StreamResponse:
+    try:
+        _node(request).receive(await _json_object(request))
+    except ValueError as exc:
+        return _bad_request(str(exc))
+    await _persist(request.app)
+    return web.json_response({"synced": True})
+
+
+async def _sim_peer_role(request: web.Request) -> web.StreamResponse:
+    try:
+        await _node(request).become(str((await _json_object(request)).get("state")))
+    except ValueError as exc:
+        return _bad_request(str(exc))
+    await _persist(request.app)
+    return web.json_response(_node(request).as_json())
 
 
 async def _sim_set_ha(request: web.Request) -> web.StreamResponse:
@@ -502,7 +669,14 @@ async def _sim_set_ha(request: web.Request) -> web.StreamResponse:
         return _bad_request(str(exc))
     if state not in ("Primary", "Secondary", "UNKNOWN"):
         return _bad_request("state must be Primary, Secondary or UNKNOWN")
-    request.app[STORE].set_ha_state(state)
+    node = request.app[HA]
+    if node is not None:
+        try:
+            await node.become(state)  # this node only: the peer is not told (a split brain, on purpose)
+        except ValueError as exc:
+            return _bad_request(str(exc))
+    else:
+        request.app[STORE].set_ha_state(state)
     await _persist(request.app)
     return web.json_response({"state": state})
 
@@ -548,26 +722,45 @@ async def _persist(app: web.Application) -> None:
 # ---------------------------------------------------------------------------- assembly
 
 
+async def _ha_ctx(app: web.Application) -> AsyncIterator[None]:
+    node = app[HA]
+    if node is not None and node.state == ha_.PRIMARY:
+        await node.push()  # a peer that starts later gets the configuration with the next write
+    yield
+    if node is not None:
+        await node.close()
+
+
 def make_app(
     *,
     users: dict[str, str] | None = None,
     state_path: pathlib.Path | None = None,
     session_timeout: float = sessions.DEFAULT_TIMEOUT,
     dataplane: dataplane_.Dataplane | None = None,
+    nsip: str = "127.0.0.1",
+    peer: str | None = None,
+    ha_state: str = ha_.PRIMARY,
 ) -> web.Application:
     """A NITRO simulator application; `users` maps user names to passwords (default nsroot/nsroot).
 
     With `dataplane`, the configuration also drives real forwarding and probes (see `dataplane.py`);
-    it starts after the persisted state is loaded and stops with the app.
+    it starts after the persisted state is loaded and stops with the app. With `peer` (the other
+    simulator's base URL) it is one node of an HA pair, in role `ha_state` (see `ha.py`); `nsip` is
+    the address `hanode` and `nsconfig` show for this node.
     """
-    app = web.Application(middlewares=[_nitro_middleware])
+    app = web.Application(middlewares=[_collapse_slashes, _nitro_middleware, _ha_middleware])
     model = store.Store()
+    model.nsip = nsip
     app[STORE] = model
     app[SESSIONS] = sessions.Sessions(users, timeout=session_timeout)
     app[FAULTS] = faults_.Faults()
     app[STATS] = faults_.Stats()
     app[PERSISTER] = Persister(state_path, model) if state_path is not None else None
     app.cleanup_ctx.append(_persistence_ctx)
+    app[HA] = None
+    if peer is not None:
+        app[HA] = ha_.Node(model, ha_.RemotePeer(peer), yarl.URL(peer).host or peer, state=ha_state)
+    app.cleanup_ctx.append(_ha_ctx)
     app[DATAPLANE] = dataplane
     if dataplane is not None:
         dataplane.attach(model)
@@ -581,6 +774,8 @@ def make_app(
         router.add_put(CONFIG_PREFIX + suffix, _put)
         router.add_delete(CONFIG_PREFIX + suffix, _delete)
     router.add_post(CONFIG_PREFIX + "/{type}", _post)
+    router.add_get(STAT_PREFIX + "/{type}", _stat, allow_head=False)
+    router.add_get(STAT_PREFIX + "/{type}/{name}", _stat, allow_head=False)
     router.add_route("*", "/nitro/{tail:.*}", _unknown)
 
     router.add_get("/_sim/faults", _sim_get_faults)
@@ -591,8 +786,13 @@ def make_app(
     router.add_get("/_sim/hosts", _sim_get_hosts)
     router.add_post("/_sim/hosts", _sim_set_hosts)
     router.add_get("/_sim/journal", _sim_journal)
+    router.add_get("/_sim/clients", _sim_get_clients)
+    router.add_post("/_sim/clients", _sim_set_clients)
     router.add_get("/_sim/ha", _sim_get_ha)
     router.add_post("/_sim/ha", _sim_set_ha)
+    router.add_post("/_sim/failover", _sim_failover)
+    router.add_post("/_sim/peer/sync", _sim_peer_sync)
+    router.add_post("/_sim/peer/role", _sim_peer_role)
     router.add_get("/_sim/dataplane", _sim_dataplane)
     router.add_get("/_sim/config", _sim_config)
     router.add_post("/_sim/reset", _sim_reset)
@@ -644,6 +844,22 @@ class Simulator:
     async def set_ha_state(self, state: str) -> None:
         await self._call("POST", "/_sim/ha", {"state": state})
 
+    async def ha(self) -> dict[str, Any]:
+        """This node's HA state, peer and role transitions (`transitions[i].seq`: journal at that moment)."""
+        result: dict[str, Any] = await self._call("GET", "/_sim/ha")
+        return result
+
+    async def failover(self, after_writes: int | None = None) -> dict[str, Any]:
+        """Swap the pair's roles now, or right after this node applied `after_writes` more write requests."""
+        result: dict[str, Any] = await self._call(
+            "POST", "/_sim/failover", {} if after_writes is None else {"afterWrites": after_writes}
+        )
+        return result
+
+    async def set_clients(self, counts: Mapping[str, int]) -> None:
+        """Current client connections per service: `await sim.set_clients({"svc1": 3})` (0 ends a drain)."""
+        await self._call("POST", "/_sim/clients", dict(counts))
+
     async def reset(self) -> None:
         await self._call("POST", "/_sim/reset")
 
@@ -656,7 +872,39 @@ class Simulator:
 @contextlib.asynccontextmanager
 async def running(host: str = "127.0.0.1", port: int = 0, **make_app_kwargs: Any) -> AsyncIterator[Simulator]:
     """Serve a simulator on a real socket for the duration of the block (port 0 = any free port)."""
-    app = make_app(**make_app_kwargs)
+    async with serving(make_app(**make_app_kwargs), host, port) as sim:
+        yield sim
+
+
+@dataclasses.dataclass
+class Pair:
+    """Two running simulators that form an HA pair: `a` starts as primary, `b` as secondary."""
+
+    a: Simulator
+    b: Simulator
+
+    @property
+    def nodes(self) -> tuple[Simulator, Simulator]:
+        return self.a, self.b
+
+    def primary(self) -> Simulator:
+        return next(n for n in self.nodes if n.store.ha_state == ha_.PRIMARY)
+
+
+@contextlib.asynccontextmanager
+async def running_pair(hosts: tuple[str, str] = ("127.0.0.1", "127.0.0.2"), **make_app_kwargs: Any
+                       ) -> AsyncIterator[Pair]:
+    """An HA pair of simulators in this process, on two loopback addresses (their NSIPs)."""
+    apps = [make_app(nsip=host, **make_app_kwargs) for host in hosts]
+    first, second = ha_.pair(apps[0][STORE], apps[1][STORE], *hosts)
+    apps[0][HA], apps[1][HA] = first, second
+    async with serving(apps[0], hosts[0], 0) as a, serving(apps[1], hosts[1], 0) as b:
+        yield Pair(a, b)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[Simulator]:
+    """Serve a simulator application made by `make_app` on a real socket for the duration of the block."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:

@@ -19,9 +19,16 @@ Choices where the NITRO reference is silent (see `reference/nitro-api.md` §10):
   or is removed when it has none; a field that cannot be updated (or is an object's address) → 599 / 278.
 * monitor binding errors (2133 already bound, 2170 not bound, 2171 no such monitor) use HTTP 599.
 
+Behaviours of real boxes reproduced on purpose (`reference/nitro-api.md` §11):
+* an lbmonitor `interval` (`resptimeout`) of whole minutes given in seconds is stored in minutes:
+  `interval: 60` reads back as `interval: 1, units3: MIN`.
+
 Runtime state: a service is UP when enabled and its IP is not marked unreachable (`hosts_down`),
 or when its `healthmonitor` is NO; OUT OF SERVICE when it or its server is disabled; GOING OUT OF
-SERVICE while a disable `delay` runs. A vserver is UP when any bound service is UP.
+SERVICE while a disable `delay` runs, and for a graceful disable (`graceful: YES`) only while the
+service still has clients (`clients`, from `/_sim/clients` or the dataplane's live flows): it ends
+when they reach 0 or the delay passes, whichever comes first, as on a real box. A vserver is UP
+when any bound service is UP.
 
 Every successful write is appended to `journal` and passed to each callback in `listeners` (for
 persistence and, later, a dataplane that re-renders on change).
@@ -242,6 +249,17 @@ class Store:
         #: None (the default) means monitors are simulated and only `hosts_down` decides health.
         self.probe_results: dict[tuple[str, str], bool] | None = None
         self.ha_state = "Primary"
+        #: The HA peer as `hanode` lists it ({"id": "1", "ipaddress": ...}), None when stand-alone.
+        self.ha_peer: dict[str, str] | None = None
+        #: This node's NSIP, as `hanode/0` and `nsconfig` show it.
+        self.nsip = "127.0.0.1"
+        #: Current client connections per service: set through `/_sim/clients`, or the dataplane's
+        #: live flows. A graceful disable ends as soon as its service has none left.
+        self.clients: dict[str, int] = {}
+        #: Whether `clients` are live counts (a dataplane's flows), and when they were last counted:
+        #: a graceful disable then waits for a count taken after it before it calls 0 clients "none left".
+        self.clients_live = False
+        self.clients_counted: float | None = None
         self.objects: dict[str, dict[tuple[str, ...], Record]] = {}
         self.modes: set[str] = set()
         self.config_changed = False
@@ -291,6 +309,37 @@ class Store:
             return
         self.probe_results = new
         self._notify(self._change("POST", "", "probes", {}), journal=False)
+
+    def set_clients(self, counts: Mapping[str, int], *, replace: bool = False, live: bool = False) -> None:
+        """Current client connections per service (`replace`: every service not named has none;
+        `live`: counted just now, as a dataplane does)."""
+        new = ({} if replace else dict(self.clients)) | {k: int(v) for k, v in counts.items()}
+        new = {k: v for k, v in new.items() if v > 0}
+        if live:
+            self.clients_live, self.clients_counted = True, self.clock()
+        if new == self.clients:
+            return
+        self.clients = new
+        self._notify(self._change("POST", "", "clients", {}), journal=False)
+
+    def config_document(self) -> dict[str, Any]:
+        """The configuration an HA primary synchronises to its secondary (JSON-able): objects and modes."""
+        return {
+            "objects": {name: copy.deepcopy(list(objs.values())) for name, objs in self.objects.items()},
+            "nsmode": sorted(self.modes),
+        }
+
+    def load_config_document(self, doc: Mapping[str, Any]) -> None:
+        """Take a primary's configuration (HA sync): what was configured here is replaced, unjournaled."""
+        objects: dict[str, dict[tuple[str, ...], Record]] = {name: {} for name in schema.RESOURCES}
+        for name, records in dict(doc.get("objects", {})).items():
+            res = schema.RESOURCES.get(name)
+            if res is None or not isinstance(records, list):
+                raise ValueError(f"unknown resource type {name!r} in an HA sync")
+            objects[name] = {res.key_of(r): copy.deepcopy(dict(r)) for r in records}
+        self.objects = objects
+        self.modes = set(doc.get("nsmode", schema.NSMODE_DEFAULTS))
+        self._notify(self._change("POST", "", "sync", {}), journal=False)
 
     def set_ha_state(self, state: str) -> None:
         """What `hanode/0` reports as this node's state (Primary, Secondary, UNKNOWN)."""
@@ -468,6 +517,7 @@ class Store:
             self._prepare_vserver(obj)
         elif res.name == "lbmonitor":
             self._check_monitor(obj)
+            _normalise_monitor_units(obj)
         self.objects[res.name][key] = obj
         return dict(zip(res.keys, key, strict=True))
 
@@ -575,6 +625,8 @@ class Store:
             if candidate["ipv46"] != "0.0.0.0":
                 self._addr.vservers[(candidate["ipv46"], candidate["port"], candidate["servicetype"])] = obj["name"]
         obj.update(changes)
+        if res.name == "lbmonitor":
+            _normalise_monitor_units(obj)
         return dict(zip(res.keys, key, strict=True))
 
     def _unset(self, res: schema.Resource, payload: Any) -> dict[str, str]:
@@ -641,10 +693,13 @@ class Store:
         key = validate_key(res, data)
         obj = self._find(res, key)
         obj.pop("_until", None)
+        obj.pop("_graceful", None)
         obj["state"] = "ENABLED" if enable else "DISABLED"
         delay = args.get("delay", 0)
         if not enable and delay:
             obj["_until"] = self.clock() + float(delay)
+        if not enable and args.get("graceful") == "YES":
+            obj["_graceful"] = self.clock()  # ends when its clients reach 0 or the delay passes (0: no deadline)
         return dict(zip(res.keys, key, strict=True))
 
     def _rename(self, res: schema.Resource, payload: Any) -> dict[str, str]:
@@ -764,9 +819,24 @@ class Store:
         if obj is None or obj.get("state") != "DISABLED":
             return None
         until = obj.get("_until")
+        graceful = obj.get("_graceful")
+        if graceful:
+            # `disable service S D -graceful YES`: until its clients reach 0 or D passes, whichever
+            # comes first; D = 0 waits for the last client. Live counts must postdate the disable.
+            counted = not self.clients_live or (self.clients_counted or 0.0) > float(graceful)
+            if counted and self.client_count(obj) == 0:
+                return "OUT OF SERVICE"
+            return "GOING OUT OF SERVICE" if until is None or self.clock() < until else "OUT OF SERVICE"
         if until is not None and self.clock() < until:
             return "GOING OUT OF SERVICE"
         return "OUT OF SERVICE"
+
+    def client_count(self, obj: Record) -> int:
+        """Current client connections of a service, or of every service of a server."""
+        if "servername" in obj:
+            return self.clients.get(obj["name"], 0)
+        return sum(self.clients.get(s["name"], 0) for s in self.objects["service"].values()
+                   if s["servername"] == obj["name"])
 
     def svrstate(self, service: Record) -> str:
         server = self.objects["server"].get((service["servername"],))
@@ -866,7 +936,7 @@ class Store:
         if resource == "nsconfig":
             return self._nsconfig_record()
         if resource == "hanode":
-            nodes = [self._hanode_record()]
+            nodes = [self._hanode_record(), *self._peer_records()]
             if name is not None:
                 nodes = [n for n in nodes if n["id"] == name]
                 if not nodes:
@@ -896,10 +966,14 @@ class Store:
         return rec
 
     def _nsconfig_record(self) -> Record:
-        return {
-            "ipaddress": "127.0.0.1",
+        pair: Record = {}
+        if self.ha_peer is not None:
+            primary = self.nsip if self.ha_state == "Primary" else self.ha_peer["ipaddress"]
+            pair = {"primaryip": primary}
+        return pair | {
+            "ipaddress": self.nsip,
             "netmask": "255.0.0.0",
-            "systemtype": "Stand-alone",
+            "systemtype": "HA" if self.ha_peer is not None else "Stand-alone",
             "configchanged": self.config_changed,
             "lastconfigchangedtime": _nstime(self.last_changed),
             "lastconfigsavetime": _nstime(self.last_saved),
@@ -910,12 +984,37 @@ class Store:
         return {
             "id": "0",
             "name": "",
-            "ipaddress": "127.0.0.1",
+            "ipaddress": self.nsip,
             "state": self.ha_state,
-            "hastatus": "UP" if self.ha_state in ("Primary", "Secondary") else "DISABLED",
+            "hastatus": "ENABLED" if self.ha_state in ("Primary", "Secondary") else "DISABLED",
             "hasync": "ENABLED",
             "haprop": "ENABLED",
         }
+
+    def _peer_records(self) -> list[Record]:
+        """The HA peer (id 1) as this node sees it: the other role."""
+        if self.ha_peer is None:
+            return []
+        other = {"Primary": "Secondary", "Secondary": "Primary"}.get(self.ha_state, "UNKNOWN")
+        return [{"id": self.ha_peer.get("id", "1"), "name": "", "ipaddress": self.ha_peer["ipaddress"],
+                 "state": other, "hastatus": "ENABLED", "hasync": "ENABLED", "haprop": "ENABLED"}]
+
+
+#: lbmonitor times and the fields that hold their units.
+MONITOR_UNITS = (("interval", "units3"), ("resptimeout", "units4"))
+
+
+def _normalise_monitor_units(monitor: Record) -> None:
+    """Store whole minutes as minutes, as the appliance does: `interval: 60` reads back `1` + `units3: MIN`.
+
+    ansible-collection-netscaleradc issue #324 (and its `fix_nitro_anomolies`); `resptimeout` with
+    `units4` the same way.
+    """
+    for value_field, unit_field in MONITOR_UNITS:
+        value = monitor.get(value_field)
+        if monitor.get(unit_field, "SEC") == "SEC" and isinstance(value, int) and value >= 60 and value % 60 == 0:
+            monitor[value_field] = value // 60
+            monitor[unit_field] = "MIN"
 
 
 def _matches(obj: Record, args: Mapping[str, str]) -> bool:

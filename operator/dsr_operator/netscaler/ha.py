@@ -1,0 +1,159 @@
+"""Which NetScaler to write to: a stand-alone box, or the primary of an HA pair reached by its NSIPs.
+
+`Nodes` holds one NITRO client per NSIP (opened when first needed), finds the primary by asking
+each node for `hanode/0`, and answers `still_primary()` before every write stage: the old
+primary's NSIP keeps answering after a failover, and writes made on a secondary are neither
+propagated nor kept (`reference/nitro-api.md` §6.3, §11). Whether a box is one node of a pair is
+known from the URLs given (two) or from the box itself (`hanode` lists a peer); a stand-alone box
+is never asked again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from dsr_operator.netscaler import client as nitro
+from dsr_operator.netscaler import errors
+
+log = logging.getLogger(__name__)
+
+PRIMARY = "Primary"
+#: How long a primary's answer holds for `primary()`; writes ask again anyway (`still_primary`).
+RECHECK_SECONDS = 1.0
+
+
+class NotPrimary(errors.NitroError):
+    """No NetScaler we may write to: the node is an HA secondary (writes there would be lost)."""
+
+
+class Nodes:
+    """The NetScaler(s) behind one set of URLs; `primary()` is the client to write through."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        factory: Callable[[str], nitro.NitroClient],
+        *,
+        on_primary: Callable[[str | None], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not urls:
+            raise ValueError("at least one NetScaler URL is needed")
+        self.urls = list(dict.fromkeys(urls))
+        self._factory = factory
+        self._on_primary = on_primary
+        self._clients: dict[str, nitro.NitroClient] = {}
+        self.primary_url: str | None = None
+        self.paired = len(self.urls) > 1
+        self._clock = clock
+        self._confirmed = 0.0
+        self.failovers = 0
+        self.states: dict[str, str] = {}
+        """What each node answered the last time the primary was looked for."""
+        self.retired_requests = 0
+        """Requests sent by clients closed since (for request counts that span reconnects)."""
+
+    @property
+    def requests(self) -> int:
+        """NITRO requests sent through every client so far."""
+        return self.retired_requests + sum(c.stats.requests for c in self._clients.values())
+
+    async def _client(self, url: str) -> nitro.NitroClient:
+        client = self._clients.get(url)
+        if client is None:
+            client = self._factory(url)
+            self._clients[url] = client
+            try:
+                await client.open()
+            except BaseException:
+                await self._drop(url)
+                raise
+        return client
+
+    async def _drop(self, url: str) -> None:
+        client = self._clients.pop(url, None)
+        if client is not None:
+            self.retired_requests += client.stats.requests
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    def _set_primary(self, url: str | None) -> None:
+        if url != self.primary_url:
+            self.primary_url = url
+            if self._on_primary is not None:
+                self._on_primary(url)
+
+    async def primary(self) -> nitro.NitroClient:
+        """The client of the node to write to; found by asking each node for its HA state.
+
+        In a pair, a primary last confirmed more than `RECHECK_SECONDS` ago is asked again (a save or
+        a read may come long after the last write stage).
+        """
+        url = self.primary_url
+        if url is not None and url in self._clients:
+            fresh = not self.paired or self._clock() - self._confirmed < RECHECK_SECONDS
+            if fresh or await self.still_primary():
+                return self._clients[url]
+        states = self.states = {}
+        failure: errors.NitroError | None = None
+        for url in self.urls:
+            try:
+                client = await self._client(url)
+                state = await client.ha_state()
+            except (errors.NitroTransportError, errors.NitroServerError) as exc:
+                failure = exc  # this node is down: perhaps the other one serves
+                await self._drop(url)
+                continue
+            states[url] = state
+            if state == PRIMARY or (state == "UNKNOWN" and len(self.urls) == 1):
+                if not self.paired:
+                    self.paired = await _has_peer(client)
+                self._confirmed = self._clock()
+                self._set_primary(url)
+                return client
+        self._set_primary(None)
+        if not states and failure is not None:
+            raise failure
+        described = "; ".join(f"NetScaler at {url} is {state}, not the HA primary" for url, state in states.items())
+        raise NotPrimary(described)
+
+    async def still_primary(self) -> bool:
+        """Before a write stage: is the node we write to still the primary? (Stand-alone: always.)"""
+        url = self.primary_url
+        if url is None or url not in self._clients:
+            return False
+        if not self.paired:
+            return True
+        try:
+            state = await self._clients[url].ha_state()
+        except (errors.NitroTransportError, errors.NitroServerError) as exc:
+            state = f"unreachable ({exc})"
+            await self._drop(url)
+        if state == PRIMARY:
+            self._confirmed = self._clock()
+            return True
+        log.warning("NetScaler %s is %s, no longer the HA primary: the rest of this change goes to the new primary",
+                    url, state)
+        self.failovers += 1
+        self._set_primary(None)
+        return False
+
+    async def reset(self) -> None:
+        """Forget every session (after a failure): the next `primary()` starts afresh."""
+        for url in list(self._clients):
+            await self._drop(url)
+        self._set_primary(None)
+
+    async def close(self) -> None:
+        await self.reset()
+
+
+async def _has_peer(client: nitro.NitroClient) -> bool:
+    """Whether the box is one node of an HA pair (`hanode` lists more than itself)."""
+    try:
+        return len(await client.get("hanode")) > 1
+    except errors.NitroApiError:
+        return False

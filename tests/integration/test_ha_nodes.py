@@ -1,0 +1,68 @@
+"""Finding the HA primary among NSIPs, and noticing when it no longer is (`netscaler.ha.Nodes`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from dsr_operator.netscaler import client as nitro
+from dsr_operator.netscaler import ha
+from dsr_operator.simulator import server
+
+
+def factory(url: str) -> nitro.NitroClient:
+    return nitro.NitroClient(url, username="nsroot", password="nsroot", retries=0)
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[server.Pair]:
+    async with server.running_pair(users={"nsroot": "nsroot"}) as p:
+        yield p
+
+
+async def test_the_primary_is_found_whichever_nsip_comes_first(pair: server.Pair) -> None:
+    seen: list[str | None] = []
+    nodes = ha.Nodes([pair.b.url, pair.a.url], factory, on_primary=seen.append)
+    try:
+        client = await nodes.primary()
+        assert str(client.base_url).rstrip("/") == pair.a.url and nodes.primary_url == pair.a.url
+        assert await nodes.still_primary()
+        await pair.a.failover()
+        assert not await nodes.still_primary()
+        assert str((await nodes.primary()).base_url).rstrip("/") == pair.b.url
+        assert seen == [pair.a.url, None, pair.b.url] and nodes.failovers == 1
+    finally:
+        await nodes.close()
+
+
+async def test_an_unreachable_nsip_is_passed_over(pair: server.Pair) -> None:
+    nodes = ha.Nodes(["http://127.0.0.1:9", pair.a.url], factory)
+    try:
+        await nodes.primary()
+        assert nodes.primary_url == pair.a.url
+    finally:
+        await nodes.close()
+
+
+async def test_one_url_of_a_pair_is_still_checked_and_a_standalone_box_is_not_asked_again(
+    pair: server.Pair, nitro_sim: server.Simulator
+) -> None:
+    nodes = ha.Nodes([pair.a.url], factory)
+    try:
+        await nodes.primary()
+        assert nodes.paired  # the box lists a peer
+        await pair.a.failover()
+        assert not await nodes.still_primary()
+        with pytest.raises(ha.NotPrimary, match="is Secondary, not the HA primary"):
+            await nodes.primary()
+    finally:
+        await nodes.close()
+    alone = ha.Nodes([nitro_sim.url], factory)
+    try:
+        await alone.primary()
+        before = alone.requests
+        assert await alone.still_primary() and alone.requests == before
+        assert not alone.paired
+    finally:
+        await alone.close()
