@@ -105,7 +105,7 @@ def _normalise(value: Any) -> Any:
     return value
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class NsObject:
     """One configured NetScaler object: kind, name, the managed fields, and its owner."""
 
@@ -124,13 +124,16 @@ class NsObject:
         items = tuple(sorted((k, _normalise(v)) for k, v in fields.items() if v is not None))
         return cls(kind=kind, name=name, fields=items, owner=owner, state=state)
 
-    @functools.cached_property
-    def data(self) -> Mapping[str, Any]:
-        """The managed fields as a mapping (built once per object; do not mutate)."""
+    @property
+    def data(self) -> dict[str, Any]:
+        """The managed fields as a new dict."""
         return dict(self.fields)
 
     def get(self, field: str) -> Any:
-        return self.data.get(field)
+        for key, value in self.fields:  # a handful of fields: a scan beats building a dict
+            if key == field:
+                return value
+        return None
 
     def payload(self, operator_id: str) -> dict[str, Any]:
         """The NITRO add body for this object, including our ownership marker."""
@@ -156,7 +159,7 @@ class NsObject:
         return [k for k in KINDS[self.kind].optional if k in theirs and k not in mine]
 
 
-@dataclasses.dataclass(frozen=True, order=True)
+@dataclasses.dataclass(frozen=True, order=True, slots=True)
 class Binding:
     """A binding between two named objects: vserver→service or service→monitor."""
 

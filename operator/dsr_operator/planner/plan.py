@@ -302,15 +302,11 @@ def diff(
         vserver_removals.extend(removing)
 
     removal_set = set(vserver_removals) | monitor_removals
+    still_used = {b.child if b.kind == ns.VSERVER_BINDING else b.parent for b in everything if b not in removal_set}
 
     def leaving(service: str) -> bool:
         """No DsrService wants the service any more: it is drained, then deleted."""
-        if desired.get("service", service) is not None:
-            return False
-        return not any(
-            b not in removal_set and (b.child == service if b.kind == ns.VSERVER_BINDING else b.parent == service)
-            for b in everything
-        )
+        return desired.get("service", service) is None and service not in still_used
 
     unbound: set[ns.Binding] = set()
     disabled: set[str] = set()
@@ -351,16 +347,18 @@ def diff(
         ops.append(Op("unbind", b.kind, f"{b.parent} {b.child}", b.owner, b.unbind_payload()))
 
     remaining = everything - unbound
+    parents = {b.parent for b in remaining}
+    children = {b.child for b in remaining}
     deleted: set[str] = set()
     for kind in ("service", "lbvserver", "lbmonitor"):
         for obj in actual.of_kind(kind):
             if desired.get(kind, obj.name) or not in_scope(obj.owner) or obj.name in held_services:
                 continue
-            if kind == "service" and any(obj.name in (b.parent, b.child) for b in remaining):
+            if kind == "service" and (obj.name in parents or obj.name in children):
                 continue
-            if kind == "lbvserver" and any(b.parent == obj.name for b in remaining):
+            if kind == "lbvserver" and obj.name in parents:
                 continue
-            if kind == "lbmonitor" and any(b.child == obj.name for b in remaining):
+            if kind == "lbmonitor" and obj.name in children:
                 continue
             if kind == "service":
                 deleted.add(obj.name)
