@@ -134,18 +134,21 @@ def index_caught_up(rt: Runtime, node: str, vips: Iterable[str] | None) -> None:
         rt.written.pop(node, None)
 
 
-async def write_status(rt: Runtime, entry: decide.Entry, status: Mapping[str, Any]) -> None:
+async def write_status(rt: Runtime, entry: decide.Entry, status: Mapping[str, Any]) -> bool:
+    """Write the status if it changed; whether it was written."""
     key = (entry.ref.namespace, entry.ref.name)
     stalled = any(c["type"] == "Stalled" and c["status"] == "True" for c in status.get("conditions", ()))
     (rt.stalled.add if stalled else rt.stalled.discard)(key)
     rt.metrics.stalled.set(len(rt.stalled))
     if all(entry.status.get(k) == v for k, v in status.items()):
-        return
+        return False
     try:
         await rt.kube.patch(kube.DsrService.Status, entry.ref.name, {"status": dict(status)},
                             namespace=entry.ref.namespace, patch_type=PatchType.MERGE)
     except Exception as exc:  # the object went away meanwhile, or the API is down: the next pass retries
         log.warning("Status of %s/%s not written: %s", entry.ref.namespace, entry.ref.name, exc)
+        return False
+    return True
 
 
 async def _post_events(rt: Runtime, entry: decide.Entry, applied: Iterable[planner.Op],
@@ -186,11 +189,20 @@ async def run(rt: Runtime) -> None:
 
 async def reconcile_batch(rt: Runtime, keys: set[Key]) -> None:
     now = datetime.datetime.now(datetime.UTC)
+    clock = [time.monotonic()]
+    took: dict[str, float] = {}
+
+    def lap(step: str) -> None:
+        took[step] = time.monotonic() - clock[0]
+        clock[0] = time.monotonic()
+
     async with rt.view.lock:
         try:
             actual = await rt.view.actual()
+            lap("read")
             snap = snapshot(rt, keys, actual)
             decision = decide.decide(snap)
+            lap("decide")
             changed: set[str] = set()
             for key, needs in decision.needs.items():
                 changed |= rt.book.record(key, needs)
@@ -206,6 +218,7 @@ async def reconcile_batch(rt: Runtime, keys: set[Key]) -> None:
             _, outcome = await rt.view.apply(plan_against, actual)
             decision = latest[0]
             after = await rt.view.actual()
+            lap("netscaler")
             rt.unreachable_since = None
         except (errors.NitroTransportError, errors.NitroServerError, errors.NitroSessionExpired,
                 errors.NitroAuthenticationFailed, view.NotPrimary) as exc:
@@ -220,9 +233,11 @@ async def reconcile_batch(rt: Runtime, keys: set[Key]) -> None:
     await sync_nodes(rt, changed)
     semaphore = asyncio.Semaphore(STATUS_WRITERS)
 
+    written = [0]
+
     async def finish(r: decide.Report) -> None:
         async with semaphore:
-            await write_status(rt, r.entry, r.status)
+            written[0] += await write_status(rt, r.entry, r.status)
             await _post_events(rt, r.entry, r.applied, r.failures)
         rt.metrics.reconciled.inc()
         if r.verdict.reason not in ("InvalidSpec", "VipConflict", "ServiceNotFound"):
@@ -242,6 +257,10 @@ async def reconcile_batch(rt: Runtime, keys: set[Key]) -> None:
             rt.batcher.later(r.key, r.retry_after)
 
     await asyncio.gather(*(finish(r) for r in reports))
+    lap("status")
+    log.info("Batch of %d DsrService(s): %d NetScaler changes, %d refused, %d statuses written; seconds: %s",
+             len(keys), len(outcome.applied), len(outcome.failures), written[0],
+             ", ".join(f"{k} {v:.3f}" for k, v in took.items()))
 
 
 async def _unreachable(rt: Runtime, keys: set[Key], exc: errors.NitroError, now: datetime.datetime) -> None:
