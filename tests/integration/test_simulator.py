@@ -650,7 +650,9 @@ async def test_stats_count_nitro_requests(nitro_sim: server.Simulator, nitro: Ni
 
 async def test_latency_error_rate_and_dropped_connections(nitro_sim: server.Simulator, nitro: Nitro) -> None:
     settings = await nitro_sim.faults(latencyMs=150)
-    assert settings == {"latencyMs": 150, "errorRate": 0.0, "errorStatus": 503, "dropConnections": 0}
+    assert settings == {
+        "latencyMs": 150, "errorRate": 0.0, "errorStatus": 503, "errorResources": [], "dropConnections": 0,
+    }
     started = time.monotonic()
     assert (await nitro.get("server"))[0] == 200
     assert time.monotonic() - started >= 0.15
@@ -679,6 +681,32 @@ async def test_latency_error_rate_and_dropped_connections(nitro_sim: server.Simu
         assert r.status == 400
     async with nitro.http.post(f"{nitro_sim.url}/_sim/faults", json={"latency": 1}) as r:
         assert r.status == 400
+
+
+async def test_errors_limited_to_some_resource_types(nitro_sim: server.Simulator, nitro: Nitro) -> None:
+    await nitro_sim.faults(errorRate=1.0, errorResources=["nsconfig"])
+    await nitro.ok("POST", "server", _servers("a"))
+    status, doc = await nitro.post("nsconfig?action=save", {"nsconfig": {}})
+    assert (status, doc["errorcode"]) == (503, 503)
+    assert (await nitro.get("nsconfig"))[0] == 503  # every request on the type, reads too
+    await nitro_sim.faults(errorResources=[])
+    assert (await nitro.get("server"))[0] == 503  # an empty list: every type again
+    await nitro_sim.clear_faults()
+    assert (await nitro_sim.faults())["errorResources"] == []
+    await nitro.ok("POST", "nsconfig?action=save", {"nsconfig": {}}, status=200)
+    async with nitro.http.post(f"{nitro_sim.url}/_sim/faults", json={"errorResources": "nsconfig"}) as r:
+        assert r.status == 400
+
+
+async def test_journal_records_the_ha_state_of_each_write(nitro_sim: server.Simulator, nitro: Nitro) -> None:
+    await nitro.ok("POST", "server", _servers("a"))
+    await nitro_sim.set_ha_state("Secondary")
+    await nitro.ok("POST", "server", {"server": {"name": "b", "ipaddress": "10.9.0.2"}})
+    await nitro_sim.set_ha_state("Primary")
+    await nitro.ok("POST", "server?action=rm", {"server": [{"name": "a"}]}, status=200)
+    assert [(e["name"], e["haState"]) for e in await nitro_sim.journal()] == [
+        ("a", "Primary"), ("b", "Secondary"), ("a", "Primary"),
+    ]
 
 
 async def test_sim_reset_and_hosts_endpoints(nitro_sim: server.Simulator, nitro: Nitro) -> None:

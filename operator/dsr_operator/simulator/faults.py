@@ -11,16 +11,20 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-FAULT_KEYS = ("latencyMs", "errorRate", "errorStatus", "dropConnections", "expireSessions", "seed")
+FAULT_KEYS = ("latencyMs", "errorRate", "errorStatus", "errorResources", "dropConnections", "expireSessions", "seed")
 
 
 @dataclasses.dataclass
 class Faults:
-    """Current fault settings. `drop_connections` counts down as requests are dropped."""
+    """Current fault settings. `drop_connections` counts down as requests are dropped.
+
+    `error_resources`, when not empty, limits the error rate to those NITRO resource types.
+    """
 
     latency_ms: float = 0.0
     error_rate: float = 0.0
     error_status: int = 503
+    error_resources: tuple[str, ...] = ()
     drop_connections: int = 0
     rng: random.Random = dataclasses.field(default_factory=random.Random, repr=False)
 
@@ -29,6 +33,7 @@ class Faults:
             "latencyMs": self.latency_ms,
             "errorRate": self.error_rate,
             "errorStatus": self.error_status,
+            "errorResources": list(self.error_resources),
             "dropConnections": self.drop_connections,
         }
 
@@ -43,24 +48,34 @@ class Faults:
         latency = _number(doc, "latencyMs", self.latency_ms, 0, None)
         rate = _number(doc, "errorRate", self.error_rate, 0, 1)
         status = int(_number(doc, "errorStatus", self.error_status, 100, 599, integer=True))
+        resources = _names(doc, "errorResources", self.error_resources)
         drops = int(_number(doc, "dropConnections", self.drop_connections, 0, None, integer=True))
         expire = doc.get("expireSessions", False)
         if not isinstance(expire, bool):
             raise ValueError("expireSessions must be a boolean")
         if "seed" in doc:
             self.rng.seed(doc["seed"])
-        self.latency_ms, self.error_rate, self.error_status, self.drop_connections = (
+        self.latency_ms, self.error_rate, self.error_status, self.error_resources, self.drop_connections = (
             latency,
             rate,
             status,
+            resources,
             drops,
         )
         return expire
 
     def clear(self) -> None:
-        self.latency_ms, self.error_rate, self.error_status, self.drop_connections = 0.0, 0.0, 503, 0
+        self.latency_ms, self.error_rate, self.error_status, self.error_resources, self.drop_connections = (
+            0.0,
+            0.0,
+            503,
+            (),
+            0,
+        )
 
-    def should_fail(self) -> bool:
+    def should_fail(self, resource: str) -> bool:
+        if self.error_resources and resource not in self.error_resources:
+            return False
         return self.error_rate > 0 and self.rng.random() < self.error_rate
 
     def take_drop(self) -> bool:
@@ -81,6 +96,15 @@ def _number(
     if value < lo or (hi is not None and value > hi):
         raise ValueError(f"{key} out of range")
     return value
+
+
+def _names(doc: Mapping[str, Any], key: str, current: tuple[str, ...]) -> tuple[str, ...]:
+    if key not in doc:
+        return current
+    value = doc[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"{key} must be a list of resource type names")
+    return tuple(value)
 
 
 @dataclasses.dataclass

@@ -23,18 +23,21 @@ NITRO behaviour worth knowing:
 
 Simulator control endpoints, outside `/nitro/`, without auth, JSON in and out (400 on bad input):
 * `GET /_sim/faults` current settings; `POST /_sim/faults` `{"latencyMs": float, "errorRate": 0..1,
-  "errorStatus": int (503), "dropConnections": int, "expireSessions": bool, "seed": int}`, all
-  optional, merged into the current settings; `DELETE /_sim/faults` clears them. Latency delays
-  every NITRO request; an error-rate hit answers `errorStatus` with a NITRO envelope whose errorcode
-  equals the HTTP status (so it never looks like a validation error); a dropped request has its
-  connection closed without a response; `expireSessions` expires all sessions at once.
+  "errorStatus": int (503), "errorResources": [type, ...], "dropConnections": int,
+  "expireSessions": bool, "seed": int}`, all optional, merged into the current settings;
+  `DELETE /_sim/faults` clears them. Latency delays every NITRO request; an error-rate hit answers
+  `errorStatus` with a NITRO envelope whose errorcode equals the HTTP status (so it never looks like
+  a validation error); `errorResources`, when not empty, limits the error rate to those resource
+  types (e.g. `["nsconfig"]`: only saves fail); a dropped request has its connection closed without
+  a response; `expireSessions` expires all sessions at once.
 * `GET /_sim/stats` → `{"requests", "writes", "byMethod", "byResource"}` over NITRO requests since
   start or `POST /_sim/stats/reset`; `writes` counts non-GET requests other than login/logout.
 * `GET /_sim/hosts` → `{"down": [ip, ...]}`; `POST /_sim/hosts` `{"<ip>": "UP"|"DOWN", ...}` marks
   backend hosts reachable or not (drives service `svrstate`; every host is reachable by default).
 * `GET /_sim/journal[?since=<seq>]` → ordered successful writes
-  `[{"seq", "time", "method", "resource", "action", "name", "key"}]`; `name` is the first key field
-  (the vserver of an lbvserver binding), `key` all of them.
+  `[{"seq", "time", "method", "resource", "action", "name", "key", "haState"}]`; `name` is the first
+  key field (the vserver of an lbvserver binding), `key` all of them, `haState` what `hanode/0`
+  reported when the write ran. The journal lives in memory: a restarted simulator starts a new one.
 * `GET /_sim/ha`, `POST /_sim/ha` `{"state": "Primary"|"Secondary"}` sets what `hanode/0` reports.
 * `GET /_sim/dataplane` (only with a dataplane, else 404): the forwarding choices per vserver, the
   learnt backend MACs, the probe verdicts, and the nft and interface packet counters.
@@ -264,7 +267,7 @@ async def _nitro_middleware(request: web.Request, handler: Handler) -> web.Strea
         raise asyncio.CancelledError()
     if fault.latency_ms > 0:
         await asyncio.sleep(fault.latency_ms / 1000)
-    if fault.should_fail():
+    if fault.should_fail(resource):
         status = fault.error_status
         logger.debug("NITRO %s %s -> %d (fault)", request.method, request.path, status)
         return _reply(status, error=store.NitroError(status, status, _status_reason(status)))
