@@ -146,10 +146,10 @@ class Verdict:
     ok: bool
     evidence: tuple[str, ...] = ()
 
-    def line(self) -> str:
+    def line(self, limit: int = 40) -> str:
         head = f"{'PASS' if self.ok else 'FAIL'}  {self.name}"
-        return head if self.ok else head + "".join(f"\n        - {e}" for e in self.evidence[:12]) + (
-            f"\n        ... {len(self.evidence) - 12} more" if len(self.evidence) > 12 else "")
+        return head if self.ok else head + "".join(f"\n        - {e}" for e in self.evidence[:limit]) + (
+            f"\n        ... {len(self.evidence) - limit} more" if len(self.evidence) > limit else "")
 
 
 # --------------------------------------------------------------------------------- spec rules
@@ -552,18 +552,20 @@ def check_netscaler(capture: Capture, exps: list[Expectation]) -> Verdict:
             bad.append(f"monitor {rec.get('monitor_name')} is bound to {rec.get('name')}, not a service of ours")
             continue
         have_mb.add((svc[0], svc[1], owner))
-    _compare(bad, "monitor binding", have_mb, want.monitor_bindings, uids)
+    _compare(bad, "monitor binding", have_mb, want.monitor_bindings, uids, owner_at=2)
 
     if (want.vservers or want.services) and "mbf" not in (doc.get("nsmode") or ()):
         bad.append("MAC-based forwarding (nsmode MBF) is not enabled")
     return Verdict(INVARIANTS[0], not bad, tuple(bad))
 
 
-def _compare(bad: list[str], what: str, have: set[Any], want: set[Any], live: set[str] | None = None) -> None:
+def _compare(bad: list[str], what: str, have: set[Any], want: set[Any], live: set[str] | None = None,
+             owner_at: int = 0) -> None:
+    """Missing and extra items; an extra one whose owner (item[owner_at]) is no DsrService is an orphan."""
     for item in sorted(want - have, key=repr):
         bad.append(f"missing {what} {_show(item)}")
     for item in sorted(have - want, key=repr):
-        owner = item[0] if isinstance(item, tuple) else item
+        owner = item[owner_at] if isinstance(item, tuple) else item
         orphan = live is not None and owner not in live
         bad.append(f"{'orphan' if orphan else 'extra'} {what} {_show(item)}"
                    + (" (its DsrService is gone)" if orphan else ""))

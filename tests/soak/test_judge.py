@@ -129,6 +129,13 @@ def _orphan(model: store.Store, capture: judge.Capture) -> judge.Capture:
     return _redo(model, capture)
 
 
+def _orphan_monitor_binding(model: store.Store, capture: judge.Capture) -> judge.Capture:
+    _write(model, "lbmonitor", "add", {"monitorname": "dsr-t_gone_ping", "type": "PING", "interval": 5,
+                                       "resptimeout": 2, "comment": f"dsr-operator:{OP}:uid-gone"})
+    _write(model, "service_lbmonitor_binding", "bind", {"name": f"dsr-{HOSTS[0]}_80", "monitor_name": "dsr-t_gone_ping"})
+    return _redo(model, capture)
+
+
 def _handmade_changed(model: store.Store, capture: judge.Capture) -> judge.Capture:
     _write(model, "lbvserver", "update", {"name": "dsr-other_x_80", "lbmethod": "SOURCEIPHASH"})
     return _redo(model, capture)
@@ -195,6 +202,8 @@ CORRUPTIONS: dict[str, tuple[Callable[[store.Store, judge.Capture], judge.Captur
     "missing binding": (_missing_binding, "netscaler-holds-exactly-the-specs",
                         f"missing vserver binding uid-web:{VIP}:80:{HOSTS[1]}"),
     "orphan object": (_orphan, "netscaler-holds-exactly-the-specs", "orphan lbvserver uid-gone:192.0.2.99:80"),
+    "orphan monitor binding": (_orphan_monitor_binding, "netscaler-holds-exactly-the-specs",
+                               f"orphan monitor binding {HOSTS[0]}:80:uid-gone (its DsrService is gone)"),
     "hand-made object changed": (_handmade_changed, "hand-made-objects-untouched", "lbvserver/dsr-other_x_80 changed"),
     "hand-made object bound": (_handmade_bound, "hand-made-objects-untouched",
                                "lbvserver_service_binding/dsr-t_web_80/dsr-manual-svc is new"),
