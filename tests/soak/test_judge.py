@@ -132,7 +132,8 @@ def _orphan(model: store.Store, capture: judge.Capture) -> judge.Capture:
 def _orphan_monitor_binding(model: store.Store, capture: judge.Capture) -> judge.Capture:
     _write(model, "lbmonitor", "add", {"monitorname": "dsr-t_gone_ping", "type": "PING", "interval": 5,
                                        "resptimeout": 2, "comment": f"dsr-operator:{OP}:uid-gone"})
-    _write(model, "service_lbmonitor_binding", "bind", {"name": f"dsr-{HOSTS[0]}_80", "monitor_name": "dsr-t_gone_ping"})
+    _write(model, "service_lbmonitor_binding", "bind",
+           {"name": f"dsr-{HOSTS[0]}_80", "monitor_name": "dsr-t_gone_ping"})
     return _redo(model, capture)
 
 
