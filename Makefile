@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+SOAK_MINUTES ?= 10
 
 .PHONY: setup demo test test-fast lint bench crds
 
@@ -35,8 +36,9 @@ lint: setup
 crds: setup
 	$(BIN)/dsr-operator crd --output-dir crds
 
-bench: setup
+bench: setup controlplane
 	$(BIN)/python bench/converge.py
 	$(BIN)/python bench/agent_vips.py
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES)
 
 include tools/controlplane/Makefile.fragment
