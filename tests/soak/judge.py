@@ -568,7 +568,7 @@ def _compare(bad: list[str], what: str, have: set[Any], want: set[Any], live: se
         owner = item[owner_at] if isinstance(item, tuple) else item
         orphan = live is not None and owner not in live
         bad.append(f"{'orphan' if orphan else 'extra'} {what} {_show(item)}"
-                   + (" (its DsrService is gone)" if orphan else ""))
+                   + (" (its DsrService is gone or being deleted)" if orphan else ""))
 
 
 def _show(item: Any) -> str:

@@ -204,7 +204,7 @@ CORRUPTIONS: dict[str, tuple[Callable[[store.Store, judge.Capture], judge.Captur
                         f"missing vserver binding uid-web:{VIP}:80:{HOSTS[1]}"),
     "orphan object": (_orphan, "netscaler-holds-exactly-the-specs", "orphan lbvserver uid-gone:192.0.2.99:80"),
     "orphan monitor binding": (_orphan_monitor_binding, "netscaler-holds-exactly-the-specs",
-                               f"orphan monitor binding {HOSTS[0]}:80:uid-gone (its DsrService is gone)"),
+                               f"orphan monitor binding {HOSTS[0]}:80:uid-gone (its DsrService is gone"),
     "hand-made object changed": (_handmade_changed, "hand-made-objects-untouched", "lbvserver/dsr-other_x_80 changed"),
     "hand-made object bound": (_handmade_bound, "hand-made-objects-untouched",
                                "lbvserver_service_binding/dsr-t_web_80/dsr-manual-svc is new"),
