@@ -360,29 +360,28 @@ def test_hostile_specs_are_refused_or_stalled_and_the_valid_ones_stay_untouched(
     findings: list[str] = []
     started = time.monotonic()
 
+    def record(body: dict[str, Any], mutations: list[Mutation]) -> None:
+        outcome, finding = _try(world, body, mutations)
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        if finding:
+            findings.append(finding)
+        for name, before in world.valid.items():  # throughout, not only at the end
+            now = world.get(name)
+            if not (_ready(now) and now and now["metadata"]["generation"] == before["metadata"]["generation"]):
+                findings.append(f"valid DsrService {name} is not Ready at its generation after "
+                                f"{'; '.join(m.show() for m in mutations)}: {(now or {}).get('status')}")
+
     @hypothesis.settings(max_examples=40, deadline=None, database=None, phases=[hypothesis.Phase.explicit,
                          hypothesis.Phase.generate], suppress_health_check=list(hypothesis.HealthCheck))
     @hypothesis.given(hostile_bodies())
-    def one(example: tuple[dict[str, Any], list[Mutation]]) -> None:
-        body, mutations = example
-        outcome, finding = _try(world, body, mutations)
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        if finding:
-            findings.append(finding)
+    def generated(example: tuple[dict[str, Any], list[Mutation]]) -> None:
+        record(*example)
 
     for explicit in EXPLICIT:  # the cases a reader expects, whatever hypothesis draws
-        body, mutations = explicit()
-        outcome, finding = _try(world, body, mutations)
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        if finding:
-            findings.append(finding)
-    one()
+        record(*explicit())
+    generated()
 
-    # The valid DsrServices: Ready at the same generation, their NetScaler objects untouched.
-    for name, before in world.valid.items():
-        now = world.get(name)
-        if not (_ready(now) and now and now["metadata"]["generation"] == before["metadata"]["generation"]):
-            findings.append(f"valid DsrService {name} is not Ready at its generation: {(now or {}).get('status')}")
+    # The valid DsrServices' NetScaler objects untouched.
     touched = [e for e in world.sim.journal(world.journal_seq)
                if {str(e.get("name")), *map(str, (e.get("key") or {}).values())} & world.valid_names]
     if touched:
