@@ -63,8 +63,10 @@ def spawn(name: str, argv: list[str], env: dict[str, str], log: Path) -> Proc:
 
 
 def signal_group(proc: Proc, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.popen.pid, sig)
+    """Signal the process group while its leader lives (a reaped leader's pid may belong to another)."""
+    if proc.popen.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.popen.pid, sig)
 
 
 def poll(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25,

@@ -30,7 +30,8 @@ peering, the simulator persisting to `--state FILE`, the operator as the chart's
 4. Settle and judge (`judge.py`): poll until every invariant holds, or nothing has changed (no
    NetScaler write, no DsrService change) for two resync periods of the chaos plus 10 s, or
    `settle_seconds`; then each invariant's verdict with its evidence, and the figures (faults by
-   kind, kills, spec changes, refused).
+   kind, kills, spec changes, refused). A process that exits without being told to is recorded (a
+   finding of its own) and started again, so the soak goes on.
 
 `run(cp, Config(...))` returns a `Report`; `tests/soak/test_soak.py` runs it short, `bench/soak.py` long.
 """
@@ -201,6 +202,11 @@ class Soak:
         self.handmade_snapshot: dict[str, str] = {}
         self.last_good: dict[str, dict[str, Any]] = {}
         self.replicas: dict[str, Any] = {}
+        self.sim_down = False
+        """The soak itself stopped the simulator (a restart window is open)."""
+        self.told_to_stop: set[str] = set()
+        """Process runs the soak stopped or killed on purpose."""
+        self.unexpected: list[str] = []
 
     # ============================================================================ the run
 
@@ -468,7 +474,8 @@ class Soak:
     # ============================================================================ background duties
 
     def _tick(self) -> None:
-        """The fake node agents and the journal collector, called from every wait."""
+        """The fake node agents, the journal collector and the process check, called from every wait."""
+        self._check_processes()
         now = time.monotonic()
         if now - self.last_agent_tick >= 0.5:
             self.last_agent_tick = now
@@ -476,6 +483,36 @@ class Soak:
         if now - self.last_journal_poll >= 2.0:
             self.last_journal_poll = now
             self._collect_journal()
+
+    def _check_processes(self) -> None:
+        """A process that exits without being told to is a finding; it is started again so the soak goes on."""
+        sim = self.sim.proc
+        if sim is not None and not self.sim_down and sim.popen.poll() is not None:
+            self.unexpected.append(f"{sim.name} exited by itself with code {sim.popen.returncode}: "
+                                   f"{' | '.join(sim.tail(5).splitlines())[:600]}")
+            self._restart_sim()
+        for op in (self.active, self.second):
+            proc = op.proc if op is not None else None
+            if op is None or proc is None or proc.popen.poll() is None or proc.name in self.told_to_stop:
+                continue
+            self.unexpected.append(f"{proc.name} exited by itself with code {proc.popen.returncode}: "
+                                   f"{' | '.join(proc.tail(5).splitlines())[:600]}")
+            self.told_to_stop.add(proc.name)
+            if op is self.active and not self.replicas.get("killed"):
+                self._start_operator(op, wait=False)
+
+    def _stop_operator(self, op: rig.OperatorProcess, *, kill: bool = False) -> None:
+        if op.proc is not None:
+            self.told_to_stop.add(op.proc.name)
+        if kill:
+            op.kill()
+        else:
+            op.stop()
+
+    def _sim_control(self, method: str, path: str, body: Any = None) -> Any:
+        """A `/_sim` call once the simulator runs (restarted first if it died by itself)."""
+        self._check_processes()
+        return self.sim.control(method, path, body)
 
     def _agents(self) -> None:
         """Each fake node's agent reports its DsrNodeConfig's VIPs applied at the current generation."""
@@ -569,6 +606,7 @@ class Soak:
             self.windows.append(Window(kind, now + rng.uniform(2, 4), self._end_outage))
         elif kind in ("simulator-restart", "simulator-kill"):
             self._collect_journal()
+            self.sim_down = True
             if kind == "simulator-kill":
                 self.sim.kill()
             else:
@@ -587,6 +625,7 @@ class Soak:
 
     def _restart_sim(self) -> bool:
         self.sim.start()
+        self.sim_down = False
         self.figures.simulator_starts += 1
         self.journal_seq = 0  # a new process keeps a new journal
         return True
@@ -732,7 +771,7 @@ class Soak:
         op = self.active
         if op is None or not op.running():
             return False
-        op.kill()
+        self._stop_operator(op, kill=True)
         self.figures.operator_kills += 1
         self.figures.actions["operator-kill"] += 1
         self._pause(self.rng.uniform(0, 2))
@@ -804,7 +843,7 @@ class Soak:
             else:
                 self.figures.notes.append(f"two replicas at the chart's kopf priority: same-priority warning in "
                                           f"a={seen_a} b={seen_b} after {took:.0f}s")
-            b.stop()
+            self._stop_operator(b)
             self._start_operator(b, standby=True, wait=False)
             state.update(stage="standby", since=now, ends=now + self.rng.uniform(8, 15),
                          takeover=self.config.standby_takeover)
@@ -812,7 +851,7 @@ class Soak:
             if "registered" not in state and -1 in self._peer_priorities().values():
                 state["registered"] = now - state["since"]
             if state["takeover"] and "registered" in state and "killed" not in state and a.running():
-                a.kill()
+                self._stop_operator(a, kill=True)
                 self.figures.operator_kills += 1
                 state.update(killed=now, ends=now + 120)
             if state.get("killed") and RESUMED in b.log() and "took_over" not in state:
@@ -828,7 +867,7 @@ class Soak:
                 note += (f"; with the active one SIGKILLed the standby resumed after {took:.0f}s (kopf's peering "
                          "lifetime is 60s)" if took is not None else "; the standby never took over")
             self.figures.notes.append(note)
-            b.stop()
+            self._stop_operator(b)
             if not a.running():
                 self._start_operator(a, wait=False)
             self.replicas = {}
@@ -838,17 +877,17 @@ class Soak:
     def _quiesce(self) -> None:
         """Faults off, the simulator up and Primary, one operator replica running."""
         if self.replicas and self.second is not None:
-            self.second.stop()
+            self._stop_operator(self.second)
             self.replicas = {}
         self._close_windows(all_now=True)
         self.sim.resume()
         if not self.sim.running():
             self._restart_sim()
         self.windows = []
-        self.sim.control("DELETE", "/_sim/faults")
-        self.sim.control("POST", "/_sim/ha", {"state": "Primary"})
+        self._sim_control("DELETE", "/_sim/faults")
+        self._sim_control("POST", "/_sim/ha", {"state": "Primary"})
         assert self.active is not None
-        self.active.stop()  # a rolling restart, with the final resync period
+        self._stop_operator(self.active)  # a rolling restart, with the final resync period
         self.active.env["DSR_RESYNC_SECONDS"] = str(self.config.final_resync_seconds)
         self._start_operator(self.active)
 
@@ -935,7 +974,7 @@ class Soak:
         secondary = fresh["f-secondary"]
         if secondary.spec is not None and secondary.name in ready:
             seq = self.journal_seq
-            self.sim.control("POST", "/_sim/ha", {"state": "Secondary"})
+            self._sim_control("POST", "/_sim/ha", {"state": "Secondary"})
             self.figures.faults["ha-secondary"] += 1
             edit("f-secondary", lambda s: s.update(lbMethod=rng.choice(
                 [m for m in LB_METHODS if m != s.get("lbMethod")])), "NetScaler Secondary, then an lbMethod change")
@@ -951,7 +990,7 @@ class Soak:
 
             with contextlib.suppress(ControlPlaneError):
                 rig.poll(refused_or_written, 60, "the operator to refuse or write while Secondary", tick=self._tick)
-            self.sim.control("POST", "/_sim/ha", {"state": "Primary"})
+            self._sim_control("POST", "/_sim/ha", {"state": "Primary"})
         # A last change whose save fails: every save refused until the operator says saving failed.
         # First NetScaler idle and saved, so that this change is the last one.
         def idle_and_saved() -> bool:
@@ -971,7 +1010,7 @@ class Soak:
                          90, "the operator to report a failed save", tick=self._tick)
             except ControlPlaneError:
                 self.figures.notes.append("final scenario f-save: the operator never logged a failed save")
-            self.sim.control("DELETE", "/_sim/faults")
+            self._sim_control("DELETE", "/_sim/faults")
 
     def _entry(self, name: str) -> Entry:
         return next(e for e in self.entries if e.name == name)
@@ -1097,6 +1136,7 @@ class Soak:
             events=tuple(self._items(f"/api/v1/namespaces/{self.ns}/events")),
             metrics=metrics,
             secrets={"NITRO password": self.sim.password, "kube token": self.chart.token},
+            unexpected_exits=tuple(self.unexpected),
         )
 
 

@@ -68,6 +68,7 @@ INVARIANTS = (
     "configuration-saved",
     "node-vips-as-required",
     "simulator-no-handler-failure",
+    "no-process-exits-by-itself",
 )
 
 
@@ -138,6 +139,8 @@ class Capture:
     metrics: Mapping[str, str] = dataclasses.field(default_factory=dict)
     secrets: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """label → a credential that must appear nowhere (the NITRO password, the kube token)."""
+    unexpected_exits: tuple[str, ...] = ()
+    """Processes (operator, simulator) that exited without being told to, with their last log lines."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -710,6 +713,10 @@ def check_simulator_log(capture: Capture) -> Verdict:
     return Verdict(INVARIANTS[8], not bad, tuple(bad))
 
 
+def check_exits(capture: Capture) -> Verdict:
+    return Verdict(INVARIANTS[9], not capture.unexpected_exits, capture.unexpected_exits)
+
+
 def judge(capture: Capture) -> list[Verdict]:
     exps = expectations(capture)
     return [
@@ -722,4 +729,5 @@ def judge(capture: Capture) -> list[Verdict]:
         check_saved(capture),
         check_node_vips(capture, exps),
         check_simulator_log(capture),
+        check_exits(capture),
     ]

@@ -217,6 +217,8 @@ CORRUPTIONS: dict[str, tuple[Callable[[store.Store, judge.Capture], judge.Captur
     "traceback": (_traceback, "no-traceback-in-operator-logs", "KeyError"),
     "write while secondary": (_write_while_secondary, "no-write-while-secondary", "while Secondary"),
     "configuration unsaved": (_unsaved, "configuration-saved", "configchanged is True"),
+    "operator crashed": (lambda m, c: _redo(m, c, unexpected_exits=("operator-a-2 exited by itself with code 1",)),
+                         "no-process-exits-by-itself", "operator-a-2 exited by itself"),
     "not ready at its generation": (_not_ready, "statuses-ready-or-stalled-with-reason",
                                     "t/web: status is not of the current generation"),
 }
