@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+SOAK_MINUTES ?= 10
 
 .PHONY: setup demo test test-fast test-netscaler lint bench crds promtool
 
@@ -44,9 +45,10 @@ lint: setup
 crds: setup
 	$(BIN)/dsr-operator crd --output-dir crds
 
-bench: setup
+bench: setup controlplane
 	$(BIN)/python bench/converge.py
 	$(BIN)/python bench/agent_vips.py
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES)
 	$(BIN)/python bench/drain_lag.py
 
 ## promtool (Prometheus, pinned in tools/promtool/go.mod) for the chart's alert tests; cached in .cache/promtool.

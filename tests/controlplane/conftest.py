@@ -453,15 +453,16 @@ def _start_all(
     cp.wait_for(default_sa, START_TIMEOUT, "kube-controller-manager to create serviceaccount default/default")
 
 
-@pytest.fixture(scope="package")
-def controlplane() -> Iterator[ControlPlane]:
-    """One control plane for this tier, stopped when the tier ends (so the other tiers run unloaded)."""
-    missing = _missing_binaries()
-    if missing:
-        message = f"control-plane binaries missing from {BIN_DIR}: {', '.join(missing)}; run `make controlplane`"
-        if _required():
-            pytest.fail(message + " (required: CI=true or DSR_REQUIRE_CONTROLPLANE=1)", pytrace=False)
-        pytest.skip(message)
+def missing_binaries() -> list[str]:
+    """The control-plane binaries `make controlplane` provides that are not in BIN_DIR."""
+    return _missing_binaries()
+
+
+@contextlib.contextmanager
+def started() -> Iterator[ControlPlane]:
+    """Boot a control plane in a fresh temp dir (one retry), stop it and remove the dir afterwards.
+
+    For the fixture below and for scripts (bench/soak.py) that run outside pytest."""
     workdir = Path(tempfile.mkdtemp(prefix="dsr-controlplane-"))
     cp: ControlPlane | None = None
     try:
@@ -477,6 +478,19 @@ def controlplane() -> Iterator[ControlPlane]:
             cp.stop()
         if os.environ.get("DSR_CONTROLPLANE_KEEP") != "1":
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="package")
+def controlplane() -> Iterator[ControlPlane]:
+    """One control plane for this tier, stopped when the tier ends (so the other tiers run unloaded)."""
+    missing = _missing_binaries()
+    if missing:
+        message = f"control-plane binaries missing from {BIN_DIR}: {', '.join(missing)}; run `make controlplane`"
+        if _required():
+            pytest.fail(message + " (required: CI=true or DSR_REQUIRE_CONTROLPLANE=1)", pytrace=False)
+        pytest.skip(message)
+    with started() as cp:
+        yield cp
 
 
 @pytest.fixture

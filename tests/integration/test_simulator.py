@@ -869,6 +869,17 @@ async def test_error_rate_limited_to_some_resources(nitro_sim: server.Simulator,
         assert r.status == 400
 
 
+async def test_journal_records_the_ha_state_of_each_write(nitro_sim: server.Simulator, nitro: Nitro) -> None:
+    await nitro.ok("POST", "server", _servers("a"))
+    await nitro_sim.set_ha_state("Secondary")
+    await nitro.ok("POST", "server", {"server": {"name": "b", "ipaddress": "10.9.0.2"}})
+    await nitro_sim.set_ha_state("Primary")
+    await nitro.ok("POST", "server?action=rm", {"server": [{"name": "a"}]}, status=200)
+    assert [(e["name"], e["haState"]) for e in await nitro_sim.journal()] == [
+        ("a", "Primary"), ("b", "Secondary"), ("a", "Primary"),
+    ]
+
+
 async def test_sim_reset_and_hosts_endpoints(nitro_sim: server.Simulator, nitro: Nitro) -> None:
     await dsr_setup(nitro)
     await nitro_sim.set_hosts({"10.0.0.1": "DOWN"})

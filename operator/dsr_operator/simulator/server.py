@@ -44,8 +44,9 @@ Simulator control endpoints, outside `/nitro/`, without auth, JSON in and out (4
 * `GET /_sim/hosts` → `{"down": [ip, ...]}`; `POST /_sim/hosts` `{"<ip>": "UP"|"DOWN", ...}` marks
   backend hosts reachable or not (drives service `svrstate`; every host is reachable by default).
 * `GET /_sim/journal[?since=<seq>]` → ordered successful writes
-  `[{"seq", "time", "method", "resource", "action", "name", "key"}]`; `name` is the first key field
-  (the vserver of an lbvserver binding), `key` all of them.
+  `[{"seq", "time", "method", "resource", "action", "name", "key", "haState"}]`; `name` is the first
+  key field (the vserver of an lbvserver binding), `key` all of them, `haState` what `hanode/0`
+  reported when the write ran. The journal lives in memory: a restarted simulator starts a new one.
 * `GET /_sim/ha`, `POST /_sim/ha` `{"state": "Primary"|"Secondary"}` sets what `hanode/0` reports
   (on this node only). In an HA pair (`--peer URL`, or `running_pair()` in-process; see `ha.py`) the
   GET also shows the peer and every role `transitions` with the journal's `seq` at that moment;

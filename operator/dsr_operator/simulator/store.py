@@ -99,6 +99,8 @@ class Change:
     action: str
     name: str
     key: Mapping[str, str]
+    ha_state: str = "Primary"
+    """What `hanode/0` reported when the write ran: a write while Secondary is one a real pair would lose."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -109,6 +111,7 @@ class Change:
             "action": self.action,
             "name": self.name,
             "key": dict(self.key),
+            "haState": self.ha_state,
         }
 
 
@@ -441,7 +444,7 @@ class Store:
     def _change(self, method: str, resource: str, action: str, key: Mapping[str, str]) -> Change:
         self._seq += 1
         name = next(iter(key.values()), "")
-        return Change(self._seq, self.clock(), method, resource, action, name, dict(key))
+        return Change(self._seq, self.clock(), method, resource, action, name, dict(key), self.ha_state)
 
     def _notify(self, change: Change, *, journal: bool = True) -> None:
         if journal:
