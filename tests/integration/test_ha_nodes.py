@@ -45,7 +45,7 @@ async def test_an_unreachable_nsip_is_passed_over(pair: server.Pair) -> None:
         await nodes.close()
 
 
-async def test_one_url_of_a_pair_is_still_checked_and_a_standalone_box_is_not_asked_again(
+async def test_one_url_of_a_pair_is_still_checked_and_so_is_a_standalone_box(
     pair: server.Pair, nitro_sim: server.Simulator
 ) -> None:
     nodes = ha.Nodes([pair.a.url], factory)
@@ -62,7 +62,9 @@ async def test_one_url_of_a_pair_is_still_checked_and_a_standalone_box_is_not_as
     try:
         await alone.primary()
         before = alone.requests
-        assert await alone.still_primary() and alone.requests == before
+        assert await alone.still_primary() and alone.requests == before + 1  # asked before every write stage
         assert not alone.paired
+        await nitro_sim.set_ha_state("Secondary")  # whatever it said at login, it is not written now
+        assert not await alone.still_primary()
     finally:
         await alone.close()

@@ -200,11 +200,16 @@ async def test_create_binds_only_after_the_loopback_handshake(
 
 
 async def converged(cluster: Cluster, nodes: tuple[str, ...]) -> None:
+    """Play each node's agent, as a real one does after every spec change, until all are bound and Ready."""
     for node in nodes:
         await cluster.agent_applies(node)
     want = sorted(f"dsr-198.51.100.{n[1:]}_80" for n in nodes)
 
     async def check() -> bool:
+        for node in nodes:  # the operator may change a node's VIPs again (e.g. releasing another's)
+            cfg = await cluster.nodeconfig(node)
+            if cfg is not None and (cfg.get("status") or {}).get("observedGeneration") != cfg["metadata"]["generation"]:
+                await cluster.agent_applies(node)
         return await cluster.bound() == want and (await cluster.condition("Ready")).get("status") == "True"
 
     await eventually(check)

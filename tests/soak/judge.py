@@ -11,7 +11,8 @@ model, written from the README's rules rather than from the planner's code:
   destport = the probe port of a TCP check), bound to each of its services;
 * every backend bound to every vserver of its DsrService (static hosts always; Service backends are
   the nodes with a ready, not terminating endpoint, by InternalIP in the VIP's family);
-* of two DsrServices on one VIP:port the older keeps it, the younger is Stalled (`VipConflict`); an
+* of two DsrServices on one VIP:port the one that already held it (it had converged there: its last
+  good spec claims it) keeps it, else the older one; the other is Stalled (`VipConflict`); an
   invalid spec is Stalled (`InvalidSpec`) and keeps its last good configuration; a backend whose
   server name is held by a hand-made object makes its DsrService Stalled (`NameConflict`), that
   object is never touched and only what depends on it is missing;
@@ -324,7 +325,11 @@ def expectations(capture: Capture) -> list[Expectation]:
             valid.append(dsr)
     claimed: list[set[tuple[str, int | str]]] = []
     squatted = squatted_addresses(capture)
-    for dsr in sorted(valid, key=lambda d: (d.created, d.namespace, d.name)):
+    def holds(dsr: DsrObject) -> bool:
+        good = capture.last_good.get(dsr.uid)
+        return bool(good) and bool(_clash(endpoints(dsr.spec), endpoints(good)))
+
+    for dsr in sorted(valid, key=lambda d: (not holds(d), d.created, d.namespace, d.name)):
         mine = endpoints(dsr.spec)
         lost: set[tuple[str, int]] = set()
         for claim in claimed:

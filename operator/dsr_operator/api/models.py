@@ -63,7 +63,20 @@ def _ip(value: str) -> str:
         raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from exc
 
 
+def _unicast(value: str) -> str:
+    """A unicast address a VIP or a backend can be: not unspecified, loopback, link-local, multicast or reserved."""
+    address = ipaddress.ip_address(_ip(value))
+    for bad, what in ((address.is_unspecified, "unspecified"), (address.is_loopback, "a loopback address"),
+                      (address.is_link_local, "link-local"), (address.is_multicast, "multicast"),
+                      (address.is_reserved, "reserved (or broadcast)")):
+        if bad:
+            raise ValueError(f"{value!r} is {what}: not usable for DSR")
+    return str(address)
+
+
 IPAddress = Annotated[str, pydantic.AfterValidator(_ip)]
+UnicastAddress = Annotated[str, pydantic.AfterValidator(_unicast)]
+"""An IP address in canonical form that a VIP or a backend host can use."""
 Port = Annotated[int, pydantic.Field(ge=1, le=65535)] | Literal["*"]
 
 
@@ -74,7 +87,7 @@ class StaticBackend(_Model):
         str, pydantic.Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     ]
     """A DNS label naming the host (unique in this DsrService); part of the NetScaler object names."""
-    address: IPAddress
+    address: UnicastAddress
     """The host's IP address on the NetScaler's L2 segment (IPv4 or IPv6)."""
 
 
@@ -123,7 +136,7 @@ class HealthCheck(_Model):
 class DsrServiceSpec(_Model):
     """The user's intent: one VIP, its ports, where the backends are, and how to balance them."""
 
-    vip: IPAddress
+    vip: UnicastAddress
     """The load-balanced IP (IPv4 or IPv6): NetScaler answers ARP or neighbour discovery for it, backends hold it."""
     ports: Annotated[list[Port], pydantic.Field(min_length=1, max_length=64)]
     """Ports (1-65535) served on the VIP, one vserver each, or ["*"] alone for every port (NITRO 65535)."""
@@ -152,6 +165,19 @@ class DsrServiceSpec(_Model):
     def ports_text(self) -> str:
         """The ports as `kubectl get` shows them (status.portsText): `80,443`, or `*`."""
         return ",".join(str(port) for port in self.ports)
+
+    @pydantic.model_validator(mode="after")
+    def _static_hosts_fit_the_vip(self) -> DsrServiceSpec:
+        hosts = self.backends.static or []
+        family = ipaddress.ip_address(self.vip).version
+        addresses = [h.address for h in hosts]
+        twice = sorted({a for a in addresses if addresses.count(a) > 1})
+        if twice:
+            raise ValueError(f"backends.static lists {', '.join(twice)} more than once")
+        other = [a for a in addresses if ipaddress.ip_address(a).version != family]
+        if other:
+            raise ValueError(f"backends.static {', '.join(other)} is not in the VIP's address family (IPv{family})")
+        return self
 
     @pydantic.model_validator(mode="after")
     def _wildcard_needs_probe_port(self) -> DsrServiceSpec:

@@ -82,6 +82,8 @@ class Snapshot:
     needs: Mapping[Key, Mapping[str, str]]
     """node → VIP each DsrService asked nodes to hold so far (the node VIP book)."""
     defaults: Defaults
+    orphans: frozenset[str] = frozenset()
+    """Owners of objects on NetScaler whose DsrService is gone: the plan removes what they have."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +183,7 @@ def decide(snapshot: Snapshot) -> Decision:
         needs[key] = {**before, **j.backends.node_vips} if j.backends is not None else dict(before)
     intents = [j.intent for j in judgements.values() if j.intent is not None]
     losers = [j for j in judgements.values() if j.keep is not None]
-    scope = frozenset(i.ref.uid for i in intents) | {j.entry.ref.uid for j in losers}
+    scope = frozenset(i.ref.uid for i in intents) | {j.entry.ref.uid for j in losers} | snapshot.orphans
     want = _union(desired_mod.desired(intents), *(j.keep for j in losers if j.keep is not None))
     drains = [desired_mod.Intent(j.entry.ref, j.entry.spec, ()) for j in losers if j.entry.spec is not None]
     plan = planner.diff(want, planner.relevant(snapshot.actual, want, scope),

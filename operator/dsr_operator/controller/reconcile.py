@@ -107,7 +107,15 @@ def snapshot(rt: Runtime, keys: Iterable[Key], actual: ns.NetScalerState) -> dec
         actual=actual,
         needs={key: rt.book.needs_of(key) for key in batch},
         defaults=rt.defaults(),
+        orphans=orphans_of(actual, all_entries.values()),
     )
+
+
+def orphans_of(actual: ns.NetScalerState, known: Iterable[decide.Entry]) -> frozenset[str]:
+    """Owners of our objects on NetScaler that no DsrService has (deleted while the operator was away)."""
+    uids = {e.ref.uid for e in known}
+    owners = {o.owner for o in actual.objects.values()} | {b.owner for b in actual.bindings}
+    return frozenset(owners - uids - {ns.SHARED_OWNER})
 
 
 async def sync_nodes(rt: Runtime, changed: set[str]) -> None:
@@ -330,22 +338,24 @@ async def finalize(rt: Runtime, key: Key, body: kopf.Body) -> None:
 
 
 async def remove_orphans(rt: Runtime) -> int:
-    """Remove owned NetScaler objects whose DsrService no longer exists, and unused shared ones."""
-    known = {entry.ref.uid for entry in entries(rt).values()}
+    """With no DsrService left at all, remove what deleted ones left on NetScaler (else batches do it).
+
+    Each batch removes the objects of owners no DsrService has, planned together with what the live
+    ones want, so a shared server or service a live DsrService still wants is never taken away.
+    """
+    if entries(rt):
+        return 0
     async with rt.view.lock:
         actual = await rt.view.actual()
-        owners = {o.owner for o in actual.objects.values()} | {b.owner for b in actual.bindings}
-        orphans = frozenset(owners - known - {ns.SHARED_OWNER})
+        orphans = orphans_of(actual, ())
+        if not orphans:
+            return 0
         policy = planner.Policy(rt.settings.operator_id, default_drain_seconds=rt.settings.default_drain_seconds,
                                 default_guard_percent=100)
-        plan = planner.diff(ns.NetScalerState(), actual, policy, orphans)
-        # Only what belongs to the orphans, or shared objects nothing uses: never a live DsrService's.
-        ops = [op for op in plan.ops if op.owner in orphans or op.owner == ns.SHARED_OWNER]
-        if not ops:
-            return 0
-        _, outcome = await rt.view.apply(lambda now: planner.Plan(stages=planner.stages(
-            op for op in planner.diff(ns.NetScalerState(), now, policy, orphans).ops
-            if op.owner in orphans or op.owner == ns.SHARED_OWNER)), actual)
+        nothing = ns.NetScalerState()
+        _, outcome = await rt.view.apply(
+            lambda now: planner.diff(nothing, planner.relevant(now, nothing, orphans), policy, orphans), actual
+        )
     log.info("Removed %d NetScaler objects of deleted DsrServices %s", len(outcome.applied), sorted(orphans))
     rt.metrics.orphans_removed.inc(len(outcome.applied))
     return len(outcome.applied)

@@ -305,6 +305,8 @@ class NetScalerView:
             async with self.lock:
                 try:
                     client = await self._open()
+                    if not await self._nodes.still_primary():
+                        raise NotPrimary("the NetScaler is no longer the HA primary: not saving there")
                     await client.save_config()
                     if not await client.config_changed():
                         log.info("Saved NetScaler configuration")

@@ -94,7 +94,7 @@ class Nodes:
         """
         url = self.primary_url
         if url is not None and url in self._clients:
-            fresh = not self.paired or self._clock() - self._confirmed < RECHECK_SECONDS
+            fresh = self._clock() - self._confirmed < RECHECK_SECONDS
             if fresh or await self.still_primary():
                 return self._clients[url]
         states = self.states = {}
@@ -121,18 +121,20 @@ class Nodes:
         raise NotPrimary(described)
 
     async def still_primary(self) -> bool:
-        """Before a write stage: is the node we write to still the primary? (Stand-alone: always.)"""
+        """Before a write stage: is the node we write to still the primary?
+
+        A single node is asked too: a box that reports Secondary (it was made part of a pair, or a
+        test says so) must not be written to, whatever it said at login.
+        """
         url = self.primary_url
         if url is None or url not in self._clients:
             return False
-        if not self.paired:
-            return True
         try:
             state = await self._clients[url].ha_state()
         except (errors.NitroTransportError, errors.NitroServerError) as exc:
             state = f"unreachable ({exc})"
             await self._drop(url)
-        if state == PRIMARY:
+        if state == PRIMARY or (state == "UNKNOWN" and not self.paired):
             self._confirmed = self._clock()
             return True
         log.warning("NetScaler %s is %s, no longer the HA primary: the rest of this change goes to the new primary",
