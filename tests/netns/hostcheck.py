@@ -40,7 +40,7 @@ def set_sysctl(ns: str, key: str, value: int) -> None:
 
 
 async def poll(
-    check: Callable[[], T | Awaitable[T]], *, within: float = 10.0, interval: float = 0.05, what: str = "condition"
+    check: Callable[[], T | Awaitable[T]], *, within: float = 30.0, interval: float = 0.05, what: str = "condition"
 ) -> T:
     """Call `check` until it returns something truthy; fail with its last value after `within` seconds."""
     deadline = time.monotonic() + within

@@ -69,7 +69,7 @@ async def test_vips_follow_the_spec_and_status_reports_them(
 ) -> None:
     client = kube.client()
     await create_config(client, ["192.0.2.10", "2001:db8::10"])
-    async with running_agent(kube, netns, tmp_path):
+    async with running_agent(kube, netns, tmp_path) as agent:
         await poll(lambda: {"192.0.2.10/32", "2001:db8::10/128"} <= cidrs(netns, "lo"), what="VIPs on lo")
         labels = {a["local"]: a.get("label") for a in addresses(netns)}
         assert labels["192.0.2.10"] == "lo:dsr"
@@ -104,8 +104,12 @@ async def test_vips_follow_the_spec_and_status_reports_them(
         status = await poll(second, what="status of generation 2")
         assert status["appliedVips"] == ["192.0.2.11"]
 
+        # Two passes to settle after the change, then three passes with nothing to change: no status write.
+        settle = agent.passes + 2
+        await poll(lambda: agent.passes >= settle, what="two more passes")
         status_writes = [r for r in list(kube.emulator) if r.subresource == "status"]
-        await asyncio.sleep(1.0)  # three resyncs with nothing to change
+        quiet = agent.passes + 3
+        await poll(lambda: agent.passes >= quiet, what="three passes with nothing to change")
         assert [r for r in list(kube.emulator) if r.subresource == "status"] == status_writes, "status rewritten"
 
 
