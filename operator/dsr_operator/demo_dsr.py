@@ -398,7 +398,7 @@ async def _acts(
         cond = ready_condition(await kube.dsr_status())
         return cond.get("status") == "True" and len(await flows()) == len(nodes)
 
-    if not await wait_for(converged, within=30):
+    if not await wait_for(converged, within=90):
         print(f"# The DsrService did not become Ready with every backend UP: {await kube.dsr_status()}", file=out)
         print(agents.logs(), file=out)
         return 1
@@ -423,7 +423,7 @@ async def _acts(
             await narrator.poll()
             return narrator.asked.get(gone_node) is False and not await asyncio.to_thread(lab.has_vip, gone)
 
-        done = await wait_for(released, within=20)
+        done = await wait_for(released, within=90)
         await asyncio.sleep(0.3)
     await narrator.poll()
     disabled = narrator.when("disable", "service", service)

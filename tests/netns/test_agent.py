@@ -248,3 +248,15 @@ async def test_no_vip_is_added_while_the_arp_sysctls_cannot_be_set(
         outcome = await the_host.apply(vips)
     assert outcome.error and "arp" in outcome.error, outcome
     assert outcome.applied == () and "192.0.2.70/32" not in cidrs(netns, "lo")
+
+
+async def test_vips_no_longer_wanted_go_even_while_the_arp_sysctls_cannot_be_set(
+    netns: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vips, _ = core.parse_vips(["192.0.2.71"])
+    async with host.Host(netns=netns, mode="loopback", state_dir=tmp_path) as the_host:
+        assert (await the_host.apply(vips)).applied == ("192.0.2.71",)
+        monkeypatch.setattr(sysctl_mod, "PROC_SYS", tmp_path / "no-proc-sys")
+        outcome = await the_host.apply([])
+    assert outcome.removed == ("192.0.2.71",) and "192.0.2.71/32" not in cidrs(netns, "lo")
+    assert outcome.error and "arp" in outcome.error, outcome

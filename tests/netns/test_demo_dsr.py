@@ -27,7 +27,7 @@ def test_demo_dsr_runs_the_whole_chain_and_cleans_up() -> None:
     prefix = f"dsrd{os.getpid() % 100000}"
     proc = subprocess.run(
         [sys.executable, "-m", "dsr_operator.cli", "demo-dsr", "--requests", "12", "--prefix", prefix],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     out = proc.stdout
     left = [ns for ns in os.listdir("/run/netns") if ns.startswith(prefix)] if os.path.isdir("/run/netns") else []

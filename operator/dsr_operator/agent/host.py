@@ -141,12 +141,18 @@ class Host:
             mode, link, links, created = await self._target()
             ifname = link.name
             # The arp sysctls first: a VIP on the node before arp_ignore/arp_announce would be answered
-            # in ARP by the node, in a race with NetScaler. If they cannot be set, no VIP is added.
-            sysctl_values, fixed = await self._ensure_sysctls(ifname, ipv6=core.has_ipv6(vips))
+            # in ARP by the node, in a race with NetScaler. If they cannot be set, no VIP is added (but
+            # VIPs no longer wanted are still removed).
+            sysctl_problem: sysctl.SysctlError | None = None
+            try:
+                sysctl_values, fixed = await self._ensure_sysctls(ifname, ipv6=core.has_ipv6(vips))
+            except sysctl.SysctlError as exc:
+                sysctl_problem = exc
             current = await self.netlink.addresses(links)
             the_plan = core.plan(vips, link.index, current, self.ownership())
 
-            results = await self.netlink.add_vips(the_plan.add, link.index, ifname)
+            results = await self.netlink.add_vips(the_plan.add, link.index, ifname) if sysctl_problem is None else {
+                v.address: f"not added: {sysctl_problem}" for v in the_plan.add}
             ok = {v.address for v in the_plan.held} | {v.address for v in the_plan.foreign}
             for vip in the_plan.add:
                 problem = results.get(vip.address)
@@ -167,6 +173,8 @@ class Host:
                 else:
                     error = f"cannot remove {addr.address} from {addr.ifname}: {problem}"
 
+            if sysctl_problem is not None:
+                raise sysctl_problem
             rp_filter = await self.sysctls.rp_filter()
         except (HostError, NetlinkError, OSError, sysctl.SysctlError) as exc:
             error = str(exc) or type(exc).__name__
