@@ -4,6 +4,9 @@
 `.app`, `.store`, and async helpers for the control endpoints: `faults(**settings)`,
 `clear_faults()`, `stats()`, `reset_stats()`, `journal(since=0)`, `set_hosts({ip: "UP"|"DOWN"})`,
 `set_ha_state(state)`, `reset()`.
+
+`cluster` yields a `tests.integration.test_operator.Cluster` over the `kube` emulator and `nitro_sim`,
+with Nodes n1..n3 (InternalIPs 198.51.100.1..3) and the Service shop/web.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from dsr_operator.simulator import server
+from tests.conftest import KubeHandle
+from tests.integration.test_operator import Cluster
 
 
 @pytest.fixture
@@ -27,3 +32,13 @@ async def nitro_sim(nitro_credentials: tuple[str, str]) -> AsyncIterator[server.
     user, password = nitro_credentials
     async with server.running("127.0.0.1", 0, users={user: password}) as sim:
         yield sim
+
+
+@pytest.fixture
+async def cluster(kube: KubeHandle, nitro_sim: server.Simulator) -> Cluster:
+    """Three Nodes and the Service shop/web, for the operator tests."""
+    c = Cluster(kube, nitro_sim, "nsroot")
+    for i in (1, 2, 3):
+        await c.node(f"n{i}", f"198.51.100.{i}")
+    await c.service()
+    return c

@@ -151,15 +151,6 @@ async def running_operator(kube: KubeHandle, sim: server.Simulator, monkeypatch:
             await asyncio.wait_for(task, timeout=15)
 
 
-@pytest.fixture
-async def cluster(kube: KubeHandle, nitro_sim: server.Simulator) -> Cluster:
-    c = Cluster(kube, nitro_sim, "nsroot")
-    for i in (1, 2, 3):
-        await c.node(f"n{i}", f"198.51.100.{i}")
-    await c.service()
-    return c
-
-
 async def test_create_binds_only_after_the_loopback_handshake(
     cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

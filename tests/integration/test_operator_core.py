@@ -23,15 +23,6 @@ from tests.integration.test_operator import VIP, Cluster, converged, eventually,
 FAR = 600.0
 
 
-@pytest.fixture
-async def cluster(kube: KubeHandle, nitro_sim: server.Simulator) -> Cluster:
-    c = Cluster(kube, nitro_sim, "nsroot")
-    for i in (1, 2, 3):
-        await c.node(f"n{i}", f"198.51.100.{i}")
-    await c.service()
-    return c
-
-
 async def create(cluster: Cluster, name: str, spec: dict[str, Any], namespace: str = "shop") -> None:
     await cluster.client.create(kubeapi.DsrService({
         "apiVersion": "dsr.operators.dev/v1alpha1", "kind": "DsrService",

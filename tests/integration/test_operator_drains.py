@@ -19,15 +19,6 @@ FAR = 600.0
 B2 = "dsr-198.51.100.2_80"
 
 
-@pytest.fixture
-async def cluster(kube: KubeHandle, nitro_sim: server.Simulator) -> Cluster:
-    c = Cluster(kube, nitro_sim, "nsroot")
-    for i in (1, 2, 3):
-        await c.node(f"n{i}", f"198.51.100.{i}")
-    await c.service()
-    return c
-
-
 async def test_an_unbind_follows_the_end_of_the_drain_and_the_lag_is_a_metric(
     cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch,
     unused_tcp_port: int,

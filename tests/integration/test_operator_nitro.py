@@ -20,15 +20,6 @@ from tests.integration.test_operator import Cluster, converged, eventually, nitr
 FAR = 600.0
 
 
-@pytest.fixture
-async def cluster(kube: KubeHandle, nitro_sim: server.Simulator) -> Cluster:
-    c = Cluster(kube, nitro_sim, "nsroot")
-    for i in (1, 2, 3):
-        await c.node(f"n{i}", f"198.51.100.{i}")
-    await c.service()
-    return c
-
-
 def saved(cluster: Cluster) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return (await nitro_config(cluster))["configchanged"] is False

@@ -19,15 +19,6 @@ from tests.conftest import KubeHandle
 from tests.integration.test_operator import VIP, Cluster, eventually, running_operator
 
 
-@pytest.fixture
-async def cluster(kube: KubeHandle, nitro_sim: server.Simulator) -> Cluster:
-    c = Cluster(kube, nitro_sim, "nsroot")
-    for i in (1, 2, 3):
-        await c.node(f"n{i}", f"198.51.100.{i}")
-    await c.service()
-    return c
-
-
 async def _status(kube: KubeHandle, sim: server.Simulator, tmp_path: pathlib.Path, *argv: str) -> str:
     password = tmp_path / "password"
     password.write_text("nsroot\n")
