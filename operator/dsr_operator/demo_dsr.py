@@ -419,9 +419,10 @@ async def _acts(
         removed = time.time()
         await kube.endpoints(stay)
 
-        async def released() -> bool:
+        async def released() -> bool:  # the operator took it back, the host dropped it, its agent said so
             await narrator.poll()
-            return narrator.asked.get(gone_node) is False and not await asyncio.to_thread(lab.has_vip, gone)
+            return (narrator.asked.get(gone_node) is False and narrator.applied.get(gone_node) is False
+                    and not await asyncio.to_thread(lab.has_vip, gone))
 
         done = await wait_for(released, within=90)
         await asyncio.sleep(0.3)
