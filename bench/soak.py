@@ -3,7 +3,7 @@
 A real control plane (etcd, kube-apiserver, kube-controller-manager from `make controlplane`, or
 $DSR_CONTROLPLANE_BIN), the operator and the NITRO simulator as processes; `--minutes` of chaos
 (spec changes, NITRO faults, simulator and operator restarts, two replicas every 5 minutes, the
-standby taking over once its active peer is dead past kopf's peering lifetime), then the final
+stand-by taking over once the SIGKILLed leader's Lease has run out), then the final
 changes, the settle, and every invariant's verdict with its evidence. No root needed.
 
 Usage: python bench/soak.py [--minutes 10] [--seed N] [--keep]   (also DSR_SOAK_SEED)

@@ -3,13 +3,13 @@
 For the tests that drive the whole product from outside (the soak, the hostile-input test):
 
 * `install_chart(cp, namespaces)` installs the Helm chart (CRDs, the operator's RBAC and ServiceAccount,
-  the kopf peering object of its two replicas) and mints a token of that ServiceAccount;
+  the leader-election Role of its replicas) and mints a token of that ServiceAccount;
 * `SimProcess` runs `python -m dsr_operator.cli nitro-sim` (optionally with `--state FILE`): start,
   stop (SIGTERM), kill (SIGKILL), pause/resume (SIGSTOP/SIGCONT: an outage that keeps its sockets),
   NITRO calls with per-request credentials and the `/_sim` control endpoints;
 * `OperatorProcess` runs `python -m dsr_operator.cli run` with the environment the chart's Deployment
-  sets (DSR_PEERING included), as that ServiceAccount; `standby=True` runs it as a kopf peering
-  standby (see `standby_operator.py`).
+  sets (leader election on the chart's Lease included), as that ServiceAccount; two of them are the
+  chart's two replicas: one leads, the other stands by.
 
 Every process runs in its own process group, logs to a file in the work dir, and is stopped by
 `stop()` or `kill()`; callers keep them in a list and stop them all in their teardown.
@@ -93,14 +93,14 @@ class ChartInstall:
     namespace: str
     """Where the chart's ServiceAccount lives (the "dsr-system" of a real install)."""
     service_account: str
-    peering: str
-    """The kopf peering name the chart's Deployment passes as DSR_PEERING."""
+    lease: str
+    """The Lease the chart's Deployment elects its leader on (DSR_LEADER_ELECTION, in `namespace`)."""
     token: str
     """A TokenRequest token of the operator's ServiceAccount (what the pod would have mounted)."""
 
 
 def install_chart(cp: ControlPlane, namespaces: list[str]) -> tuple[ChartInstall, list[Callable[[], Any]]]:
-    """`helm install` limited to `namespaces` (a KopfPeering in each); returns the install and undo steps."""
+    """`helm install` limited to `namespaces`; returns the install and undo steps."""
     suffix = uuid.uuid4().hex[:6]
     release, system_ns = f"rig-{suffix}", f"dsr-rig-{suffix}"
     cleanup: list[Callable[[], Any]] = []
@@ -113,7 +113,7 @@ def install_chart(cp: ControlPlane, namespaces: list[str]) -> tuple[ChartInstall
             "--wait=false")
     cleanup.append(lambda: cp.helm("uninstall", release, "-n", system_ns, check=False))
     cp.kc("wait", "--for=condition=Established", "--timeout=60s", f"crd/dsrservices.{GROUP}",
-          f"crd/dsrnodeconfigs.{GROUP}", "crd/kopfpeerings.kopf.dev")
+          f"crd/dsrnodeconfigs.{GROUP}")
     account = f"{release}-dsr-operator"
     token = cp.create_token(account, system_ns, expiration_seconds=7200)
     return ChartInstall(release, system_ns, account, account, token), cleanup
@@ -246,7 +246,6 @@ class OperatorProcess:
     workdir: Path
     env: dict[str, str]
     namespaces: list[str]
-    standby: bool = False
     metrics_port: int = dataclasses.field(default_factory=free_port)
     liveness_port: int = dataclasses.field(default_factory=free_port)
     runs: list[Proc] = dataclasses.field(default_factory=list)
@@ -254,10 +253,10 @@ class OperatorProcess:
     @classmethod
     def for_chart(cls, name: str, workdir: Path, chart: ChartInstall, cp: ControlPlane, sim: SimProcess,
                   operator_id: str, namespaces: list[str], **settings: str) -> OperatorProcess:
-        """The chart's environment: DSR_PEERING, credentials from files, the ServiceAccount's token.
+        """The chart's environment: leader election, credentials from files, the ServiceAccount's token.
 
-        `POD_ID` gives the replica a stable kopf identity across restarts, as a pod name would be
-        (kopf reads it; the chart does not set it, see the soak's notes)."""
+        `DSR_POD_NAME` is the replica's identity in the Lease, stable across its restarts as a Pod's
+        name is across container restarts (so a restarted leader takes its Lease back at once)."""
         token_file, user_file, password_file = (workdir / f"{name}-{f}" for f in ("token", "username", "password"))
         token_file.write_text(chart.token)
         user_file.write_text(sim.user + "\n")
@@ -265,10 +264,10 @@ class OperatorProcess:
         env = {
             **base_env(),
             "DSR_KUBE_SERVER": cp.url, "DSR_KUBE_TOKEN_FILE": str(token_file), "DSR_KUBE_CA_FILE": str(cp.ca_file),
-            "DSR_PEERING": chart.peering, "DSR_OPERATOR_ID": operator_id,
+            "DSR_LEADER_ELECTION": chart.lease, "DSR_LEADER_ELECTION_NAMESPACE": chart.namespace,
+            "DSR_POD_NAME": f"{chart.release}-{name}", "DSR_OPERATOR_ID": operator_id,
             "DSR_NETSCALER_URL": sim.url, "DSR_NETSCALER_USERNAME_FILE": str(user_file),
             "DSR_NETSCALER_PASSWORD_FILE": str(password_file),
-            "POD_ID": f"{chart.release}-{name}",
             **{f"DSR_{k.upper()}": v for k, v in settings.items()},
         }
         return cls(name, workdir, env, namespaces)
@@ -280,12 +279,9 @@ class OperatorProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.popen.poll() is None
 
-    def start(self, *, standby: bool | None = None) -> None:
-        if standby is not None:
-            self.standby = standby
+    def start(self) -> None:
         env = {**self.env, "DSR_METRICS_PORT": str(self.metrics_port), "DSR_LIVENESS_PORT": str(self.liveness_port)}
-        module = "tests.controlplane.standby_operator" if self.standby else "dsr_operator.cli"
-        argv = ["-m", module, "run", *(f"--namespace={n}" for n in self.namespaces)]
+        argv = ["-m", "dsr_operator.cli", "run", *(f"--namespace={n}" for n in self.namespaces)]
         run = len(self.runs) + 1
         self.runs.append(spawn(f"{self.name}-{run}", argv, env, self.workdir / f"{self.name}-{run}.log"))
 
@@ -297,7 +293,7 @@ class OperatorProcess:
             proc.check_alive()
             return _http_ok(f"http://127.0.0.1:{self.liveness_port}/healthz")
 
-        poll(live, timeout, f"{proc.name}'s kopf /healthz", tick=tick)
+        poll(live, timeout, f"{proc.name}'s /healthz", tick=tick)
 
     def kill(self) -> None:
         if self.proc is not None:

@@ -26,13 +26,13 @@ GOOD_VALUES = ("--set", "netscaler.url=https://10.0.0.5", "--set", "netscaler.ex
 
 
 def test_chart_crds_are_the_generated_crds() -> None:
-    """charts/dsr-operator/crds/ carries byte-identical copies of crds/ (plus kopf's peering CRDs)."""
+    """charts/dsr-operator/crds/ carries byte-identical copies of crds/ and nothing else."""
     for path in sorted((REPO_ROOT / "crds").glob("*.yaml")):
         copy = CHART / "crds" / path.name
         assert copy.exists(), f"{copy} is missing: cp crds/*.yaml charts/dsr-operator/crds/"
         assert copy.read_bytes() == path.read_bytes(), f"{copy} differs from {path}: cp crds/*.yaml {copy.parent}/"
-    peering = [d for d in yaml.safe_load_all((CHART / "crds" / "kopfpeerings.yaml").read_text()) if d]
-    assert {d["metadata"]["name"] for d in peering} == {"kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"}
+    assert sorted(p.name for p in (CHART / "crds").glob("*.yaml")) == sorted(
+        p.name for p in (REPO_ROOT / "crds").glob("*.yaml"))
 
 
 # --- Helm, offline ------------------------------------------------------------------------------------
@@ -63,7 +63,13 @@ def test_template_defaults(controlplane: ControlPlane) -> None:
     pod = deploy["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["DSR_PEERING"] == "r-dsr-operator"  # 2 replicas coordinate through kopf peering
+    assert env["DSR_LEADER_ELECTION"] == "r-dsr-operator"  # 2 replicas: one leader, on this Lease
+    fields = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in container["env"]}
+    assert fields["DSR_LEADER_ELECTION_NAMESPACE"] == "metadata.namespace"
+    assert fields["DSR_POD_NAME"] == "metadata.name"
+    (role,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader-election")]
+    assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["r-dsr-operator"],
+            "verbs": ["get", "update"]} in role["rules"]
     assert env["DSR_NETSCALER_URL"] == "https://10.0.0.5"
     assert env["DSR_NETSCALER_PASSWORD_FILE"].startswith("/etc/dsr-operator/netscaler/")
     assert not any("PASSWORD" in e["name"] and "value" in e and "FILE" not in e["name"] for e in container["env"])
@@ -76,7 +82,6 @@ def test_template_defaults(controlplane: ControlPlane) -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 65532
     secret_volume = next(v for v in pod["volumes"] if v["name"] == "netscaler-credentials")
     assert secret_volume["secret"]["secretName"] == "netscaler-login"
-    assert _one(docs, "ClusterKopfPeering")["metadata"]["name"] == "r-dsr-operator"
     assert not [d for d in docs if d["kind"] == "Secret"]  # existingSecret: the chart makes none
 
     ds = _one(docs, "DaemonSet")
@@ -109,17 +114,12 @@ def test_template_options(controlplane: ControlPlane) -> None:
     deploy = _one(docs, "Deployment")
     (container,) = deploy["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert "DSR_PEERING" not in env  # one replica: standalone
+    assert env["DSR_LEADER_ELECTION"] == "r-dsr-operator"  # one replica too: a rolling update overlaps two
     assert env["DSR_NETSCALER_CA_FILE"] == "/etc/dsr-operator/netscaler-ca/ca.crt"
     assert container["args"] == ["run", "--namespace=shop", "--namespace=web"]
-    assert not [d for d in docs if d["kind"] in ("ClusterKopfPeering", "KopfPeering")]
     assert _one(docs, "Secret")["stringData"] == {"username": "nsroot", "password": "secret"}
     assert _one(docs, "ServiceMonitor")["apiVersion"] == "monitoring.coreos.com/v1"
     assert "--interface-mode=loopback" in _one(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["args"]
-
-    docs = _render(controlplane, *GOOD_VALUES, "--set", "namespaces={shop,web}")
-    peerings = [d for d in docs if d["kind"] == "KopfPeering"]
-    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["shop", "web"]
 
 
 @pytest.mark.parametrize(
@@ -209,10 +209,9 @@ def test_install_creates_everything(controlplane: ControlPlane, release: Release
     ] is True
     for sa in (release.operator_sa, release.agent_sa):
         controlplane.kc("get", "serviceaccount", sa, "-n", ns)
-    controlplane.kc("get", "clusterkopfpeering.kopf.dev", release.operator_sa)
+    controlplane.kc("get", "role", f"{release.operator_sa}-leader-election", "-n", ns)
     crds = controlplane.kc("get", "crd", "-o", "name").stdout.split()
-    for name in ("dsrservices.dsr.operators.dev", "dsrnodeconfigs.dsr.operators.dev", "kopfpeerings.kopf.dev",
-                 "clusterkopfpeerings.kopf.dev"):
+    for name in ("dsrservices.dsr.operators.dev", "dsrnodeconfigs.dsr.operators.dev"):
         assert f"customresourcedefinition.apiextensions.k8s.io/{name}" in crds
     controlplane.kc("get", "service", f"{release.operator_sa}-metrics", "-n", ns)
 
@@ -229,6 +228,8 @@ def test_install_with_bad_values_fails_with_the_schema_message(controlplane: Con
 
 
 def _can_i(controlplane: ControlPlane, release: Release, sa: str, *args: str) -> bool:
+    """`kubectl auth can-i` as `sa`; RELEASE_NS and LEASE in `args` stand for the release's namespace and Lease."""
+    args = tuple(a.replace("RELEASE_NS", release.namespace).replace("LEASE", release.operator_sa) for a in args)
     result = controlplane.kc("auth", "can-i", f"--as=system:serviceaccount:{release.namespace}:{sa}", *args,
                              check=False)
     answer = result.stdout.strip()
@@ -271,8 +272,9 @@ OPERATOR_ALLOWED = [
     ("watch", "services", "--all-namespaces"),
     ("create", "events", "-n", "shop"),
     ("create", "events.events.k8s.io", "-n", "shop"),
-    ("patch", "clusterkopfpeerings.kopf.dev"),
-    ("patch", "kopfpeerings.kopf.dev", "-n", "shop"),
+    ("create", "leases.coordination.k8s.io", "-n", "RELEASE_NS"),
+    ("get", "leases.coordination.k8s.io/LEASE", "-n", "RELEASE_NS"),
+    ("update", "leases.coordination.k8s.io/LEASE", "-n", "RELEASE_NS"),
 ]
 OPERATOR_DENIED = [
     ("create", "pods", "--subresource=exec", "-n", "shop"),
@@ -291,7 +293,9 @@ OPERATOR_DENIED = [
     ("create", "endpointslices.discovery.k8s.io", "-n", "shop"),
     ("create", "customresourcedefinitions.apiextensions.k8s.io"),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
-    ("delete", "clusterkopfpeerings.kopf.dev"),
+    ("update", "leases.coordination.k8s.io/another-lease", "-n", "RELEASE_NS"),
+    ("update", "leases.coordination.k8s.io/LEASE", "-n", "kube-system"),
+    ("delete", "leases.coordination.k8s.io/LEASE", "-n", "RELEASE_NS"),
 ]
 
 
@@ -322,13 +326,13 @@ def test_operator_may_not(controlplane: ControlPlane, release: Release, args: tu
     assert not _can_i(controlplane, release, release.operator_sa, *args)
 
 
-def test_upgrade_to_one_replica_drops_peering(controlplane: ControlPlane, release: Release) -> None:
+def test_upgrade_to_one_replica_keeps_leader_election(controlplane: ControlPlane, release: Release) -> None:
+    """One replica still elects itself: a rolling update runs the old and the new Pod side by side."""
     controlplane.helm("upgrade", release.name, str(CHART), "--namespace", release.namespace, *GOOD_VALUES,
                       "--set", "operator.replicas=1", "--wait=false")
     deploy = controlplane.kc_json("get", "deployment", release.operator_sa, "-n", release.namespace)
-    env = {e["name"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert deploy["spec"]["replicas"] == 1 and "DSR_PEERING" not in env
-    assert controlplane.kc("get", "clusterkopfpeering.kopf.dev", release.operator_sa, check=False).returncode != 0
+    env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert deploy["spec"]["replicas"] == 1 and env["DSR_LEADER_ELECTION"] == release.operator_sa
     controlplane.helm("upgrade", release.name, str(CHART), "--namespace", release.namespace, *GOOD_VALUES,
                       "--wait=false")
 

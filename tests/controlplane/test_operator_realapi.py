@@ -1,9 +1,9 @@
 """The operator and a node agent against a real kube-apiserver, as the Helm chart's ServiceAccounts.
 
-* the chart is installed with `helm install` (CRDs, RBAC, the kopf peering object); the Deployment and
+* the chart is installed with `helm install` (CRDs, RBAC, the leader-election Role); the Deployment and
   DaemonSet never start (no kubelet), so the test runs the same programs on the host instead:
 * the operator: `dsr-operator run` (subprocess) with a TokenRequest token of the chart's operator
-  ServiceAccount (DSR_KUBE_SERVER / DSR_KUBE_TOKEN_FILE / DSR_KUBE_CA_FILE), kopf peering on, talking
+  ServiceAccount (DSR_KUBE_SERVER / DSR_KUBE_TOKEN_FILE / DSR_KUBE_CA_FILE), leader election on, talking
   to the NITRO simulator (`dsr-operator nitro-sim`, subprocess) with credentials from files;
 * the agent: `dsr-operator agent --netns` (subprocess) in a throwaway network namespace, with the
   agent ServiceAccount's token; it lists and watches its DsrNodeConfig with a field selector;
@@ -85,6 +85,8 @@ class Rig:
     netns: str
     sim_url: str
     procs: list[Proc]
+    system_namespace: str = ""
+    lease: str = ""
 
     def wait(self, predicate: Any, timeout: float, what: str) -> Any:
         def check() -> Any:
@@ -143,21 +145,20 @@ def rig(controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) ->
     procs: list[Proc] = []
     cleanup: list[Any] = []
     try:
-        # The chart: CRDs, RBAC, ServiceAccounts, the ClusterKopfPeering of its 2 replicas.
+        # The chart: CRDs, RBAC (the leader-election Role included), ServiceAccounts.
         cp.kc("create", "namespace", system_ns)
         cleanup.append(lambda: cp.kc("delete", "namespace", system_ns, "--wait=false", check=False))
         cp.kc("create", "secret", "generic", "netscaler-login", "-n", system_ns,
               f"--from-literal=username={SIM_USER}", f"--from-literal=password={SIM_PASSWORD}")
         cp.kc("create", "namespace", app_ns)
         cleanup.append(lambda: cp.kc("delete", "namespace", app_ns, "--wait=false", check=False))
-        # Limited to the app namespace: the operator leaves other tests' DsrServices alone, and the
-        # chart makes a KopfPeering there (namespaced peering).
+        # Limited to the app namespace: the operator leaves other tests' DsrServices alone.
         cp.helm("install", release, str(CHART), "-n", system_ns, "--set", "netscaler.url=http://127.0.0.1:9",
                 "--set", "netscaler.existingSecret=netscaler-login", "--set", f"namespaces={{{app_ns}}}",
                 "--wait=false")
         cleanup.append(lambda: cp.helm("uninstall", release, "-n", system_ns, check=False))
         cp.kc("wait", "--for=condition=Established", "--timeout=60s", f"crd/dsrservices.{GROUP}",
-              f"crd/dsrnodeconfigs.{GROUP}", "crd/kopfpeerings.kopf.dev")
+              f"crd/dsrnodeconfigs.{GROUP}")
 
         # The "mounted Secret" and the projected token, as files.
         (work / "username").write_text(SIM_USER + "\n")
@@ -195,11 +196,12 @@ def rig(controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) ->
                                        {"type": "ContainersReady", "status": "True"},
                                        {"type": "Ready", "status": "True"}]}}))
 
-        # The operator as the chart's operator ServiceAccount, with kopf peering as the chart sets it.
+        # The operator as the chart's operator ServiceAccount, with leader election as the chart sets it.
         op_env = {
             **_base_env(),
             "DSR_KUBE_SERVER": cp.url, "DSR_KUBE_TOKEN_FILE": str(work / "operator-token"),
-            "DSR_KUBE_CA_FILE": str(cp.ca_file), "DSR_PEERING": operator_sa, "DSR_OPERATOR_ID": f"rt{suffix}",
+            "DSR_KUBE_CA_FILE": str(cp.ca_file), "DSR_LEADER_ELECTION": operator_sa,
+            "DSR_LEADER_ELECTION_NAMESPACE": system_ns, "DSR_OPERATOR_ID": f"rt{suffix}",
             "DSR_METRICS_PORT": str(_free_port()), "DSR_LIVENESS_PORT": str(_free_port()),
             "DSR_RESYNC_SECONDS": "5", "DSR_DEFAULT_DRAIN_SECONDS": "0",
             "DSR_NETSCALER_URL": sim_url, "DSR_NETSCALER_USERNAME_FILE": str(work / "username"),
@@ -214,7 +216,7 @@ def rig(controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) ->
         procs.append(_spawn("agent", ["agent", "--node-name", node, "--netns", netns, "--kubeconfig",
                                       str(agent_kubeconfig), "--state-dir", str(work / "agent-state"),
                                       "--interface-mode", "auto", "--resync-seconds", "5"], _base_env(), work))
-        rig = Rig(cp, app_ns, node, netns, sim_url, procs)
+        rig = Rig(cp, app_ns, node, netns, sim_url, procs, system_namespace=system_ns, lease=operator_sa)
         rig.wait(lambda: _answers(rig), 30, "the NITRO simulator")
         liveness = op_env["DSR_LIVENESS_PORT"]
         rig.wait(lambda: _http_ok(f"http://127.0.0.1:{liveness}/healthz"), 60, "the operator's kopf /healthz")
@@ -291,10 +293,15 @@ def test_full_reconcile_then_deletion_through_the_finalizer(rig: Rig) -> None:
     rig.wait(lambda: f"{VIP}/32" not in rig.netns_addresses(), 30, "the agent to drop the VIP")
 
 
-def test_operator_peering_heartbeat_in_the_charts_peering_object(rig: Rig) -> None:
-    peerings = rig.cp.kc_json("get", "kopfpeerings.kopf.dev", "-n", rig.namespace)["items"]
-    with_peers = [p for p in peerings if p.get("status")]
-    assert with_peers, "the operator (kopf peering on) never wrote its heartbeat"
+def test_operator_holds_the_charts_lease(rig: Rig) -> None:
+    """The chart's RBAC is enough for leader election: the operator created its Lease and renews it."""
+    def lease() -> dict[str, Any]:
+        got: dict[str, Any] = rig.cp.kc_json("get", "lease", rig.lease, "-n", rig.system_namespace)
+        return got
+    first = lease()["spec"]
+    assert first["holderIdentity"] and first["leaseDurationSeconds"] == 15
+    rig.wait(lambda: lease()["spec"]["renewTime"] != first["renewTime"], 30, "the Lease to be renewed")
+    assert lease()["spec"]["holderIdentity"] == first["holderIdentity"]
 
 
 # --- what users and tools read: Argo CD health, kubectl columns and explain, the status command -------

@@ -2,7 +2,7 @@
 
 Runs against a real control plane (`tests/controlplane/conftest.py`), with the operator and the NITRO
 simulator as processes (`tests/controlplane/operator_rig.py`): the chart installed for RBAC and
-peering, the simulator persisting to `--state FILE`, the operator as the chart's ServiceAccount.
+leader election, the simulator persisting to `--state FILE`, the operator as the chart's ServiceAccount.
 
 1. Set-up. Hand-made NetScaler objects the operator must never touch are created through NITRO and
    snapshotted: one object holding one of our names without a marker (the server of a backend
@@ -17,7 +17,8 @@ peering, the simulator persisting to `--state FILE`, the operator as the chart's
    (5xx at 10-30 %, latency spikes, spikes beyond the client timeout, dropped connections, session
    expiry, failing saves, outages = the simulator SIGSTOPped, simulator restarts from its state file
    by SIGTERM and by SIGKILL, HA Secondary windows); operator SIGKILLs and restarts; and a window
-   with two replicas (first both at the chart's kopf priority, then the second as a standby). Every
+   with the chart's two replicas (the second stands by on the Lease; optionally the leader is SIGKILLed
+   and the second takes over). Every
    kind is injected at least once, at seeded times, plus random extra ones.
 3. Final changes. Faults end, the second replica stops, the operator gets a rolling restart with a
    long resync period (nothing judged may depend on the drift-repair timer), every chaos DsrService
@@ -76,8 +77,8 @@ FAULT_KINDS = ("5xx", "latency", "latency-beyond-timeout", "dropped-connections"
 ACTION_KINDS = ("spec-change", "invalid-spec", "refused-spec", "vip-conflict", "delete", "re-create",
                 "endpoints", "operator-kill", "two-replicas")
 SAVE_FAILED = "Saving NetScaler configuration failed"
-SAME_PRIORITY = "Possibly conflicting operators with the same priority"
-RESUMED = "Resuming operations after the pause"
+STANDING_BY = "Standing by: Lease"
+LEADING = "Leading: this replica"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +94,7 @@ class Config:
     client_timeout_seconds: float = 5.0
     two_replica_every_seconds: float = 600.0
     standby_takeover: bool = False
-    """Leave the active replica dead for longer than kopf's peering lifetime so the standby takes over."""
+    """SIGKILL the leader during the two-replica window and leave it dead until the standby has taken over."""
 
 
 def seed_from_env() -> int:
@@ -333,8 +334,8 @@ class Soak:
         if status != 200:
             raise ControlPlaneError(f"patching the EndpointSlice failed: {status} {body}")
 
-    def _start_operator(self, op: rig.OperatorProcess, *, standby: bool = False, wait: bool = True) -> None:
-        op.start(standby=standby)
+    def _start_operator(self, op: rig.OperatorProcess, *, wait: bool = True) -> None:
+        op.start()
         self.figures.operator_starts += 1
         if wait:
             op.wait_live(tick=self._tick)
@@ -790,10 +791,11 @@ class Soak:
             self.second = rig.OperatorProcess.for_chart(
                 "operator-b", self.workdir, self.chart, self.cp, self.sim, OPERATOR_ID, [self.ns],
                 **{k: self.active.env[f"DSR_{k.upper()}"] for k in settings})
-        self._start_operator(self.second, standby=False, wait=False)
+        self._start_operator(self.second, wait=False)
         self.figures.actions["two-replicas"] += 1
-        self.replicas = {"stage": "same-priority", "since": time.monotonic(), "wall": time.time(),
-                         "changes": self.figures.spec_changes, "a_logs": self._log_sizes(self.active)}
+        now = time.monotonic()
+        self.replicas = {"since": now, "ends": now + self.rng.uniform(8, 15), "takeover": self.config.standby_takeover,
+                         "b_logs": self._log_sizes(self.second)}
         return True
 
     @staticmethod
@@ -804,73 +806,42 @@ class Soak:
     def _logged_since(op: rig.OperatorProcess, sizes: dict[str, int], needle: str) -> bool:
         return any(needle in text[sizes.get(name, 0):] for name, text in op.logs().items())
 
-    def _peer_priorities(self) -> dict[str, int]:
-        assert self.chart is not None
-        status, body = self.cp.request("GET", f"/apis/kopf.dev/v1/namespaces/{self.ns}/kopfpeerings/"
-                                       f"{self.chart.peering}")
-        peers = (body.get("status") or {}) if status == 200 and isinstance(body, dict) else {}
-        return {k: int(v.get("priority", 0)) for k, v in peers.items() if isinstance(v, dict)}
-
     def _step_replicas(self) -> None:
-        """The two-replica window, one step per call: the chart's same priority first, then a standby."""
+        """The two-replica window, one step per call: the second replica stands by while the leader runs;
+        with `standby_takeover`, the leader is SIGKILLed once the second stands by, and must be replaced."""
         state = self.replicas
         if not state:
             return
         a, b = self.active, self.second
         assert a is not None and b is not None
         now = time.monotonic()
-        if state["stage"] == "same-priority":
-            seen_a = self._logged_since(a, state["a_logs"], SAME_PRIORITY)
-            seen_b = SAME_PRIORITY in b.log()
-            if not ((seen_a and seen_b) or now - state["since"] > 60):
-                return
-            if seen_a and seen_b:  # both paused: watch a few seconds whether anything still reaches NetScaler
-                state.setdefault("both_paused", now)
-                if now - state["both_paused"] < 5:
-                    return
-            took = now - state["since"]
-            self._collect_journal()
-            writes = [e for e in self.journal if state["wall"] + (state.get("both_paused", now) - state["since"])
-                      <= float(e.get("time", 0)) and e.get("resource") != "nsconfig"]
-            changes = self.figures.spec_changes - state["changes"]
-            if seen_a and seen_b:
-                self.figures.notes.append(
-                    f"two replicas at the chart's kopf priority (0): both logged '{SAME_PRIORITY}' and paused "
-                    f"(after {state['both_paused'] - state['since']:.0f}s); in the {took:.0f}s of the window "
-                    f"{changes} spec changes were made and {len(writes)} NITRO writes journaled after both "
-                    "paused: two replicas as the chart runs them do not reconcile (known defect, tracked "
-                    "elsewhere); the second replica then ran as a kopf standby (priority -1)")
-            else:
-                self.figures.notes.append(f"two replicas at the chart's kopf priority: same-priority warning in "
-                                          f"a={seen_a} b={seen_b} after {took:.0f}s")
-            self._stop_operator(b)
-            self._start_operator(b, standby=True, wait=False)
-            state.update(stage="standby", since=now, ends=now + self.rng.uniform(8, 15),
-                         takeover=self.config.standby_takeover)
-        elif state["stage"] == "standby":
-            if "registered" not in state and -1 in self._peer_priorities().values():
-                state["registered"] = now - state["since"]
-            if state["takeover"] and "registered" in state and "killed" not in state and a.running():
-                self._stop_operator(a, kill=True)
-                self.figures.operator_kills += 1
-                state.update(killed=now, ends=now + 120)
-            if state.get("killed") and RESUMED in b.log() and "took_over" not in state:
-                state["took_over"] = now - state["killed"]
-                state["ends"] = now + 10
-            if now < state["ends"]:
-                return
-            resumed_early = RESUMED in b.log() and "killed" not in state
-            note = (f"standby replica: registered in the peering with priority -1: {'registered' in state}; "
-                    f"stayed paused while the active one ran: {not resumed_early}")
-            if state["takeover"]:
-                took = state.get("took_over")
-                note += (f"; with the active one SIGKILLed the standby resumed after {took:.0f}s (kopf's peering "
-                         "lifetime is 60s)" if took is not None else "; the standby never took over")
-            self.figures.notes.append(note)
-            self._stop_operator(b)
-            if not a.running():
-                self._start_operator(a, wait=False)
-            self.replicas = {}
+        if "standing_by" not in state and self._logged_since(b, state["b_logs"], STANDING_BY):
+            state["standing_by"] = now - state["since"]
+        if state["takeover"] and "standing_by" in state and "killed" not in state and a.running():
+            self._stop_operator(a, kill=True)
+            self.figures.operator_kills += 1
+            state.update(killed=now, ends=now + 120)
+        if state.get("killed") and "took_over" not in state and self._logged_since(b, state["b_logs"], LEADING):
+            state["took_over"] = now - state["killed"]
+            state["ends"] = now + 10
+        if now < state["ends"]:
+            return
+        led_early = "killed" not in state and self._logged_since(b, state["b_logs"], LEADING)
+        note = (f"second replica: stood by on the Lease: {'standing_by' in state}; "
+                f"stayed a stand-by while the leader ran: {not led_early}")
+        if led_early:
+            self.unexpected.append("the second replica took the Lease while the leader was running")
+        if state["takeover"]:
+            took = state.get("took_over")
+            note += (f"; with the leader SIGKILLed the stand-by led after {took:.0f}s (Lease duration 15s)"
+                     if took is not None else "; the stand-by never took over")
+            if took is None:
+                self.unexpected.append("the stand-by never took over from a SIGKILLed leader")
+        self.figures.notes.append(note)
+        self._stop_operator(b)
+        if not a.running():
+            self._start_operator(a, wait=False)
+        self.replicas = {}
 
     # ============================================================================ final changes
 

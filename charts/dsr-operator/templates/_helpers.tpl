@@ -48,11 +48,7 @@ app.kubernetes.io/component: agent
 {{- default (printf "%s-netscaler" (include "dsr.fullname" .)) .Values.netscaler.existingSecret -}}
 {{- end -}}
 
-{{- define "dsr.peeringName" -}}
-{{- default (include "dsr.fullname" .) .Values.operator.peeringName -}}
+{{- define "dsr.leaseName" -}}
+{{- default (include "dsr.fullname" .) .Values.operator.leaseName -}}
 {{- end -}}
 
-{{/* Peering is on when more than one operator replica runs. */}}
-{{- define "dsr.peering" -}}
-{{- if gt (int .Values.operator.replicas) 1 -}}true{{- end -}}
-{{- end -}}

@@ -9,6 +9,8 @@ import pydantic_settings
 
 from dsr_operator import settings as base
 
+SERVICE_ACCOUNT_NAMESPACE = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
 
 class OperatorSettings(pydantic_settings.BaseSettings):
     """`dsr-operator run` settings; every field also reads from the environment (DSR_<FIELD>)."""
@@ -28,7 +30,7 @@ class OperatorSettings(pydantic_settings.BaseSettings):
     metrics_port: int = pydantic.Field(default=8080, ge=0, le=65535)
     """Port of the Prometheus `/metrics` endpoint; 0 disables it."""
     liveness_port: int = pydantic.Field(default=8081, ge=0, le=65535)
-    """Port of kopf's liveness endpoint `/healthz`; 0 disables it."""
+    """Port of the liveness endpoint `/healthz` (a stand-by replica answers too); 0 disables it."""
     default_drain_seconds: int = pydantic.Field(default=30, ge=0)
     """Drain time for DsrServices that do not set `drainSeconds` (seconds)."""
     drain_check_seconds: float = pydantic.Field(default=1.0, gt=0)
@@ -41,8 +43,22 @@ class OperatorSettings(pydantic_settings.BaseSettings):
     kube_token_file: pathlib.Path | None = None
     kube_ca_file: pathlib.Path | None = None
     kubeconfig: pathlib.Path | None = None
-    peering: str | None = None
-    """kopf peering name for several replicas (needs kopf's peering CRDs); None runs standalone."""
+    leader_election: str | None = None
+    """Name of the Lease the replicas elect a leader on; only its holder reconciles. None: no election
+    (one process, e.g. outside a cluster)."""
+    leader_election_namespace: str | None = None
+    """Namespace of that Lease; default: the Pod's own (from its service account), else `default`."""
+    pod_name: str | None = None
+    """This replica's identity in the Lease (the chart passes the Pod name); default: the host name and a
+    random suffix. Two running replicas must never share it."""
+
+    def lease_namespace(self) -> str:
+        if self.leader_election_namespace:
+            return self.leader_election_namespace
+        try:
+            return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+        except OSError:
+            return "default"
 
     def nitro(self) -> base.NitroSettings:
         return base.NitroSettings()

@@ -40,8 +40,8 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
     @kopf.on.login(registry=registry)
     async def login(**_: Any) -> kopf.ConnectionInfo:
         # The same resolution as the lightkube client: explicit server, kubeconfig, in-cluster, KUBECONFIG.
-        connection = _connection(settings)
-        creds = await asyncio.to_thread(lambda: kube.credentials(kube.load_config(connection), connection))
+        conn = connection(settings)
+        creds = await asyncio.to_thread(lambda: kube.credentials(kube.load_config(conn), conn))
         return kopf.ConnectionInfo(
             server=creds.server, token=creds.token, insecure=creds.insecure,
             ca_path=creds.ca_path, ca_data=creds.ca_data,
@@ -187,7 +187,7 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
     return registry
 
 
-def _connection(settings: config.OperatorSettings) -> kube.Connection:
+def connection(settings: config.OperatorSettings) -> kube.Connection:
     return kube.Connection(
         server=settings.kube_server, token_file=settings.kube_token_file,
         certificate_authority=settings.kube_ca_file, kubeconfig=settings.kubeconfig,
@@ -196,9 +196,9 @@ def _connection(settings: config.OperatorSettings) -> kube.Connection:
 
 async def _make_runtime(settings: config.OperatorSettings) -> reconcile.Runtime:
     metrics = Metrics()
-    connection = _connection(settings)
-    kube_config = await asyncio.to_thread(kube.load_config, connection)
-    client = kube.make_client(kube_config, connection, field_manager="dsr-operator")
+    conn = connection(settings)
+    kube_config = await asyncio.to_thread(kube.load_config, conn)
+    client = kube.make_client(kube_config, conn, field_manager="dsr-operator")
     nitro_settings = settings.nitro()
     metrics.netscalers(nitro_settings.endpoints())
     nitro_view = view.NetScalerView(
