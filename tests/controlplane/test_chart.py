@@ -386,6 +386,13 @@ def test_dockerfile_wheel_builds_installs_and_runs(tmp_path: Path) -> None:
     assert helped.returncode == 0, helped.stderr
     for command in ("run", "agent", "nitro-sim", "crd"):
         assert command in helped.stdout
+    # The demo reads its manifests from the package, so it works outside a source checkout too.
+    demo = subprocess.run([str(entry), "demo"], capture_output=True, text=True, env=clean_env, cwd=tmp_path,
+                          timeout=60)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert demo.stdout.startswith("# examples/service-web.yaml: DsrService shop/web"), demo.stdout
+    assert "lb vserver dsr-default_static-web_80  ANY 192.0.2.10:80  -m MAC" in demo.stdout
+    assert demo.stdout.rstrip().endswith("No changes: NetScaler matches the manifests.")
     out = tmp_path / "crds"
     subprocess.run([str(entry), "crd", "--output-dir", str(out)], check=True, env=clean_env, cwd=tmp_path, timeout=60)
     for path in (REPO_ROOT / "crds").glob("*.yaml"):
