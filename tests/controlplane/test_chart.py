@@ -335,6 +335,7 @@ def test_upgrade_to_one_replica_drops_peering(controlplane: ControlPlane, releas
 
 # --- The Dockerfile's commands, on the host -----------------------------------------------------------
 
+VENV_CMD = "python3 -m venv /opt/dsr-operator"  # both stages: a Debian base has no pip outside a venv (PEP 668)
 WHEEL_CMD = "pip wheel --no-deps --wheel-dir /wheels ."
 INSTALL_CMD = "pip install --no-index --find-links /wheels dsr-operator"
 
@@ -348,6 +349,7 @@ def test_dockerfile_wheel_builds_installs_and_runs(tmp_path: Path) -> None:
     build isolation (it fetches setuptools from the package index)."""
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert WHEEL_CMD in dockerfile and INSTALL_CMD in dockerfile
+    assert dockerfile.count(VENV_CMD) == 2 and dockerfile.count("PATH=/opt/dsr-operator/bin:$PATH") == 2
     assert 'ENTRYPOINT ["dsr-operator"]' in dockerfile and "USER 65532:65532" in dockerfile
     wheels = tmp_path / "wheels"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
