@@ -100,9 +100,7 @@ trap cleanup_rootfs EXIT
 
 # Sets BASE_REF, the base image's name in buildah's storage, building and importing it when needed.
 build_base() {
-    need debootstrap debootstrap
     need buildah buildah
-    [ "$(id -u)" = 0 ] || die "debootstrap needs root"
     local mirror key tar start
     mirror="$(debian_mirror)"
     [ -n "$mirror" ] || die "no $BASE_SUITE mirror in /etc/apt/sources.list*: set DSR_IMAGE_MIRROR"
@@ -110,6 +108,8 @@ build_base() {
     BASE_REF="localhost/dsr-operator-base:$key"
     tar="base-$key.tar"
     if ! stamp_ok "$tar" "$key"; then
+        need debootstrap debootstrap
+        [ "$(id -u)" = 0 ] || die "debootstrap needs root"
         start=$SECONDS
         log "Debian base: debootstrap $BASE_SUITE ($BASE_PACKAGES) from $mirror (about a minute)"
         mkdir -p "$OUT/debs"
