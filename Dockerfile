@@ -13,10 +13,16 @@
 # tests/controlplane/test_chart.py runs the project-wheel and install commands below on the host
 # (no container engine needed) and checks that this file still contains them.
 
+# PYTHON_IMAGE: any Debian-like image with python3 (>= 3.11) and its venv module. The default is Docker
+# Hub's; tools/image/build.sh (`make image`) builds without a registry on a Debian base it makes itself
+# (python3 + python3-venv, no pip outside a venv). Both stages therefore install into a venv.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+# Only for this stage's downloads (a CA bundle the builder mounts, e.g. behind a TLS-intercepting proxy).
+ARG PIP_CERT
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PATH=/opt/dsr-operator/bin:$PATH
+RUN python3 -m venv /opt/dsr-operator
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator ./operator
@@ -25,9 +31,13 @@ RUN pip wheel --no-deps --wheel-dir /wheels . \
  && pip wheel --wheel-dir /wheels /wheels/dsr_operator-*.whl
 
 FROM ${PYTHON_IMAGE}
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    PATH=/opt/dsr-operator/bin:$PATH
+# Offline, from /wheels only; the venv's own pip and setuptools go again afterwards (nothing needs them).
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links /wheels dsr-operator \
+    python3 -m venv /opt/dsr-operator \
+ && pip install --no-index --find-links /wheels dsr-operator \
+ && pip uninstall --yes --quiet pip setuptools \
  && groupadd --gid 65532 nonroot \
  && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin nonroot
 USER 65532:65532

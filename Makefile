@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SOAK_MINUTES ?= 10
 
-.PHONY: setup demo test test-fast test-netscaler lint bench crds promtool
+.PHONY: setup demo test test-fast test-netscaler lint bench crds promtool image pause-image clean-image
 
 setup: $(BIN)/dsr-operator
 
@@ -17,9 +17,10 @@ $(BIN)/dsr-operator: pyproject.toml
 demo: setup
 	$(BIN)/dsr-operator demo
 
-## Every tier: unit, integration, netns (root) and control plane (builds binaries and promtool once).
-test: setup controlplane promtool
-	DSR_REQUIRE_CONTROLPLANE=1 $(BIN)/python -m pytest
+## Every tier: unit, integration, netns (root), control plane and images (builds binaries, promtool and
+## the images once).
+test: setup controlplane promtool image
+	DSR_REQUIRE_CONTROLPLANE=1 DSR_REQUIRE_CLUSTER=1 $(BIN)/python -m pytest
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
@@ -54,5 +55,19 @@ bench: setup controlplane
 ## promtool (Prometheus, pinned in tools/promtool/go.mod) for the chart's alert tests; cached in .cache/promtool.
 promtool:
 	bash tools/promtool/build.sh
+
+## Container images without a registry (tools/image/build.sh; root, buildah, debootstrap, gcc, Go):
+## the app image from the Dockerfile and the pause image, as archives in .cache/image/ for
+## `ctr -n k8s.io images import`. Rebuilt only when their inputs change.
+image:
+	bash tools/image/build.sh
+
+pause-image:
+	bash tools/image/build.sh pause
+
+clean-image:
+	-command -v buildah >/dev/null && buildah rmi $$(buildah images --format '{{.Name}}:{{.Tag}}' \
+		| grep -E '^(localhost/dsr-operator-base|$(shell awk '/^image:/{f=1;next} f&&$$1=="repository:"{print $$2;exit}' charts/dsr-operator/values.yaml)):') 2>/dev/null
+	rm -rf .cache/image
 
 include tools/controlplane/Makefile.fragment

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib.resources
 import os
 import pathlib
 import sys
@@ -28,7 +29,8 @@ from dsr_operator.planner import plan as planner
 
 EXIT_INVALID = 2
 EXIT_FAILED = 1
-EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
+# The demo's manifests, shipped in the package (the repository's examples/ is a link to them).
+EXAMPLES = importlib.resources.files("dsr_operator") / "examples"
 
 
 class ManifestError(Exception):
@@ -322,11 +324,17 @@ def _cmd_plan_apply(args: argparse.Namespace) -> int:
         return EXIT_INVALID
 
 
-async def run_demo(out: TextIO, examples: pathlib.Path = EXAMPLES) -> int:
+async def run_demo(out: TextIO, examples: pathlib.Path | None = None) -> int:
     """Start an embedded simulator, apply the examples, show the plan before and the objects after."""
     from dsr_operator.simulator import server as sim  # the demo's stand-in NetScaler
 
-    loaded, problems, notices = load_manifests([examples])
+    if examples is None:
+        with importlib.resources.as_file(EXAMPLES) as packaged:
+            loaded, problems, notices = load_manifests([packaged])
+        # Name the packaged files as the repository shows them, not by their place in site-packages.
+        problems, notices = ([m.replace(f"{packaged}/", "examples/") for m in ms] for ms in (problems, notices))
+    else:
+        loaded, problems, notices = load_manifests([examples])
     if problems:
         for problem in problems:
             print(problem, file=out)
@@ -411,6 +419,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     crd.add_argument("--output-dir", metavar="DIR", help="write dsrservice.yaml and dsrnodeconfig.yaml here")
     crd.set_defaults(func=_cmd_crd)
     demo = subparsers.add_parser(
-        "demo", help="apply examples/ to an embedded NITRO simulator and show the result"
+        "demo", help="apply the example manifests (examples/) to an embedded NITRO simulator and show the result"
     )
     demo.set_defaults(func=lambda args: asyncio.run(run_demo(sys.stdout)))

@@ -339,6 +339,7 @@ def test_upgrade_to_one_replica_keeps_leader_election(controlplane: ControlPlane
 
 # --- The Dockerfile's commands, on the host -----------------------------------------------------------
 
+VENV_CMD = "python3 -m venv /opt/dsr-operator"  # both stages: a Debian base has no pip outside a venv (PEP 668)
 WHEEL_CMD = "pip wheel --no-deps --wheel-dir /wheels ."
 INSTALL_CMD = "pip install --no-index --find-links /wheels dsr-operator"
 
@@ -352,6 +353,7 @@ def test_dockerfile_wheel_builds_installs_and_runs(tmp_path: Path) -> None:
     build isolation (it fetches setuptools from the package index)."""
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert WHEEL_CMD in dockerfile and INSTALL_CMD in dockerfile
+    assert dockerfile.count(VENV_CMD) == 2 and dockerfile.count("PATH=/opt/dsr-operator/bin:$PATH") == 2
     assert 'ENTRYPOINT ["dsr-operator"]' in dockerfile and "USER 65532:65532" in dockerfile
     wheels = tmp_path / "wheels"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
@@ -390,6 +392,13 @@ def test_dockerfile_wheel_builds_installs_and_runs(tmp_path: Path) -> None:
     assert helped.returncode == 0, helped.stderr
     for command in ("run", "agent", "nitro-sim", "crd"):
         assert command in helped.stdout
+    # The demo reads its manifests from the package, so it works outside a source checkout too.
+    demo = subprocess.run([str(entry), "demo"], capture_output=True, text=True, env=clean_env, cwd=tmp_path,
+                          timeout=60)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert demo.stdout.startswith("# examples/service-web.yaml: DsrService shop/web"), demo.stdout
+    assert "lb vserver dsr-default_static-web_80  ANY 192.0.2.10:80  -m MAC" in demo.stdout
+    assert demo.stdout.rstrip().endswith("No changes: NetScaler matches the manifests.")
     out = tmp_path / "crds"
     subprocess.run([str(entry), "crd", "--output-dir", str(out)], check=True, env=clean_env, cwd=tmp_path, timeout=60)
     for path in (REPO_ROOT / "crds").glob("*.yaml"):
