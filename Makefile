@@ -30,7 +30,7 @@ test-fast: setup
 	$(BIN)/python -m pytest tests/unit tests/integration
 
 ## The cluster tier alone: three real nodes (containerd, kubelet, kube-proxy) in network namespaces on the
-## DSR lab's bridge (root; the Debian packages .ci/run installs). Images: every *.tar in $$DSR_CLUSTER_IMAGES (default .cache/image).
+## DSR lab's bridge (root; the Debian packages .ci/run installs). Images: every *.tar in $DSR_CLUSTER_IMAGES (default .cache/image).
 test-cluster: setup controlplane
 	DSR_REQUIRE_CLUSTER=1 $(BIN)/python -m pytest -m cluster tests/cluster
 

@@ -191,6 +191,66 @@ def build_pause_image(dest: Path) -> Path:
         )
 
 
+ECHO_IMAGE = "dsr-test/echo-server:1"
+ECHO_PORT = 8080
+ECHO_SERVER_C = r"""
+/* The cluster tier's test server: answers every TCP connection on :8080 with HTTP 200 and its hostname
+   (a pod's name). Static, no libc beyond the syscalls, so the image is one file. */
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static void down(int signo) { (void)signo; _exit(0); }
+
+int main(void) {
+  char host[256] = {0}, reply[512], buf[2048];
+  int one = 1, n, s, c;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(8080)};
+  signal(SIGTERM, down);
+  signal(SIGINT, down);
+  signal(SIGPIPE, SIG_IGN);
+  gethostname(host, sizeof host - 1);
+  n = snprintf(reply, sizeof reply,
+               "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
+               strlen(host) + 1, host);
+  s = socket(AF_INET, SOCK_STREAM, 0);
+  setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, 64) != 0) {
+    perror("listen");
+    return 1;
+  }
+  for (;;) {
+    c = accept(s, NULL, NULL);
+    if (c < 0) continue;
+    (void)read(c, buf, sizeof buf);
+    (void)write(c, reply, n);
+    close(c);
+  }
+}
+"""
+
+
+def build_echo_image(dest: Path) -> Path:
+    """A one-file image (test-local, in .cache/cluster) whose server answers HTTP on :8080 with the
+    pod's name: for traffic checks while the project's own image is not there."""
+    if dest.exists():
+        return dest
+    if shutil.which("gcc") is None:
+        raise ClusterError("gcc is needed to build the cluster tier's echo server image")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        source, binary = Path(tmp) / "echo.c", Path(tmp) / "echo"
+        source.write_text(ECHO_SERVER_C)
+        run("gcc", "-Os", "-Wall", "-static", "-o", str(binary), str(source), timeout=120)
+        run("strip", str(binary), check=False)
+        return docker_archive(
+            dest, ECHO_IMAGE, {"/echo": (binary.read_bytes(), 0o755)}, {"Entrypoint": ["/echo"], "User": "65534:65534"}
+        )
+
+
 # -- host state -------------------------------------------------------------------------------------
 
 
@@ -666,6 +726,7 @@ def boot(
         cluster.figures["nodes_started"] = time.monotonic() - t1
         cluster.wait_for(lambda: cluster.ready_nodes() >= set(node_names), 120, "every node Ready", interval=0.2)
         cluster.figures["nodes_ready"] = time.monotonic() - t1
+        cluster.figures["kubelets_ready"] = time.monotonic() - cluster.figures.pop("_kubelets_started")
         cluster.figures["boot"] = time.monotonic() - t0
         yield cluster
     except BaseException as exc:
@@ -771,6 +832,7 @@ def _start_nodes(cluster: Cluster, tokens: dict[str, str], proxy_token: str, cli
     t = time.monotonic()
     _ensure_images(cluster, tars)
     cluster.figures["image_import"] = time.monotonic() - t
+    cluster.figures["_kubelets_started"] = time.monotonic()
     for node in cluster.nodes:
         d = node.dir
         node.processes.append(
