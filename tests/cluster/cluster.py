@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -61,7 +62,7 @@ COMMANDS = {
 CNI_BIN = Path("/usr/lib/cni")
 CNI_PLUGINS = ("bridge", "host-local", "loopback")
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
-POD_CIDR = "10.244.0.0/16"
+POD_NET = "10.244"  # node i gets <POD_NET>.<i>.0/24 out of <POD_NET>.0.0/16
 SERVICE_CIDR = cpboot.SERVICE_CIDR
 LAB_NET = os.environ.get("DSR_CLUSTER_NET", "10.79.0")
 # The machine-wide sysctls the kubelet sets (setupKernelTunables): saved at boot, restored at teardown.
@@ -76,6 +77,13 @@ KUBELET_SYSCTLS = (
 CONTAINER_LOGS = Path("/var/log/containers")  # kubelet's fixed path for log symlinks
 CNI_CACHE = Path("/var/lib/cni")  # libcni's result cache (containerd 1.6 cannot move it)
 SHIM_DIRS = (Path("/run/containerd/s"), Path("/run/containerd/fifo"))
+
+
+_boots = itertools.count()
+# Several clusters in one process (the tier's session cluster and a short-lived one): the machine-wide
+# state they share (sysctls, kubelet's /var/log/containers, libcni's cache) is saved by the first
+# boot and restored when the last one is down.
+_shared: dict[str, Any] = {"active": 0, "before": None}
 
 
 class ClusterError(RuntimeError):
@@ -361,7 +369,14 @@ class Cluster:
     lab: Lab
     nodes: list[Node]
     workdir: Path
+    pod_net: str = POD_NET
     figures: dict[str, float] = dataclasses.field(default_factory=dict)
+    leftovers: list[str] | None = None
+    """After teardown: what it left on the host (empty: clean)."""
+
+    @property
+    def cluster_cidr(self) -> str:
+        return f"{self.pod_net}.0.0/16"
 
     @property
     def api_url(self) -> str:
@@ -577,14 +592,14 @@ def _kubelet_config(node: Node, client_ca: Path) -> str:
     return json.dumps(config, indent=2)
 
 
-def _kube_proxy_config(node: Node, kubeconfig: Path) -> str:
+def _kube_proxy_config(node: Node, kubeconfig: Path, cluster_cidr: str) -> str:
     config = {
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
         "kind": "KubeProxyConfiguration",
         "clientConnection": {"kubeconfig": str(kubeconfig)},
         "mode": "iptables",  # no IPVS in this kernel
         "hostnameOverride": node.name,
-        "clusterCIDR": POD_CIDR,
+        "clusterCIDR": cluster_cidr,
         "nodePortAddresses": [f"{node.ip}/32"],
         # Leave the machine-wide conntrack sysctls alone.
         "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
@@ -664,14 +679,24 @@ def boot(
     *,
     images: Sequence[Path] | None = None,
     prefix: str | None = None,
+    net: str = LAB_NET,
+    pod_net: str = POD_NET,
     check_clean: bool = True,
 ) -> Iterator[Cluster]:
     """Boot the lab, the control plane and the nodes; tear all down afterwards, then (check_clean)
-    raise LeftoversError if the host is not as it was. `images`: tars to import (default image_tars())."""
-    prefix = prefix or f"dsrc{os.getpid() % 100000}"
+    raise LeftoversError if the host is not as it was (also in `Cluster.leftovers`).
+
+    `images`: tars to import (default image_tars()); `net`: the lab's /24 (the host is <net>.1);
+    `pod_net`: the first two octets of the pods' /16. A second cluster at the same time needs
+    another `net` and `pod_net`."""
+    n = next(_boots)
+    prefix = prefix or f"dsrc{os.getpid() % 100000}" + (f"x{n}" if n else "")
     workdir = Path(tempfile.mkdtemp(prefix=f"dsr-cluster-{prefix}-"))
     before = HostState.take()
-    lab = Lab(prefix, backends=(), nodes=tuple(node_names), net=LAB_NET, vip=f"{LAB_NET}.100", host_link=f"{prefix}-h")
+    if _shared["active"] == 0:
+        _shared["before"] = before
+    _shared["active"] += 1
+    lab = Lab(prefix, backends=(), nodes=tuple(node_names), net=net, vip=f"{net}.100", host_link=f"{prefix}-h")
     cluster: Cluster | None = None
     stack = contextlib.ExitStack()
     t0 = time.monotonic()
@@ -685,7 +710,7 @@ def boot(
                 index=i,
                 ip=lab.ip(name),
                 netns=lab.ns(name),
-                pod_cidr=f"10.244.{i}.0/24",
+                pod_cidr=f"{pod_net}.{i}.0/24",
                 dir=workdir / "nodes" / name,
                 cgroup_root=f"/{prefix}-{name}",
             )
@@ -716,7 +741,7 @@ def boot(
         )
         (workdir / "cp").mkdir()
         cp = stack.enter_context(cpboot.started(options, workdir=workdir / "cp"))
-        cluster = Cluster(cp=cp, lab=lab, nodes=nodes, workdir=workdir)
+        cluster = Cluster(cp=cp, lab=lab, nodes=nodes, workdir=workdir, pod_net=pod_net)
         stack.callback(_stop_nodes, cluster)
         cluster.figures["control_plane"] = time.monotonic() - t0
         _prepare_host(cluster)
@@ -739,11 +764,14 @@ def boot(
         try:
             stack.close()
         finally:
-            leftovers = _cleanup_host(before, workdir, prefix)
+            _shared["active"] -= 1
+            last = _shared["active"] == 0
+            leftovers = _cleanup_host(_shared["before"] if last else before, workdir, prefix, net, pod_net, last)
             if old is not None:
                 signal.signal(signal.SIGINT, old)
         if cluster is not None:
             cluster.figures["teardown"] = time.monotonic() - t2
+            cluster.leftovers = leftovers
         if os.environ.get("DSR_CLUSTER_KEEP") != "1":
             shutil.rmtree(workdir, ignore_errors=True)
         if check_clean and leftovers and error is None:
@@ -813,7 +841,7 @@ def _start_nodes(cluster: Cluster, tokens: dict[str, str], proxy_token: str, cli
         _write_kubeconfig(d / "kubelet.kubeconfig", cluster, tokens[node.name], f"system:node:{node.name}")
         _write_kubeconfig(d / "kube-proxy.kubeconfig", cluster, proxy_token, "system:kube-proxy")
         (d / "kubelet.yaml").write_text(_kubelet_config(node, client_ca))
-        (d / "kube-proxy.yaml").write_text(_kube_proxy_config(node, d / "kube-proxy.kubeconfig"))
+        (d / "kube-proxy.yaml").write_text(_kube_proxy_config(node, d / "kube-proxy.kubeconfig", cluster.cluster_cidr))
         node.processes.append(
             cpboot._start(
                 "containerd",
@@ -960,18 +988,20 @@ def _remove_cgroups(cgroup_root: str) -> None:
             time.sleep(0.1)
 
 
-def _cleanup_host(before: HostState, workdir: Path, prefix: str) -> list[str]:
-    """Restore what the cluster changes machine-wide, then list anything that is still not as before."""
-    for key, value in before.sysctls.items():
-        if read_sysctls().get(key) != value:
-            with contextlib.suppress(OSError):
-                _sysctl_path(key).write_text(value)
+def _cleanup_host(before: HostState, workdir: Path, prefix: str, net: str, pod_net: str, last: bool) -> list[str]:
+    """Restore what the cluster changes machine-wide (`last`: no other cluster of this process runs),
+    then list anything that is still not as before."""
+    if last:
+        for key, value in before.sysctls.items():
+            if read_sysctls().get(key) != value:
+                with contextlib.suppress(OSError):
+                    _sysctl_path(key).write_text(value)
     if CONTAINER_LOGS.is_dir():
         for link in CONTAINER_LOGS.iterdir():
             with contextlib.suppress(OSError):
                 if link.is_symlink() and os.readlink(link).startswith(str(workdir)):
                     link.unlink()
-        if not before.container_logs_existed:
+        if not before.container_logs_existed and last:
             with contextlib.suppress(OSError):
                 CONTAINER_LOGS.rmdir()
     # libcni's cache entries of our sandboxes (left when a pod was killed, not stopped by the CRI):
@@ -984,7 +1014,7 @@ def _cleanup_host(before: HostState, workdir: Path, prefix: str) -> list[str]:
             parts = entry.name.split("-")
             if entry.name.startswith(network + "-") or any(part in sandboxes for part in parts):
                 entry.unlink(missing_ok=True)
-    if not before.cni_cache_existed and CNI_CACHE.exists():
+    if not before.cni_cache_existed and CNI_CACHE.exists() and last:
         with contextlib.suppress(OSError):
             results.rmdir()
             CNI_CACHE.rmdir()
@@ -997,11 +1027,11 @@ def _cleanup_host(before: HostState, workdir: Path, prefix: str) -> list[str]:
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)
-    if not before.run_containerd_existed:
+    if not before.run_containerd_existed and last:
         for folder in (*SHIM_DIRS, Path("/run/containerd")):
             with contextlib.suppress(OSError):
                 folder.rmdir()
-    return leftovers(before, workdir, prefix)
+    return leftovers(before, workdir, prefix, net, pod_net, machine_wide=last)
 
 
 def _unix_socket_paths() -> set[str]:
@@ -1012,8 +1042,11 @@ def _unix_socket_paths() -> set[str]:
     return {parts[7] for line in lines if len(parts := line.split()) >= 8}
 
 
-def leftovers(before: HostState, workdir: Path, prefix: str) -> list[str]:
-    """Everything of this cluster still on the host (empty when the teardown was complete)."""
+def leftovers(
+    before: HostState, workdir: Path, prefix: str, net: str, pod_net: str, *, machine_wide: bool = True
+) -> list[str]:
+    """Everything of this cluster still on the host (empty when the teardown was complete);
+    `machine_wide`: also the shared state (sysctls, fixed folders, iptables, shim sockets)."""
     found: list[str] = []
     me = os.getpid()
     for pid in _pids():
@@ -1030,7 +1063,9 @@ def leftovers(before: HostState, workdir: Path, prefix: str) -> list[str]:
     links = run("ip", "-o", "link", "show", check=False).stdout
     found += [f"host link {line.split(':')[1].strip()}" for line in links.splitlines() if f" {prefix}-" in line]
     routes = run("ip", "route", "show", check=False).stdout.splitlines()
-    found += [f"host route {r}" for r in routes if r.startswith("10.244.") or r.startswith(f"{LAB_NET}.")]
+    found += [f"host route {r}" for r in routes if r.startswith((f"{pod_net}.", f"{net}."))]
+    if not machine_wide:
+        return found
     after_rules = _iptables_rules()
     if after_rules != before.iptables:
         added = sorted(set(after_rules) - set(before.iptables))

@@ -45,12 +45,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[cl.Cluster]:
+def cluster_prerequisites() -> None:
+    """Skips (or, with DSR_REQUIRE_CLUSTER=1, fails) naming what is missing for a cluster here."""
     reason = cl.missing()
     if reason:
         if _required():
             pytest.fail(f"{reason} (required: DSR_REQUIRE_CLUSTER=1)", pytrace=False)
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def cluster(cluster_prerequisites: None) -> Iterator[cl.Cluster]:
     with cl.boot() as c:
         yield c
     print(f"\ncluster teardown: {c.figures.get('teardown', 0):.1f}s, host clean")
