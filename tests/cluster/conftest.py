@@ -16,6 +16,9 @@ The session-scoped `cluster` fixture yields a `cluster.Cluster`:
 Teardown stops everything and then checks the host (processes, mounts, cgroups, netns, links,
 routes, iptables, shim sockets, sysctls): leftovers fail the session's last test loudly.
 
+`cluster_prerequisites` alone skips or fails the same way, for tests that boot a cluster of their own
+with `cl.boot(...)` (another `net` and `pod_net` when it overlaps the session's; see test_teardown.py).
+
 Skips, naming the reason, when not root or binaries/packages are missing; with
 DSR_REQUIRE_CLUSTER=1 it fails instead. DSR_CLUSTER_KEEP=1 keeps the work dir (logs per node in
 /tmp/dsr-cluster-*/nodes/<node>/logs, the control plane's in cp/1/logs).
