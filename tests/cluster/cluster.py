@@ -95,14 +95,17 @@ class LeftoversError(ClusterError):
 
 
 def images_dir() -> Path:
-    """Where the image tars come from: $DSR_CLUSTER_IMAGES, default <repo>/.cache/image (`make image`)."""
-    return Path(os.environ.get("DSR_CLUSTER_IMAGES") or REPO_ROOT / ".cache" / "image")
+    """Where the image tars come from: $DSR_CLUSTER_IMAGES, else $DSR_IMAGE_DIR (where `make image`
+    writes), else <repo>/.cache/image."""
+    env = os.environ.get("DSR_CLUSTER_IMAGES") or os.environ.get("DSR_IMAGE_DIR")
+    return Path(env or REPO_ROOT / ".cache" / "image")
 
 
 def image_tars() -> list[Path]:
-    """Every `*.tar` in images_dir(), imported into each node's containerd at boot."""
+    """Every `*.tar` in images_dir(), imported into each node's containerd at boot; not `base-*.tar`,
+    the build cache `make image` keeps there (the Debian base the app image is built on)."""
     folder = images_dir()
-    return sorted(folder.glob("*.tar")) if folder.is_dir() else []
+    return sorted(p for p in folder.glob("*.tar") if not p.name.startswith("base-")) if folder.is_dir() else []
 
 
 def missing() -> str | None:

@@ -10,7 +10,8 @@ The session-scoped `cluster` fixture yields a `cluster.Cluster`:
 * `cluster.lab`: the DSR lab whose bridge the nodes share: `lab.ns("client")`, `lab.ns("lb")`,
   `lab.ip(role)`, `lab.get()`...
 * `cluster.import_image(tar)`: into every node; at boot every `*.tar` of $DSR_CLUSTER_IMAGES
-  (default <repo>/.cache/image, `make image`) is imported; pods use `imagePullPolicy: Never`
+  (else $DSR_IMAGE_DIR, else <repo>/.cache/image, where `make image` writes; not its `base-*.tar`)
+  is imported; pods use `imagePullPolicy: Never`
 * `cluster.figures`: boot phases in seconds
 
 Teardown stops everything and then checks the host (processes, mounts, cgroups, netns, links,
@@ -20,7 +21,7 @@ routes, iptables, shim sockets, sysctls): leftovers fail the session's last test
 with `cl.boot(...)` (another `net` and `pod_net` when it overlaps the session's; see test_teardown.py).
 
 Skips, naming the reason, when not root or binaries/packages are missing; with
-DSR_REQUIRE_CLUSTER=1 it fails instead. DSR_CLUSTER_KEEP=1 keeps the work dir (logs per node in
+CI=true or DSR_REQUIRE_CLUSTER=1 it fails instead. DSR_CLUSTER_KEEP=1 keeps the work dir (logs per node in
 /tmp/dsr-cluster-*/nodes/<node>/logs, the control plane's in cp/1/logs).
 """
 
@@ -38,7 +39,7 @@ HERE = pathlib.Path(__file__).parent
 
 
 def _required() -> bool:
-    return os.environ.get("DSR_REQUIRE_CLUSTER") == "1"
+    return os.environ.get("CI", "").lower() == "true" or os.environ.get("DSR_REQUIRE_CLUSTER") == "1"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -53,7 +54,7 @@ def cluster_prerequisites() -> None:
     reason = cl.missing()
     if reason:
         if _required():
-            pytest.fail(f"{reason} (required: DSR_REQUIRE_CLUSTER=1)", pytrace=False)
+            pytest.fail(f"{reason} (required: CI=true or DSR_REQUIRE_CLUSTER=1)", pytrace=False)
         pytest.skip(reason)
 
 
