@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SOAK_MINUTES ?= 10
 
-.PHONY: setup demo test test-fast test-netscaler lint bench crds promtool image pause-image clean-image
+.PHONY: setup demo test test-fast test-netscaler test-cluster lint bench crds promtool image pause-image clean-image
 
 setup: $(BIN)/dsr-operator
 
@@ -17,8 +17,8 @@ $(BIN)/dsr-operator: pyproject.toml
 demo: setup
 	$(BIN)/dsr-operator demo
 
-## Every tier: unit, integration, netns (root), control plane and images (builds binaries, promtool and
-## the images once).
+## Every tier: unit, integration, netns (root), control plane, images and cluster (root; builds binaries,
+## promtool and the images once).
 test: setup controlplane promtool image
 	DSR_REQUIRE_CONTROLPLANE=1 DSR_REQUIRE_CLUSTER=1 $(BIN)/python -m pytest
 	$(BIN)/ruff check .
@@ -28,6 +28,11 @@ test: setup controlplane promtool image
 ## Unit and integration tiers only (seconds; no root, no Go).
 test-fast: setup
 	$(BIN)/python -m pytest tests/unit tests/integration
+
+## The cluster tier alone: three real nodes (containerd, kubelet, kube-proxy) in network namespaces on the
+## DSR lab's bridge (root; the Debian packages .ci/run installs). Images: every *.tar in $DSR_CLUSTER_IMAGES (default .cache/image).
+test-cluster: setup controlplane image
+	DSR_REQUIRE_CLUSTER=1 $(BIN)/python -m pytest -m cluster tests/cluster
 
 ## The conformance suite against your own NetScaler (a VPX or the free Express); README says what it
 ## creates. Without NETSCALER_URL it runs against the simulator.

@@ -9,7 +9,14 @@ which takes their links, addresses and nftables state with them, and stops the p
 
     bridge ns: br0 ── p-client ── client ns (eth0 .10)
                   ├── p-lb ────── lb ns (eth0 .2; the simulator's dataplane, answers ARP for the VIP)
-                  └── p-b1.. ──── b1.. ns (eth0 .11..; HTTP server on 0.0.0.0:80 answering its name)
+                  ├── p-b1.. ──── b1.. ns (eth0 .11..; HTTP server on 0.0.0.0:80 answering its name)
+                  ├── p-n1.. ──── n1.. ns (eth0 .21..; `nodes`: bare ports, e.g. Kubernetes nodes)
+                  └── p-host ──── host_link in the host's namespace (.1; only with `host_link`)
+
+`nodes` are namespaces on the same segment with nothing started in them (the cluster tier runs a
+kubelet in each); `host_link` plugs the host itself into the bridge, with `<net>.1/24` on a veth of
+that name (deleted by `down()`), so that processes in the host namespace and the namespaces reach
+each other.
 """
 
 from __future__ import annotations
@@ -108,26 +115,35 @@ class Lab:
     net6: str | None = None
     """An IPv6 /64 prefix such as "fd77::" (None: IPv4 only)."""
     vip6: str | None = None
+    nodes: Sequence[str] = ()
+    """Extra namespaces on the bridge (eth0 .21..), with no server and no instrumentation."""
+    host_link: str | None = None
+    """Name of a veth in the host's namespace plugged into the bridge, with address `<net>.1/24`."""
     _procs: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
     _namespaces: list[str] = dataclasses.field(default_factory=list)
+    _host_link_up: bool = False
 
     # -- names and addresses
 
     def ns(self, role: str) -> str:
         return f"{self.prefix}-{role}"
 
-    def ip(self, role: str) -> str:
-        fixed = {"lb": 2, "client": 10}
+    def _host(self, role: str) -> int:
+        fixed = {"host": 1, "lb": 2, "client": 10}
         if role in fixed:
-            return f"{self.net}.{fixed[role]}"
-        return f"{self.net}.{11 + list(self.backends).index(role)}"
+            return fixed[role]
+        if role in self.nodes:
+            return 21 + list(self.nodes).index(role)
+        return 11 + list(self.backends).index(role)
+
+    def ip(self, role: str) -> str:
+        """The role's IPv4 address; "host" is the host's end of `host_link`."""
+        return f"{self.net}.{self._host(role)}"
 
     def ip6(self, role: str) -> str:
         if self.net6 is None:
             raise ValueError("this lab has no IPv6 network (net6)")
-        fixed = {"lb": 2, "client": 10}
-        host = fixed[role] if role in fixed else 11 + list(self.backends).index(role)
-        return f"{self.net6}{host}"
+        return f"{self.net6}{self._host(role)}"
 
     @property
     def v6vip(self) -> str:
@@ -141,13 +157,15 @@ class Lab:
     # -- life cycle
 
     def up(self) -> Lab:
+        if len(self.backends) > 10 or len(self.nodes) > 79:
+            raise ValueError("a lab has room for 10 backends and 79 nodes")
         bridge = self.ns("br")
         self._add_ns(bridge)
         sh("ip", "-n", bridge, "link", "add", "br0", "type", "bridge")
         if self.net6 is not None:
             sh("ip", "-n", bridge, "link", "set", "br0", "type", "bridge", "mcast_snooping", "0")
         sh("ip", "-n", bridge, "link", "set", "br0", "up")
-        for role in ("client", "lb", *self.backends):
+        for role in ("client", "lb", *self.backends, *self.nodes):
             ns = self.ns(role)
             self._add_ns(ns)
             port = f"p-{role}"[:15]
@@ -157,10 +175,22 @@ class Lab:
             if self.net6 is not None:
                 sh("ip", "-n", ns, "-6", "addr", "add", f"{self.ip6(role)}/64", "dev", "eth0", "nodad")
             sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        if self.host_link is not None:
+            self._plug_host(bridge, self.host_link)
         for backend in self.backends:
             self._instrument(backend)
             self.start_http(backend)
         return self
+
+    def _plug_host(self, bridge: str, link: str) -> None:
+        sh("ip", "link", "del", link, check=False)
+        sh("ip", "link", "add", link, "type", "veth", "peer", "name", "p-host", "netns", bridge)
+        self._host_link_up = True
+        sh("ip", "-n", bridge, "link", "set", "p-host", "master", "br0", "up")
+        # No IPv6 on the host's end: no link-local address, no router solicitations from the host.
+        sh("sysctl", "-q", "-w", f"net.ipv6.conf.{link}.disable_ipv6=1", check=False)
+        sh("ip", "addr", "add", f"{self.ip('host')}/24", "dev", link)
+        sh("ip", "link", "set", link, "up")
 
     def _add_ns(self, ns: str) -> None:
         sh("ip", "netns", "del", ns, check=False)
@@ -171,6 +201,9 @@ class Lab:
     def down(self) -> None:
         stop_processes(self._procs.values(), timeout=5)
         self._procs.clear()
+        if self._host_link_up and self.host_link is not None:
+            sh("ip", "link", "del", self.host_link, check=False)
+            self._host_link_up = False
         for ns in reversed(self._namespaces):
             sh("ip", "netns", "del", ns, check=False)
         self._namespaces.clear()

@@ -35,6 +35,11 @@ no scheduler and no kubelet (tests set `spec.nodeName` and write pod status them
 Without the binaries the tier skips, naming `make controlplane`; with CI=true or
 DSR_REQUIRE_CONTROLPLANE=1 it fails instead. DSR_CONTROLPLANE_KEEP=1 keeps the workdir
 (`/tmp/dsr-controlplane-*/<attempt>/`, logs in `logs/`).
+
+The cluster tier (tests/cluster) boots the same control plane with `started(BootOptions(...))`:
+another listen address (one its nodes reach), extra static tokens (node identities), extra
+apiserver/controller-manager flags, all controllers and a kube-scheduler. The defaults are the
+control-plane tier's.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ import urllib.error
 import urllib.request
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,10 +93,30 @@ def _missing_binaries() -> list[str]:
     return [name for name in REQUIRED_BINARIES if not os.access(BIN_DIR / name, os.X_OK)]
 
 
-def _free_port() -> int:
+def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class BootOptions:
+    """How `started()` boots the control plane; the defaults are the control-plane tier's.
+
+    * `address`: the apiserver's bind and advertise address (its serving certificate covers it);
+      etcd, the controller-manager and the scheduler stay on 127.0.0.1.
+    * `tokens`: extra lines of the static token file as (token, user, groups), groups comma-separated.
+    * `apiserver_args` / `controller_manager_args`: extra flags, appended (a later flag wins).
+    * `controllers`: the controller-manager's --controllers (None: the tier's CONTROLLERS list).
+    * `scheduler`: also run kube-scheduler (needs the binary from `make controlplane`).
+    """
+
+    address: str = "127.0.0.1"
+    tokens: Sequence[tuple[str, str, str]] = ()
+    apiserver_args: Sequence[str] = ()
+    controller_manager_args: Sequence[str] = ()
+    controllers: str | None = None
+    scheduler: bool = False
 
 
 class ControlPlaneError(RuntimeError):
@@ -298,11 +323,12 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _start(name: str, args: list[str], logs: Path) -> Proc:
+def _start(name: str, args: list[str], logs: Path, command: Sequence[str] | None = None) -> Proc:
+    """Start BIN_DIR/name with args (or `command`, a full argv, logged as `name`) in its own process group."""
     log = logs / f"{name}.log"
     with open(log, "wb") as out:
         popen = subprocess.Popen(
-            [str(BIN_DIR / name), *args],
+            list(command) if command is not None else [str(BIN_DIR / name), *args],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -324,12 +350,16 @@ def _http_ok(url: str, ctx: ssl.SSLContext | None = None, token: str | None = No
         return False
 
 
-def _boot(workdir: Path) -> ControlPlane:
-    """Start etcd, kube-apiserver and kube-controller-manager; on failure stop what started."""
+def _boot(workdir: Path, options: BootOptions | None = None) -> ControlPlane:
+    """Start etcd, kube-apiserver and kube-controller-manager (and kube-scheduler when asked);
+    on failure stop what started."""
+    options = options or BootOptions()
     logs = workdir / "logs"
     logs.mkdir(parents=True)
     token = uuid.uuid4().hex
-    (workdir / "tokens.csv").write_text(f'{token},{ADMIN_USER},{uuid.uuid4()},"system:masters"\n')
+    lines = [f'{token},{ADMIN_USER},{uuid.uuid4()},"system:masters"']
+    lines += [f'{tok},{user},{uuid.uuid4()},"{groups}"' for tok, user, groups in options.tokens]
+    (workdir / "tokens.csv").write_text("\n".join(lines) + "\n")
     sa_key = workdir / "sa.key"
     sa_pub = workdir / "sa.pub"
     subprocess.run(
@@ -345,13 +375,13 @@ def _boot(workdir: Path) -> ControlPlane:
     cert_dir = workdir / "certs"
     cert_dir.mkdir()
     ca_file = cert_dir / "apiserver.crt"  # written by the apiserver: its serving cert + self-signed CA
-    etcd_port, etcd_peer_port, api_port = _free_port(), _free_port(), _free_port()
-    url = f"https://127.0.0.1:{api_port}"
+    etcd_port, etcd_peer_port, api_port = _free_port(), _free_port(), _free_port(options.address)
+    url = f"https://{options.address}:{api_port}"
     kubeconfig = workdir / "kubeconfig"
     cp = ControlPlane(url=url, token=token, kubeconfig=kubeconfig, ca_file=ca_file, bin_dir=BIN_DIR, workdir=workdir)
 
     try:
-        _start_all(cp, workdir, logs, sa_key, sa_pub, cert_dir, etcd_port, etcd_peer_port, api_port)
+        _start_all(cp, options, workdir, logs, sa_key, sa_pub, cert_dir, etcd_port, etcd_peer_port, api_port)
     except BaseException:
         cp.stop()
         raise
@@ -360,6 +390,7 @@ def _boot(workdir: Path) -> ControlPlane:
 
 def _start_all(
     cp: ControlPlane,
+    options: BootOptions,
     workdir: Path,
     logs: Path,
     sa_key: Path,
@@ -396,8 +427,8 @@ def _start_all(
             "kube-apiserver",
             [
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={options.address}",
+                f"--advertise-address={options.address}",
                 f"--secure-port={api_port}",
                 f"--cert-dir={cert_dir}",
                 "--authorization-mode=Node,RBAC",
@@ -409,6 +440,7 @@ def _start_all(
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--v=1",
+                *options.apiserver_args,
             ],
             logs,
         )
@@ -435,15 +467,32 @@ def _start_all(
                 f"--secure-port={_free_port()}",
                 f"--cert-dir={workdir / 'kcm-certs'}",
                 "--leader-elect=false",
-                f"--controllers={','.join(CONTROLLERS)}",
+                f"--controllers={options.controllers or ','.join(CONTROLLERS)}",
                 f"--service-account-private-key-file={sa_key}",
                 f"--root-ca-file={ca_file}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--v=1",
+                *options.controller_manager_args,
             ],
             logs,
         )
     )
+    if options.scheduler:
+        cp.processes.append(
+            _start(
+                "kube-scheduler",
+                [
+                    f"--kubeconfig={kubeconfig}",
+                    f"--authentication-kubeconfig={kubeconfig}",
+                    f"--authorization-kubeconfig={kubeconfig}",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={_free_port()}",
+                    "--leader-elect=false",
+                    "--v=1",
+                ],
+                logs,
+            )
+        )
 
     # The serviceaccount controller creating `default` in `default` shows the controllers run.
     def default_sa() -> bool:
@@ -459,25 +508,28 @@ def missing_binaries() -> list[str]:
 
 
 @contextlib.contextmanager
-def started() -> Iterator[ControlPlane]:
+def started(options: BootOptions | None = None, workdir: Path | None = None) -> Iterator[ControlPlane]:
     """Boot a control plane in a fresh temp dir (one retry), stop it and remove the dir afterwards.
 
-    For the fixture below and for scripts (bench/soak.py) that run outside pytest."""
-    workdir = Path(tempfile.mkdtemp(prefix="dsr-controlplane-"))
+    For the fixture below, the cluster tier (`options`; `workdir`: boot in <workdir>/<attempt>/,
+    an existing folder the caller owns and removes) and for scripts (bench/soak.py) that run
+    outside pytest."""
+    owned = workdir is None
+    root = Path(tempfile.mkdtemp(prefix="dsr-controlplane-")) if workdir is None else workdir
     cp: ControlPlane | None = None
     try:
         try:
-            cp = _boot(workdir / "1")
+            cp = _boot(root / "1", options)
         except ControlPlaneError as err:
             # Most likely a free port taken between probing and binding: one fresh retry.
             warnings.warn(f"control plane failed to start, retrying once: {err}", stacklevel=1)
-            cp = _boot(workdir / "2")
+            cp = _boot(root / "2", options)
         yield cp
     finally:
         if cp is not None:
             cp.stop()
-        if os.environ.get("DSR_CONTROLPLANE_KEEP") != "1":
-            shutil.rmtree(workdir, ignore_errors=True)
+        if owned and os.environ.get("DSR_CONTROLPLANE_KEEP") != "1":
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="package")

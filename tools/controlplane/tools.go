@@ -9,6 +9,11 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 
+	// The node components of the cluster tier (tests/cluster).
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+
 	// etcd at the version k8s.io/kubernetes pins (go.etcd.io/etcd/server/v3).
 	_ "go.etcd.io/etcd/server/v3"
 )
