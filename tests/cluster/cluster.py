@@ -61,7 +61,7 @@ COMMANDS = {
 }
 CNI_BIN = Path("/usr/lib/cni")
 CNI_PLUGINS = ("bridge", "host-local", "loopback")
-PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10.1"  # what `make pause-image` tags (tools/image/build.sh)
 POD_NET = "10.244"  # node i gets <POD_NET>.<i>.0/24 out of <POD_NET>.0.0/16
 SERVICE_CIDR = cpboot.SERVICE_CIDR
 LAB_NET = os.environ.get("DSR_CLUSTER_NET", "10.79.0")
@@ -171,35 +171,6 @@ def docker_archive(path: Path, tag: str, files: dict[str, tuple[bytes, int]], co
             out.addfile(info, io.BytesIO(content))
     tmp.replace(path)
     return path
-
-
-def build_pause_image(dest: Path) -> Path:
-    """A stand-in for `make image`'s pause image (test-local, in .cache/cluster): Kubernetes' own
-    build/pause/linux/pause.c, compiled with `gcc -static`, tagged PAUSE_IMAGE."""
-    if dest.exists():
-        return dest
-    if shutil.which("gcc") is None or shutil.which("go") is None:
-        raise ClusterError(f"no pause image in {images_dir()} and no gcc/go to build one (run `make image`)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        ["go", "mod", "download", "-json", "k8s.io/kubernetes"],
-        cwd=REPO_ROOT / "tools" / "controlplane",
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    source = Path(json.loads(proc.stdout)["Dir"]) / "build" / "pause" / "linux" / "pause.c"
-    with tempfile.TemporaryDirectory() as tmp:
-        binary = Path(tmp) / "pause"
-        run("gcc", "-Os", "-Wall", "-static", "-DVERSION=v3.10-dsr", "-o", str(binary), str(source), timeout=120)
-        run("strip", str(binary), check=False)
-        return docker_archive(
-            dest,
-            PAUSE_IMAGE,
-            {"/pause": (binary.read_bytes(), 0o755)},
-            {"Entrypoint": ["/pause"], "User": "65535:65535"},
-        )
 
 
 ECHO_IMAGE = "dsr-test/echo-server:1"
@@ -919,7 +890,8 @@ def _ensure_images(cluster: Cluster, tars: list[Path]) -> Path | None:
     import_all(tars)
     if all(PAUSE_IMAGE in node.images() for node in cluster.nodes):
         return None
-    pause = build_pause_image(REPO_ROOT / ".cache" / "cluster" / "pause.tar")
+    run("bash", str(REPO_ROOT / "tools" / "image" / "build.sh"), "pause", timeout=600)
+    pause = images_dir() / "pause.tar"
     import_all([pause])
     return pause
 

@@ -58,7 +58,7 @@ def cluster_prerequisites() -> None:
         pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # down (about 1 GB freed) before the later tiers run
 def cluster(cluster_prerequisites: None) -> Iterator[cl.Cluster]:
     with cl.boot() as c:
         yield c
