@@ -311,7 +311,7 @@ class Lab:
         finally:
             sock.close()
         head, _, body = data.partition(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200"):
+        if not head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
             return Reply(False, f"bad reply {head[:40]!r}", sport)
         return Reply(True, body.decode().strip(), sport)
 

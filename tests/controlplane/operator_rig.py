@@ -133,10 +133,14 @@ class SimProcess:
     port: int = dataclasses.field(default_factory=free_port)
     runs: list[Proc] = dataclasses.field(default_factory=list)
     paused: bool = False
+    host: str = "127.0.0.1"
+    """Where it listens (the cluster tier: the host's address on the lab bridge, reachable from Pods)."""
+    extra_args: tuple[str, ...] = ()
+    """More `nitro-sim` flags, e.g. `--dataplane-netns NS --dataplane-dev eth0`."""
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def proc(self) -> Proc | None:
@@ -148,8 +152,8 @@ class SimProcess:
     def start(self, timeout: float = 60) -> None:
         password_file = self.workdir / "sim-password"
         password_file.write_text(self.password + "\n")
-        argv = ["-m", "dsr_operator.cli", "nitro-sim", "--listen", f"127.0.0.1:{self.port}", "--user", self.user,
-                "--password-file", str(password_file)]
+        argv = ["-m", "dsr_operator.cli", "nitro-sim", "--listen", f"{self.host}:{self.port}", "--user", self.user,
+                "--password-file", str(password_file), *self.extra_args]
         if self.state is not None:
             argv += ["--state", str(self.state)]
         proc = spawn(f"nitro-sim-{len(self.runs) + 1}", argv, base_env(),
