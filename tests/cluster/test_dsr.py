@@ -34,7 +34,7 @@ SYSTEM = "dsr-system"
 APP = "shop"
 RELEASE = "dsr"
 PASSWORD = f"pw-{uuid.uuid4().hex[:12]}"
-WEB_NODES = ("n1", "n2")  # n3 runs no web Pod: it must never be bound
+WEB_REPLICAS = 2  # on 2 of the 3 nodes (one Pod per node): the third is free for a surge and a drain
 
 
 @dataclasses.dataclass
@@ -97,13 +97,11 @@ def _web() -> list[dict[str, Any]]:
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": APP},
         "spec": {
-            "replicas": len(WEB_NODES), "selector": {"matchLabels": labels},
+            "replicas": WEB_REPLICAS, "selector": {"matchLabels": labels},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {"metadata": {"labels": labels}, "spec": {
-                "terminationGracePeriodSeconds": 5, "automountServiceAccountToken": False,
+                "terminationGracePeriodSeconds": 20, "automountServiceAccountToken": False,
                 "affinity": {
-                    "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-                        {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In",
-                                               "values": list(WEB_NODES)}]}]}},
                     "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
                         {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": labels}}]},
                 },
@@ -111,6 +109,9 @@ def _web() -> list[dict[str, Any]]:
                     "name": "web", "image": cl.ECHO_IMAGE, "imagePullPolicy": "Never",
                     "ports": [{"containerPort": cl.ECHO_PORT}],
                     "readinessProbe": {"tcpSocket": {"port": cl.ECHO_PORT}, "periodSeconds": 1},
+                    # What a web app behind any load balancer does: keep serving a few seconds after
+                    # it is told to stop, while the endpoint change reaches the balancer.
+                    "lifecycle": {"preStop": {"sleep": {"seconds": 6}}},
                 }],
             }},
         },
@@ -158,6 +159,65 @@ def stand(cluster: cl.Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
         print(f"\nDSR on real nodes, figures: {json.dumps(stand.figures, sort_keys=True)}")
 
 
+@dataclasses.dataclass
+class Loop:
+    """A client asking the VIP on a new connection every 50 ms, in a thread: what each request got."""
+
+    replies: list[tuple[float, bool, str]] = dataclasses.field(default_factory=list)
+
+    @property
+    def failed(self) -> list[tuple[float, bool, str]]:
+        return [r for r in self.replies if not r[1]]
+
+
+@contextlib.contextmanager
+def client_loop(stand: Stand) -> Iterator[Loop]:
+    loop, stop = Loop(), threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            reply = stand.cluster.lab.get(timeout=3)
+            loop.replies.append((time.time(), reply.ok, reply.backend))
+            stop.wait(0.05)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield loop
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+@contextlib.contextmanager
+def vip_watch(stand: Stand, nodes: list[cl.Node]) -> Iterator[dict[str, list[tuple[float, bool]]]]:
+    """Every 50 ms, whether each node holds the VIP on `lo`: node → [(wall time, held)]."""
+    seen: dict[str, list[tuple[float, bool]]] = {n.name: [] for n in nodes}
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            for node in nodes:
+                seen[node.name].append((time.time(), stand.node_has_vip(node)))
+            stop.wait(0.05)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def _journal(stand: Stand, since: int) -> list[dict[str, Any]]:
+    return [e for e in stand.sim.journal(since) if e.get("resource") != "nsconfig"]
+
+
+def _last_seq(stand: Stand) -> int:
+    return max((int(e["seq"]) for e in stand.sim.journal()), default=0)
+
+
 def _pods(stand: Stand, namespace: str, selector: str) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = stand.cluster.kc_json("get", "pods", "-n", namespace, "-l", selector)["items"]
     return items
@@ -167,6 +227,10 @@ def _ready_pods(stand: Stand, namespace: str, selector: str) -> list[dict[str, A
     return [p for p in _pods(stand, namespace, selector)
             if p["metadata"].get("deletionTimestamp") is None
             and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
+
+
+def _web_nodes(stand: Stand) -> set[str]:
+    return {p["spec"]["nodeName"] for p in _ready_pods(stand, APP, "app=web")}
 
 
 def _leader(stand: Stand) -> str | None:
@@ -198,11 +262,13 @@ def test_dsr_traffic_reaches_pods_and_replies_bypass_netscaler(stand: Stand) -> 
     stand.kc("create", "namespace", APP)
     start = time.monotonic()
     stand.apply(*_web(), _service(stand.vip), _dsrservice(stand.vip))
-    stand.wait(lambda: len(_ready_pods(stand, APP, "app=web")) == len(WEB_NODES), 120, "the web Pods Ready")
+    stand.wait(lambda: len(_ready_pods(stand, APP, "app=web")) == WEB_REPLICAS, 120, "the web Pods Ready")
     stand.wait(stand.ready, 120, "the DsrService Ready")
     stand.figures["dsrservice_ready_s"] = round(time.monotonic() - start, 1)
-    assert stand.bound_nodes() == set(WEB_NODES)  # only nodes with a ready Pod
-    for name in WEB_NODES:
+    web = _web_nodes(stand)
+    assert len(web) == WEB_REPLICAS
+    stand.wait(lambda: stand.bound_nodes() == web, 60, f"exactly the nodes with a ready Pod bound ({sorted(web)})")
+    for name in web:
         stand.wait(lambda name=name: stand.node_has_vip(stand.cluster.node(name)), 60, f"the VIP on {name}")
     pods = {p["metadata"]["name"] for p in _ready_pods(stand, APP, "app=web")}
 
@@ -226,6 +292,72 @@ def test_dsr_traffic_reaches_pods_and_replies_bypass_netscaler(stand: Stand) -> 
     assert through_lb == [], f"{len(through_lb)} replies went back through the NetScaler's dataplane"
 
 
+def test_rollout_restart_and_a_node_drain_fail_no_request(stand: Stand) -> None:
+    lab_nodes = {n.name: n for n in stand.cluster.nodes}
+    with client_loop(stand) as loop:
+        stand.kc("rollout", "restart", "deployment/web", "-n", APP)
+        stand.kc("rollout", "status", "deployment/web", "-n", APP, "--timeout=180s")
+        stand.wait(lambda: stand.bound_nodes() == _web_nodes(stand), 90, "the new Pods' nodes bound, the old ones not")
+        stand.wait(stand.ready, 60, "the DsrService Ready after the rollout")
+        rollout_sent, rollout_failed = len(loop.replies), len(loop.failed)
+
+        drained = sorted(_web_nodes(stand))[0]
+        seq = _last_seq(stand)
+        with vip_watch(stand, [lab_nodes[drained]]) as held:
+            stand.kc("drain", drained, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=180s")
+            stand.wait(lambda: len(_ready_pods(stand, APP, "app=web")) == WEB_REPLICAS
+                       and drained not in _web_nodes(stand), 120, "the web Pod replaced on another node")
+            stand.wait(lambda: drained not in stand.bound_nodes() and stand.bound_nodes() == _web_nodes(stand),
+                       90, f"{drained} unbound, the replacement's node bound")
+            stand.wait(lambda: not stand.node_has_vip(lab_nodes[drained]), 90, f"the VIP gone from {drained}")
+            time.sleep(0.2)
+        stand.kc("uncordon", drained)
+    stand.figures["rollout_requests_sent"], stand.figures["rollout_requests_failed"] = rollout_sent, rollout_failed
+    stand.figures["drain_requests_sent"] = len(loop.replies) - rollout_sent
+    stand.figures["drain_requests_failed"] = len(loop.failed) - rollout_failed
+    assert len(loop.replies) > 40
+    assert not loop.failed, f"{len(loop.failed)} of {len(loop.replies)} requests failed: {loop.failed[:3]}"
+
+    # The drained node: disabled gracefully, then unbound, and only then did it lose the VIP.
+    service = f"dsr-{lab_nodes[drained].ip}_80"  # the service of node address and port (names in DESIGN.md)
+    steps = [(e["resource"], e["action"], e["name"], float(e["time"]), e.get("key", {})) for e in _journal(stand, seq)]
+    disabled = [t for r, a, n, t, _ in steps if r == "service" and a == "disable" and n == service]
+    unbound = [t for r, a, n, t, k in steps if r == "lbvserver_service_binding" and a == "unbind"
+               and service in (n, k.get("servicename"))]
+    gone = [t for t, has in held[drained] if not has]
+    assert disabled and unbound and gone, (disabled, unbound, gone[:1])
+    assert disabled[0] < unbound[0] < gone[0]
+    assert unbound[0] - disabled[0] >= 2 - 0.05, "unbound before its 2 s drain ended"
+    stand.figures["drain_disable_to_unbind_s"] = round(unbound[0] - disabled[0], 2)
+    assert all(has for t, has in held[drained] if t < unbound[0])
+
+
+def test_helm_upgrade_rolls_operator_and_agents_without_touching_traffic(stand: Stand) -> None:
+    seq = _last_seq(stand)
+    nodes = [stand.cluster.node(n) for n in sorted(_web_nodes(stand))]
+    start = time.monotonic()
+    with client_loop(stand) as loop, vip_watch(stand, nodes) as held:
+        stand.helm("upgrade", RELEASE, str(CHART), "-n", SYSTEM, "--reuse-values",
+                   "--set", "operator.podAnnotations.rolled=yes", "--set", "agent.podAnnotations.rolled=yes",
+                   "--wait", "--timeout", "300s")
+        stand.wait(lambda: _leader(stand) in {p["metadata"]["name"] for p in _ready_pods(
+            stand, SYSTEM, "app.kubernetes.io/component=operator")}, 60, "a new operator Pod leading")
+        time.sleep(3)  # the new leader has read NetScaler and the cluster: whatever it would change, it has
+    stand.figures["helm_upgrade_s"] = round(time.monotonic() - start, 1)
+    stand.figures["upgrade_requests_sent"] = len(loop.replies)
+    stand.figures["upgrade_requests_failed"] = len(loop.failed)
+    rolled = [p for component in ("operator", "agent")
+              for p in _ready_pods(stand, SYSTEM, f"app.kubernetes.io/component={component}")
+              if (p["metadata"].get("annotations") or {}).get("rolled") == "yes"]
+    assert len(rolled) == 2 + 3, "the upgrade did not roll every operator and agent Pod"
+    assert not loop.failed, f"{len(loop.failed)} of {len(loop.replies)} requests failed: {loop.failed[:3]}"
+    for node, samples in held.items():
+        assert samples and all(has for _, has in samples), f"the VIP left {node} during the upgrade"
+    changes = [(e["resource"], e["action"], e["name"]) for e in _journal(stand, seq)
+               if e["action"] in ("add", "delete")]
+    assert changes == [], f"the upgrade deleted or re-added NetScaler objects: {changes[:5]}"
+
+
 def test_killing_the_leader_pod_hands_over_and_a_change_lands_within_30_s(stand: Stand) -> None:
     leader = stand.wait(lambda: _leader(stand), 60, "a leader")
     killed = time.monotonic()
@@ -245,7 +377,7 @@ def test_killing_the_leader_pod_hands_over_and_a_change_lands_within_30_s(stand:
 
 
 def test_an_agent_pod_restart_keeps_the_vip_on_its_node(stand: Stand) -> None:
-    node = stand.cluster.node(WEB_NODES[0])
+    node = stand.cluster.node(sorted(_web_nodes(stand))[0])
     (agent,) = [p for p in _pods(stand, SYSTEM, "app.kubernetes.io/component=agent")
                 if p["spec"].get("nodeName") == node.name]
     missing: list[float] = []
@@ -276,12 +408,12 @@ def test_an_agent_pod_restart_keeps_the_vip_on_its_node(stand: Stand) -> None:
     stand.figures["agent_restart_vip_checks"] = checks[0]
     assert checks[0] > 20
     assert not missing, f"the VIP was missing from {node.name} in {len(missing)} of {checks[0]} checks"
-    assert stand.bound_nodes() == set(WEB_NODES)
+    assert stand.bound_nodes() == _web_nodes(stand)
 
 
 def test_uninstall_after_deleting_the_dsrservices_leaves_netscaler_as_it_was(stand: Stand) -> None:
     stand.kc("delete", "dsrservice", "web", "-n", APP, "--wait=true", "--timeout=120s")
-    for name in WEB_NODES:
+    for name in (n.name for n in stand.cluster.nodes):
         stand.wait(lambda name=name: not stand.node_has_vip(stand.cluster.node(name)), 60,
                    f"the VIP gone from {name}")
     stand.helm("uninstall", RELEASE, "-n", SYSTEM, "--wait", "--timeout", "120s")
