@@ -16,7 +16,7 @@ logs="$(mktemp -d)"
 passed=0
 for i in $(seq 1 "$runs"); do
   start=$(date +%s)
-  if DSR_REQUIRE_CONTROLPLANE=1 .venv/bin/python -m pytest -q -p no:cacheprovider "${args[@]}" >"$logs/run-$i.log" 2>&1; then
+  if DSR_REQUIRE_CONTROLPLANE=1 DSR_REQUIRE_CLUSTER=1 .venv/bin/python -m pytest -q -p no:cacheprovider "${args[@]}" >"$logs/run-$i.log" 2>&1; then
     passed=$((passed + 1))
     echo "run $i/$runs: passed in $(( $(date +%s) - start )) s ($(tail -1 "$logs/run-$i.log"))"
   else
