@@ -20,7 +20,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -171,43 +171,48 @@ class Loop:
 
 
 @contextlib.contextmanager
-def client_loop(stand: Stand) -> Iterator[Loop]:
-    loop, stop = Loop(), threading.Event()
+def every_50ms(sample: Callable[[], None]) -> Iterator[None]:
+    """Call `sample` in a thread every 50 ms while the block runs."""
+    stop = threading.Event()
 
     def run() -> None:
         while not stop.is_set():
-            reply = stand.cluster.lab.get(timeout=3)
-            loop.replies.append((time.time(), reply.ok, reply.backend))
+            sample()
             stop.wait(0.05)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     try:
-        yield loop
+        yield
     finally:
         stop.set()
         thread.join(10)
 
 
 @contextlib.contextmanager
+def client_loop(stand: Stand) -> Iterator[Loop]:
+    """The lab's client asks the VIP on a new connection every 50 ms: what each request got."""
+    loop = Loop()
+
+    def ask() -> None:
+        reply = stand.cluster.lab.get(timeout=3)
+        loop.replies.append((time.time(), reply.ok, reply.backend))
+
+    with every_50ms(ask):
+        yield loop
+
+
+@contextlib.contextmanager
 def vip_watch(stand: Stand, nodes: list[cl.Node]) -> Iterator[dict[str, list[tuple[float, bool]]]]:
     """Every 50 ms, whether each node holds the VIP on `lo`: node → [(wall time, held)]."""
     seen: dict[str, list[tuple[float, bool]]] = {n.name: [] for n in nodes}
-    stop = threading.Event()
 
-    def run() -> None:
-        while not stop.is_set():
-            for node in nodes:
-                seen[node.name].append((time.time(), stand.node_has_vip(node)))
-            stop.wait(0.05)
+    def look() -> None:
+        for node in nodes:
+            seen[node.name].append((time.time(), stand.node_has_vip(node)))
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
+    with every_50ms(look):
         yield seen
-    finally:
-        stop.set()
-        thread.join(10)
 
 
 def _journal(stand: Stand, since: int) -> list[dict[str, Any]]:
@@ -380,20 +385,7 @@ def test_an_agent_pod_restart_keeps_the_vip_on_its_node(stand: Stand) -> None:
     node = stand.cluster.node(sorted(_web_nodes(stand))[0])
     (agent,) = [p for p in _pods(stand, SYSTEM, "app.kubernetes.io/component=agent")
                 if p["spec"].get("nodeName") == node.name]
-    missing: list[float] = []
-    checks = [0]
-    stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.is_set():
-            if not stand.node_has_vip(node):
-                missing.append(time.monotonic())
-            checks[0] += 1
-            stop.wait(0.05)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
+    with vip_watch(stand, [node]) as held:
         stand.kc("delete", "pod", agent["metadata"]["name"], "-n", SYSTEM)
 
         def replaced() -> bool:
@@ -402,12 +394,11 @@ def test_an_agent_pod_restart_keeps_the_vip_on_its_node(stand: Stand) -> None:
             return bool(pods) and pods[0]["metadata"]["uid"] != agent["metadata"]["uid"]
         stand.wait(replaced, 120, f"a new agent Pod Ready on {node.name}")
         time.sleep(2)  # and a few more checks with the new agent running
-    finally:
-        stop.set()
-        watcher.join(10)
-    stand.figures["agent_restart_vip_checks"] = checks[0]
-    assert checks[0] > 20
-    assert not missing, f"the VIP was missing from {node.name} in {len(missing)} of {checks[0]} checks"
+    checks = len(held[node.name])
+    missing = [t for t, has in held[node.name] if not has]
+    stand.figures["agent_restart_vip_checks"] = checks
+    assert checks > 20
+    assert not missing, f"the VIP was missing from {node.name} in {len(missing)} of {checks} checks"
     assert stand.bound_nodes() == _web_nodes(stand)
 
 

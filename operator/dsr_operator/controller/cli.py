@@ -15,7 +15,7 @@ import kopf
 from aiohttp import web
 
 from dsr_operator import kube
-from dsr_operator.controller import config, election, handlers
+from dsr_operator.controller import config, election, handlers, metrics
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +107,7 @@ async def _serve_health(port: int) -> web.AppRunner:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", port).start()
-    return runner
+    return await metrics.serve_get(port, "/healthz", healthz)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

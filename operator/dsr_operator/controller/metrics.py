@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import prometheus_client
 from aiohttp import web
 
@@ -95,9 +97,15 @@ class Metrics:
             return web.Response(body=prometheus_client.generate_latest(self.registry),
                                 headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
-        app = web.Application()
-        app.router.add_get("/metrics", handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "0.0.0.0", port).start()
-        return runner
+        return await serve_get(port, "/metrics", handle)
+
+
+async def serve_get(port: int, path: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                    ) -> web.AppRunner:
+    """A small HTTP server on every address: GET `path` answered by `handler`; clean up the runner to stop."""
+    app = web.Application()
+    app.router.add_get(path, handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()
+    return runner
