@@ -76,6 +76,10 @@ KUBELET_SYSCTLS = (
 )
 CONTAINER_LOGS = Path("/var/log/containers")  # kubelet's fixed path for log symlinks
 CNI_CACHE = Path("/var/lib/cni")  # libcni's result cache (containerd 1.6 cannot move it)
+# The kubelet's device-plugin socket is at a fixed path, not under --root-dir: kubelets started at the
+# same moment race for it (one fails "address already in use"), so they start one after the other.
+KUBELET_DIR = Path("/var/lib/kubelet")
+DEVICE_PLUGIN_SOCKET = KUBELET_DIR / "device-plugins" / "kubelet.sock"
 SHIM_DIRS = (Path("/run/containerd/s"), Path("/run/containerd/fifo"))
 
 
@@ -275,6 +279,7 @@ class HostState:
     container_logs_existed: bool
     cni_cache_existed: bool
     run_containerd_existed: bool
+    kubelet_dir_existed: bool
 
     @classmethod
     def take(cls) -> HostState:
@@ -285,6 +290,7 @@ class HostState:
             container_logs_existed=CONTAINER_LOGS.exists(),
             cni_cache_existed=CNI_CACHE.exists(),
             run_containerd_existed=Path("/run/containerd").exists(),
+            kubelet_dir_existed=KUBELET_DIR.exists(),
         )
 
 
@@ -837,6 +843,7 @@ def _start_nodes(cluster: Cluster, tokens: dict[str, str], proxy_token: str, cli
     cluster.figures["_kubelets_started"] = time.monotonic()
     for node in cluster.nodes:
         d = node.dir
+        before = _inode(DEVICE_PLUGIN_SOCKET)
         node.processes.append(
             cpboot._start(
                 "kubelet",
@@ -854,6 +861,14 @@ def _start_nodes(cluster: Cluster, tokens: dict[str, str], proxy_token: str, cli
                 ),
             )
         )
+        kubelet = node.processes[-1]
+
+        def listening(kubelet: Proc = kubelet, before: int | None = before) -> bool:
+            kubelet.check_alive()
+            now = _inode(DEVICE_PLUGIN_SOCKET)
+            return now is not None and now != before
+
+        cluster.wait_for(listening, 120, f"{node.name}'s kubelet to open {DEVICE_PLUGIN_SOCKET}", interval=0.05)
         node.processes.append(
             cpboot._start(
                 "kube-proxy",
@@ -862,6 +877,13 @@ def _start_nodes(cluster: Cluster, tokens: dict[str, str], proxy_token: str, cli
                 node.nsenter(str(BIN_DIR / "kube-proxy"), f"--config={d / 'kube-proxy.yaml'}", "--v=1"),
             )
         )
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
 
 
 def _ensure_images(cluster: Cluster, tars: list[Path]) -> Path | None:
@@ -994,6 +1016,12 @@ def _cleanup_host(before: HostState, workdir: Path, prefix: str, net: str, pod_n
             results.rmdir()
             CNI_CACHE.rmdir()
     busy = _unix_socket_paths()
+    if str(DEVICE_PLUGIN_SOCKET) not in busy:
+        DEVICE_PLUGIN_SOCKET.unlink(missing_ok=True)
+    if not before.kubelet_dir_existed and last:
+        with contextlib.suppress(OSError):
+            DEVICE_PLUGIN_SOCKET.parent.rmdir()
+            KUBELET_DIR.rmdir()
     for folder in SHIM_DIRS:
         for name in _listing(folder) - before.shim_entries.get(str(folder), set()):
             path = folder / name
@@ -1055,4 +1083,8 @@ def leftovers(
         found.append(f"{CONTAINER_LOGS} (created by the kubelet)")
     if CNI_CACHE.exists() and not before.cni_cache_existed:
         found.append(f"{CNI_CACHE} (created by the CNI plugins)")
+    if KUBELET_DIR.exists() and not before.kubelet_dir_existed:
+        found.append(f"{KUBELET_DIR} (created by the kubelet's device manager)")
+    elif DEVICE_PLUGIN_SOCKET.exists():
+        found.append(f"{DEVICE_PLUGIN_SOCKET} (the kubelet's device-plugin socket)")
     return found
