@@ -83,6 +83,9 @@ DEVICE_PLUGIN_SOCKET = KUBELET_DIR / "device-plugins" / "kubelet.sock"
 SHIM_DIRS = (Path("/run/containerd/s"), Path("/run/containerd/fifo"))
 
 
+#: Figures the tier's tests measured, by part ("cluster", "dsr"): printed in pytest's summary.
+REPORT: dict[str, dict[str, float]] = {}
+
 _boots = itertools.count()
 # Several clusters in one process (the tier's session cluster and a short-lived one): the machine-wide
 # state they share (sysctls, kubelet's /var/log/containers, libcni's cache) is saved by the first

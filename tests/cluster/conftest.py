@@ -27,6 +27,7 @@ CI=true or DSR_REQUIRE_CLUSTER=1 it fails instead. DSR_CLUSTER_KEEP=1 keeps the 
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from collections.abc import Iterator
@@ -62,4 +63,11 @@ def cluster_prerequisites() -> None:
 def cluster(cluster_prerequisites: None) -> Iterator[cl.Cluster]:
     with cl.boot() as c:
         yield c
+    cl.REPORT["cluster"] = {k: round(v, 1) for k, v in c.figures.items() if not k.startswith("_")}
     print(f"\ncluster teardown: {c.figures.get('teardown', 0):.1f}s, host clean")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The tier's figures (boot and teardown seconds, requests sent and failed, ...) in every run's output."""
+    for part, figures in sorted(cl.REPORT.items()):
+        terminalreporter.write_line(f"cluster tier figures ({part}): {json.dumps(figures, sort_keys=True)}")
