@@ -124,12 +124,12 @@ class NetScalerView:
         Services whose drain is due are read again first, so a finished drain is seen at once.
         """
         try:
-            if self._actual is None:
+            if self._actual is not None:
+                await self._refresh_due_drains()
+            if self._actual is None:  # first use, invalidated, or invalidated while drains were asked about
                 client = await self._open()
                 self._actual = await executor.read_actual(client, self.operator_id)
                 self._track_unknown_drains(self._actual)
-            else:
-                await self._refresh_due_drains()
         except errors.NitroError:
             await self._drop_client()
             raise
@@ -173,6 +173,8 @@ class NetScalerView:
         client = await self._open()
         rows = await asyncio.gather(*(self._service_state(client, name) for name in due))
         state = self._actual
+        if state is None:  # invalidated meanwhile (a failed write elsewhere): the caller reads it all again
+            return
         objects = dict(state.objects)
         for name, (svrstate, clients) in zip(due, rows, strict=True):
             old = objects.get(("service", name))
