@@ -10,6 +10,7 @@ from typing import Any
 
 import kmock
 import lightkube.resources.core_v1
+import lightkube.resources.discovery_v1
 import lightkube.types
 import pytest
 
@@ -265,3 +266,98 @@ async def test_vips_no_longer_wanted_go_even_while_the_arp_sysctls_cannot_be_set
         outcome = await the_host.apply([])
     assert outcome.removed == ("192.0.2.71",) and "192.0.2.71/32" not in cidrs(netns, "lo")
     assert outcome.error and "arp" in outcome.error, outcome
+
+
+async def test_the_node_refuses_vips_that_would_cut_it_off(
+    kube: KubeHandle, netns: str, tmp_path: pathlib.Path
+) -> None:
+    """Whatever the DsrNodeConfig asks, the agent never takes an address the node or the cluster needs."""
+    run("ip", "-n", netns, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+    run("ip", "-n", netns, "addr", "add", "198.51.100.1/24", "dev", "v0")
+    run("ip", "-n", netns, "link", "set", "v0", "up")
+    run("ip", "-n", netns, "route", "add", "default", "via", "198.51.100.254")
+    client = kube.client()
+    await client.create(lightkube.resources.core_v1.Node.from_dict(
+        {"metadata": {"name": "node-b"}, "spec": {"podCIDRs": ["10.244.1.0/24"]}}))
+    await client.patch(lightkube.resources.core_v1.Node.Status, "node-b", {"status": {"addresses": [
+        {"type": "InternalIP", "address": "198.51.100.7"}, {"type": "Hostname", "address": "node-b"}]}})
+    await client.create(lightkube.resources.discovery_v1.EndpointSlice.from_dict({
+        "metadata": {"name": "kubernetes", "namespace": "default"}, "addressType": "IPv4",
+        "endpoints": [{"addresses": ["198.51.100.5"]}]}))
+    refused = {
+        "198.51.100.1": "assigned to v0 on this node",
+        "198.51.100.254": "this node's gateway",
+        "198.51.100.7": "node node-b's InternalIP",
+        "198.51.100.5": "the API server's address",  # from the default/kubernetes EndpointSlice
+        "198.51.100.6": "the API server's address",  # the host the agent reaches it by
+        "10.244.1.9": "node node-b's pod CIDR",
+        "10.96.0.1": "a protected range (--protected-cidr)",
+        "240.0.0.1": "reserved",
+        "255.255.255.255": "reserved (or broadcast)",
+    }
+    await create_config(client, ["192.0.2.40", *refused])
+    settings = loop.Settings(node_name=NODE, interface_mode="loopback", netns=netns, state_dir=tmp_path,
+                             resync_seconds=0.3, backoff_initial_seconds=0.1,
+                             api_hosts=("198.51.100.6",), protected_cidrs=("10.96.0.0/12",))
+    async with host.Host(netns=netns, mode="loopback", state_dir=tmp_path) as the_host:
+        agent = loop.Agent(settings, the_host, kube.client("agent"))
+        task = asyncio.create_task(agent.run())
+        try:
+            async def reported() -> dict[str, Any] | None:
+                status = await status_of(client)
+                return status if status.get("appliedVips") == ["192.0.2.40"] else None
+
+            status = await poll(reported, what="the harmless VIP applied, the others reported")
+            passes = agent.passes
+            await poll(lambda: agent.passes >= passes + 3, what="three more passes")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    errors = {f["address"]: f["error"] for f in status["failedVips"]}
+    assert set(errors) == set(refused), errors
+    for address, why in refused.items():
+        assert errors[address].startswith("refused: ") and why in errors[address], (address, errors[address])
+    on_the_node = {a["local"] for a in addresses(netns)}
+    assert on_the_node & set(refused) == {"198.51.100.1"}  # v0's own address, untouched
+    assert "192.0.2.40/32" in cidrs(netns, "lo") and cidrs(netns, "v0") == {"198.51.100.1/24"}
+    assert condition(status, "Degraded")["status"] == "True"
+
+
+async def test_vips_just_added_go_again_when_the_api_server_falls_silent(
+    kube: KubeHandle, netns: str, tmp_path: pathlib.Path
+) -> None:
+    """Second line of defence: a VIP that cut the node off from the API server (as an unlisted address of
+    the API server would) is removed again after the grace time, reported once the API answers, and
+    retried only after the quarantine."""
+    client = kube.client()
+    await create_config(client, ["192.0.2.95"])
+    cut_off = {"on": True}
+    # The API answers 503 to everything while the VIP is on the node (and the test has not lifted it).
+    kube.emulator[lambda: cut_off["on"] and "192.0.2.95/32" in cidrs(netns, "lo")] << 503
+    settings = loop.Settings(node_name=NODE, interface_mode="loopback", netns=netns, state_dir=tmp_path,
+                             resync_seconds=0.3, backoff_initial_seconds=0.1, api_grace_seconds=1.0,
+                             quarantine_seconds=600.0)
+    async with host.Host(netns=netns, mode="loopback", state_dir=tmp_path) as the_host:
+        agent = loop.Agent(settings, the_host, kube.client("agent"))
+        task = asyncio.create_task(agent.run())
+        try:
+            await poll(lambda: "192.0.2.95/32" in cidrs(netns, "lo"), what="VIP added")
+            await poll(lambda: "192.0.2.95/32" not in cidrs(netns, "lo"), what="VIP removed after the grace time")
+
+            async def reported() -> dict[str, Any] | None:
+                status = await status_of(client)
+                return status if status.get("failedVips") else None
+
+            status = await poll(reported, what="the removal reported once the API answers")
+            passes = agent.passes
+            await poll(lambda: agent.passes >= passes + 5, what="five more passes")
+            assert "192.0.2.95/32" not in cidrs(netns, "lo")  # quarantined, not re-added in a loop
+            cut_off["on"] = False
+            await set_vips(client, ["192.0.2.96"])  # the rest of the spec is still served
+            await poll(lambda: "192.0.2.96/32" in cidrs(netns, "lo"), what="another VIP applied")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    [failure] = status["failedVips"]
+    assert failure["address"] == "192.0.2.95" and "did not answer" in failure["error"], failure
+    assert status.get("appliedVips", []) == []

@@ -86,6 +86,27 @@ def test_a_new_node_backend_is_announced_before_it_is_bound() -> None:
     assert [r.verdict.reason for r in report] == ["WaitingForLoopback"]
 
 
+def test_a_node_that_refuses_the_vip_is_never_bound_and_the_dsrservice_says_why() -> None:
+    spec = {"vip": "198.51.100.2", "ports": [80], "backends": {"service": "web"}}
+    why = "refused: 198.51.100.2 is node n2's InternalIP; holding it would cut this node off"
+    snap = snapshot(
+        [entry("web", spec)],
+        slices={("shop", "web"): [(world.Endpoint("n1", True, True, False),)]},
+        nodes={"n1": world.NodeInfo("n1", "uid-n1", (("InternalIP", "198.51.100.1"),))},
+        nodeconfigs={"n1": world.nodeconfig_info({
+            "metadata": {"name": "n1", "generation": 2}, "spec": {"vips": ["198.51.100.2"]},
+            "status": {"observedGeneration": 2, "failedVips": [{"address": "198.51.100.2", "error": why}]}})},
+        services={("shop", "web"): ("198.51.100.2",)},
+    )
+    decision = decide.decide(snap)
+    assert not [op for op in decision.plan.ops if op.kind == ns.VSERVER_BINDING]
+    report = decide.report(decision, effects.after(EMPTY, decision.plan.ops, OP_ID), executor.Outcome((), ()),
+                           snap, NOW)
+    [row] = report
+    assert (row.verdict.reason, row.verdict.stalled) == ("VipRefusedByNode", True)
+    assert row.verdict.message == f"node n1 will not hold the VIP: {why}"
+
+
 def test_the_plan_reads_only_the_part_of_netscaler_the_batch_touches() -> None:
     others = [entry(f"o{i}", static(f"198.18.{i // 250}.{i % 250}", f"10.9.{i // 250}.{i % 250}"))
               for i in range(500)]

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
 import pathlib
 import signal
 import sys
+import urllib.parse
 from collections.abc import Coroutine
 from typing import Any
+
+import lightkube
 
 from dsr_operator import kube
 from dsr_operator.agent import core, host, hostsetup, loop, metrics, netlink, state
@@ -64,6 +69,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     agent.add_argument("--token-file", type=pathlib.Path, help="bearer token file for --server")
     agent.add_argument("--ca-file", type=pathlib.Path, help="CA bundle that signed the --server certificate")
     agent.add_argument(
+        "--protected-cidr",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="never take a VIP in this range (repeat; the cluster's node, pod, service and API server "
+        "addresses are always refused)",
+    )
+    agent.add_argument(
+        "--api-grace-seconds",
+        type=float,
+        default=10.0,
+        help="remove VIPs just added when the API server does not answer for this long after (default: 10)",
+    )
+    agent.add_argument(
         "--uninstall",
         action="store_true",
         help="remove the VIPs and dummy link the agent added, restore the sysctls, exit",
@@ -108,6 +127,8 @@ def run_agent(args: argparse.Namespace) -> int:
         netns=args.netns,
         state_dir=args.state_dir,
         metrics_port=args.metrics_port,
+        protected_cidrs=tuple(args.protected_cidr),
+        api_grace_seconds=args.api_grace_seconds,
     )
     connection = kube.Connection(
         kubeconfig=args.kubeconfig, server=args.server, token_file=args.token_file, certificate_authority=args.ca_file
@@ -132,6 +153,7 @@ async def _agent_main(settings: loop.Settings, connection: kube.Connection, *, u
                 print(line)
             return 0
         config = await asyncio.to_thread(kube.load_config, connection)
+        settings = dataclasses.replace(settings, api_hosts=_api_hosts(config, connection))
         client = kube.make_client(config, connection, field_manager=loop.COMPONENT)
         exporter = metrics.AgentMetrics(settings.node_name) if settings.metrics_port else None
         runner = await exporter.serve(settings.metrics_port) if exporter is not None else None
@@ -146,6 +168,16 @@ async def _agent_main(settings: loop.Settings, connection: kube.Connection, *, u
             if runner is not None:
                 await runner.cleanup()
             await client.close()
+
+
+def _api_hosts(config: lightkube.KubeConfig, connection: kube.Connection) -> tuple[str, ...]:
+    """The hosts the agent reaches the API server by: the configured server, and the in-cluster service host."""
+    hosts = [os.environ.get("KUBERNETES_SERVICE_HOST", "")]
+    with contextlib.suppress(Exception):  # a context without a server: nothing to add
+        single = config.get(connection.context)
+        if single is not None:
+            hosts.append(urllib.parse.urlsplit(single.cluster.server).hostname or "")
+    return tuple(h for h in hosts if h)
 
 
 async def _until_signal(work: Coroutine[Any, Any, None]) -> int:

@@ -131,16 +131,94 @@ def parse_vips(raw: object) -> tuple[list[Vip], list[VipFailure]]:
         except ValueError:
             failed.append(VipFailure(address=text[:64], error="not an IPv4 or IPv6 address"))
             continue
-        if ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip.is_link_local:
-            failed.append(
-                VipFailure(
-                    address=text[:64], error="not usable as a VIP (unspecified, multicast, loopback or link-local)"
-                )
-            )
+        if special := special_range(ip):
+            failed.append(VipFailure(address=text[:64], error=f"refused: {special}, never a VIP"))
             continue
         family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
         valid[str(ip)] = Vip(address=str(ip), family=family)
     return sorted(valid.values()), failed
+
+
+def special_range(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why no host may hold `ip` as a VIP (unspecified, loopback, link-local, multicast, reserved), or None."""
+    for bad, what in ((ip.is_unspecified, "unspecified"), (ip.is_loopback, "a loopback address"),
+                      (ip.is_link_local, "link-local"), (ip.is_multicast, "multicast"),
+                      (ip.is_reserved, "reserved (or broadcast)")):
+        if bad:
+            return f"{ip} is {what}"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Protected:
+    """Addresses this node must never take as a VIP, each with the reason (the agent's own rule).
+
+    The operator is not trusted to ask only for harmless VIPs: a DsrService whose VIP is the API server's
+    address, a node's InternalIP or the default gateway would cut the node off if the agent obeyed. The
+    agent checks each VIP before it adds it; a VIP it already holds is left to the spec (the operator
+    unbinds before it asks for a removal).
+    """
+
+    addresses: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Canonical address -> what it is (`the API server's address`, `node n2's InternalIP`)."""
+    networks: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...] = ()
+    """Ranges no VIP may fall in (pod and service CIDRs, `--protected-cidr`), each with what it is."""
+    unknown: str | None = None
+    """Set when the cluster's addresses could not be read: then no new VIP is added (fail safe)."""
+
+    def __or__(self, other: Protected) -> Protected:
+        return Protected(
+            addresses={**other.addresses, **self.addresses},
+            networks=self.networks + tuple(n for n in other.networks if n not in self.networks),
+            unknown=self.unknown or other.unknown,
+        )
+
+
+NOTHING_PROTECTED = Protected()
+
+
+def refusal(vip: Vip, protected: Protected) -> str | None:
+    """Why the node refuses to add `vip` (the error reported in failedVips), or None when it is harmless."""
+    ip = ipaddress.ip_address(vip.address)
+    if special := special_range(ip):
+        return f"refused: {special}, never a VIP"
+    if (what := protected.addresses.get(vip.address)) is not None:
+        return f"refused: {vip.address} is {what}; holding it would cut this node off"
+    for network, what in protected.networks:
+        if ip.version == network.version and ip in network:
+            return f"refused: {vip.address} is in {network} ({what})"
+    if protected.unknown:
+        return f"not added: cannot check it against the cluster's addresses ({protected.unknown})"
+    return None
+
+
+def host_protected(
+    current: Sequence[HostAddress], target_index: int, ownership: Ownership, gateways: Iterable[str]
+) -> Protected:
+    """What this namespace itself forbids: its addresses (other than VIP-shaped ones on the VIP interface) and
+    its gateways.
+
+    A host-length address on the VIP interface that is not ours is left out: that is a VIP the host owner put
+    there (`plan` treats it as held by the host, and never touches it).
+    """
+    found: dict[str, str] = {}
+    for addr in current:
+        if ownership.owns(addr):
+            continue
+        host_len = 32 if addr.family == socket.AF_INET else 128
+        if addr.index == target_index and addr.prefixlen == host_len:
+            continue
+        found.setdefault(addr.address, f"assigned to {addr.ifname} on this node")
+    for gateway in gateways:
+        found.setdefault(_canonical(gateway), "this node's gateway")
+    return Protected(addresses=found)
+
+
+def _canonical(address: str) -> str:
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address
 
 
 def plan(desired: Iterable[Vip], target_index: int, current: Sequence[HostAddress], ownership: Ownership) -> Plan:

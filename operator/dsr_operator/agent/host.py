@@ -122,10 +122,15 @@ class Host:
         assert link is not None
         return mode, link, links, created
 
-    async def apply(self, vips: Sequence[core.Vip], invalid: Sequence[core.VipFailure] = ()) -> core.Outcome:
+    async def apply(
+        self, vips: Sequence[core.Vip], invalid: Sequence[core.VipFailure] = (),
+        protected: core.Protected = core.NOTHING_PROTECTED,
+    ) -> core.Outcome:
         """Converge the namespace to hold exactly `vips` (ours) on the VIP interface, with the arp sysctls.
 
-        `invalid` (VIP strings that failed to parse) are only carried into the outcome.
+        `invalid` (VIP strings that failed to parse) are only carried into the outcome. A VIP that is not
+        held yet is added only if `core.refusal` finds nothing against it in `protected` (the cluster's
+        addresses, from the caller) together with this namespace's own addresses and gateways.
         """
         mode, ifname = self.mode or "loopback", self.interface or LOOPBACK
         applied: list[str] = []
@@ -150,9 +155,16 @@ class Host:
                 sysctl_problem = exc
             current = await self.netlink.addresses(links)
             the_plan = core.plan(vips, link.index, current, self.ownership())
-
-            results = await self.netlink.add_vips(the_plan.add, link.index, ifname) if sysctl_problem is None else {
-                v.address: f"not added: {sysctl_problem}" for v in the_plan.add}
+            guard = protected
+            if the_plan.add:
+                guard |= core.host_protected(current, link.index, self.ownership(), await self.netlink.gateways())
+            refused = {v.address: why for v in the_plan.add if (why := core.refusal(v, guard)) is not None}
+            allowed = [v for v in the_plan.add if v.address not in refused]
+            results: dict[str, str | None] = dict(refused)
+            if sysctl_problem is not None:
+                results |= {v.address: f"not added: {sysctl_problem}" for v in allowed}
+            elif allowed:
+                results |= await self.netlink.add_vips(allowed, link.index, ifname)
             ok = {v.address for v in the_plan.held} | {v.address for v in the_plan.foreign}
             for vip in the_plan.add:
                 problem = results.get(vip.address)

@@ -16,6 +16,7 @@ import dataclasses
 import datetime
 import logging
 import pathlib
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,7 +27,7 @@ import lightkube.resources.core_v1
 import lightkube.types
 
 from dsr_operator import kube
-from dsr_operator.agent import core, host, state
+from dsr_operator.agent import core, facts, host, state
 from dsr_operator.agent import metrics as metrics_
 from dsr_operator.api import models
 
@@ -53,6 +54,14 @@ class Settings:
     """Events about the cluster-scoped DsrNodeConfig go to this namespace."""
     metrics_port: int = 0
     """Serve Prometheus `/metrics` on this port (0: no metrics endpoint)."""
+    api_hosts: tuple[str, ...] = ()
+    """The API server's addresses as the agent reaches it (never taken as VIPs)."""
+    protected_cidrs: tuple[str, ...] = ()
+    """Ranges no VIP may fall in, besides those the cluster reports (`--protected-cidr`)."""
+    api_grace_seconds: float = 10.0
+    """After adding VIPs, the API server must answer within this long, or the VIPs just added are removed."""
+    quarantine_seconds: float = 60.0
+    """A VIP removed that way is retried after this long (doubling each time, up to 16 times as long)."""
 
 
 def _utcnow() -> datetime.datetime:
@@ -92,6 +101,15 @@ class Agent:
         self._baseline: tuple[set[str], set[str]] | None = None
         """(VIPs held, sysctls at their desired value) after the last pass: what drift is measured against."""
         self.passes = 0
+        self._static = facts.static_protected(settings.api_hosts, settings.protected_cidrs)
+        self._cluster: core.Protected | None = None
+        self._cluster_read_at = 0.0
+        self._held: frozenset[str] = frozenset()
+        self._failures: dict[str, str] = {}
+        self._probation: tuple[frozenset[str], float] | None = None
+        """VIPs added while the API server has not answered since, and when they were added."""
+        self._quarantine: dict[str, tuple[float, int, str]] = {}
+        """VIP -> (monotonic time it may be retried, how many times it was removed, why): see `_roll_back`."""
 
     # --- watch -----------------------------------------------------------------------------------
 
@@ -148,12 +166,70 @@ class Agent:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
 
+    async def _protected(self, wanted: set[str]) -> core.Protected:
+        """The cluster's forbidden addresses, read again before a VIP is added and at least every resync."""
+        now = time.monotonic()
+        stale = now - self._cluster_read_at >= self.settings.resync_seconds
+        if self._cluster is None or stale or (wanted - self._held and now - self._cluster_read_at >= 1.0):
+            try:
+                read = await asyncio.wait_for(facts.cluster_protected(self.client), self.settings.api_grace_seconds)
+            except TimeoutError:
+                read = core.Protected(unknown="listing Nodes timed out")
+            if read.unknown is None or self._cluster is None or self._cluster.unknown is not None:
+                self._cluster, self._cluster_read_at = read, now
+            else:  # keep the last complete answer: the addresses did not become harmless
+                logger.warning("Reading the cluster's addresses failed, using the last answer: %s", read.unknown)
+        return self._static | self._cluster
+
+    def _quarantined(self, vips: list[core.Vip]) -> tuple[list[core.Vip], list[core.VipFailure]]:
+        now = time.monotonic()
+        keep: list[core.Vip] = []
+        failed: list[core.VipFailure] = []
+        for vip in vips:
+            until, _, message = self._quarantine.get(vip.address, (0.0, 0, ""))
+            if until > now:
+                failed.append(core.VipFailure(vip.address, message))
+            else:
+                keep.append(vip)
+        return keep, failed
+
+    def _roll_back(self) -> None:
+        """Second line of defence: the API server went silent right after we added VIPs, so maybe they cut
+        this node off. Take them out again (the next pass removes them) and retry later, with backoff."""
+        assert self._probation is not None
+        added, _ = self._probation
+        self._probation = None
+        now = time.monotonic()
+        for address in sorted(added):
+            _, times, _ = self._quarantine.get(address, (0.0, 0, ""))
+            delay = self.settings.quarantine_seconds * 2 ** min(times, 4)
+            retry = _rfc3339(self.clock() + datetime.timedelta(seconds=delay))
+            message = (f"removed: the API server did not answer within {self.settings.api_grace_seconds:g}s "
+                       f"after it was added; retried at {retry}")
+            self._quarantine[address] = (now + delay, times + 1, message)
+            logger.error("VIP %s: the API server has not answered for %.0fs since it was added; removing it, "
+                         "retrying in %.0fs", address, self.settings.api_grace_seconds, delay)
+
     async def reconcile(self) -> None:
         """One pass: spec -> host -> status (only if changed) -> events."""
         obj = self._obj
         spec = (obj or {}).get("spec") or {}
         vips, invalid = core.parse_vips(spec.get("vips", []))
-        outcome = await self.host.apply(vips, invalid)
+        if self._probation and time.monotonic() - self._probation[1] >= self.settings.api_grace_seconds:
+            self._roll_back()
+        vips, held_back = self._quarantined(vips)
+        protected = await self._protected({v.address for v in vips})
+        outcome = await self.host.apply(vips, [*invalid, *held_back], protected)
+        self._held = frozenset(outcome.applied)
+        failures = {f.address: f.error for f in outcome.failed}
+        for address, error in sorted(failures.items()):
+            if self._failures.get(address) != error:
+                logger.warning("DsrNodeConfig %s: VIP %s not applied: %s", self.settings.node_name, address, error)
+        self._failures = failures
+        if outcome.added:
+            since = self._probation[1] if self._probation else time.monotonic()
+            self._probation = (frozenset(outcome.added) | (self._probation[0] if self._probation else frozenset()),
+                               since)
         self.passes += 1
         if outcome.added or outcome.removed:
             logger.info(
@@ -177,6 +253,7 @@ class Agent:
 
         self._retry_in = None
         if obj is None:
+            self._probation = None  # nothing to report to: the spec is gone (deleted DsrNodeConfig)
             return
         if drift is not None:
             await self._event("DriftRepaired", "Repaired host drift: " + "; ".join(repaired), metadata, now)
@@ -184,15 +261,22 @@ class Agent:
             outcome, generation=generation, previous=previous_status, now=_rfc3339(now), drift=drift
         )
         document = core.status_document(status)
-        if document == dict(previous_status):
+        if document == dict(previous_status) and self._probation is None:
             return
         try:
-            await self.client.patch(
-                kube.DsrNodeConfig.Status,
-                self.settings.node_name,
-                {"status": core.merge_patch(previous_status, document)},
-                patch_type=lightkube.types.PatchType.MERGE,
-            )
+            async with asyncio.timeout(self.settings.api_grace_seconds if self._probation else None):
+                if document == dict(previous_status):  # nothing to write: only ask whether the API answers
+                    await self.client.get(kube.DsrNodeConfig, self.settings.node_name)
+                else:
+                    await self.client.patch(
+                        kube.DsrNodeConfig.Status,
+                        self.settings.node_name,
+                        {"status": core.merge_patch(previous_status, document)},
+                        patch_type=lightkube.types.PatchType.MERGE,
+                    )
+            self._probation = None
+            for address in self._held & self._quarantine.keys():  # re-added, and the API still answers
+                del self._quarantine[address]
             if self._obj is obj:
                 obj["status"] = document
         except Exception as exc:  # the next pass recomputes and retries

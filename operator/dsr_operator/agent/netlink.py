@@ -123,6 +123,16 @@ class Netlink:
             result[index] = Link(index=index, name=str(msg.get("ifname")), kind=kind, flags=int(msg["flags"]))
         return result
 
+    async def gateways(self) -> list[str]:
+        """The next hops of every route in the main table, both families (the node's gateways)."""
+        found: list[str] = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            async for msg in await self.ipr.route("dump", family=family):
+                gateway = msg.get("RTA_GATEWAY")
+                if gateway:
+                    found.append(str(gateway))
+        return found
+
     async def addresses(self, links: dict[int, Link] | None = None) -> list[core.HostAddress]:
         """Every address in the namespace (an RTM_GETADDR dump)."""
         names = {i: link.name for i, link in (links if links is not None else await self.links()).items()}

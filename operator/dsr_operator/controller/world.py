@@ -55,6 +55,8 @@ class NodeConfigInfo:
     vips: frozenset[str]
     applied: frozenset[str]
     observed_generation: int | None
+    refused: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """VIP -> why the node's agent refuses to hold it (failedVips whose error starts with `refused:`)."""
 
     @property
     def current(self) -> bool:
@@ -95,6 +97,8 @@ def nodeconfig_info(body: Mapping[str, Any]) -> NodeConfigInfo:
         vips=frozenset(spec.get("vips") or ()),
         applied=frozenset(status.get("appliedVips") or ()),
         observed_generation=int(observed) if observed is not None else None,
+        refused={str(f.get("address")): str(f.get("error"))
+                 for f in status.get("failedVips") or () if str(f.get("error") or "").startswith("refused:")},
     )
 
 
@@ -108,6 +112,8 @@ class Backends:
     loopback_ready: int
     missing_nodes: tuple[str, ...] = ()
     waiting_nodes: tuple[str, ...] = ()
+    refused_nodes: tuple[tuple[str, str], ...] = ()
+    """(node, its agent's reason) for each node that refuses to hold the VIP."""
 
 
 def node_backends(slices: Iterable[Iterable[Endpoint]]) -> dict[str, tuple[int, int]]:
@@ -149,6 +155,7 @@ def service_backends(
     node_vips: dict[str, str] = {}
     missing: list[str] = []
     waiting: list[str] = []
+    refused: list[tuple[str, str]] = []
     desired = loopback_ready = 0
     for node, (ready, _other) in sorted(counts.items()):
         info = nodes.get(node)
@@ -165,6 +172,8 @@ def service_backends(
             desired += 1
             if loop_ok:
                 loopback_ready += 1
+            elif config is not None and spec.vip in config.vips and spec.vip in config.refused:
+                refused.append((node, config.refused[spec.vip]))
             else:
                 waiting.append(node)
         backends.append(desired_mod.Backend(node, address, loopback_ready=ready > 0 and loop_ok))
@@ -172,7 +181,8 @@ def service_backends(
         address = info.address_for(spec.vip)
         if address is not None and address in present and node not in node_vips:
             node_vips[node] = spec.vip
-    return Backends(tuple(backends), node_vips, desired, loopback_ready, tuple(missing), tuple(waiting))
+    return Backends(tuple(backends), node_vips, desired, loopback_ready, tuple(missing), tuple(waiting),
+                    tuple(refused))
 
 
 def _has_pending(node: str, slices: Iterable[Iterable[Endpoint]]) -> bool:
@@ -269,6 +279,10 @@ def verdict(
         note = ""
     if backends.desired == 0:
         return Verdict(False, "NoReadyBackends", note or "no ready backend", reconciling=False)
+    if backends.refused_nodes:  # the node's own safety rule: only a different VIP (or node) heals it
+        node, why = backends.refused_nodes[0]
+        more = f" (and {len(backends.refused_nodes) - 1} more nodes)" if len(backends.refused_nodes) > 1 else ""
+        return Verdict(False, "VipRefusedByNode", f"node {node}{more} will not hold the VIP: {why}", stalled=True)
     if backends.waiting_nodes:
         waiting = ", ".join(backends.waiting_nodes)
         return Verdict(bound > 0, "WaitingForLoopback",
