@@ -7,6 +7,7 @@ Every field has a default and a unit in its name or description. Secrets are rea
 from __future__ import annotations
 
 import pathlib
+import urllib.parse
 
 import pydantic
 import pydantic_settings
@@ -15,7 +16,9 @@ import pydantic_settings
 class NitroSettings(pydantic_settings.BaseSettings):
     """How to reach NetScaler (env prefix DSR_NETSCALER_)."""
 
-    model_config = pydantic_settings.SettingsConfigDict(env_prefix="DSR_NETSCALER_", extra="ignore")
+    model_config = pydantic_settings.SettingsConfigDict(
+        env_prefix="DSR_NETSCALER_", extra="ignore", hide_input_in_errors=True  # a bad URL may hold a password
+    )
 
     url: str = "http://127.0.0.1:9080"
     """NITRO base URL of a stand-alone NetScaler (or of one node of an HA pair)."""
@@ -32,6 +35,16 @@ class NitroSettings(pydantic_settings.BaseSettings):
     max_concurrency: int = pydantic.Field(default=8, ge=1, le=64)
     retries: int = pydantic.Field(default=4, ge=0, le=20)
 
+    @pydantic.field_validator("url")
+    @classmethod
+    def _url_plain(cls, value: str) -> str:
+        return nitro_url(value)
+
+    @pydantic.field_validator("urls")
+    @classmethod
+    def _urls_plain(cls, value: list[str]) -> list[str]:
+        return [nitro_url(item) for item in value]
+
     def endpoints(self) -> list[str]:
         """The NITRO base URLs to talk to: the pair's NSIPs, else the one URL."""
         return list(self.urls) or [self.url]
@@ -46,3 +59,19 @@ class NitroSettings(pydantic_settings.BaseSettings):
         if self.password is not None:
             return username, self.password.get_secret_value()
         raise ValueError("no NetScaler password: set DSR_NETSCALER_PASSWORD_FILE or DSR_NETSCALER_PASSWORD")
+
+
+def nitro_url(value: str) -> str:
+    """A NITRO base URL: http(s)://host[:port], never with credentials in it (they would be logged and shown)."""
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        raise ValueError("the NetScaler URL is not a URL: use http(s)://host[:port]") from None
+    if "@" in parts.netloc:
+        raise ValueError("the NetScaler URL must not carry credentials (user:password@host): give the user and "
+                         "the password on their own (DSR_NETSCALER_USERNAME and DSR_NETSCALER_PASSWORD_FILE, "
+                         "the chart's Secret; or --user and --password-file)")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("the NetScaler URL must be http(s)://host[:port]")
+    return value

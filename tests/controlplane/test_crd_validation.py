@@ -68,11 +68,11 @@ INVALID = [
     pytest.param(_with("vip", "not-an-ip"), ['spec.vip: Invalid value: "not-an-ip": must be an IPv4 or IPv6 address'],
                  id="vip-not-an-ip"),
     pytest.param(_with("vip", "192.0.2.300"), ["must be an IPv4 or IPv6 address"], id="vip-octet-too-big"),
-    pytest.param(_with("ports", [0]), ['spec.ports[0]: Invalid value: 0: a port is 1-65535 or "*"'],
+    pytest.param(_with("ports", [0]), ['spec.ports[0]: Invalid value: 0: a port is 1-65534, or "*" for every port'],
                  id="port-0"),
-    pytest.param(_with("ports", [80, 70000]), ['spec.ports[1]: Invalid value: 70000: a port is 1-65535 or "*"'],
+    pytest.param(_with("ports", [80, 70000]), ['spec.ports[1]: Invalid value: 70000: a port is 1-65534, or "*"'],
                  id="port-70000"),
-    pytest.param(_with("ports", ["http"]), ['spec.ports[0]: Invalid value: "http": a port is 1-65535 or "*"'],
+    pytest.param(_with("ports", ["http"]), ['spec.ports[0]: Invalid value: "http": a port is 1-65534, or "*"'],
                  id="port-name"),
     pytest.param(_with("ports", []), ["spec.ports: Invalid value: 0: spec.ports in body should have at least 1 items"],
                  id="no-ports"),
@@ -104,6 +104,25 @@ INVALID = [
                  ['healthCheck.port is required when ports is ["*"] and healthCheck.type is TCP'],
                  id="wildcard-without-probe-port"),
     pytest.param(_with("vip", ...), ["spec.vip: Required value"], id="vip-missing"),
+    pytest.param(_with("ports", [80, 65535]), ['spec.ports[1]: Invalid value: 65535: a port is 1-65534, or "*"'],
+                 id="port-65535-is-every-port"),
+    *(pytest.param(_with("vip", vip), [f'spec.vip: Invalid value: "{vip}": must be a unicast address a host can hold'],
+                   id=f"vip-{what}")
+      for vip, what in (("0.0.0.0", "unspecified"), ("255.255.255.255", "broadcast"), ("240.0.0.1", "reserved"),
+                        ("224.0.0.1", "multicast"), ("127.0.0.1", "loopback"), ("169.254.1.1", "link-local"),
+                        ("::", "v6-unspecified"), ("::1", "v6-loopback"), ("fe80::1", "v6-link-local"),
+                        ("ff02::1", "v6-multicast"), ("fec0::1", "v6-site-local"))),
+    pytest.param(_with("backends", {"static": [{"name": "h1", "address": "198.51.100.255"},
+                                               {"name": "h2", "address": "224.0.0.9"}]}),
+                 ['spec.backends.static[1].address: Invalid value: "224.0.0.9": must be a unicast address'],
+                 id="static-multicast"),
+    pytest.param(_with("backends", {"static": [{"name": "h1", "address": "2001:db8::21"}]}),
+                 ["spec: Invalid value: \"object\": backends.static addresses must be in the VIP's address family"],
+                 id="static-other-family"),
+    pytest.param(_with("backends", {"static": [{"name": "h1", "address": "198.51.100.21"},
+                                               {"name": "h2", "address": "198.51.100.21"}]}),
+                 ["spec.backends: Invalid value: \"object\": backends.static lists an address more than once"],
+                 id="static-address-twice"),
 ]
 
 
@@ -126,7 +145,7 @@ def test_kubectl_shows_the_apiservers_message(controlplane: ControlPlane, crds: 
     result = controlplane.kc("apply", "-f", "-", input=json.dumps(body), check=False)
     assert result.returncode != 0
     assert 'The DsrService "bad" is invalid' in result.stderr
-    assert 'a port is 1-65535 or "*"' in result.stderr
+    assert 'a port is 1-65534, or "*" for every port' in result.stderr
 
 
 @pytest.mark.parametrize("example", ["static-web.yaml", "service-web.yaml"])
@@ -150,7 +169,7 @@ def test_examples_are_accepted_with_defaults(
     [
         pytest.param({"vip": "2001:db8::10", "ports": ["*"], "backends": {"service": "web"},
                       "healthCheck": {"type": "PING"}}, id="ipv6-wildcard-ping"),
-        pytest.param({"vip": "192.0.2.11", "ports": [1, 65535], "backends": {"service": "web"},
+        pytest.param({"vip": "192.0.2.11", "ports": [1, 65534], "backends": {"service": "web"},
                       "lbMethod": "SOURCEIPHASH", "drainSeconds": 0}, id="port-bounds-no-drain"),
         pytest.param({"vip": "192.0.2.12", "ports": ["*"], "backends": {"service": "web"},
                       "healthCheck": {"port": 80}}, id="wildcard-tcp-with-port"),

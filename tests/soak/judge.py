@@ -170,8 +170,8 @@ def spec_errors(spec: Spec) -> list[str]:
         errors.append("ports must list 1 to 64 ports")
     else:
         for port in ports:
-            if port != "*" and not (isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535):
-                errors.append(f"port {port!r} is not 1-65535 or *")
+            if port != "*" and not (isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65534):
+                errors.append(f"port {port!r} is not 1-65534 or *")
         if len({json.dumps(p) for p in ports}) != len(ports):
             errors.append("ports repeat")
         if "*" in ports and len(ports) > 1:

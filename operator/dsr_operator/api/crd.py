@@ -21,6 +21,11 @@ _CEL: dict[str, list[dict[str, str]]] = {
             "rule": "has(self.service) != has(self.static)",
             "message": "exactly one of backends.service and backends.static must be set",
         },
+        {
+            # Textual comparison: the operator compares canonical forms too (InvalidSpec for `::a` vs `::0a`).
+            "rule": "!has(self.static) || self.static.all(b, self.static.exists_one(c, c.address == b.address))",
+            "message": "backends.static lists an address more than once",
+        },
     ],
     "HealthCheck": [
         {
@@ -40,13 +45,31 @@ _CEL: dict[str, list[dict[str, str]]] = {
             "rule": "size(self.ports) == 1 || self.ports.all(p, type(p) == int)",
             "message": '"*" already covers every port; list it alone',
         },
+        {
+            "rule": "!has(self.backends.static) || !isIP(self.vip) || self.backends.static.all(b, "
+            "!isIP(b.address) || ip(b.address).family() == ip(self.vip).family())",
+            "message": "backends.static addresses must be in the VIP's address family",
+        },
     ],
 }
 _IP_RULE = [{"rule": "isIP(self)", "message": "must be an IPv4 or IPv6 address"}]
+_UNICAST_RULE = [
+    *_IP_RULE,
+    {
+        # What a host can hold and NetScaler can send to (models._unicast says the same in Python): IPv4
+        # global unicast (not 0.0.0.0, 127/8, 169.254/16, 224/4, 240/4 or the broadcast), IPv6 global unicast
+        # or unique local (2000::/3, fc00::/7).
+        "rule": "!isIP(self) || (ip(self).isGlobalUnicast() && (ip(self).family() == 4 ? "
+        "!cidr('240.0.0.0/4').containsIP(self) : "
+        "(cidr('2000::/3').containsIP(self) || cidr('fc00::/7').containsIP(self))))",
+        "message": "must be a unicast address a host can hold "
+        "(not unspecified, loopback, link-local, multicast, broadcast or reserved)",
+    },
+]
 _PORT_RULE = [
     {
-        "rule": "type(self) == string ? self == '*' : (self >= 1 && self <= 65535)",
-        "message": 'a port is 1-65535 or "*"',
+        "rule": "type(self) == string ? self == '*' : (self >= 1 && self <= 65534)",
+        "message": 'a port is 1-65534, or "*" for every port (NITRO\'s 65535 means every port)',
     }
 ]
 
@@ -119,7 +142,7 @@ def _mark_ips(schema: dict[str, Any], paths: list[list[str]]) -> None:
         node = schema
         for part in path:
             node = node["items"] if part == "[]" else node["properties"][part]
-        node["x-kubernetes-validations"] = _IP_RULE
+        node["x-kubernetes-validations"] = _UNICAST_RULE
         node["maxLength"] = 45
 
 

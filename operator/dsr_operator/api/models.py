@@ -71,13 +71,17 @@ def _unicast(value: str) -> str:
                       (address.is_reserved, "reserved (or broadcast)")):
         if bad:
             raise ValueError(f"{value!r} is {what}: not usable for DSR")
+    if address.version == 6 and not any(address in ipaddress.ip_network(n) for n in ("2000::/3", "fc00::/7")):
+        raise ValueError(f"{value!r} is neither global unicast (2000::/3) nor unique local (fc00::/7): "
+                         "not usable for DSR")
     return str(address)
 
 
 IPAddress = Annotated[str, pydantic.AfterValidator(_ip)]
 UnicastAddress = Annotated[str, pydantic.AfterValidator(_unicast)]
 """An IP address in canonical form that a VIP or a backend host can use."""
-Port = Annotated[int, pydantic.Field(ge=1, le=65535)] | Literal["*"]
+Port = Annotated[int, pydantic.Field(ge=1, le=NITRO_WILDCARD_PORT - 1)] | Literal["*"]
+"""1-65534 or "*": NITRO's port 65535 is every port, so it is written "*" (never a surprise wildcard)."""
 
 
 class StaticBackend(_Model):
@@ -139,7 +143,7 @@ class DsrServiceSpec(_Model):
     vip: UnicastAddress
     """The load-balanced IP (IPv4 or IPv6): NetScaler answers ARP or neighbour discovery for it, backends hold it."""
     ports: Annotated[list[Port], pydantic.Field(min_length=1, max_length=64)]
-    """Ports (1-65535) served on the VIP, one vserver each, or ["*"] alone for every port (NITRO 65535)."""
+    """Ports (1-65534) served on the VIP, one vserver each, or ["*"] alone for every port (NITRO 65535)."""
     backends: Backends
     """Where the backends come from: exactly one of `service` or `static`."""
     lb_method: LbMethod = LbMethod.LEASTCONNECTION

@@ -7,11 +7,13 @@ import asyncio
 import logging
 import signal
 import socket
+import sys
 import threading
 import uuid
 from typing import Any
 
 import kopf
+import pydantic
 from aiohttp import web
 
 from dsr_operator import kube
@@ -119,7 +121,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
             overrides[field] = value
     if args.namespace:
         overrides["namespaces"] = args.namespace
-    settings = config.OperatorSettings(**overrides)
+    try:
+        settings = config.OperatorSettings(**overrides)
+        settings.nitro()
+    except pydantic.ValidationError as exc:  # inputs hidden: a URL may carry a password
+        prefix = "DSR_NETSCALER_" if exc.title == "NitroSettings" else "DSR_"
+        for error in exc.errors():
+            where = prefix + "_".join(str(part) for part in error["loc"]).upper()
+            print(f"dsr-operator run: invalid setting {where}: {error['msg']}", file=sys.stderr)
+        return 2
     try:
         asyncio.run(run(settings))
     except LeadershipLost as e:
