@@ -117,11 +117,11 @@ INVALID = [
                  ['spec.backends.static[1].address: Invalid value: "224.0.0.9": must be a unicast address'],
                  id="static-multicast"),
     pytest.param(_with("backends", {"static": [{"name": "h1", "address": "2001:db8::21"}]}),
-                 ["spec: Invalid value: \"object\": backends.static addresses must be in the VIP's address family"],
+                 ["spec: Invalid value: backends.static addresses must be in the VIP's address family"],
                  id="static-other-family"),
     pytest.param(_with("backends", {"static": [{"name": "h1", "address": "198.51.100.21"},
                                                {"name": "h2", "address": "198.51.100.21"}]}),
-                 ["spec.backends: Invalid value: \"object\": backends.static lists an address more than once"],
+                 ["spec.backends: Invalid value: backends.static lists an address more than once"],
                  id="static-address-twice"),
 ]
 

@@ -52,7 +52,9 @@ STRANGE_VIPS = ("", " ", "192.0.2.256", "192.0.2.1 ", " 192.0.2.1", "192.0.2.1/3
                 # IPs, but no VIP can be one of these.
                 "0.0.0.0", "255.255.255.255", "224.0.0.1", "127.0.0.1", "169.254.1.1", "::", "::1",
                 "ff02::1", "fe80::1")
-STALLED_REASONS = frozenset({"InvalidSpec", "VipConflict", "ServiceNotFound", "NameConflict", "NetScalerRejected"})
+STALLED_REASONS = frozenset({"InvalidSpec", "VipConflict", "NameConflict", "NetScalerRejected"})
+WAITING_REASONS = frozenset({"ServiceNotFound"})
+"""Reasons that heal by themselves (the Service appears): Reconciling, not Stalled, and NetScaler untouched."""
 
 
 @dataclasses.dataclass
@@ -327,8 +329,9 @@ def _try(world: World, body: dict[str, Any], mutations: list[Mutation]) -> tuple
             got = world.get(name)
             if not got or (got.get("status") or {}).get("observedGeneration") != got["metadata"]["generation"]:
                 return None
-            stalled, ready = _condition(got, "Stalled"), _condition(got, "Ready")
-            return got if stalled.get("status") == "True" or ready.get("status") == "True" else None
+            stalled, ready, busy = _condition(got, "Stalled"), _condition(got, "Ready"), _condition(got, "Reconciling")
+            waiting = busy.get("status") == "True" and busy.get("reason") in WAITING_REASONS
+            return got if stalled.get("status") == "True" or ready.get("status") == "True" or waiting else None
 
         try:
             got = world.wait(settled, 60, f"the operator's verdict on {name}")
@@ -338,6 +341,9 @@ def _try(world: World, body: dict[str, Any], mutations: list[Mutation]) -> tuple
                                 f"spec: {spec_text}")
         stalled = _condition(got, "Stalled")
         reason = stalled.get("reason")
+        busy = _condition(got, "Reconciling")
+        if stalled.get("status") != "True" and busy.get("status") == "True" and busy.get("reason") in WAITING_REASONS:
+            stalled, reason = busy | {"status": "True"}, busy.get("reason")  # judged like a stall: nothing sent
         after = _records(world.sim.config())
         changed = sorted(k for k in set(after) | set(world.baseline)
                          if after.get(k) != world.baseline.get(k) and not k.startswith("nsconfig"))
@@ -347,7 +353,7 @@ def _try(world: World, body: dict[str, Any], mutations: list[Mutation]) -> tuple
             # The API server drops a null for a field that is not nullable, then defaults it: what
             # is stored is the valid spec, and serving it is right.
             return "defaulted", None
-        if stalled.get("status") != "True" or reason not in STALLED_REASONS:
+        if stalled.get("status") != "True" or reason not in STALLED_REASONS | WAITING_REASONS:
             ready = _condition(got, "Ready")
             return "accepted", (f"accepted and not Stalled: Ready={ready.get('status')}/{ready.get('reason')} "
                                 f"({ready.get('message')}); {len(changed)} NetScaler records new or changed, e.g. "

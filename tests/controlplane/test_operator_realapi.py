@@ -306,7 +306,7 @@ def test_operator_holds_the_charts_lease(rig: Rig) -> None:
 
 # --- what users and tools read: Argo CD health, kubectl columns and explain, the status command -------
 
-ARGOCD_STATES = ("fresh", "progressing", "healthy", "degraded")
+ARGOCD_STATES = ("fresh", "progressing", "waiting", "healthy", "degraded")
 
 
 def _far_backend(rig: Rig, name: str, node_ip: str, vip: str) -> None:
@@ -345,12 +345,14 @@ def test_argocd_health_kubectl_columns_and_status_on_live_objects(rig: Rig, tmp_
     try:
         _far_backend(rig, "far", "198.51.100.78", "192.0.2.78")
         objects = {
-            "fresh": _dsrservice("fresh", unwatched, "192.0.2.76", "web"),  # no operator watches it: no status
+            "fresh": _dsrservice("fresh", unwatched, "192.0.2.76", "web"),  # no operator watches it: CRD default
             "progressing": _dsrservice("progressing", ns, "192.0.2.78", "far"),  # its node has no agent
+            "waiting": _dsrservice("waiting", ns, "192.0.2.79", "absent"),  # its Service is missing (yet)
             "healthy": _dsrservice("healthy", ns, VIP, "web"),
-            "degraded": _dsrservice("degraded", ns, "192.0.2.79", "absent"),  # Service missing: Stalled
+            "degraded": _dsrservice("degraded", ns, VIP, "web"),  # healthy's VIP:port, applied later: Stalled
         }
-        cp.kc("apply", "-f", "-", input="\n---\n".join(json.dumps(o) for o in objects.values()))
+        first = [o for state, o in objects.items() if state != "degraded"]
+        cp.kc("apply", "-f", "-", input="\n---\n".join(json.dumps(o) for o in first))
 
         def live(state: str) -> dict[str, Any]:
             meta = objects[state]["metadata"]
@@ -362,14 +364,17 @@ def test_argocd_health_kubectl_columns_and_status_on_live_objects(rig: Rig, tmp_
             return ready[0]["reason"] if ready else None
 
         rig.wait(lambda: reason("healthy") == "Converged", 90, "healthy to converge")
+        cp.kc("apply", "-f", "-", input=json.dumps(objects["degraded"]))
         rig.wait(lambda: reason("progressing") == "WaitingForLoopback", 60, "progressing to wait for the loopback")
-        rig.wait(lambda: reason("degraded") == "ServiceNotFound", 60, "degraded to stall")
+        rig.wait(lambda: reason("waiting") == "ServiceNotFound", 60, "waiting to wait for its Service")
+        rig.wait(lambda: reason("degraded") == "VipConflict", 60, "degraded to stall")
         captured = {state: live(state) for state in ARGOCD_STATES}
-        assert "status" not in captured["fresh"]
+        assert captured["fresh"]["status"] == {"observedGeneration": 0}  # kstatus: InProgress, not Current
         health = {state: evaluate(obj)["status"] for state, obj in captured.items()}
-        assert health == {"fresh": "Progressing", "progressing": "Progressing", "healthy": "Healthy",
-                          "degraded": "Degraded"}, {s: evaluate(o) for s, o in captured.items()}
-        assert "ServiceNotFound" in evaluate(captured["degraded"])["message"]
+        assert health == {"fresh": "Progressing", "progressing": "Progressing", "waiting": "Progressing",
+                          "healthy": "Healthy", "degraded": "Degraded"}, {s: evaluate(o) for s, o in captured.items()}
+        assert "ServiceNotFound" in evaluate(captured["waiting"])["message"]
+        assert "VipConflict" in evaluate(captured["degraded"])["message"]
         keep = os.environ.get("DSR_ARGOCD_CAPTURE_DIR")  # refresh tests/unit/argocd_statuses/ from a real run
         if keep:
             for state, obj in captured.items():
@@ -381,7 +386,7 @@ def test_argocd_health_kubectl_columns_and_status_on_live_objects(rig: Rig, tmp_
         assert header.split() == ["NAME", "VIP", "PORTS", "BOUND", "DESIRED", "READY", "REASON", "AGE"], table
         by_name = {row.split()[0]: row for row in rows}
         assert "Converged" in by_name["healthy"] and "WaitingForLoopback" in by_name["progressing"]
-        assert "ServiceNotFound" in by_name["degraded"]
+        assert "ServiceNotFound" in by_name["waiting"] and "VipConflict" in by_name["degraded"]
         waited = cp.kc("wait", "--for=jsonpath={.status.backends.bound}=1", "dsrsvc/healthy", "-n", ns,
                        "--timeout=30s", check=False, timeout=60)  # fmt: skip
         assert waited.returncode == 0, waited.stderr

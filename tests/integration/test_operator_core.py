@@ -136,6 +136,9 @@ async def test_invalid_specs_missing_services_and_no_ready_backends_are_reported
         assert "vip" in bad["message"]
         assert (await cluster.condition("Stalled", "bad"))["status"] == "True"
         await ready(cluster, "lost", "ServiceNotFound")
+        # A missing Service is a wait (it heals when the Service appears), not a failure.
+        assert (await cluster.condition("Stalled", "lost"))["status"] == "False"
+        assert (await cluster.condition("Reconciling", "lost"))["reason"] == "ServiceNotFound"
         await ready(cluster, "idle", "NoReadyBackends")
         vservers = {v["name"] for v in await cluster.nitro("lbvserver")}
         assert vservers == {"dsr-shop_idle_80"}, "only the valid DsrService is on NetScaler"

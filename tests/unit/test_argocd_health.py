@@ -2,7 +2,8 @@
 
 The objects in argocd_statuses/ were captured from a real kube-apiserver with the operator running
 (tests/controlplane/test_operator_realapi.py writes them with DSR_ARGOCD_CAPTURE_DIR set): a DsrService
-no operator has seen yet, one waiting for its node's VIP, one converged, one whose Service is missing.
+no operator has seen yet, one waiting for its node's VIP, one whose Service is missing (a wait that heals
+by itself), one converged, one that lost a VIP conflict.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def _captured(state: str) -> dict[str, Any]:
         ("fresh", "Progressing", "Waiting for the operator to report a status"),
         ("progressing", "Progressing", "WaitingForLoopback: waiting for the node agent to apply the VIP on: "),
         ("healthy", "Healthy", "Converged: 1 of 1 backends bound"),
-        ("degraded", "Degraded", "ServiceNotFound: Service "),
+        ("waiting", "Progressing", "ServiceNotFound: Service "),
+        ("degraded", "Degraded", "VipConflict: 192.0.2."),
     ],
 )
 def test_captured_objects_get_their_health(state: str, health: str, message: str) -> None:

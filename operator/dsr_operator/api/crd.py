@@ -168,13 +168,17 @@ def _without(node: Any, keys: set[str]) -> Any:
 def dsrservice_crd() -> dict[str, Any]:
     spec = _schema(models.DsrServiceSpec)
     _mark_ips(spec, [["vip"], ["backends", "static", "[]", "address"]])
+    status = _status_schema(models.DsrServiceStatus)
+    # A DsrService the operator has not acted on yet reads `observedGeneration: 0` < generation, so kstatus
+    # (kubectl wait, Flux, Argo CD, cli-utils) calls it InProgress, not Current (no conditions at all).
+    status["default"] = {"observedGeneration": 0}
     return _crd(
         kind=models.SERVICE_KIND,
         plural=models.SERVICE_PLURAL,
         scope="Namespaced",
         short=["dsrsvc"],
         spec=spec,
-        status=_status_schema(models.DsrServiceStatus),
+        status=status,
         description="A VIP load-balanced by NetScaler with Direct Server Return to its backends.",
         columns=[
             {"name": "VIP", "type": "string", "jsonPath": ".spec.vip"},

@@ -145,8 +145,9 @@ def judge(snapshot: Snapshot, key: Key, conflicts: Mapping[Key, desired_mod.VipC
     if spec.backends.service is not None and snapshot.services is not None:
         external = snapshot.services.get((entry.ref.namespace, spec.backends.service))
         if external is None:
-            message = f"Service {entry.ref.namespace}/{spec.backends.service} does not exist"
-            return Judgement(key, entry, world.Verdict(False, "ServiceNotFound", message, stalled=True))
+            # A wait, not a failure: it heals by itself when the Service appears (kstatus: InProgress).
+            message = f"Service {entry.ref.namespace}/{spec.backends.service} does not exist (yet)"
+            return Judgement(key, entry, world.Verdict(False, "ServiceNotFound", message, reconciling=True))
         if spec.vip not in external:
             warnings.append(
                 f"Service {entry.ref.namespace}/{spec.backends.service} does not list {spec.vip} in externalIPs: "
