@@ -417,3 +417,38 @@ def test_argocd_health_kubectl_columns_and_status_on_live_objects(rig: Rig, tmp_
     finally:
         cp.kc("delete", "dsrsvc", "--all", "-n", ns, "--wait=false", check=False)
         cp.kc("delete", "namespace", unwatched, "--wait=false", check=False)
+
+
+def test_a_dsrservice_with_a_250_kib_annotation_is_served_changed_and_deleted(rig: Rig) -> None:
+    """The API allows 256 KiB of annotations; the operator's own bookkeeping must not add to them."""
+    cp, ns = rig.cp, rig.namespace
+    vip, path = "192.0.2.74", f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/dsrservices"
+    big = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DsrService",
+           "metadata": {"name": "big", "namespace": ns, "annotations": {"example.com/blob": "x" * (250 * 1024)}},
+           "spec": {"vip": vip, "ports": [80], "drainSeconds": 0,
+                    "backends": {"static": [{"name": "h1", "address": "198.51.100.74"}]}}}
+    status, answer = cp.request("POST", path, big)
+    assert status == 201, answer
+
+    def ready_at(generation: int) -> bool:
+        obj = cp.request("GET", f"{path}/big")[1]
+        ready = [c for c in (obj.get("status") or {}).get("conditions") or () if c["type"] == "Ready"]
+        return obj["metadata"]["generation"] == generation == obj["status"].get("observedGeneration") and \
+            bool(ready) and ready[0]["status"] == "True"
+
+    def ports() -> list[int]:
+        return sorted(int(v["port"]) for v in rig.nitro("lbvserver") if v.get("ipv46") == vip)
+
+    rig.wait(lambda: ready_at(1) and ports() == [80], 60, "the DsrService served")
+    status, answer = cp.request("PATCH", f"{path}/big", {"spec": {"ports": [80, 443]}},
+                                content_type="application/merge-patch+json")
+    assert status == 200, answer
+    rig.wait(lambda: ready_at(2) and ports() == [80, 443], 60, "the change applied")
+    annotations = cp.request("GET", f"{path}/big")[1]["metadata"]["annotations"]
+    assert set(annotations) == {"example.com/blob"}, sorted(annotations)  # nothing of ours beside it
+    status, answer = cp.request("DELETE", f"{path}/big")
+    assert status == 200, answer
+    rig.wait(lambda: cp.request("GET", f"{path}/big")[0] == 404, 60, "the DsrService deleted")
+    assert ports() == []
+    for proc in rig.procs:
+        assert "Traceback" not in proc.tail(10_000), proc.name

@@ -25,8 +25,11 @@ log = logging.getLogger(__name__)
 def kopf_settings(settings: config.OperatorSettings) -> kopf.OperatorSettings:
     s = kopf.OperatorSettings()
     s.persistence.finalizer = "dsr.operators.dev/finalizer"
-    s.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="dsr.operators.dev")
-    s.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="dsr.operators.dev")
+    # kopf's bookkeeping lives in the status (which has room), never in annotations: the API allows 256 KiB
+    # of annotations in all, and a user's own may take nearly all of it. The essence kopf compares is the
+    # spec only (no copy of the user's labels and annotations).
+    s.persistence.progress_storage = kopf.StatusProgressStorage(name="kopf")
+    s.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(name="kopf", ignored_fields=["metadata"])
     s.posting.level = 20
     s.watching.server_timeout = 300
     s.networking.request_timeout = 60
