@@ -59,7 +59,7 @@ import urllib.error
 import urllib.request
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,11 +256,16 @@ class ControlPlane:
         namespace: str = "default",
         audiences: list[str] | None = None,
         expiration_seconds: int = 600,
+        pod: Mapping[str, Any] | None = None,
     ) -> str:
-        """Mint a token for a ServiceAccount through the TokenRequest API."""
+        """Mint a token for a ServiceAccount through the TokenRequest API; bound to `pod` (an object as the API
+        returned it) as a kubelet binds a Pod's projected token, so that it names the Pod's node."""
         spec: dict[str, Any] = {"expirationSeconds": expiration_seconds}
         if audiences:
             spec["audiences"] = audiences
+        if pod is not None:
+            spec["boundObjectRef"] = {"kind": "Pod", "apiVersion": "v1", "name": pod["metadata"]["name"],
+                                      "uid": pod["metadata"]["uid"]}
         status, body = self.request(
             "POST",
             f"/api/v1/namespaces/{namespace}/serviceaccounts/{service_account}/token",

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "dsr-operator"
+GROUP = "dsr.operators.dev"
 GOOD_VALUES = ("--set", "netscaler.url=https://10.0.0.5", "--set", "netscaler.existingSecret=netscaler-login")
 
 
@@ -244,6 +245,10 @@ AGENT_ALLOWED = [
     ("patch", "dsrnodeconfigs.dsr.operators.dev", "--subresource=status"),
     ("update", "dsrnodeconfigs.dsr.operators.dev", "--subresource=status"),
     ("create", "events", "-n", "default"),
+    # Only to refuse VIPs that would cut a node off: the cluster's node, service and API server addresses.
+    ("list", "nodes"),
+    ("list", "servicecidrs.networking.k8s.io"),
+    ("get", "endpointslices.discovery.k8s.io/kubernetes", "-n", "default"),
 ]
 AGENT_DENIED = [
     ("get", "secrets", "-n", "default"),
@@ -259,6 +264,9 @@ AGENT_DENIED = [
     ("create", "events", "-n", "kube-system"),
     ("list", "pods", "--all-namespaces"),
     ("get", "nodes"),
+    ("patch", "nodes"),
+    ("get", "endpointslices.discovery.k8s.io/web", "-n", "default"),
+    ("list", "endpointslices.discovery.k8s.io", "-n", "default"),
 ]
 OPERATOR_ALLOWED = [
     ("watch", "dsrservices.dsr.operators.dev", "--all-namespaces"),
@@ -324,6 +332,48 @@ def test_operator_may_not(controlplane: ControlPlane, release: Release, args: tu
     if args[1].startswith("secrets/") and "-n" not in args and "--all-namespaces" not in args:
         args = (*args, "-n", release.namespace)
     assert not _can_i(controlplane, release, release.operator_sa, *args)
+
+
+def test_an_agent_writes_only_the_dsrnodeconfig_of_its_own_node(controlplane: ControlPlane, release: Release) -> None:
+    """RBAC lets every agent write every DsrNodeConfig's status; the chart's admission policy narrows it to
+    the node its Pod's token names (a forged "VIP applied" on another node would get that node bound)."""
+    cp, suffix = controlplane, uuid.uuid4().hex[:6]
+    mine, other = f"vap-a-{suffix}", f"vap-b-{suffix}"
+    nodeconfigs = f"/apis/{GROUP}/v1alpha1/dsrnodeconfigs"
+    try:
+        for node in (mine, other):
+            cp.kc("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Node",
+                                                         "metadata": {"name": node}}))
+            cp.kc("create", "-f", "-", input=json.dumps({"apiVersion": f"{GROUP}/v1alpha1", "kind": "DsrNodeConfig",
+                                                         "metadata": {"name": node}, "spec": {"vips": []}}))
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": f"agent-{suffix}", "namespace": release.namespace},
+               "spec": {"nodeName": mine, "serviceAccountName": release.agent_sa,
+                        "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}}
+        created = json.loads(cp.kc("create", "-f", "-", "-o", "json", input=json.dumps(pod)).stdout)
+        bound = cp.create_token(release.agent_sa, release.namespace, pod=created)
+        unbound = cp.create_token(release.agent_sa, release.namespace)
+
+        def write(name: str, token: str) -> tuple[int, Any]:
+            return cp.request("PATCH", f"{nodeconfigs}/{name}/status", {"status": {"appliedVips": ["192.0.2.99"]}},
+                              token=token, content_type="application/merge-patch+json")
+
+        # The policy's informer takes a moment after install: wait until the forged write is refused.
+        forged = cp.wait_for(lambda: (r := write(other, bound))[0] != 200 and r, 60, "the policy to apply")
+        assert forged[0] == 403, forged
+        assert f"may write only its own node's DsrNodeConfig: this token is bound to node {mine}, not {other}" in (
+            forged[1]["message"]), forged
+        stolen = write(mine, unbound)
+        assert stolen[0] == 403 and "this token is bound to no node" in stolen[1]["message"], stolen
+        own = write(mine, bound)
+        assert own[0] == 200, own
+        assert cp.kc_json("get", "dsrnodeconfig", other).get("status", {}).get("appliedVips") is None
+        assert cp.kc_json("get", "dsrnodeconfig", mine)["status"]["appliedVips"] == ["192.0.2.99"]
+    finally:
+        cp.kc("delete", "pod", f"agent-{suffix}", "-n", release.namespace, "--wait=false", check=False)
+        for node in (mine, other):
+            cp.kc("delete", "dsrnodeconfig", node, "--wait=false", check=False)
+            cp.kc("delete", "node", node, "--wait=false", check=False)
 
 
 def test_upgrade_to_one_replica_keeps_leader_election(controlplane: ControlPlane, release: Release) -> None:

@@ -164,8 +164,6 @@ def rig(controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) ->
         (work / "username").write_text(SIM_USER + "\n")
         (work / "password").write_text(SIM_PASSWORD + "\n")
         (work / "operator-token").write_text(cp.create_token(operator_sa, system_ns, expiration_seconds=3600))
-        agent_kubeconfig = cp.kubeconfig_for_token(cp.create_token(agent_sa, system_ns, expiration_seconds=3600),
-                                                   f"agent-{suffix}")
 
         # NetScaler stand-in.
         sim_port = _free_port()
@@ -189,6 +187,14 @@ def rig(controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) ->
              "spec": {"nodeName": node, "containers": [{"name": "web", "image": "registry.invalid/web:1"}]}},
         ]
         cp.kc("create", "-f", "-", input="\n---\n".join(json.dumps(m) for m in manifests))
+        # The agent's token is bound to an agent Pod on the node, as the DaemonSet's would be: the chart's
+        # admission policy lets it write only that node's DsrNodeConfig.
+        agent_pod = json.loads(cp.kc("create", "-f", "-", "-o", "json", input=json.dumps({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"agent-{suffix}", "namespace": system_ns},
+            "spec": {"nodeName": node, "serviceAccountName": agent_sa,
+                     "containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]}})).stdout)
+        agent_kubeconfig = cp.kubeconfig_for_token(
+            cp.create_token(agent_sa, system_ns, expiration_seconds=3600, pod=agent_pod), f"agent-{suffix}")
         cp.kc("patch", "pod", "web-0", "-n", app_ns, "--subresource=status", "--type=merge", "-p", json.dumps(
             {"status": {"phase": "Running", "hostIP": NODE_IP, "podIP": "10.244.77.5",
                         "podIPs": [{"ip": "10.244.77.5"}],
