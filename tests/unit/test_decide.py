@@ -154,3 +154,13 @@ def test_a_plan_against_the_relevant_part_equals_the_plan_against_the_whole_box(
     assert set(narrow.ops) <= set(whole.ops)
     extra = set(whole.ops) - set(narrow.ops)
     assert all(op.verb == "delete" and op.owner == ns.SHARED_OWNER for op in extra), extra
+
+
+def test_vips_are_compared_in_canonical_form() -> None:
+    """`2001:db8::a` and `2001:0DB8:0000::000A` are one VIP: a conflict, not two vservers NITRO would refuse."""
+    entries = [entry("first", static("2001:db8::a", "2001:db8::1")),
+               entry("second", static("2001:0DB8:0000::000A", "2001:db8::2"), created="2026-02-01T00:00:00Z")]
+    decision = decide.decide(snapshot(entries))
+    assert reasons(decision) == {"first": None, "second": "VipConflict"}
+    vservers = [op for op in decision.plan.ops if op.kind == "lbvserver"]
+    assert [op.owner for op in vservers] == ["uid-first"]
