@@ -121,6 +121,18 @@ def test_template_options(controlplane: ControlPlane) -> None:
     assert _one(docs, "Secret")["stringData"] == {"username": "nsroot", "password": "secret"}
     assert _one(docs, "ServiceMonitor")["apiVersion"] == "monitoring.coreos.com/v1"
     assert "--interface-mode=loopback" in _one(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["args"]
+    # A namespaced install is namespaced: what lives in a namespace comes from a Role in each listed one.
+    operator_rules = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "r-dsr-operator")
+    cluster_wide = {r for rule in operator_rules["rules"] for r in rule["resources"]}
+    assert cluster_wide == {"dsrnodeconfigs", "nodes", "customresourcedefinitions", "namespaces"}, cluster_wide
+    roles = {d["metadata"]["namespace"]: d for d in docs
+             if d["kind"] == "Role" and d["metadata"]["name"] == "r-dsr-operator"}
+    assert sorted(roles) == ["shop", "web"]
+    for role in roles.values():
+        assert {r for rule in role["rules"] for r in rule["resources"]} == {
+            "dsrservices", "dsrservices/status", "services", "endpointslices", "events"}
+    bindings = [d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["name"] == "r-dsr-operator"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["shop", "web"]
 
 
 @pytest.mark.parametrize(
