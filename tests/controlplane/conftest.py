@@ -212,6 +212,19 @@ class ControlPlane:
             pytest.skip(f"helm is missing from {self.bin_dir}: run `make controlplane`")
         return self._run("helm", args, input, check, timeout)
 
+    def kstatus(self, obj: Mapping[str, Any]) -> dict[str, str]:
+        """What sigs.k8s.io/cli-utils' kstatus says of `obj` ({name, status, message}; `make controlplane`
+        builds it from tools/controlplane/kstatus)."""
+        if not os.access(self.bin_dir / "kstatus", os.X_OK):
+            message = f"kstatus is missing from {self.bin_dir}: run `make controlplane`"
+            if os.environ.get("DSR_REQUIRE_CONTROLPLANE") or os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+        done = subprocess.run([str(self.bin_dir / "kstatus")], input=json.dumps(obj), capture_output=True,
+                              text=True, timeout=30, check=True)
+        answer: dict[str, str] = json.loads(done.stdout)
+        return answer
+
     # -- raw HTTPS --------------------------------------------------------------------------
     def ssl_context(self) -> ssl.SSLContext:
         if self.insecure:

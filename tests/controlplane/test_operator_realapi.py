@@ -16,6 +16,7 @@ Then a full reconcile (node VIP first, binding after, Ready) and a deletion thro
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -381,6 +382,15 @@ def test_argocd_health_kubectl_columns_and_status_on_live_objects(rig: Rig, tmp_
                           "healthy": "Healthy", "degraded": "Degraded"}, {s: evaluate(o) for s, o in captured.items()}
         assert "ServiceNotFound" in evaluate(captured["waiting"])["message"]
         assert "VipConflict" in evaluate(captured["degraded"])["message"]
+        # kstatus itself (sigs.k8s.io/cli-utils, as Flux and cli-utils based appliers compute it).
+        kstatus = {state: cp.kstatus(obj)["status"] for state, obj in captured.items()}
+        assert kstatus == {"fresh": "InProgress", "progressing": "InProgress", "waiting": "InProgress",
+                           "healthy": "Current", "degraded": "Failed"}, kstatus
+        behind = copy.deepcopy(captured["healthy"])
+        behind["metadata"]["generation"] += 1  # a spec change the operator has not observed yet
+        deleting = copy.deepcopy(captured["healthy"])
+        deleting["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+        assert (cp.kstatus(behind)["status"], cp.kstatus(deleting)["status"]) == ("InProgress", "Terminating")
         keep = os.environ.get("DSR_ARGOCD_CAPTURE_DIR")  # refresh tests/unit/argocd_statuses/ from a real run
         if keep:
             for state, obj in captured.items():

