@@ -164,3 +164,17 @@ def test_vips_are_compared_in_canonical_form() -> None:
     assert reasons(decision) == {"first": None, "second": "VipConflict"}
     vservers = [op for op in decision.plan.ops if op.kind == "lbvserver"]
     assert [op.owner for op in vservers] == ["uid-first"]
+
+
+def test_a_vip_that_is_a_host_s_address_is_not_allowed() -> None:
+    """NetScaler answers ARP for a VIP: on a backend's or a node's own address it would take its traffic."""
+    entries = [entry("victim", static("192.0.2.1", "10.0.0.5")),
+               entry("thief", static("10.0.0.5", "10.0.0.6")),
+               entry("node", static("198.51.100.1", "10.0.0.7"))]
+    snap = snapshot(entries, nodes={"n1": world.NodeInfo("n1", "uid-n1", (("InternalIP", "198.51.100.1"),))})
+    decision = decide.decide(snap)
+    assert reasons(decision) == {"victim": None, "thief": "VipNotAllowed", "node": "VipNotAllowed"}
+    thief = decision.judgements[("shop", "thief")].stalled
+    assert thief is not None and thief.message.startswith(
+        "10.0.0.5 is a backend of DsrService shop/victim: NetScaler would answer for it")
+    assert {op.owner for op in decision.plan.ops} <= {"uid-victim", ns.SHARED_OWNER}

@@ -315,9 +315,23 @@ def test_vip_conflict_younger_loses() -> None:
     assert [(c.loser.name, c.winner.name) for c in conflicts] == [("two", "one")]
 
 
-ONE = models.ObjectRef(namespace="a", name="one", uid="1")
-TWO = models.ObjectRef(namespace="b", name="two", uid="2")
-THREE = models.ObjectRef(namespace="c", name="three", uid="3")
+# One namespace: there a VIP's ports may belong to different DsrServices (across namespaces, see below).
+ONE = models.ObjectRef(namespace="shop", name="one", uid="1")
+TWO = models.ObjectRef(namespace="shop", name="two", uid="2")
+THREE = models.ObjectRef(namespace="shop", name="three", uid="3")
+
+
+def test_vip_conflict_across_namespaces_is_on_the_whole_vip() -> None:
+    """A tenant cannot put its vserver on another tenant's VIP, not even on a port that one does not use."""
+    mine = models.ObjectRef(namespace="team-b", name="web", uid="b")
+    theirs = models.ObjectRef(namespace="team-a", name="squat", uid="a")
+    neighbour = models.ObjectRef(namespace="team-b", name="mail", uid="m")
+    conflicts = d.vip_conflicts(
+        [(mine, spec(ports=[80]), "2026-01-01"), (theirs, spec(ports=[443]), "2026-01-01"),
+         (neighbour, spec(ports=[25]), "2026-01-02")],
+        holders={"b": [("192.0.2.10", 80)]},
+    )
+    assert [(c.loser.name, c.winner.name, c.endpoint) for c in conflicts] == [("squat", "web", "192.0.2.10:443")]
 
 
 def test_vip_conflict_the_holder_on_netscaler_keeps_it_against_an_older_newcomer() -> None:

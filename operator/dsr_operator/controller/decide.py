@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -127,7 +128,28 @@ def _gather(snapshot: Snapshot, entry: Entry, spec: models.DsrServiceSpec) -> wo
     return world.service_backends(spec, slices, snapshot.nodes, snapshot.nodeconfigs, bound, present)
 
 
-def judge(snapshot: Snapshot, key: Key, conflicts: Mapping[Key, desired_mod.VipConflict]) -> Judgement | None:
+def host_addresses(snapshot: Snapshot) -> dict[str, str]:
+    """Addresses that are hosts, never VIPs: every node's addresses and every static backend's."""
+    found: dict[str, str] = {}
+    for node in snapshot.nodes.values():
+        for kind, address in node.addresses:
+            if kind in ("InternalIP", "ExternalIP"):
+                found.setdefault(_canonical(address), f"node {node.name}'s {kind}")
+    for entry in snapshot.entries.values():
+        for host in (entry.spec.backends.static or ()) if entry.spec is not None else ():
+            found.setdefault(host.address, f"a backend of DsrService {entry.ref.namespace}/{entry.ref.name}")
+    return found
+
+
+def _canonical(address: str) -> str:
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address
+
+
+def judge(snapshot: Snapshot, key: Key, conflicts: Mapping[Key, desired_mod.VipConflict],
+          hosts: Mapping[str, str] | None = None) -> Judgement | None:
     """One DsrService of the batch; None when it is gone or being deleted (the finalizer's job)."""
     entry = snapshot.entries.get(key)
     if entry is None or entry.deleting:
@@ -135,10 +157,18 @@ def judge(snapshot: Snapshot, key: Key, conflicts: Mapping[Key, desired_mod.VipC
     if entry.error is not None or entry.spec is None:
         return Judgement(key, entry, world.Verdict(False, "InvalidSpec", entry.error or "invalid", stalled=True))
     spec = entry.spec
+    if hosts and (host := hosts.get(spec.vip)) is not None:
+        # NetScaler answers ARP/ND for a VIP: on a host's own address it would take that host's traffic.
+        message = f"{spec.vip} is {host}: NetScaler would answer for it and take that host's traffic"
+        return Judgement(key, entry, world.Verdict(False, "VipNotAllowed", message, stalled=True))
     conflict = conflicts.get(key)
     if conflict is not None:
-        message = (f"{conflict.endpoint} is already served by DsrService "
-                   f"{conflict.winner.namespace}/{conflict.winner.name}")
+        winner = f"{conflict.winner.namespace}/{conflict.winner.name}"
+        if conflict.winner.namespace != entry.ref.namespace:
+            message = (f"{spec.vip} is used by DsrService {winner}: a VIP belongs to one namespace at a time "
+                       "(all its ports)")
+        else:
+            message = f"{conflict.endpoint} is already served by DsrService {winner}"
         keep = desired_mod.released(snapshot.actual, entry.ref.uid, conflict.release) if conflict.release else None
         return Judgement(key, entry, world.Verdict(False, "VipConflict", message, stalled=True), keep=keep)
     warnings: list[str] = []
@@ -171,9 +201,10 @@ def policy(defaults: Defaults, intents: Iterable[desired_mod.Intent]) -> planner
 
 def decide(snapshot: Snapshot) -> Decision:
     conflicts = _conflicts(snapshot.entries, snapshot.actual)
+    hosts = host_addresses(snapshot)
     judgements: dict[Key, Judgement] = {}
     for key in sorted(snapshot.keys):
-        judgement = judge(snapshot, key, conflicts)
+        judgement = judge(snapshot, key, conflicts, hosts)
         if judgement is not None:
             judgements[key] = judgement
     needs: dict[Key, Mapping[str, str]] = {}

@@ -143,7 +143,7 @@ def vip_conflicts(
     vservers occupy on NetScaler (`holdings`). Whoever already holds a VIP:port it still asks for
     keeps it: an existing, serving vserver is not displaced by a DsrService that moved onto its
     address. Otherwise (and between two holders) the oldest claim wins, ties by namespace/name.
-    A `*` port claims every port of the VIP. A loser keeps the endpoints it holds and nobody else
+    A `*` port claims every port of the VIP; a claim from another namespace conflicts on any port. A loser keeps the endpoints it holds and nobody else
     claims; those it holds and loses are in `release`.
     """
     held = {uid: set(endpoints) for uid, endpoints in (holders or {}).items()}
@@ -155,7 +155,10 @@ def vip_conflicts(
         claimed_on.setdefault(vip, []).append((port, ref))
 
     def rival(ref: models.ObjectRef, vip: str, port: int | str) -> models.ObjectRef | None:
-        return next((o for p, o in claimed_on.get(vip, ()) if o.uid != ref.uid and _overlap(p, port)), None)
+        # Within a namespace a VIP's ports may go to different DsrServices; across namespaces the whole VIP
+        # has one owner (a tenant must not put its vserver next to another tenant's on the same address).
+        return next((o for p, o in claimed_on.get(vip, ())
+                     if o.uid != ref.uid and (_overlap(p, port) or o.namespace != ref.namespace)), None)
 
     # First what is already on NetScaler and still asked for: a holder keeps all of it that no
     # older holder has, and loses (only) the rest.
