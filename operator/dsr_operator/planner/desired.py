@@ -143,7 +143,8 @@ def vip_conflicts(
     vservers occupy on NetScaler (`holdings`). Whoever already holds a VIP:port it still asks for
     keeps it: an existing, serving vserver is not displaced by a DsrService that moved onto its
     address. Otherwise (and between two holders) the oldest claim wins, ties by namespace/name.
-    A `*` port claims every port of the VIP; a claim from another namespace conflicts on any port. A loser keeps the endpoints it holds and nobody else
+    A `*` port claims every port of the VIP; a claim from another namespace conflicts on any port.
+    A loser keeps the endpoints it holds and nobody else
     claims; those it holds and loses are in `release`.
     """
     held = {uid: set(endpoints) for uid, endpoints in (holders or {}).items()}
