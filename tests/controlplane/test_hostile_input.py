@@ -52,7 +52,7 @@ STRANGE_VIPS = ("", " ", "192.0.2.256", "192.0.2.1 ", " 192.0.2.1", "192.0.2.1/3
                 # IPs, but no VIP can be one of these.
                 "0.0.0.0", "255.255.255.255", "224.0.0.1", "127.0.0.1", "169.254.1.1", "::", "::1",
                 "ff02::1", "fe80::1")
-STALLED_REASONS = frozenset({"InvalidSpec", "VipConflict", "NameConflict", "NetScalerRejected"})
+STALLED_REASONS = frozenset({"InvalidSpec", "VipConflict", "VipNotAllowed", "NameConflict", "NetScalerRejected"})
 WAITING_REASONS = frozenset({"ServiceNotFound"})
 """Reasons that heal by themselves (the Service appears): Reconciling, not Stalled, and NetScaler untouched."""
 
