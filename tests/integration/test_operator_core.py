@@ -225,3 +225,36 @@ async def _operator(settings: config.OperatorSettings) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, timeout=15)
 
+
+
+async def test_a_huge_dsrservice_goes_in_steps_and_a_small_change_is_not_behind_it(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fair work: with `step_changes` 100, a 10-port, 30-host DsrService (about 1,000 changes) goes in
+    steps, and a one-host DsrService created once the big one's first writes are on NetScaler is bound
+    before the big one is done (without steps it would wait for all of it: one batch, one plan)."""
+    big = {"vip": "192.0.2.60", "ports": list(range(8000, 8010)), "healthCheck": {"port": 8000},
+           "backends": static(*(f"10.60.0.{i}" for i in range(1, 31)))}
+    async with running_operator(kube, nitro_sim, monkeypatch, resync_seconds=FAR, step_changes=100):
+        start = max((e["seq"] for e in await nitro_sim.journal()), default=0)
+        await create(cluster, "big", big)
+
+        async def big_started() -> bool:
+            return any("shop_big" in str(e["name"]) for e in await nitro_sim.journal(since=start))
+
+        await eventually(big_started, timeout=60)
+        await create(cluster, "small", {"vip": "192.0.2.61", "ports": [80], "backends": static("10.61.0.1")})
+        await ready(cluster, "small")
+        await eventually(lambda: _ready_reason(cluster, "big", "Converged"), timeout=120)
+        journal = await nitro_sim.journal(since=start)
+    writes = [e for e in journal if e["action"] not in ("get", "stat")]
+    small_bound = next(i for i, e in enumerate(writes)
+                       if "shop_small_80" in str(e["name"]) and "binding" in e["resource"])
+    big_last = max(i for i, e in enumerate(writes) if "shop_big" in str(e["name"]))
+    assert small_bound < big_last, "the small DsrService waited for all of the big one"
+    vservers = [v for v in await cluster.nitro("lbvserver") if v.get("ipv46") == "192.0.2.60"]
+    assert len(vservers) == 10
+
+
+async def _ready_reason(cluster: Cluster, name: str, reason: str) -> bool:
+    return (await cluster.condition("Ready", name)).get("reason") == reason

@@ -178,3 +178,34 @@ def test_a_vip_that_is_a_host_s_address_is_not_allowed() -> None:
     assert thief is not None and thief.message.startswith(
         "10.0.0.5 is a backend of DsrService shop/victim: NetScaler would answer for it")
     assert {op.owner for op in decision.plan.ops} <= {"uid-victim", ns.SHARED_OWNER}
+
+
+def test_a_huge_dsrservice_goes_in_steps_and_never_holds_back_a_small_one() -> None:
+    """At most `step_ops` changes of one DsrService per batch; the small one's change is whole in the first."""
+    import dataclasses
+
+    big = entry("big", {"vip": "192.0.2.50", "ports": list(range(8000, 8010)),
+                        "backends": {"static": [{"name": f"h{i}", "address": f"10.5.0.{i}"} for i in range(1, 31)]}})
+    small = entry("small", static("192.0.2.51", "10.6.0.1"))
+    defaults = dataclasses.replace(DEFAULTS, step_ops=100)
+    box, steps = EMPTY, 0
+    while True:
+        snap = dataclasses.replace(snapshot([big, small], actual=box), defaults=defaults)
+        decision = decide.decide(snap)
+        per_owner: dict[str, int] = {}
+        for op in decision.plan.ops:
+            for uid in decide.owner_of(op, decision.users):
+                per_owner[uid] = per_owner.get(uid, 0) + 1
+        assert per_owner.get("uid-big", 0) <= 100, per_owner
+        if steps == 0:  # the small one is not behind the big one: all of it is in the first batch
+            alone = decide.decide(snapshot([small])).plan.ops
+            assert {(o.verb, o.kind, o.name) for o in alone} <= {(o.verb, o.kind, o.name) for o in decision.plan.ops}
+        applying = [h for h in decision.plan.holds if h.reason == "Applying"]
+        box = effects.after(box, decision.plan.ops, OP_ID, strict=True)  # strict: each step is a valid state
+        steps += 1
+        if not applying:
+            break
+        assert [h.owner for h in applying] == ["uid-big"] and applying[0].retry_after == 0.0
+        assert steps < 50
+    whole = effects.after(EMPTY, decide.decide(snapshot([big, small])).plan.ops, OP_ID)
+    assert steps > 5 and box.objects == whole.objects and box.bindings == whole.bindings

@@ -38,6 +38,9 @@ class OperatorSettings(pydantic_settings.BaseSettings):
     its last client leaves, and the status shows its connections (seconds)."""
     max_unbind_percent: int = pydantic.Field(default=50, ge=1, le=100)
     """Blast-radius guard: most of a vserver's bound backends one reconcile may remove (percent)."""
+    step_changes: int = pydantic.Field(default=1000, ge=1)
+    """Most NetScaler changes one DsrService gets per batch; a bigger change goes in steps, so that other
+    DsrServices' changes never wait for all of it."""
     kube_server: str | None = None
     """Kubernetes API URL; default: in-cluster service account, else KUBECONFIG."""
     kube_token_file: pathlib.Path | None = None

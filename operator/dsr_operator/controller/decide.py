@@ -66,6 +66,9 @@ class Defaults:
     operator_id: str
     drain_seconds: int = 30
     guard_percent: int = 50
+    step_ops: int = 1000
+    """Most NetScaler changes one DsrService gets per batch: a huge one goes in steps, so that the others'
+    changes never wait for all of it (see `bounded`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,7 +231,44 @@ def decide(snapshot: Snapshot) -> Decision:
         server = service.get("servername")
         if server:
             users.setdefault(str(server), set()).update(users.get(service.name, ()))
-    return Decision(judgements, needs, plan, scope, {k: frozenset(v) for k, v in users.items()})
+    frozen = {k: frozenset(v) for k, v in users.items()}
+    return Decision(judgements, needs, bounded(plan, frozen, snapshot.defaults.step_ops), scope, frozen)
+
+
+def bounded(plan: planner.Plan, users: Mapping[str, frozenset[str]], limit: int) -> planner.Plan:
+    """The plan with at most `limit` operations for any one DsrService; the rest wait for the next batch.
+
+    An operation counts against the DsrServices it serves (a shared server or service against those
+    that use it); one that a DsrService within the limit needs is always kept. What a big DsrService
+    keeps is a prefix of its operations in the plan's safe order, so each step leaves NetScaler in a
+    state the full plan would pass through (nothing bound before it exists, drained before unbound).
+    Its hold (`Applying`, retry at once) brings it back in the next batch, planned again from the box.
+    """
+    counts: dict[str, int] = {}
+    for op in plan.ops:
+        for uid in owner_of(op, users):
+            counts[uid] = counts.get(uid, 0) + 1
+    big = {uid for uid, count in counts.items() if count > limit}
+    if not big:
+        return plan
+    kept: list[planner.Op] = []
+    taken = dict.fromkeys(big, 0)
+    cut: set[str] = set()
+    for op in plan.ops:  # stage by stage, in the safe order
+        owners = owner_of(op, users)
+        if not owners or not owners <= big:
+            kept.append(op)
+            continue
+        if owners & cut or any(taken[uid] >= limit for uid in owners):
+            cut.update(owners)
+            continue
+        for uid in owners:
+            taken[uid] += 1
+        kept.append(op)
+    holds = tuple(planner.Hold(uid, "Applying", f"applying {taken[uid]} of {counts[uid]} NetScaler changes in "
+                               f"this step (at most {limit} per step; the rest follow)", retry_after=0.0)
+                  for uid in sorted(big))
+    return planner.Plan(planner.stages(kept), plan.holds + holds)
 
 
 def _union(first: ns.NetScalerState, *others: ns.NetScalerState) -> ns.NetScalerState:

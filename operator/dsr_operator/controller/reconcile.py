@@ -69,7 +69,7 @@ class Runtime:
 
     def defaults(self) -> decide.Defaults:
         s = self.settings
-        return decide.Defaults(s.operator_id, s.default_drain_seconds, s.max_unbind_percent)
+        return decide.Defaults(s.operator_id, s.default_drain_seconds, s.max_unbind_percent, s.step_changes)
 
 
 def _index_items(index: Any) -> list[tuple[Any, Any]]:

@@ -287,6 +287,9 @@ def verdict(
         waiting = ", ".join(backends.waiting_nodes)
         return Verdict(bound > 0, "WaitingForLoopback",
                        f"waiting for the node agent to apply the VIP on: {waiting}", reconciling=True)
+    applying = [h for h in holds if h.reason == "Applying"]  # a big change, going in steps
+    if applying:
+        return Verdict(bound > 0, "Applying", applying[0].message, reconciling=True)
     draining = [h for h in holds if h.reason == "Draining"]
     if draining:
         return Verdict(bound > 0, "Draining", draining[0].message, reconciling=True)
