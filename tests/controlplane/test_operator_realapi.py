@@ -313,7 +313,7 @@ def test_operator_holds_the_charts_lease(rig: Rig) -> None:
 
 # --- what users and tools read: Argo CD health, kubectl columns and explain, the status command -------
 
-ARGOCD_STATES = ("fresh", "progressing", "waiting", "healthy", "degraded")
+ARGOCD_STATES = ("fresh", "progressing", "waiting", "healthy", "degraded", "invalid")
 
 
 def _far_backend(rig: Rig, name: str, node_ip: str, vip: str) -> None:
@@ -357,6 +357,9 @@ def test_argocd_health_kubectl_columns_and_status_on_live_objects(rig: Rig, tmp_
             "waiting": _dsrservice("waiting", ns, "192.0.2.79", "absent"),  # its Service is missing (yet)
             "healthy": _dsrservice("healthy", ns, VIP, "web"),
             "degraded": _dsrservice("degraded", ns, VIP, "web"),  # healthy's VIP:port, applied later: Stalled
+            "invalid": {**_dsrservice("invalid", ns, "192.0.2.75", "web"),  # passes the schema, not the model
+                        "spec": {"vip": "192.0.2.75", "ports": [80], "backends": {"static": [
+                            {"name": "pi", "address": "198.51.100.75"}, {"name": "pi", "address": "198.51.100.76"}]}}},
         }
         first = [o for state, o in objects.items() if state != "degraded"]
         cp.kc("apply", "-f", "-", input="\n---\n".join(json.dumps(o) for o in first))
@@ -375,17 +378,19 @@ def test_argocd_health_kubectl_columns_and_status_on_live_objects(rig: Rig, tmp_
         rig.wait(lambda: reason("progressing") == "WaitingForLoopback", 60, "progressing to wait for the loopback")
         rig.wait(lambda: reason("waiting") == "ServiceNotFound", 60, "waiting to wait for its Service")
         rig.wait(lambda: reason("degraded") == "VipConflict", 60, "degraded to stall")
+        rig.wait(lambda: reason("invalid") == "InvalidSpec", 60, "invalid to stall")
         captured = {state: live(state) for state in ARGOCD_STATES}
         assert captured["fresh"]["status"] == {"observedGeneration": 0}  # kstatus: InProgress, not Current
         health = {state: evaluate(obj)["status"] for state, obj in captured.items()}
         assert health == {"fresh": "Progressing", "progressing": "Progressing", "waiting": "Progressing",
-                          "healthy": "Healthy", "degraded": "Degraded"}, {s: evaluate(o) for s, o in captured.items()}
+                          "healthy": "Healthy", "degraded": "Degraded", "invalid": "Degraded"}, {
+            s: evaluate(o) for s, o in captured.items()}
         assert "ServiceNotFound" in evaluate(captured["waiting"])["message"]
         assert "VipConflict" in evaluate(captured["degraded"])["message"]
         # kstatus itself (sigs.k8s.io/cli-utils, as Flux and cli-utils based appliers compute it).
         kstatus = {state: cp.kstatus(obj)["status"] for state, obj in captured.items()}
         assert kstatus == {"fresh": "InProgress", "progressing": "InProgress", "waiting": "InProgress",
-                           "healthy": "Current", "degraded": "Failed"}, kstatus
+                           "healthy": "Current", "degraded": "Failed", "invalid": "Failed"}, kstatus
         behind = copy.deepcopy(captured["healthy"])
         behind["metadata"]["generation"] += 1  # a spec change the operator has not observed yet
         deleting = copy.deepcopy(captured["healthy"])

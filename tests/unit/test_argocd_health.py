@@ -3,7 +3,7 @@
 The objects in argocd_statuses/ were captured from a real kube-apiserver with the operator running
 (tests/controlplane/test_operator_realapi.py writes them with DSR_ARGOCD_CAPTURE_DIR set): a DsrService
 no operator has seen yet, one waiting for its node's VIP, one whose Service is missing (a wait that heals
-by itself), one converged, one that lost a VIP conflict.
+by itself), one converged, one that lost a VIP conflict, one whose spec the operator refuses.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def _captured(state: str) -> dict[str, Any]:
         ("healthy", "Healthy", "Converged: 1 of 1 backends bound"),
         ("waiting", "Progressing", "ServiceNotFound: Service "),
         ("degraded", "Degraded", "VipConflict: 192.0.2."),
+        ("invalid", "Degraded", "InvalidSpec: "),
     ],
 )
 def test_captured_objects_get_their_health(state: str, health: str, message: str) -> None:
