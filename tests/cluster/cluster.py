@@ -394,15 +394,7 @@ class Cluster:
     def wait_for(
         self, predicate: Callable[[], Any], timeout: float = 60, what: str = "condition", interval: float = 0.25
     ) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            result = predicate()
-            if result:
-                return result
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise ClusterError(f"timed out after {timeout}s waiting for {what}")
-            time.sleep(interval)
+        return cpboot.poll(predicate, timeout, what, interval, tick=self.check_alive, error=ClusterError)
 
     def ready_nodes(self) -> set[str]:
         items = self.kc_json("get", "nodes")["items"]

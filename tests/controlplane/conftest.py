@@ -302,20 +302,31 @@ class ControlPlane:
         what: str = "condition",
         interval: float = 0.25,
     ) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            result = predicate()
-            if result:
-                return result
+        def alive() -> None:
             for proc in self.processes:
                 proc.check_alive()
-            if time.monotonic() > deadline:
-                raise ControlPlaneError(f"timed out after {timeout}s waiting for {what}")
-            time.sleep(interval)
+
+        return poll(predicate, timeout, what, interval, tick=alive)
 
     def stop(self) -> None:
         for proc in reversed(self.processes):
             proc.stop()
+
+
+def poll(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25,
+         tick: Callable[[], None] | None = None, error: type[Exception] | None = None) -> Any:
+    """Wait until predicate() is truthy, calling `tick` between tries (it may raise, e.g. for a process
+    that died); on timeout raise `error` (ControlPlaneError by default) naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if tick is not None:
+            tick()
+        if time.monotonic() > deadline:
+            raise (error or ControlPlaneError)(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
 
 
 def _write_kubeconfig(path: Path, server: str, ca_file: Path, token: str, user: str) -> None:

@@ -25,7 +25,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -33,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.controlplane.conftest import ControlPlane, ControlPlaneError, Proc
+from tests.controlplane.conftest import ControlPlane, Proc, poll
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "dsr-operator"
@@ -67,21 +66,6 @@ def signal_group(proc: Proc, sig: signal.Signals) -> None:
     if proc.popen.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.popen.pid, sig)
-
-
-def poll(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25,
-         tick: Callable[[], None] | None = None) -> Any:
-    """Wait until predicate() is truthy (calling `tick` between tries); raise ControlPlaneError on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise ControlPlaneError(f"timed out after {timeout:.0f}s waiting for {what}")
-        if tick is not None:
-            tick()
-        time.sleep(interval)
 
 
 # --------------------------------------------------------------------------------- the chart
