@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import subprocess
 import threading
 import time
 import uuid
@@ -203,6 +204,35 @@ def client_loop(stand: Stand) -> Iterator[Loop]:
 
 
 @contextlib.contextmanager
+def kubectl_watch(stand: Stand, *args: str) -> Iterator[list[tuple[float, str]]]:
+    """`kubectl get ... -w` in the background: each line it prints, with the wall time it arrived."""
+    cp = stand.cluster.cp
+    lines: list[tuple[float, str]] = []
+    proc = subprocess.Popen([str(cp.bin_dir / "kubectl"), "get", *args, "-w"], env=cp.env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append((time.time(), line.strip()))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        yield lines
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        reader.join(10)
+
+
+SLICE_STATES = ('jsonpath={range .endpoints[*]}{.targetRef.name}@{.nodeName}:ready={.conditions.ready},'
+                'serving={.conditions.serving},terminating={.conditions.terminating} {end}{"\\n"}')
+POD_STATES = ('jsonpath={.metadata.name}@{.spec.nodeName} deleting={.metadata.deletionTimestamp} '
+              'ready={.status.conditions[?(@.type=="Ready")].status}{"\\n"}')
+
+
+@contextlib.contextmanager
 def vip_watch(stand: Stand, nodes: list[cl.Node]) -> Iterator[dict[str, list[tuple[float, bool]]]]:
     """Every 50 ms, whether each node holds the VIP on `lo`: node → [(wall time, held)]."""
     seen: dict[str, list[tuple[float, bool]]] = {n.name: [] for n in nodes}
@@ -308,7 +338,9 @@ def test_rollout_restart_and_a_node_drain_fail_no_request(stand: Stand) -> None:
 
         drained = sorted(_web_nodes(stand))[0]
         seq = _last_seq(stand)
-        with vip_watch(stand, [lab_nodes[drained]]) as held:
+        with vip_watch(stand, [lab_nodes[drained]]) as held, \
+                kubectl_watch(stand, "endpointslices", "-n", APP, "-o", SLICE_STATES) as slices, \
+                kubectl_watch(stand, "pods", "-n", APP, "-o", POD_STATES) as pods:
             stand.kc("drain", drained, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=180s")
             stand.wait(lambda: len(_ready_pods(stand, APP, "app=web")) == WEB_REPLICAS
                        and drained not in _web_nodes(stand), 120, "the web Pod replaced on another node")
@@ -327,9 +359,11 @@ def test_rollout_restart_and_a_node_drain_fail_no_request(stand: Stand) -> None:
                 if abs(float(e["time"]) - loop.failed[0][0]) < 10 and e.get("resource") != "nsconfig"]
         around = [(round(t - loop.failed[0][0], 2), ok, who) for t, ok, who in loop.replies
                   if abs(t - loop.failed[0][0]) < 1.5]
+        changes = [(round(t - loop.failed[0][0], 2), line) for t, line in [*slices, *pods]
+                   if abs(t - loop.failed[0][0]) < 10]
         pytest.fail(f"{len(loop.failed)} of {len(loop.replies)} requests failed: {loop.failed[:3]}; drained "
                     f"{drained}; NetScaler writes within 10 s of the first (s from it): {near}; replies "
-                    f"around it: {around}")
+                    f"around it: {around}; EndpointSlice and Pod changes: {sorted(changes)}")
 
     # The drained node: disabled gracefully, then unbound, and only then did it lose the VIP.
     service = f"dsr-{lab_nodes[drained].ip}_80"  # the service of node address and port (names in DESIGN.md)

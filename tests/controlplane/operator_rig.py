@@ -12,7 +12,9 @@ For the tests that drive the whole product from outside (the soak, the hostile-i
   chart's two replicas: one leads, the other stands by.
 
 Every process runs in its own process group, logs to a file in the work dir, and is stopped by
-`stop()` or `kill()`; callers keep them in a list and stop them all in their teardown.
+`stop()` or `kill()`; callers keep them in a list and stop them all in their teardown, or use
+`staged(cp, work, prefix)`: a namespace, the chart limited to it and a running simulator, with operators
+made by `Staged.operator(...)`, all stopped and removed on the way out.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -314,3 +316,49 @@ def _http_ok(url: str) -> bool:
             return bool(resp.status == 200)
     except OSError:
         return False
+
+
+# --------------------------------------------------------------------------------- a whole stage
+
+
+@dataclasses.dataclass
+class Staged:
+    """What `staged` set up: the test's namespace, the chart installed for it, the simulator, operators."""
+
+    cp: ControlPlane
+    work: Path
+    namespace: str
+    chart: ChartInstall
+    sim: SimProcess
+    operators: list[OperatorProcess] = dataclasses.field(default_factory=list)
+
+    def operator(self, name: str, operator_id: str, **settings: str) -> OperatorProcess:
+        """An operator replica with the chart's environment (not started), stopped with the stage."""
+        op = OperatorProcess.for_chart(name, self.work, self.chart, self.cp, self.sim, operator_id,
+                                       [self.namespace], **settings)
+        self.operators.append(op)
+        return op
+
+
+@contextlib.contextmanager
+def staged(cp: ControlPlane, work: Path, prefix: str) -> Iterator[Staged]:
+    """A namespace `<prefix>-<random>`, the chart limited to it, the simulator running; undone afterwards."""
+    namespace = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    cleanup: list[Callable[[], Any]] = []
+    sim = SimProcess(work, f"{prefix}admin", f"pw-{uuid.uuid4().hex}")
+    stage: Staged | None = None
+    try:
+        cp.kc("create", "namespace", namespace)
+        cleanup.append(lambda: cp.kc("delete", "namespace", namespace, "--wait=false", check=False))
+        chart, undo = install_chart(cp, [namespace])
+        cleanup.extend(undo)
+        sim.start()
+        stage = Staged(cp, work, namespace, chart, sim)
+        yield stage
+    finally:
+        for op in stage.operators if stage is not None else ():
+            op.stop()
+        sim.stop()
+        for step in reversed(cleanup):
+            with contextlib.suppress(Exception):
+                step()

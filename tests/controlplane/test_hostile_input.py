@@ -29,7 +29,6 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hypothesis
@@ -123,19 +122,9 @@ def _valid_spec(vip: str, hosts: list[str]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def world(controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     cp = controlplane
-    work: Path = tmp_path_factory.mktemp("hostile")
-    namespace = f"hostile-{uuid.uuid4().hex[:6]}"
-    cleanup: list[Callable[[], Any]] = []
-    sim = rig.SimProcess(work, "hostileadmin", f"pw-{uuid.uuid4().hex}")
-    operator: rig.OperatorProcess | None = None
-    try:
-        cp.kc("create", "namespace", namespace)
-        cleanup.append(lambda: cp.kc("delete", "namespace", namespace, "--wait=false", check=False))
-        chart, undo = rig.install_chart(cp, [namespace])
-        cleanup.extend(undo)
-        sim.start()
-        operator = rig.OperatorProcess.for_chart("operator", work, chart, cp, sim, OPERATOR_ID, [namespace],
-                                                 resync_seconds="30", default_drain_seconds="0")
+    with rig.staged(cp, tmp_path_factory.mktemp("hostile"), "hostile") as stage:
+        namespace, sim = stage.namespace, stage.sim
+        operator = stage.operator("operator", OPERATOR_ID, resync_seconds="30", default_drain_seconds="0")
         operator.start()
         operator.wait_live()
         valid: dict[str, dict[str, Any]] = {}
@@ -165,13 +154,6 @@ def world(controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) 
         world.valid_names = frozenset(names)
         world.journal_seq = max((e["seq"] for e in sim.journal()), default=0)
         yield world
-    finally:
-        if operator is not None:
-            operator.stop()
-        sim.stop()
-        for step in reversed(cleanup):
-            with contextlib.suppress(Exception):
-                step()
 
 
 # --------------------------------------------------------------------------------- hostile specs

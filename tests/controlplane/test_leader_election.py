@@ -9,11 +9,8 @@ Lease back without waiting.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -82,29 +79,10 @@ def _pod(op: rig.OperatorProcess) -> str:
 
 @pytest.fixture(scope="module")
 def pair(controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    cp = controlplane
-    work: Path = tmp_path_factory.mktemp("lease")
-    namespace = f"lease-{uuid.uuid4().hex[:6]}"
-    cleanup: list[Callable[[], Any]] = []
-    sim = rig.SimProcess(work, "leaseadmin", f"pw-{uuid.uuid4().hex}")
-    ops: list[rig.OperatorProcess] = []
-    try:
-        cp.kc("create", "namespace", namespace)
-        cleanup.append(lambda: cp.kc("delete", "namespace", namespace, "--wait=false", check=False))
-        chart, undo = rig.install_chart(cp, [namespace])
-        cleanup.extend(undo)
-        sim.start()
-        for name in ("operator-a", "operator-b"):
-            ops.append(rig.OperatorProcess.for_chart(name, work, chart, cp, sim, OPERATOR_ID, [namespace],
-                                                     resync_seconds="600", default_drain_seconds="0"))
-        yield Pair(cp, chart, namespace, sim, *ops)
-    finally:
-        for op in ops:
-            op.stop()
-        sim.stop()
-        for step in reversed(cleanup):
-            with contextlib.suppress(Exception):
-                step()
+    with rig.staged(controlplane, tmp_path_factory.mktemp("lease"), "lease") as stage:
+        a, b = (stage.operator(name, OPERATOR_ID, resync_seconds="600", default_drain_seconds="0")
+                for name in ("operator-a", "operator-b"))
+        yield Pair(controlplane, stage.chart, stage.namespace, stage.sim, a, b)
 
 
 def test_two_replicas_one_leads_and_the_dsrservice_converges(pair: Pair) -> None:
