@@ -258,3 +258,43 @@ async def test_a_huge_dsrservice_goes_in_steps_and_a_small_change_is_not_behind_
 
 async def _ready_reason(cluster: Cluster, name: str, reason: str) -> bool:
     return (await cluster.condition("Ready", name)).get("reason") == reason
+
+
+async def test_asked_to_stop_the_operator_first_finishes_the_change_that_arrives_with_the_signal(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kubectl drain` evicts the leader together with an app Pod: the Pod's endpoint turns terminating just
+    after the operator's SIGTERM. The stopping operator still disables that node on NetScaler, instead of
+    leaving it to the next leader (which needs seconds to start, while the node's Pod shuts down)."""
+    await _stopping_operator_removes_the_terminating_node(cluster, kube, nitro_sim, monkeypatch)
+
+
+async def _stopping_operator_removes_the_terminating_node(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch,
+    **overrides: Any,
+) -> None:
+    await cluster.slice({"n1": "ready", "n2": "ready"})
+    monkeypatch.setenv("DSR_NETSCALER_URL", nitro_sim.url)
+    monkeypatch.setenv("DSR_NETSCALER_PASSWORD", "nsroot")
+    settings = config.OperatorSettings(kube_server=kube.url, metrics_port=0, liveness_port=0, resync_seconds=FAR,
+                                       max_unbind_percent=100, **overrides)
+    stop, ready_flag = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(operator_cli.run(settings, stop_flag=stop, ready_flag=ready_flag))
+    try:
+        await asyncio.wait_for(ready_flag.wait(), timeout=30)
+        await cluster.dsrservice()
+        await converged(cluster, ("n1", "n2"))
+        start = max(e["seq"] for e in await nitro_sim.journal())
+        stop.set()  # SIGTERM
+        await cluster.slice({"n1": "ready", "n2": "terminating"})
+        await asyncio.wait_for(task, timeout=60)
+    finally:
+        stop.set()
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    writes = [(e["resource"], e["action"], e["name"]) for e in await nitro_sim.journal(since=start)]
+    # Its DsrService drains in 0 s: the node's service goes at once (with a drain time: disabled first).
+    assert ("service", "delete", "dsr-198.51.100.2_80") in writes, writes
+

@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -47,11 +48,19 @@ async def run(settings: config.OperatorSettings, *, stop_flag: asyncio.Event | N
     if threading.current_thread() is threading.main_thread():
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)  # kopf installs its own while it runs
+            loop.add_signal_handler(sig, stop.set)
     health = await _serve_health(settings.liveness_port) if settings.liveness_port else None
+    memo = kopf.Memo()
+    kopf_ready = asyncio.Event()
+    taking_back = asyncio.create_task(_signals_back(kopf_ready, stop, ready_flag), name="signals")
     try:
         if not settings.leader_election:
-            await _kopf(settings, stop, ready_flag)
+            kopf_stop = asyncio.Event()
+            relay = asyncio.create_task(_first(stop, None, kopf_stop, memo, settings), name="stop")
+            try:
+                await _kopf(settings, kopf_stop, kopf_ready, memo)
+            finally:
+                relay.cancel()
             return
         connection = handlers.connection(settings)
         kube_config = await asyncio.to_thread(kube.load_config, connection)
@@ -64,9 +73,9 @@ async def run(settings: config.OperatorSettings, *, stop_flag: asyncio.Event | N
                 return
             holding = asyncio.create_task(elector.hold(), name="leader-election")
             kopf_stop = asyncio.Event()
-            relay = asyncio.create_task(_first(stop, holding, kopf_stop), name="leader-stop")
+            relay = asyncio.create_task(_first(stop, holding, kopf_stop, memo, settings), name="leader-stop")
             try:
-                await _kopf(settings, kopf_stop, ready_flag)
+                await _kopf(settings, kopf_stop, kopf_ready, memo)
             finally:
                 relay.cancel()
                 lost = holding.done()
@@ -76,6 +85,7 @@ async def run(settings: config.OperatorSettings, *, stop_flag: asyncio.Event | N
             if lost:
                 raise LeadershipLost(f"Lease {elector.namespace}/{elector.name} lost")
     finally:
+        taking_back.cancel()
         if health is not None:
             await health.cleanup()
 
@@ -84,17 +94,57 @@ class LeadershipLost(RuntimeError):
     """Another replica holds the Lease now; this process must stop (its Pod restarts as a stand-by)."""
 
 
-async def _first(stop: asyncio.Event, holding: asyncio.Task[None], kopf_stop: asyncio.Event) -> None:
-    """Stop kopf when the operator is asked to stop or when the Lease is lost, whichever comes first."""
+async def _signals_back(kopf_ready: asyncio.Event, stop: asyncio.Event, ready_flag: Any) -> None:
+    """Once kopf runs (it installs its own SIGTERM handler, which stops at once), SIGTERM sets our stop again,
+    so that the work in hand is finished first (`_settle`); then tell the caller the operator is ready."""
+    await kopf_ready.wait()
+    if threading.current_thread() is threading.main_thread():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    if ready_flag is not None:
+        ready_flag.set()
+
+
+async def _first(stop: asyncio.Event, holding: asyncio.Task[None] | None, kopf_stop: asyncio.Event,
+                 memo: kopf.Memo, settings: config.OperatorSettings) -> None:
+    """Stop kopf when the operator is asked to stop or when the Lease is lost, whichever comes first.
+
+    Asked to stop, it first finishes the work in hand (`_settle`); a lost Lease stops it at once (another
+    replica may be writing already)."""
     waiter = asyncio.create_task(stop.wait())
     try:
-        await asyncio.wait({waiter, holding}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({waiter, *([holding] if holding else [])}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set() and not (holding is not None and holding.done()):
+            await _settle(memo, settings, holding)
     finally:
         waiter.cancel()
         kopf_stop.set()
 
 
-async def _kopf(settings: config.OperatorSettings, stop: asyncio.Event, ready_flag: Any) -> None:
+async def _settle(memo: kopf.Memo, settings: config.OperatorSettings, holding: asyncio.Task[None] | None) -> None:
+    """Keep reconciling after SIGTERM until nothing has been in hand for `shutdown_quiet_seconds` (at most
+    `shutdown_max_seconds`). `kubectl drain` evicts the leader together with the app's Pods; without this,
+    their endpoints' changes would wait for the next leader to start."""
+    quiet, deadline = settings.shutdown_quiet_seconds, time.monotonic() + settings.shutdown_max_seconds
+    if quiet <= 0 or settings.shutdown_max_seconds <= 0:
+        return
+    log.info("Stopping: finishing the work in hand first (up to %.0f s)", settings.shutdown_max_seconds)
+    calm_since: float | None = None
+    while time.monotonic() < deadline and not (holding is not None and holding.done()):
+        rt = memo.get("runtime")
+        now = time.monotonic()
+        if rt is None or rt.batcher.settled(quiet):
+            calm_since = calm_since if calm_since is not None else now
+            if now - calm_since >= quiet:
+                return
+        else:
+            calm_since = None
+        await asyncio.sleep(0.05)
+    log.warning("Stopping with work in hand after %.0f s; the next leader takes it over", settings.shutdown_max_seconds)
+
+
+async def _kopf(settings: config.OperatorSettings, stop: asyncio.Event, ready_flag: Any, memo: kopf.Memo) -> None:
     await kopf.operator(
         registry=handlers.make_registry(settings),
         settings=kopf_settings(settings),
@@ -103,7 +153,7 @@ async def _kopf(settings: config.OperatorSettings, stop: asyncio.Event, ready_fl
         standalone=True,
         stop_flag=stop,
         ready_flag=ready_flag,
-        memo=kopf.Memo(),
+        memo=memo,
     )
 
 

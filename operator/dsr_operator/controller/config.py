@@ -41,6 +41,11 @@ class OperatorSettings(pydantic_settings.BaseSettings):
     step_changes: int = pydantic.Field(default=1000, ge=1)
     """Most NetScaler changes one DsrService gets per batch; a bigger change goes in steps, so that other
     DsrServices' changes never wait for all of it."""
+    shutdown_quiet_seconds: float = pydantic.Field(default=1.0, ge=0)
+    """On SIGTERM, keep reconciling until nothing has been in hand for this long (a `kubectl drain` evicts
+    the leader together with app Pods: their endpoint changes arrive just after the signal)."""
+    shutdown_max_seconds: float = pydantic.Field(default=10.0, ge=0)
+    """...but no longer than this after SIGTERM; then stop (and release the Lease: the stand-by takes over)."""
     kube_server: str | None = None
     """Kubernetes API URL; default: in-cluster service account, else KUBECONFIG."""
     kube_token_file: pathlib.Path | None = None

@@ -26,6 +26,8 @@ class Batcher:
         self._due: dict[Key, float] = {}
         self._failures: dict[Key, int] = {}
         self._event = asyncio.Event()
+        self.busy = False
+        """A batch is being reconciled (set by the loop around each batch)."""
 
     def mark(self, *keys: Key) -> None:
         if keys:
@@ -57,6 +59,11 @@ class Batcher:
         self._dirty.discard(key)
         self._due.pop(key, None)
         self._failures.pop(key, None)
+
+    def settled(self, horizon: float) -> bool:
+        """Nothing in hand: no batch running, nothing dirty, nothing due within `horizon` seconds."""
+        now = self.clock()
+        return not self.busy and not self._dirty and not any(when <= now + horizon for when in self._due.values())
 
     def _ready(self) -> bool:
         now = self.clock()

@@ -194,6 +194,7 @@ async def run(rt: Runtime) -> None:
         batch = await rt.batcher.next_batch()
         started = time.monotonic()
         result = "ok"
+        rt.batcher.busy = True
         try:
             await reconcile_batch(rt, batch)
         except asyncio.CancelledError:
@@ -204,6 +205,7 @@ async def run(rt: Runtime) -> None:
             for key in batch:
                 rt.batcher.failed(key)
         finally:
+            rt.batcher.busy = False
             took = time.monotonic() - started
             rt.metrics.reconcile_seconds.labels(result).observe(took)
             rt.metrics.batch_size.observe(len(batch))
