@@ -414,12 +414,17 @@ def test_killing_the_leader_pod_hands_over_and_a_change_lands_within_30_s(stand:
 
     def changed() -> bool:
         return any(v.get("lbmethod") == "LEASTCONNECTION" for v in stand.objects("lbvserver"))
+    # The killed process may still finish that change itself (it stops only once nothing is in hand);
+    # then the other replica must hold the Lease, and a change made after that is its work.
     stand.wait(changed, 60, "the change on NetScaler after the leader was killed")
+    stand.wait(lambda: _leader(stand) not in (None, leader), 60, "the other replica to hold the Lease")
+    stand.kc("patch", "dsrservice", "web", "-n", APP, "--type=merge",
+             "-p", json.dumps({"spec": {"lbMethod": "ROUNDROBIN"}}))
+    stand.wait(lambda: all(v.get("lbmethod") == "ROUNDROBIN" for v in stand.objects("lbvserver")), 60,
+               "the next change on NetScaler, from the new leader")
     took = time.monotonic() - killed
     stand.figures["takeover_change_on_netscaler_s"] = round(took, 1)
-    new = _leader(stand)
-    assert new is not None and new != leader
-    assert took <= 30, f"the change reached NetScaler {took:.1f}s after the leader was killed"
+    assert took <= 30, f"the new leader's change reached NetScaler {took:.1f}s after the leader was killed"
     stand.wait(stand.ready, 60, "the DsrService Ready at its new generation")
 
 
@@ -447,8 +452,18 @@ def test_an_agent_pod_restart_keeps_the_vip_on_its_node(stand: Stand) -> None:
 def test_uninstall_after_deleting_the_dsrservices_leaves_netscaler_as_it_was(stand: Stand) -> None:
     stand.kc("delete", "dsrservice", "web", "-n", APP, "--wait=true", "--timeout=120s")
     for name in (n.name for n in stand.cluster.nodes):
-        stand.wait(lambda name=name: not stand.node_has_vip(stand.cluster.node(name)), 60,
-                   f"the VIP gone from {name}")
+        try:
+            stand.wait(lambda name=name: not stand.node_has_vip(stand.cluster.node(name)), 60,
+                       f"the VIP gone from {name}")
+        except cl.ClusterError as exc:  # what the operator asked of the node, and what its agent said
+            config = stand.kc("get", "dsrnodeconfig", name, "-o", "yaml", check=False).stdout
+            agent = next((p["metadata"]["name"] for p in _pods(stand, SYSTEM, "app.kubernetes.io/component=agent")
+                          if p["spec"].get("nodeName") == name), None)
+            logs = stand.kc("logs", agent, "-n", SYSTEM, "--tail=40", check=False).stdout if agent else ""
+            operators = [stand.kc("logs", p["metadata"]["name"], "-n", SYSTEM, "--tail=60", check=False).stdout
+                         for p in _pods(stand, SYSTEM, "app.kubernetes.io/component=operator")]
+            raise AssertionError(f"{exc}\n--- DsrNodeConfig {name} ---\n{config}\n--- agent {agent} ---\n{logs}"
+                                 f"\n--- operators ---\n" + "\n".join(operators)) from exc
     stand.helm("uninstall", RELEASE, "-n", SYSTEM, "--wait", "--timeout", "120s")
     after = stand.sim.config().get("objects", {})
     assert {k: v for k, v in after.items() if v} == {k: v for k, v in stand.before.items() if v}
