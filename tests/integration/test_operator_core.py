@@ -298,3 +298,20 @@ async def _stopping_operator_removes_the_terminating_node(
     # Its DsrService drains in 0 s: the node's service goes at once (with a drain time: disabled first).
     assert ("service", "delete", "dsr-198.51.100.2_80") in writes, writes
 
+
+
+async def test_a_new_leader_takes_back_a_vip_its_predecessor_left_on_a_node(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leadership moved while a node was drained: its VIP, announced by the old leader, is needed by no
+    DsrService; once every DsrService has reported, the new leader removes it."""
+    await cluster.client.create(kubeapi.DsrNodeConfig(metadata={"name": "n1"}, spec={"vips": [VIP]}))
+    async with running_operator(kube, nitro_sim, monkeypatch, resync_seconds=FAR):
+        await create(cluster, "other", {"vip": "192.0.2.70", "ports": [80], "backends": static("10.70.0.1")})
+        await ready(cluster, "other")
+
+        async def taken_back() -> bool:
+            cfg = await cluster.nodeconfig("n1")
+            return cfg is not None and not cfg["spec"].get("vips")
+
+        await eventually(taken_back, timeout=30)

@@ -57,6 +57,8 @@ class Runtime:
     batcher: loop.Batcher
     book: nodes.NodeVipBook = dataclasses.field(default_factory=nodes.NodeVipBook)
     written: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    swept: bool = False
+    """Every node's DsrNodeConfig compared with the book once it was complete (see `sync_nodes`)."""
     """node → VIPs we wrote that the DsrNodeConfig index has not shown yet."""
     generations: dict[Key, int | None] = dataclasses.field(default_factory=dict)
     vips: dict[Key, str] = dataclasses.field(default_factory=dict)
@@ -119,12 +121,20 @@ def orphans_of(actual: ns.NetScalerState, known: Iterable[decide.Entry]) -> froz
 
 
 async def sync_nodes(rt: Runtime, changed: set[str]) -> None:
-    """Write the VIP union of every changed node to its DsrNodeConfig (the index is the truth)."""
-    if not changed:
-        return
+    """Write the VIP union of every changed node to its DsrNodeConfig (the index is the truth).
+
+    The first time the book is complete (every DsrService has reported what it needs), every node with a
+    DsrNodeConfig is compared, not only the changed ones: a VIP a previous leader announced and no
+    DsrService needs any more (say, a node drained while leadership moved) is in no one's book.
+    """
     known = {key for key, entry in entries(rt).items() if not entry.deleting}
     complete = known <= rt.book.reported()
     configs = dict(_index_items(rt.indices.get("dsr_nodeconfigs")))
+    if complete and not rt.swept:
+        rt.swept = True
+        changed = changed | set(configs)
+    if not changed:
+        return
     node_infos = dict(_index_items(rt.indices.get("dsr_nodes")))
     for node in sorted(changed):
         info = configs.get(node)
