@@ -281,6 +281,9 @@ class Agent:
                 obj["status"] = document
         except Exception as exc:  # the next pass recomputes and retries
             self._retry_in = self.settings.backoff_initial_seconds
+            code = exc.response.status_code if isinstance(exc, lightkube.ApiError) and exc.response else None
+            if code is not None and code < 500:
+                self._probation = None  # refused, but answered (say, by an admission policy): not cut off
             logger.warning("Writing status of DsrNodeConfig %s failed: %s", self.settings.node_name, exc)
 
     def _drift(self, outcome: core.Outcome, previous_status: Mapping[str, Any], generation: int | None) -> list[str]:
