@@ -210,15 +210,9 @@ def host_protected(
             continue
         found.setdefault(addr.address, f"assigned to {addr.ifname} on this node")
     for gateway in gateways:
-        found.setdefault(_canonical(gateway), "this node's gateway")
+        found.setdefault(models.canonical_ip(gateway) or gateway, "this node's gateway")
     return Protected(addresses=found)
 
-
-def _canonical(address: str) -> str:
-    try:
-        return str(ipaddress.ip_address(address))
-    except ValueError:
-        return address
 
 
 def plan(desired: Iterable[Vip], target_index: int, current: Sequence[HostAddress], ownership: Ownership) -> Plan:

@@ -19,17 +19,11 @@ import lightkube.resources.discovery_v1
 import lightkube.resources.networking_v1
 
 from dsr_operator.agent import core
+from dsr_operator.api import models
 
 logger = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def _canonical(address: object) -> str | None:
-    try:
-        return str(ipaddress.ip_address(str(address).strip("[]")))
-    except ValueError:
-        return None
 
 
 def _network(cidr: object) -> Network | None:
@@ -41,7 +35,7 @@ def _network(cidr: object) -> Network | None:
 
 def static_protected(api_hosts: Iterable[str], cidrs: Iterable[str]) -> core.Protected:
     """What the agent's own settings forbid: the API server hosts it was given and `--protected-cidr` ranges."""
-    addresses = {a: "the API server's address" for host in api_hosts if (a := _canonical(host)) is not None}
+    addresses = {a: "the API server's address" for host in api_hosts if (a := models.canonical_ip(host)) is not None}
     networks = tuple((n, "a protected range (--protected-cidr)") for c in cidrs if (n := _network(c)) is not None)
     return core.Protected(addresses=addresses, networks=networks)
 
@@ -54,7 +48,7 @@ async def cluster_protected(client: lightkube.AsyncClient) -> core.Protected:
         async for node in client.list(lightkube.resources.core_v1.Node):
             name = node.metadata.name if node.metadata else "?"
             for item in (node.status.addresses if node.status and node.status.addresses else ()):
-                if item.type in ("InternalIP", "ExternalIP") and (a := _canonical(item.address)) is not None:
+                if item.type in ("InternalIP", "ExternalIP") and (a := models.canonical_ip(item.address)) is not None:
                     addresses.setdefault(a, f"node {name}'s {item.type}")
             spec = node.spec
             for cidr in (spec.podCIDRs or ([spec.podCIDR] if spec.podCIDR else [])) if spec else ():
@@ -66,7 +60,7 @@ async def cluster_protected(client: lightkube.AsyncClient) -> core.Protected:
         api = await client.get(lightkube.resources.discovery_v1.EndpointSlice, "kubernetes", namespace="default")
         for endpoint in api.endpoints or ():
             for address in endpoint.addresses or ():
-                if (a := _canonical(address)) is not None:
+                if (a := models.canonical_ip(address)) is not None:
                     addresses[a] = "the API server's address"
     except Exception as exc:  # optional: RBAC may not grant it, a cluster may name it differently
         logger.debug("Reading the API server's EndpointSlice failed: %s", exc)

@@ -63,6 +63,14 @@ def _ip(value: str) -> str:
         raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from exc
 
 
+def canonical_ip(value: object) -> str | None:
+    """An IP address in canonical form (`2001:DB8::0A` -> `2001:db8::a`, brackets dropped), or None."""
+    try:
+        return str(ipaddress.ip_address(str(value).strip("[]")))
+    except ValueError:
+        return None
+
+
 def _unicast(value: str) -> str:
     """A unicast address a VIP or a backend can be: not unspecified, loopback, link-local, multicast or reserved."""
     address = ipaddress.ip_address(_ip(value))

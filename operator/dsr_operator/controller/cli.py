@@ -45,22 +45,14 @@ async def run(settings: config.OperatorSettings, *, stop_flag: asyncio.Event | N
     meanwhile), reconciles while it holds it, and releases it on the way out.
     """
     stop = stop_flag if stop_flag is not None else asyncio.Event()
-    if threading.current_thread() is threading.main_thread():
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+    _stop_on_signals(stop)
     health = await _serve_health(settings.liveness_port) if settings.liveness_port else None
     memo = kopf.Memo()
     kopf_ready = asyncio.Event()
     taking_back = asyncio.create_task(_signals_back(kopf_ready, stop, ready_flag), name="signals")
     try:
         if not settings.leader_election:
-            kopf_stop = asyncio.Event()
-            relay = asyncio.create_task(_first(stop, None, kopf_stop, memo, settings), name="stop")
-            try:
-                await _kopf(settings, kopf_stop, kopf_ready, memo)
-            finally:
-                relay.cancel()
+            await _kopf_until(stop, None, settings, kopf_ready, memo)
             return
         connection = handlers.connection(settings)
         kube_config = await asyncio.to_thread(kube.load_config, connection)
@@ -72,12 +64,9 @@ async def run(settings: config.OperatorSettings, *, stop_flag: asyncio.Event | N
             if not await elector.acquire(stop):
                 return
             holding = asyncio.create_task(elector.hold(), name="leader-election")
-            kopf_stop = asyncio.Event()
-            relay = asyncio.create_task(_first(stop, holding, kopf_stop, memo, settings), name="leader-stop")
             try:
-                await _kopf(settings, kopf_stop, kopf_ready, memo)
+                await _kopf_until(stop, holding, settings, kopf_ready, memo)
             finally:
-                relay.cancel()
                 lost = holding.done()
                 holding.cancel()
                 if not lost:
@@ -94,14 +83,30 @@ class LeadershipLost(RuntimeError):
     """Another replica holds the Lease now; this process must stop (its Pod restarts as a stand-by)."""
 
 
-async def _signals_back(kopf_ready: asyncio.Event, stop: asyncio.Event, ready_flag: Any) -> None:
-    """Once kopf runs (it installs its own SIGTERM handler, which stops at once), SIGTERM sets our stop again,
-    so that the work in hand is finished first (`_settle`); then tell the caller the operator is ready."""
-    await kopf_ready.wait()
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set `stop` (only the main thread may handle signals)."""
     if threading.current_thread() is threading.main_thread():
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+
+
+async def _kopf_until(stop: asyncio.Event, holding: asyncio.Task[None] | None, settings: config.OperatorSettings,
+                      kopf_ready: asyncio.Event, memo: kopf.Memo) -> None:
+    """Run kopf until `_first` stops it: asked to stop (after the work in hand), or the Lease lost."""
+    kopf_stop = asyncio.Event()
+    relay = asyncio.create_task(_first(stop, holding, kopf_stop, memo, settings), name="stop")
+    try:
+        await _kopf(settings, kopf_stop, kopf_ready, memo)
+    finally:
+        relay.cancel()
+
+
+async def _signals_back(kopf_ready: asyncio.Event, stop: asyncio.Event, ready_flag: Any) -> None:
+    """Once kopf runs (it installs its own SIGTERM handler, which stops at once), SIGTERM sets our stop again,
+    so that the work in hand is finished first (`_settle`); then tell the caller the operator is ready."""
+    await kopf_ready.wait()
+    _stop_on_signals(stop)
     if ready_flag is not None:
         ready_flag.set()
 

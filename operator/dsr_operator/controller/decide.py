@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -137,18 +136,12 @@ def host_addresses(snapshot: Snapshot) -> dict[str, str]:
     for node in snapshot.nodes.values():
         for kind, address in node.addresses:
             if kind in ("InternalIP", "ExternalIP"):
-                found.setdefault(_canonical(address), f"node {node.name}'s {kind}")
+                found.setdefault(models.canonical_ip(address) or address, f"node {node.name}'s {kind}")
     for entry in snapshot.entries.values():
         for host in (entry.spec.backends.static or ()) if entry.spec is not None else ():
             found.setdefault(host.address, f"a backend of DsrService {entry.ref.namespace}/{entry.ref.name}")
     return found
 
-
-def _canonical(address: str) -> str:
-    try:
-        return str(ipaddress.ip_address(address))
-    except ValueError:
-        return address
 
 
 def judge(snapshot: Snapshot, key: Key, conflicts: Mapping[Key, desired_mod.VipConflict],
