@@ -317,7 +317,10 @@ def test_dsr_traffic_reaches_pods_and_replies_bypass_netscaler(stand: Stand) -> 
             seen.add(reply.backend)
         return seen >= pods
     stand.wait(both_answered, 90, "both Pods to answer through the VIP (kube-proxy and the monitor settle)")
-    with lab.capture("lb", f"tcp and src host {stand.vip} and src port 80") as through_lb:
+    # Replies to the client only: the monitor probes the VIP from lb itself (transparent, destip=VIP),
+    # and those answers go to lb, as they must.
+    to_client = f"tcp and src host {stand.vip} and src port 80 and dst host {lab.ip('client')}"
+    with lab.capture("lb", to_client) as through_lb:
         replies = [lab.get(timeout=3) for _ in range(40)]
     failed = [r for r in replies if not r.ok]
     stand.figures["requests_sent"] = len(replies)

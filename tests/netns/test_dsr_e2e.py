@@ -245,7 +245,7 @@ async def test_requests_spread_over_the_backends_and_replies_bypass_lb(stand: St
     replies_before = [await asyncio.to_thread(lab.vip_packets, b) for b in lab.backends]
     with (
         lab.capture("b1", f"tcp and src host {lab.vip}") as b1_frames,
-        lab.capture("lb", f"src host {lab.vip}") as lb_frames,
+        lab.capture("lb", f"src host {lab.vip} and dst host {lab.ip('client')}") as lb_frames,
     ):
         replies = await gets(lab, 40)
     assert all(r.ok for r in replies), [r for r in replies if not r.ok]
