@@ -34,6 +34,11 @@ DsrNodeConfig = lightkube.generic_resource.create_global_resource(
 )
 """DsrNodeConfig (cluster-scoped, named after its node); `DsrNodeConfig.Status` is its status subresource."""
 
+DsrVipPool = lightkube.generic_resource.create_global_resource(
+    models.GROUP, models.VERSION, "DsrVipPool", "dsrvippools"
+)
+"""DsrVipPool (cluster-scoped): addresses Services of type LoadBalancer get their VIP from."""
+
 log = logging.getLogger(__name__)
 
 

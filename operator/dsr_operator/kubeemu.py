@@ -19,7 +19,9 @@ operator and agent depend on a few more rules of a real kube-apiserver, which `K
 - PUT (replace) on the main resource and on `.../status`, with the resourceVersion precondition
   (409 Conflict on mismatch), also honoured by a PATCH whose body names a resourceVersion;
 - patches: JSON merge patch (RFC 7386: `null` deletes a key, lists replace) for merge, strategic
-  and apply content types (strategic-merge list semantics are NOT emulated), JSON patch for lists;
+  and apply content types (strategic-merge list semantics are NOT emulated), JSON patch for lists
+  (a failed `test` operation answers 422, as kopf's optimistic finalizer writes expect);
+- the Namespace resource itself at `/api/v1/namespaces[/NAME]` (kmock reads it as a namespace path);
 - `fieldSelector` (`metadata.name`, `metadata.namespace`, `=`/`==`/`!=`) and equality-based
   `labelSelector` on list and watch; `resourceVersion` on watch (only objects changed after it are
   replayed) and `timeoutSeconds` (the stream ends, as a real server does).
@@ -44,8 +46,9 @@ import aiohttp.web
 import attrs
 
 try:
+    import jsonpatch  # kmock's own JSON patch library
     import kmock
-    from kmock._internal import apps, dicts, rendering
+    from kmock._internal import apps, dicts, parsing, rendering
 except ImportError as exc:  # kmock is a test extra, not a runtime dependency
     raise ImportError(
         "dsr_operator.kubeemu (the in-memory Kubernetes API of demo-dsr and the tests) needs the kmock "
@@ -58,6 +61,7 @@ RESOURCES: tuple[tuple[str, str, bool, bool], ...] = (
     # (group/version/plural, kind, namespaced, status subresource)
     (f"{models.GROUP}/{models.VERSION}/{models.SERVICE_PLURAL}", models.SERVICE_KIND, True, True),
     (f"{models.GROUP}/{models.VERSION}/{models.NODECONFIG_PLURAL}", models.NODECONFIG_KIND, False, True),
+    (f"{models.GROUP}/{models.VERSION}/dsrvippools", "DsrVipPool", False, True),
     ("v1/nodes", "Node", False, True),
     ("v1/services", "Service", True, True),
     ("v1/namespaces", "Namespace", False, True),
@@ -128,6 +132,24 @@ def _rv(obj: Mapping[str, Any]) -> int:
     except ValueError:
         return 0
 
+
+def _parse_path(path: str) -> parsing.ParsedPath:
+    """kmock's path parser, with the cluster-scoped Namespace resource itself understood.
+
+    kmock reads `/api/v1/namespaces` (list, watch) and `/api/v1/namespaces/NAME[/status]` as paths
+    inside a namespace; a real API server serves the Namespace objects there.
+    """
+    parts = path.strip("/").split("/")
+    core = parts[:2] == ["api", "v1"]
+    rest = parts[2:] if core else []
+    if rest and rest[0] == "namespaces" and (len(rest) <= 2 or (len(rest) == 3 and rest[2] in ("status", "finalize"))):
+        return parsing.ParsedPath("", "v1", "namespaces", None, rest[1] if len(rest) > 1 else None,
+                                  rest[2] if len(rest) > 2 else None)
+    return _kmock_parse_path(path)
+
+
+_kmock_parse_path = parsing.parse_path
+parsing.parse_path = _parse_path
 
 REQUEST_LOG_LIMIT = 32
 """How many recent requests the emulator keeps for assertions."""
@@ -288,8 +310,12 @@ class KubeEmulator(kmock.KubernetesEmulator):
             if not isinstance(body, Mapping):
                 raise kmock.KubernetesError(status=400, reason="BadRequest", message="body must be an object")
             candidate = copy.deepcopy(dict(body))
-        elif isinstance(body, list):  # JSON patch
-            candidate = dict(dicts.json_patch_dict(old, body))
+        elif isinstance(body, list):  # JSON patch; a failed `test` is 422, as kopf's finalizer writes expect
+            try:
+                candidate = dict(dicts.json_patch_dict(old, body))
+            except jsonpatch.JsonPatchTestFailed as exc:
+                raise kmock.KubernetesError(status=422, reason="Invalid", message=f"the patch's test failed: {exc}") \
+                    from exc
         elif isinstance(body, Mapping):  # merge, strategic (approximated) and apply patches
             candidate = dict(dicts.merge_patch_dict(old, body))
         else:

@@ -64,7 +64,8 @@ def _undescribed(schema: dict[str, Any], path: str) -> list[str]:
 
 
 def test_every_spec_and_status_field_is_described() -> None:
-    for name, root in (("dsrservice.yaml", "dsrservice"), ("dsrnodeconfig.yaml", "dsrnodeconfig")):
+    for name, root in (("dsrservice.yaml", "dsrservice"), ("dsrnodeconfig.yaml", "dsrnodeconfig"),
+                       ("dsrvippool.yaml", "dsrvippool")):
         schema = yaml.safe_load(crd.render()[name])["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         for part in ("spec", "status"):
             assert _undescribed(schema["properties"][part], f"{root}.{part}") == []
@@ -79,14 +80,14 @@ def _keys(node: Any) -> set[str]:
 
 
 def test_status_schemas_keep_unknown_fields_default_nothing_and_run_no_cel() -> None:
-    """Inside the status nothing is defaulted or validated; only a DsrService without any status reads
-    `observedGeneration: 0`, so that kstatus calls it InProgress until the operator has acted."""
-    for name in ("dsrservice.yaml", "dsrnodeconfig.yaml"):
+    """Inside the status nothing is defaulted or validated; only a DsrService or DsrVipPool without any status
+    reads `observedGeneration: 0`, so that kstatus calls it InProgress until the operator has acted."""
+    for name in ("dsrservice.yaml", "dsrnodeconfig.yaml", "dsrvippool.yaml"):
         text = crd.render()[name]
         status = yaml.safe_load(text)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
         assert status["x-kubernetes-preserve-unknown-fields"] is True
         top = status.pop("default", None)
-        assert top == ({"observedGeneration": 0} if name == "dsrservice.yaml" else None)
+        assert top == (None if name == "dsrnodeconfig.yaml" else {"observedGeneration": 0})
         assert not _keys(status) & {"default", "x-kubernetes-validations"}
 
 
@@ -97,4 +98,38 @@ def test_dsrnodeconfig_columns_show_the_agents_summary() -> None:
         "VIPs": ".spec.vips", "Applied": ".status.appliedCount", "Failed": ".status.failedCount",
         "Mode": ".status.mode", "RP-Filter": ".status.rpFilterMax",
         "Ready": '.status.conditions[?(@.type=="Ready")].status', "Age": ".metadata.creationTimestamp",
+    }
+
+
+def test_render_yields_every_crd() -> None:
+    assert sorted(crd.render()) == ["dsrnodeconfig.yaml", "dsrservice.yaml", "dsrvippool.yaml"]
+
+
+def test_dsrvippool_is_cluster_scoped_and_states_the_rules() -> None:
+    doc = yaml.safe_load(crd.render()["dsrvippool.yaml"])
+    assert doc["metadata"]["name"] == "dsrvippools.dsr.operators.dev"
+    assert doc["spec"]["scope"] == "Cluster"
+    assert doc["spec"]["names"]["kind"] == "DsrVipPool"
+    assert doc["spec"]["names"]["shortNames"] == ["dsrpool"]
+    version = doc["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert spec["required"] == ["addresses"]
+    addresses = spec["properties"]["addresses"]
+    assert (addresses["minItems"], addresses["maxItems"], addresses["x-kubernetes-list-type"]) == (1, 64, "set")
+    assert addresses["items"]["minLength"] == 1 and addresses["items"]["maxLength"] == 100
+    assert addresses["items"]["x-kubernetes-validations"][0]["rule"].startswith("isIP(self) || isCIDR(self)")
+    assert spec["properties"]["avoidAddresses"]["items"] == addresses["items"]
+    assert spec["properties"]["autoAssign"]["default"] is True
+    requirement = spec["properties"]["namespaceSelector"]["properties"]["matchExpressions"]["items"]
+    assert requirement["properties"]["operator"]["enum"] == ["In", "NotIn", "Exists", "DoesNotExist"]
+    assert "self.operator in ['In', 'NotIn']" in requirement["x-kubernetes-validations"][0]["rule"]
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert status["addressesTotal"]["type"] == "string"
+    assert status["addressesUsed"]["type"] == "integer"
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns == {
+        "Addresses": ".spec.addresses", "Total": ".status.addressesTotal", "Used": ".status.addressesUsed",
+        "Auto-Assign": ".spec.autoAssign", "Ready": '.status.conditions[?(@.type=="Ready")].status',
+        "Age": ".metadata.creationTimestamp",
     }

@@ -41,6 +41,10 @@ class OperatorSettings(pydantic_settings.BaseSettings):
     step_changes: int = pydantic.Field(default=1000, ge=1)
     """Most NetScaler changes one DsrService gets per batch; a bigger change goes in steps, so that other
     DsrServices' changes never wait for all of it."""
+    load_balancer_class: str = pydantic.Field(default="dsr.operators.dev/netscaler", min_length=1, max_length=63)
+    """Services of type LoadBalancer with this `spec.loadBalancerClass` get an owned DsrService."""
+    default_load_balancer: bool = False
+    """Also serve Services of type LoadBalancer without a class (this operator is the cluster's default)."""
     shutdown_quiet_seconds: float = pydantic.Field(default=1.0, ge=0)
     """On SIGTERM, keep reconciling until nothing has been in hand for this long (a `kubectl drain` evicts
     the leader together with app Pods: their endpoint changes arrive just after the signal)."""

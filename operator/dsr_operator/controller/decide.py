@@ -27,6 +27,8 @@ from dsr_operator.planner import desired as desired_mod
 from dsr_operator.planner import plan as planner
 
 Key = tuple[str, str]
+LOAD_BALANCER_STATUS = "status.loadBalancer"
+"""In `Snapshot.services`: a Service of type LoadBalancer of ours, whose status will name the VIP."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +176,7 @@ def judge(snapshot: Snapshot, key: Key, conflicts: Mapping[Key, desired_mod.VipC
             # A wait, not a failure: it heals by itself when the Service appears (kstatus: InProgress).
             message = f"Service {entry.ref.namespace}/{spec.backends.service} does not exist (yet)"
             return Judgement(key, entry, world.Verdict(False, "ServiceNotFound", message, reconciling=True))
-        if spec.vip not in external:
+        if spec.vip not in external and LOAD_BALANCER_STATUS not in external:
             warnings.append(
                 f"Service {entry.ref.namespace}/{spec.backends.service} does not list {spec.vip} in externalIPs: "
                 "kube-proxy will not deliver VIP traffic to its pods unless they listen on the VIP with host networking"

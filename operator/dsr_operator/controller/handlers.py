@@ -21,7 +21,7 @@ import kopf
 
 from dsr_operator import kube
 from dsr_operator.api import models
-from dsr_operator.controller import config, decide, reconcile, view, world
+from dsr_operator.controller import config, decide, lbservices, reconcile, view, world
 from dsr_operator.controller.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ NODECONFIGS = (models.GROUP, models.VERSION, models.NODECONFIG_PLURAL)
 SLICES = ("discovery.k8s.io", "v1", "endpointslices")
 NODES = ("", "v1", "nodes")
 SERVICES = ("", "v1", "services")
+NAMESPACES = ("", "v1", "namespaces")
+POOLS = (models.GROUP, models.VERSION, "dsrvippools")
 Key = tuple[str, str]
 
 
@@ -56,6 +58,7 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         memo["runtime"] = rt
         rt.tasks.append(asyncio.create_task(reconcile.run(rt), name="dsr-reconcile"))
         rt.tasks.append(asyncio.create_task(_resync_loop(rt), name="dsr-resync"))
+        rt.tasks.append(asyncio.create_task(_front_door(rt), name="dsr-front-door"))
         if settings.metrics_port:
             runner = await rt.metrics.serve(settings.metrics_port)
             memo["metrics_runner"] = runner
@@ -99,8 +102,30 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         return {name: world.nodeconfig_info(body)}
 
     @kopf.index(*SERVICES, registry=registry, id="dsr_k8s_services")
-    def dsr_k8s_services(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> Any:
-        return {(namespace, name): tuple(spec.get("externalIPs") or ())}
+    def dsr_k8s_services(namespace: str, name: str, spec: kopf.Spec, body: kopf.Body, **_: Any) -> Any:
+        delivered = tuple(spec.get("externalIPs") or ())
+        lb = lbservices.LbService.of(body)
+        if lb is not None and lbservices.serves(lb, settings.load_balancer_class, settings.default_load_balancer):
+            delivered += (decide.LOAD_BALANCER_STATUS,)
+        return {(namespace, name): delivered}
+
+    @kopf.index(*SERVICES, registry=registry, id="dsr_lb_services")
+    def dsr_lb_services(body: kopf.Body, **_: Any) -> Any:
+        lb = lbservices.LbService.of(body)
+        return {lb.key: lb} if lb is not None else None
+
+    @kopf.index(*NAMESPACES, registry=registry, id="dsr_namespaces")
+    def dsr_namespaces(name: str, labels: kopf.Labels, **_: Any) -> Any:
+        return {name: dict(labels)}
+
+    @kopf.index(*POOLS, registry=registry, id="dsr_vippools")
+    def dsr_vippools(name: str, body: kopf.Body, **_: Any) -> Any:
+        return {name: lbservices.PoolEntry.of(body)}
+
+    @kopf.index(*DSR, registry=registry, id="dsr_owned")
+    def dsr_owned(body: kopf.Body, **_: Any) -> Any:
+        owned = lbservices.Owned.of(body)
+        return dict([owned]) if owned is not None else None
 
     @kopf.index(*DSR, registry=registry, id="dsr_services")
     def dsr_services(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
@@ -138,7 +163,17 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
 
     @kopf.on.event(*SERVICES, registry=registry)
     def service_changed(namespace: str, name: str, memo: kopf.Memo, dsr_by_backend: kopf.Index, **_: Any) -> None:
-        runtime(memo).batcher.mark(*dsr_by_backend.get((namespace, name), ()))
+        rt = runtime(memo)
+        rt.batcher.mark(*dsr_by_backend.get((namespace, name), ()))
+        rt.frontdoor.mark((namespace, name))
+
+    @kopf.on.event(*POOLS, registry=registry)
+    def pool_changed(memo: kopf.Memo, **_: Any) -> None:
+        runtime(memo).frontdoor.mark_everything()
+
+    @kopf.on.event(*NAMESPACES, registry=registry)
+    def namespace_changed(memo: kopf.Memo, **_: Any) -> None:
+        runtime(memo).frontdoor.mark_everything()
 
     @kopf.on.event(*NODES, registry=registry)
     def node_changed(name: str, memo: kopf.Memo, dsr_slices_by_node: kopf.Index, dsr_by_backend: kopf.Index,
@@ -162,6 +197,9 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
                            type: str | None, dsr_by_vip: kopf.Index, **_: Any) -> None:
         rt = runtime(memo)
         key = (namespace, name)
+        owned = lbservices.Owned.of(body)
+        if owned is not None:
+            rt.frontdoor.mark(owned[0])  # its Ready state is its Service's status.loadBalancer
         generation = meta.get("generation")
         if type not in ("ADDED", "DELETED") and rt.generations.get(key) == generation:
             return  # our own status write, or metadata only: nothing to reconcile
@@ -172,6 +210,8 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         if type == "DELETED":
             rt.generations.pop(key, None)
             rt.vips.pop(key, None)
+        if type == "DELETED" or (old is not None and old != vip):
+            rt.frontdoor.mark(*rt.frontdoor.refusals)  # a VIP was freed: a Service waiting for one may get it
         # A VIP freed or claimed may settle another DsrService's conflict: wake those of the old and new VIP.
         keys = {key}
         for address in {vip, old or vip}:
@@ -208,6 +248,12 @@ async def _make_runtime(settings: config.OperatorSettings) -> reconcile.Runtime:
         drain_check=settings.drain_check_seconds, on_primary=metrics.on_primary,
     )
     return reconcile.make_runtime(settings, nitro_view, client, metrics)
+
+
+async def _front_door(rt: reconcile.Runtime) -> None:
+    """Services of type LoadBalancer into owned DsrServices, once the indices are complete."""
+    await rt.indexed.wait()
+    await rt.frontdoor.run()
 
 
 async def _resync_loop(rt: reconcile.Runtime) -> None:

@@ -31,7 +31,7 @@ from lightkube.types import PatchType
 
 from dsr_operator import kube
 from dsr_operator.api import models
-from dsr_operator.controller import config, decide, loop, nodes, view, world
+from dsr_operator.controller import config, decide, frontdoor, loop, nodes, view, world
 from dsr_operator.controller.metrics import Metrics
 from dsr_operator.netscaler import errors, executor, render
 from dsr_operator.netscaler import models as ns
@@ -55,6 +55,7 @@ class Runtime:
     kube: lightkube.AsyncClient
     metrics: Metrics
     batcher: loop.Batcher
+    frontdoor: frontdoor.FrontDoor
     book: nodes.NodeVipBook = dataclasses.field(default_factory=nodes.NodeVipBook)
     written: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     swept: bool = False
@@ -375,8 +376,11 @@ async def remove_orphans(rt: Runtime) -> int:
 
 def make_runtime(settings: config.OperatorSettings, view_: view.NetScalerView, client: lightkube.AsyncClient,
                  metrics: Metrics) -> Runtime:
+    indices: dict[str, Any] = {}
+    door = frontdoor.FrontDoor(client, indices, load_balancer_class=settings.load_balancer_class,
+                               default_class=settings.default_load_balancer)
     return Runtime(settings=settings, view=view_, kube=client, metrics=metrics,
-                   batcher=loop.Batcher(settings.debounce_seconds))
+                   batcher=loop.Batcher(settings.debounce_seconds), frontdoor=door, indices=indices)
 
 
 __all__ = ["Runtime", "executor", "finalize", "make_runtime", "reconcile_batch", "remove_orphans", "run"]
