@@ -292,9 +292,11 @@ class Lab:
 
     # -- client
 
-    def get(self, timeout: float = 1.0, path: str = "/", *, ipv6: bool = False) -> Reply:
-        """One HTTP GET to VIP:80 (with `ipv6`, [vip6]:80) from the client namespace, on a new connection."""
-        vip = self.v6vip if ipv6 else self.vip
+    def get(self, timeout: float = 1.0, path: str = "/", *, ipv6: bool = False, vip: str | None = None) -> Reply:
+        """One HTTP GET to VIP:80 (with `ipv6`, [vip6]:80; or another `vip`) from the client namespace, on a
+        new connection."""
+        vip = vip or (self.v6vip if ipv6 else self.vip)
+        ipv6 = ":" in vip
         sock = netns_.socket_in(self.ns("client"), socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_STREAM)
         sport = 0
         try:

@@ -191,12 +191,12 @@ def every_50ms(sample: Callable[[], None]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def client_loop(stand: Stand) -> Iterator[Loop]:
+def client_loop(stand: Stand, vip: str | None = None) -> Iterator[Loop]:
     """The lab's client asks the VIP on a new connection every 50 ms: what each request got."""
     loop = Loop()
 
     def ask() -> None:
-        reply = stand.cluster.lab.get(timeout=3)
+        reply = stand.cluster.lab.get(timeout=3, vip=vip)
         loop.replies.append((time.time(), reply.ok, reply.backend))
 
     with every_50ms(ask):
@@ -453,6 +453,59 @@ def test_an_agent_pod_restart_keeps_the_vip_on_its_node(stand: Stand) -> None:
     assert checks > 20
     assert not missing, f"the VIP was missing from {node.name} in {len(missing)} of {checks} checks"
     assert stand.bound_nodes() == _web_nodes(stand)
+
+
+LB_VIP = f"{cl.LAB_NET}.120"
+
+
+def _lb_service() -> list[dict[str, Any]]:
+    pool = {"apiVersion": "dsr.operators.dev/v1alpha1", "kind": "DsrVipPool", "metadata": {"name": "lab"},
+            "spec": {"addresses": [f"{LB_VIP}-{cl.LAB_NET}.121"], "avoidAddresses": [f"{cl.LAB_NET}.121"]}}
+    settings = {"lb-method": "ROUNDROBIN", "drain-seconds": "2", "health-check-port": "80",
+                "health-check-interval-seconds": "2", "health-check-timeout-seconds": "1"}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {
+        "name": "web-lb", "namespace": APP,
+        "annotations": {f"dsr.operators.dev/{k}": v for k, v in settings.items()}},
+        "spec": {"type": "LoadBalancer", "loadBalancerClass": "dsr.operators.dev/netscaler",
+                 "externalTrafficPolicy": "Local", "selector": {"app": "web"},
+                 "ports": [{"name": "http", "port": 80, "targetPort": cl.ECHO_PORT}]}}
+    return [pool, service]
+
+
+def test_a_load_balancer_service_gets_a_pool_vip_serves_dsr_and_rolls_out_without_a_failed_request(
+    stand: Stand,
+) -> None:
+    start = time.monotonic()
+    stand.apply(*_lb_service())
+
+    def ingress() -> list[str]:
+        svc = stand.cluster.kc_json("get", "service", "web-lb", "-n", APP)
+        return [i.get("ip") for i in ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or ()]
+    stand.wait(lambda: ingress() == [LB_VIP], 120, f"status.loadBalancer.ingress of web-lb to be {LB_VIP}")
+    stand.figures["lb_service_ingress_s"] = round(time.monotonic() - start, 1)
+    made = stand.cluster.kc_json("get", "dsrservice", "web-lb", "-n", APP)
+    assert made["spec"]["vip"] == LB_VIP and made["metadata"]["ownerReferences"][0]["kind"] == "Service"
+    lab = stand.cluster.lab
+    stand.wait(lambda: lab.get(timeout=2, vip=LB_VIP).ok, 90, "the LoadBalancer VIP to answer")
+    to_client = f"tcp and src host {LB_VIP} and src port 80 and dst host {lab.ip('client')}"
+    with lab.capture("lb", to_client) as through_lb:
+        replies = [lab.get(timeout=3, vip=LB_VIP) for _ in range(20)]
+    assert [r for r in replies if not r.ok] == []
+    assert not [f for f in through_lb if f["dst_mac"] == lab.mac("lb")], "replies went back through lb"
+    with client_loop(stand, LB_VIP) as loop:
+        stand.kc("rollout", "restart", "deployment/web", "-n", APP)
+        stand.kc("rollout", "status", "deployment/web", "-n", APP, "--timeout=180s")
+        stand.wait(lambda: stand.bound_nodes() == _web_nodes(stand), 90, "the new Pods' nodes bound, the old ones not")
+        time.sleep(1)  # a few more requests with the new Pods alone
+    stand.figures["lb_rollout_requests_sent"] = len(loop.replies)
+    stand.figures["lb_rollout_requests_failed"] = len(loop.failed)
+    assert len(loop.replies) > 20
+    assert not loop.failed, loop.failed[:5]
+    # Deleting the Service: the garbage collector deletes its DsrService, the finalizer its NetScaler objects.
+    stand.kc("delete", "service", "web-lb", "-n", APP, "--wait=true", "--timeout=60s")
+    stand.wait(lambda: not [v for v in stand.objects("lbvserver") if v.get("ipv46") == LB_VIP], 120,
+               "the LoadBalancer Service's vserver gone from NetScaler")
+    stand.kc("delete", "dsrvippool", "lab")
 
 
 def test_uninstall_after_deleting_the_dsrservices_leaves_netscaler_as_it_was(stand: Stand) -> None:

@@ -124,15 +124,27 @@ def test_template_options(controlplane: ControlPlane) -> None:
     # A namespaced install is namespaced: what lives in a namespace comes from a Role in each listed one.
     operator_rules = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "r-dsr-operator")
     cluster_wide = {r for rule in operator_rules["rules"] for r in rule["resources"]}
-    assert cluster_wide == {"dsrnodeconfigs", "nodes", "customresourcedefinitions", "namespaces"}, cluster_wide
+    assert cluster_wide == {"dsrnodeconfigs", "nodes", "customresourcedefinitions", "namespaces", "dsrvippools",
+                            "dsrvippools/status"}, cluster_wide
     roles = {d["metadata"]["namespace"]: d for d in docs
              if d["kind"] == "Role" and d["metadata"]["name"] == "r-dsr-operator"}
     assert sorted(roles) == ["shop", "web"]
     for role in roles.values():
         assert {r for rule in role["rules"] for r in rule["resources"]} == {
-            "dsrservices", "dsrservices/status", "services", "endpointslices", "events"}
+            "dsrservices", "dsrservices/status", "services", "services/status", "endpointslices", "events"}
     bindings = [d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["name"] == "r-dsr-operator"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["shop", "web"]
+
+
+def test_without_a_load_balancer_class_the_operator_may_not_create_dsrservices(controlplane: ControlPlane) -> None:
+    docs = _render(controlplane, "--set", "netscaler.url=https://ns.example:8443", "--set", "netscaler.password=s",
+                   "--set", "loadBalancerClass=")
+    rules = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "r-dsr-operator")["rules"]
+    assert not [r for r in rules if "dsrvippools" in r["resources"] or "services/status" in r["resources"]]
+    dsr = next(r for r in rules if r["resources"] == ["dsrservices"])
+    assert sorted(dsr["verbs"]) == ["get", "list", "patch", "watch"]
+    (container,) = _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert {"name": "DSR_LOAD_BALANCER_CLASS", "value": ""} in container["env"]
 
 
 @pytest.mark.parametrize(
@@ -290,6 +302,12 @@ OPERATOR_ALLOWED = [
     ("list", "endpointslices.discovery.k8s.io", "--all-namespaces"),
     ("watch", "nodes"),
     ("watch", "services", "--all-namespaces"),
+    # The LoadBalancer front door: the DsrServices it makes, the Services' status, the pools.
+    ("create", "dsrservices.dsr.operators.dev", "-n", "shop"),
+    ("delete", "dsrservices.dsr.operators.dev", "-n", "shop"),
+    ("patch", "services", "--subresource=status", "-n", "shop"),
+    ("watch", "dsrvippools.dsr.operators.dev"),
+    ("patch", "dsrvippools.dsr.operators.dev", "--subresource=status"),
     ("create", "events", "-n", "shop"),
     ("create", "events.events.k8s.io", "-n", "shop"),
     ("create", "leases.coordination.k8s.io", "-n", "RELEASE_NS"),
@@ -303,9 +321,9 @@ OPERATOR_DENIED = [
     ("get", "secrets/unrelated"),
     ("get", "secrets/netscaler-login"),  # mounted as files: no API access needed
     ("list", "secrets", "--all-namespaces"),
-    ("create", "dsrservices.dsr.operators.dev", "-n", "shop"),
-    ("delete", "dsrservices.dsr.operators.dev", "-n", "shop"),
     ("update", "dsrservices.dsr.operators.dev", "-n", "shop"),
+    ("patch", "dsrvippools.dsr.operators.dev"),
+    ("delete", "dsrvippools.dsr.operators.dev"),
     ("patch", "dsrnodeconfigs.dsr.operators.dev", "--subresource=status"),
     ("delete", "dsrnodeconfigs.dsr.operators.dev"),
     ("patch", "nodes"),

@@ -126,7 +126,8 @@ class Loop:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.is_set() and len(self.results) < 5000:
+        # The cap only bounds memory: an idle machine makes 5,000 requests before a drain ends.
+        while not self._stop.is_set() and len(self.results) < 200_000:
             started = time.time()
             if self.keepalive is None:
                 reply = self.lab.get(timeout=5.0)

@@ -52,3 +52,8 @@ app.kubernetes.io/component: agent
 {{- default (include "dsr.fullname" .) .Values.operator.leaseName -}}
 {{- end -}}
 
+
+{{/* Non-empty when the operator serves Services of type LoadBalancer (a class, or the default). */}}
+{{- define "dsr.frontDoor" -}}
+{{- if or .Values.loadBalancerClass .Values.defaultLoadBalancer }}on{{ end }}
+{{- end }}

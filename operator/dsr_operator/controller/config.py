@@ -41,8 +41,9 @@ class OperatorSettings(pydantic_settings.BaseSettings):
     step_changes: int = pydantic.Field(default=1000, ge=1)
     """Most NetScaler changes one DsrService gets per batch; a bigger change goes in steps, so that other
     DsrServices' changes never wait for all of it."""
-    load_balancer_class: str = pydantic.Field(default="dsr.operators.dev/netscaler", min_length=1, max_length=63)
-    """Services of type LoadBalancer with this `spec.loadBalancerClass` get an owned DsrService."""
+    load_balancer_class: str = pydantic.Field(default="dsr.operators.dev/netscaler", max_length=63)
+    """Services of type LoadBalancer with this `spec.loadBalancerClass` get an owned DsrService; empty (and
+    `default_load_balancer` false): the operator serves no Services of type LoadBalancer."""
     default_load_balancer: bool = False
     """Also serve Services of type LoadBalancer without a class (this operator is the cluster's default)."""
     shutdown_quiet_seconds: float = pydantic.Field(default=1.0, ge=0)
@@ -63,6 +64,11 @@ class OperatorSettings(pydantic_settings.BaseSettings):
     pod_name: str | None = None
     """This replica's identity in the Lease (the chart passes the Pod name); default: the host name and a
     random suffix. Two running replicas must never share it."""
+
+    @property
+    def front_door(self) -> bool:
+        """Whether Services of type LoadBalancer are served at all."""
+        return bool(self.load_balancer_class) or self.default_load_balancer
 
     def lease_namespace(self) -> str:
         if self.leader_election_namespace:

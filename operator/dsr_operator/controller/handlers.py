@@ -58,7 +58,8 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         memo["runtime"] = rt
         rt.tasks.append(asyncio.create_task(reconcile.run(rt), name="dsr-reconcile"))
         rt.tasks.append(asyncio.create_task(_resync_loop(rt), name="dsr-resync"))
-        rt.tasks.append(asyncio.create_task(_front_door(rt), name="dsr-front-door"))
+        if settings.front_door:
+            rt.tasks.append(asyncio.create_task(_front_door(rt), name="dsr-front-door"))
         if settings.metrics_port:
             runner = await rt.metrics.serve(settings.metrics_port)
             memo["metrics_runner"] = runner
@@ -118,9 +119,15 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
     def dsr_namespaces(name: str, labels: kopf.Labels, **_: Any) -> Any:
         return {name: dict(labels)}
 
-    @kopf.index(*POOLS, registry=registry, id="dsr_vippools")
-    def dsr_vippools(name: str, body: kopf.Body, **_: Any) -> Any:
-        return {name: lbservices.PoolEntry.of(body)}
+    if settings.front_door:  # without it the operator has no right to read pools
+
+        @kopf.index(*POOLS, registry=registry, id="dsr_vippools")
+        def dsr_vippools(name: str, body: kopf.Body, **_: Any) -> Any:
+            return {name: lbservices.PoolEntry.of(body)}
+
+        @kopf.on.event(*POOLS, registry=registry)
+        def pool_changed(memo: kopf.Memo, **_: Any) -> None:
+            runtime(memo).frontdoor.mark_everything()
 
     @kopf.index(*DSR, registry=registry, id="dsr_owned")
     def dsr_owned(body: kopf.Body, **_: Any) -> Any:
@@ -166,10 +173,6 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         rt = runtime(memo)
         rt.batcher.mark(*dsr_by_backend.get((namespace, name), ()))
         rt.frontdoor.mark((namespace, name))
-
-    @kopf.on.event(*POOLS, registry=registry)
-    def pool_changed(memo: kopf.Memo, **_: Any) -> None:
-        runtime(memo).frontdoor.mark_everything()
 
     @kopf.on.event(*NAMESPACES, registry=registry)
     def namespace_changed(memo: kopf.Memo, **_: Any) -> None:

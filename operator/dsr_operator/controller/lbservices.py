@@ -37,6 +37,7 @@ SETTINGS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "health-check": (("healthCheck", "type"), str),
     "health-check-port": (("healthCheck", "port"), int),
     "health-check-interval-seconds": (("healthCheck", "intervalSeconds"), int),
+    "health-check-timeout-seconds": (("healthCheck", "timeoutSeconds"), int),
     "health-check-through-vip": (("healthCheck", "throughVip"), bool),
 }
 
@@ -186,7 +187,7 @@ def serves(service: LbService, load_balancer_class: str, default_class: bool) ->
     """Whether a Service of type LoadBalancer is this operator's to serve."""
     if service.load_balancer_class is None:
         return default_class
-    return service.load_balancer_class == load_balancer_class
+    return bool(load_balancer_class) and service.load_balancer_class == load_balancer_class
 
 
 def plan(service: LbService | None, owned: Owned | None, context: Context) -> Plan:
