@@ -85,6 +85,12 @@ def _unicast(value: str) -> str:
     return str(address)
 
 
+def validation_message(exc: pydantic.ValidationError) -> str:
+    """A ValidationError as one line for status and events: `field.path: message; ...`."""
+    return "; ".join(": ".join([".".join(str(p) for p in e["loc"]), e["msg"]] if e["loc"] else [e["msg"]])
+                     for e in exc.errors())
+
+
 IPAddress = Annotated[str, pydantic.AfterValidator(_ip)]
 UnicastAddress = Annotated[str, pydantic.AfterValidator(_unicast)]
 """An IP address in canonical form that a VIP or a backend host can use."""

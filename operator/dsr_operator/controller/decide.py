@@ -53,8 +53,7 @@ class Entry:
         try:
             spec = models.DsrServiceSpec.model_validate(dict(body.get("spec") or {}))
         except pydantic.ValidationError as exc:
-            error = "; ".join(": ".join([".".join(str(p) for p in e["loc"]), e["msg"]] if e["loc"] else [e["msg"]])
-                              for e in exc.errors())
+            error = models.validation_message(exc)
         return cls(ref=ref, generation=meta.get("generation"), created=meta.get("creationTimestamp") or "",
                    spec=spec, error=error, deleting=bool(meta.get("deletionTimestamp")),
                    status=dict(body.get("status") or {}))

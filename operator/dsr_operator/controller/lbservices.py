@@ -138,7 +138,7 @@ class PoolEntry:
         try:
             pool = vippool.Pool(name, vippool.DsrVipPoolSpec.model_validate(dict(body.get("spec") or {})))
         except pydantic.ValidationError as exc:
-            error = _errors(exc)
+            error = models.validation_message(exc)
         return cls(name=name, generation=meta.get("generation"), pool=pool, error=error,
                    status=dict(body.get("status") or {}))
 
@@ -287,7 +287,7 @@ def _spec(service: LbService, vip: str) -> tuple[dict[str, Any], Refusal | None]
     try:
         models.DsrServiceSpec.model_validate(spec)
     except pydantic.ValidationError as exc:
-        message = f"the {PREFIX} annotations make an invalid DsrService: {_errors(exc)}"
+        message = f"the {PREFIX} annotations make an invalid DsrService: {models.validation_message(exc)}"
         return spec, Refusal("InvalidAnnotation", message)
     return spec, None
 
@@ -353,8 +353,3 @@ def pool_status(entry: PoolEntry, context: Context, generation: int | None) -> d
 
 def _condition(kind: str, status: str, reason: str, message: str, generation: int | None) -> dict[str, Any]:
     return {"type": kind, "status": status, "reason": reason, "message": message, "observedGeneration": generation}
-
-
-def _errors(exc: pydantic.ValidationError) -> str:
-    return "; ".join(": ".join([".".join(str(p) for p in e["loc"]), e["msg"]] if e["loc"] else [e["msg"]])
-                     for e in exc.errors())
