@@ -45,26 +45,47 @@ async def test_an_unreachable_nsip_is_passed_over(pair: server.Pair) -> None:
         await nodes.close()
 
 
-async def test_one_url_of_a_pair_is_still_checked_and_so_is_a_standalone_box(
-    pair: server.Pair, nitro_sim: server.Simulator
-) -> None:
+async def test_one_url_of_a_pair_is_asked_before_every_write_stage(pair: server.Pair) -> None:
     nodes = ha.Nodes([pair.a.url], factory)
     try:
         await nodes.primary()
         assert nodes.paired  # the box lists a peer
+        before = nodes.requests
+        assert await nodes.still_primary() and await nodes.still_primary()
+        assert nodes.requests == before + 2  # asked each time
         await pair.a.failover()
         assert not await nodes.still_primary()
         with pytest.raises(ha.NotPrimary, match="is Secondary, not the HA primary"):
             await nodes.primary()
     finally:
         await nodes.close()
-    alone = ha.Nodes([nitro_sim.url], factory)
+
+
+async def test_a_standalone_box_is_asked_at_most_every_few_seconds_until_it_lists_a_peer(
+    nitro_sim: server.Simulator,
+) -> None:
+    now = [1000.0]
+    alone = ha.Nodes([nitro_sim.url], factory, clock=lambda: now[0])
     try:
         await alone.primary()
-        before = alone.requests
-        assert await alone.still_primary() and alone.requests == before + 1  # asked before every write stage
         assert not alone.paired
-        await nitro_sim.set_ha_state("Secondary")  # whatever it said at login, it is not written now
+        before = alone.requests
+        for _ in range(10):  # ten write stages within the window: no question asked
+            assert await alone.still_primary()
+            now[0] += ha.STANDALONE_RECHECK_SECONDS / 20
+        assert alone.requests == before
+        now[0] += ha.STANDALONE_RECHECK_SECONDS
+        assert await alone.still_primary() and alone.requests == before + 1  # asked again, one request
+        # An admin joins the box to a pair and it turns Secondary: refused at the next question, and from
+        # then on it is asked before every stage.
+        await nitro_sim.set_ha_state("Secondary")
+        nitro_sim.store.ha_peer = {"id": "1", "ipaddress": "192.0.2.254"}
+        now[0] += ha.STANDALONE_RECHECK_SECONDS
         assert not await alone.still_primary()
+        assert alone.paired
+        await nitro_sim.set_ha_state("Primary")
+        await alone.primary()
+        before = alone.requests
+        assert await alone.still_primary() and alone.requests == before + 1
     finally:
         await alone.close()

@@ -188,7 +188,10 @@ class Soak:
         self.entries = [Entry(f"s{i}", f"192.0.2.{10 + i}") for i in range(config.pool)]
         self.entries.append(Entry("svc", SERVICE_VIP, service_backed=True))
         self.cleanup: list[Callable[[], Any]] = []
-        self.sim = rig.SimProcess(workdir, SIM_USER, f"pw-{uuid.uuid4().hex}", state=workdir / "netscaler.json")
+        # One node of an HA pair (its peer is listed, not simulated): only a pair's node turns Secondary, and the
+        # operator asks such a node for its role before every write stage.
+        self.sim = rig.SimProcess(workdir, SIM_USER, f"pw-{uuid.uuid4().hex}", state=workdir / "netscaler.json",
+                                  extra_args=("--ha-peer-ip", "192.0.2.254"))
         self.chart: rig.ChartInstall | None = None
         self.active: rig.OperatorProcess | None = None
         self.second: rig.OperatorProcess | None = None

@@ -4,8 +4,12 @@
 each node for `hanode/0`, and answers `still_primary()` before every write stage: the old
 primary's NSIP keeps answering after a failover, and writes made on a secondary are neither
 propagated nor kept (`reference/nitro-api.md` §6.3, §11). Whether a box is one node of a pair is
-known from the URLs given (two) or from the box itself (`hanode` lists a peer); a stand-alone box
-is never asked again.
+known from the URLs given (two) or from the box itself (`hanode` lists a peer).
+
+A node of a pair is asked before every write stage. A stand-alone box cannot fail over: it turns
+Secondary only when an admin joins it to a pair, so it is asked (the whole `hanode` list: its
+state and whether it has a peer now) at most every `STANDALONE_RECHECK_SECONDS`, and once it
+lists a peer it is asked before every stage too. That keeps a single change to one NITRO request.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ log = logging.getLogger(__name__)
 PRIMARY = "Primary"
 #: How long a primary's answer holds for `primary()`; writes ask again anyway (`still_primary`).
 RECHECK_SECONDS = 1.0
+#: How long a stand-alone box's answer holds, for writes too (it has no peer to fail over to).
+STANDALONE_RECHECK_SECONDS = 5.0
 
 
 class NotPrimary(errors.NitroError):
@@ -123,14 +129,23 @@ class Nodes:
     async def still_primary(self) -> bool:
         """Before a write stage: is the node we write to still the primary?
 
-        A single node is asked too: a box that reports Secondary (it was made part of a pair, or a
-        test says so) must not be written to, whatever it said at login.
+        A node of a pair is asked every time. A stand-alone box is asked when its last answer is
+        `STANDALONE_RECHECK_SECONDS` old, for its state and its peers in one request: a box joined to a
+        pair since (it lists a peer now) is asked every time from then on.
         """
         url = self.primary_url
         if url is None or url not in self._clients:
             return False
+        client = self._clients[url]
         try:
-            state = await self._clients[url].ha_state()
+            if self.paired:
+                state = await client.ha_state()
+            elif self._clock() - self._confirmed < STANDALONE_RECHECK_SECONDS:
+                return True
+            else:
+                listed = await client.get("hanode")
+                self.paired = len(listed) > 1
+                state = next((str(n.get("state", "UNKNOWN")) for n in listed if str(n.get("id")) == "0"), "UNKNOWN")
         except (errors.NitroTransportError, errors.NitroServerError) as exc:
             state = f"unreachable ({exc})"
             await self._drop(url)

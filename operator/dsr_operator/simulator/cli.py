@@ -44,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     parser.add_argument("--ha-state", choices=("Primary", "Secondary"), default="Primary",
                         help="this node's role in the pair (%(default)s)")
+    parser.add_argument("--ha-peer-ip", metavar="IP", help="without --peer: list this peer in hanode, as one node "
+                        "of a pair whose other node is not simulated (roles change only through /_sim/ha)")
     parser.add_argument("--nsip", metavar="IP", help="the address hanode and nsconfig show (default: --listen host)")
     parser.set_defaults(func=run)
 
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         logger.error("Cannot start the NITRO simulator: %s", exc)
         return 2
-    pair = {"peer": args.peer, "ha_state": args.ha_state, "nsip": args.nsip or host}
+    pair = {"peer": args.peer, "ha_state": args.ha_state, "nsip": args.nsip or host, "peer_ip": args.ha_peer_ip}
     try:
         serve = _serve(host, port, users, args.state, args.session_timeout, args.dataplane_netns, args.dataplane_dev,
                        **pair)

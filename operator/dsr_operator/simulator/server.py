@@ -741,17 +741,21 @@ def make_app(
     nsip: str = "127.0.0.1",
     peer: str | None = None,
     ha_state: str = ha_.PRIMARY,
+    peer_ip: str | None = None,
 ) -> web.Application:
     """A NITRO simulator application; `users` maps user names to passwords (default nsroot/nsroot).
 
     With `dataplane`, the configuration also drives real forwarding and probes (see `dataplane.py`);
     it starts after the persisted state is loaded and stops with the app. With `peer` (the other
     simulator's base URL) it is one node of an HA pair, in role `ha_state` (see `ha.py`); `nsip` is
-    the address `hanode` and `nsconfig` show for this node.
+    the address `hanode` and `nsconfig` show for this node. With `peer_ip` instead, it is one node of a
+    pair whose other node is not simulated: `hanode` lists that peer, roles change only by `/_sim/ha`.
     """
     app = web.Application(middlewares=[_collapse_slashes, _nitro_middleware, _ha_middleware])
     model = store.Store()
     model.nsip = nsip
+    if peer_ip is not None and peer is None:
+        model.ha_peer = {"id": "1", "ipaddress": peer_ip}
     app[STORE] = model
     app[SESSIONS] = sessions.Sessions(users, timeout=session_timeout)
     app[FAULTS] = faults_.Faults()
