@@ -89,3 +89,22 @@ async def test_a_standalone_box_is_asked_at_most_every_few_seconds_until_it_list
         assert await alone.still_primary() and alone.requests == before + 1
     finally:
         await alone.close()
+
+
+async def test_a_box_whose_node_list_cannot_be_read_is_asked_before_every_stage(nitro_sim: server.Simulator) -> None:
+    """Only a `hanode` list that was read and shows no peer makes a box stand-alone; a failed read does not."""
+    now = [1000.0]
+    alone = ha.Nodes([nitro_sim.url], factory, clock=lambda: now[0])
+    try:
+        await alone.primary()
+        assert alone.standalone
+        now[0] += ha.STANDALONE_RECHECK_SECONDS
+        await nitro_sim.faults(errorRate=1.0, errorResources=["hanode"])
+        assert not await alone.still_primary()  # unread: not written to
+        assert not alone.standalone
+        await nitro_sim.clear_faults()
+        await alone.primary()  # found again, and its list read: stand-alone
+        before = alone.requests
+        assert alone.standalone and await alone.still_primary() and alone.requests == before
+    finally:
+        await alone.close()

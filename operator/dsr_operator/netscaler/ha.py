@@ -54,6 +54,8 @@ class Nodes:
         self._clients: dict[str, nitro.NitroClient] = {}
         self.primary_url: str | None = None
         self.paired = len(self.urls) > 1
+        self.standalone = False
+        """The box listed no peer the last time its `hanode` list was read (not merely: it could not be read)."""
         self._clock = clock
         self._confirmed = 0.0
         self.failovers = 0
@@ -116,7 +118,8 @@ class Nodes:
             states[url] = state
             if state == PRIMARY or (state == "UNKNOWN" and len(self.urls) == 1):
                 if not self.paired:
-                    self.paired = await _has_peer(client)
+                    with contextlib.suppress(errors.NitroError):  # unread: asked before every stage
+                        await self._list_nodes(client)
                 self._confirmed = self._clock()
                 self._set_primary(url)
                 return client
@@ -138,14 +141,9 @@ class Nodes:
             return False
         client = self._clients[url]
         try:
-            if self.paired:
-                state = await client.ha_state()
-            elif self._clock() - self._confirmed < STANDALONE_RECHECK_SECONDS:
+            if self.standalone and self._clock() - self._confirmed < STANDALONE_RECHECK_SECONDS:
                 return True
-            else:
-                listed = await client.get("hanode")
-                self.paired = len(listed) > 1
-                state = next((str(n.get("state", "UNKNOWN")) for n in listed if str(n.get("id")) == "0"), "UNKNOWN")
+            state = await client.ha_state() if self.paired else await self._list_nodes(client)
         except (errors.NitroTransportError, errors.NitroServerError) as exc:
             state = f"unreachable ({exc})"
             await self._drop(url)
@@ -158,6 +156,23 @@ class Nodes:
         self._set_primary(None)
         return False
 
+    async def _list_nodes(self, client: nitro.NitroClient) -> str:
+        """This node's state from the whole `hanode` list, noting whether it lists a peer.
+
+        Only a list that was read and shows no peer makes the box stand-alone; a list that cannot be read
+        (a box that refuses `hanode`, a failed request) leaves it asked before every stage.
+        """
+        self.standalone = False
+        try:
+            listed = await client.get("hanode")
+        except errors.NitroServerError:
+            raise
+        except errors.NitroApiError:
+            return await client.ha_state()
+        self.paired = len(listed) > 1
+        self.standalone = not self.paired
+        return next((str(n.get("state", "UNKNOWN")) for n in listed if str(n.get("id")) == "0"), "UNKNOWN")
+
     async def reset(self) -> None:
         """Forget every session (after a failure): the next `primary()` starts afresh."""
         for url in list(self._clients):
@@ -168,9 +183,3 @@ class Nodes:
         await self.reset()
 
 
-async def _has_peer(client: nitro.NitroClient) -> bool:
-    """Whether the box is one node of an HA pair (`hanode` lists more than itself)."""
-    try:
-        return len(await client.get("hanode")) > 1
-    except errors.NitroApiError:
-        return False
