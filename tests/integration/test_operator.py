@@ -585,6 +585,52 @@ async def nitro_config_raw(sim: server.Simulator) -> dict[str, Any]:
     return record
 
 
+async def test_a_vip_conflict_is_not_judged_while_netscaler_is_unreachable(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Who holds a VIP:port is on NetScaler. The older DsrService moved onto the VIP the younger serves and
+    lost; then the younger changes while NetScaler cannot take writes (an HA node turned Secondary). Its
+    status must say so, not VipConflict with the older one as winner (a decision made without the holders),
+    which nothing would correct before a resync (an hour here)."""
+    other = "192.0.2.11"
+    nitro_sim.store.ha_peer = {"id": "1", "ipaddress": "192.0.2.254"}  # one node of a pair: asked every stage
+    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), resync_seconds=3600):
+        await asyncio.sleep(1.1)  # creation timestamps have one-second resolution: web is the older
+        await cluster.dsrservice(name="web2", vip=other)
+
+        async def n1_asked() -> bool:
+            return (await cluster.nodeconfig("n1"))["spec"]["vips"] == sorted([VIP, other])
+        await eventually(n1_asked)
+        await cluster.agent_applies("n1")
+
+        async def reason(name: str) -> str | None:
+            return (await cluster.condition("Ready", name)).get("reason")
+
+        async def web2_ready() -> bool:
+            return (await cluster.condition("Ready", "web2")).get("status") == "True"
+        await eventually(web2_ready)
+        await cluster.client.patch(kubeapi.DsrService, "web", {"spec": {"vip": other}}, namespace="shop",
+                                   patch_type=PatchType.MERGE)
+        await eventually(lambda: _equals(reason("web"), "VipConflict"))
+        await nitro_sim.set_ha_state("Secondary")
+        await cluster.client.patch(kubeapi.DsrService, "web2", {"spec": {"lbMethod": "ROUNDROBIN"}},
+                                   namespace="shop", patch_type=PatchType.MERGE)
+        await eventually(lambda: _equals(reason("web2"), "NetScalerUnreachable"))
+        await nitro_sim.set_ha_state("Primary")
+
+        async def holder_kept_it() -> bool:
+            vservers = {v["name"]: v for v in await cluster.nitro("lbvserver")}
+            return (await reason("web") == "VipConflict" and await web2_ready()
+                    and vservers["dsr-shop_web2_80"]["lbmethod"] == "ROUNDROBIN")
+        await eventually(holder_kept_it)
+        assert (await cluster.condition("Stalled", "web"))["message"] == \
+            f"{other}:80 is already served by DsrService shop/web2"
+
+
+async def _equals(value: Awaitable[Any], expected: Any) -> bool:
+    return await value == expected
+
+
 async def test_moving_onto_a_served_vip_leaves_one_vserver_there_and_the_holder_keeps_it(
     cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

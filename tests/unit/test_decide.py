@@ -209,3 +209,93 @@ def test_a_huge_dsrservice_goes_in_steps_and_never_holds_back_a_small_one() -> N
         assert steps < 50
     whole = effects.after(EMPTY, decide.decide(snapshot([big, small])).plan.ops, OP_ID)
     assert steps > 5 and box.objects == whole.objects and box.bindings == whole.bindings
+
+
+def _stopped_between_stages(box: ns.NetScalerState, plan: planner.Plan, stop_before: tuple[str, str]
+                            ) -> ns.NetScalerState:
+    """The box after `plan` ran up to (not including) the stage `stop_before`: a killed operator, a 5xx."""
+    from tests.unit import nsmodel
+
+    kept = []
+    for stage in plan.stages:
+        if (stage.verb, stage.kind) == stop_before:
+            break
+        kept.append(stage)
+    return nsmodel.apply(box, planner.Plan(tuple(kept)), OP_ID)
+
+
+def test_a_removal_stopped_between_unbind_and_delete_leaves_nothing_behind_after_the_next_batch() -> None:
+    """A port removed, the service unbound, then the operator stopped before deleting it (and its server):
+    no owner refers to those any more, and the next batch, even one for another DsrService, deletes them."""
+    web = entry("web", static("192.0.2.1", "10.0.0.1"))
+    other = entry("other", static("192.0.2.2", "10.0.0.2"))
+    box = decide_until_converged([web, other])
+    assert box.get("service", "dsr-10.0.0.1_80") is not None
+    moved = entry("web", {**static("192.0.2.1", "10.0.0.9")})
+    plan = decide.decide(snapshot([moved, other], keys=["web"], actual=box)).plan
+    box = _stopped_between_stages(box, plan, ("delete", "service"))
+    assert {o.name for o in box.unused_shared()} == {"dsr-10.0.0.1_80"}
+    # The next batch is for the other DsrService only: the leftover service and then its server go.
+    changed = entry("other", {**static("192.0.2.2", "10.0.0.2"), "lbMethod": "LEASTCONNECTION"})
+    ops = decide.decide(snapshot([moved, changed], keys=["other"], actual=box)).plan.ops
+    assert ("delete", "service", "dsr-10.0.0.1_80") in {(op.verb, op.kind, op.name) for op in ops}
+    assert ("delete", "server", "dsr-10.0.0.1") in {(op.verb, op.kind, op.name) for op in ops}
+    server_only = _stopped_between_stages(box, decide.decide(snapshot([moved, changed], keys=["other"],
+                                                                      actual=box)).plan, ("delete", "server"))
+    assert {o.name for o in server_only.unused_shared()} == {"dsr-10.0.0.1"}
+    ops = decide.decide(snapshot([moved, changed], keys=["other"], actual=server_only)).plan.ops
+    assert [(op.verb, op.name) for op in ops if op.kind == "server"] == [("delete", "dsr-10.0.0.1")]
+
+
+def test_an_unused_service_another_dsrservice_may_still_want_is_left_to_it() -> None:
+    """Unbound services that a DsrService outside the batch could want (its port on one of its hosts, or on a
+    node for a Service-backed one) are not swept: that one binds them itself."""
+    web = entry("web", static("192.0.2.1", "10.0.0.1"))
+    box = decide_until_converged([web])
+    loose = ns.NsObject.make("service", "dsr-10.0.0.7_80", ns.SHARED_OWNER, servername="dsr-10.0.0.7",
+                             servicetype="ANY", port=80, usip="YES", healthmonitor="YES")
+    node_loose = ns.NsObject.make("service", "dsr-10.0.5.1_443", ns.SHARED_OWNER, servername="dsr-10.0.5.1",
+                                  servicetype="ANY", port=443, usip="YES", healthmonitor="YES")
+    servers = [ns.NsObject.make("server", f"dsr-{a}", ns.SHARED_OWNER, ipaddress=a) for a in ("10.0.0.7", "10.0.5.1")]
+    box = ns.NetScalerState.build([*box.objects.values(), loose, node_loose, *servers], box.bindings, mbf=True)
+    wants_it = entry("later", static("192.0.2.3", "10.0.0.7"))
+    by_service = entry("svc", {"vip": "192.0.2.4", "ports": [443], "backends": {"service": "web"}})
+    node = world.NodeInfo("n1", "uid-n1", (("InternalIP", "10.0.5.1"),))
+    snap = snapshot([web, wants_it, by_service], keys=["web"], actual=box, nodes={"n1": node})
+    assert decide.unwanted_leftovers(snap, EMPTY) == ()
+    # Without them, both go (and their servers with them).
+    snap = snapshot([web], keys=["web"], actual=box, nodes={"n1": node})
+    assert {o.name for o in decide.unwanted_leftovers(snap, EMPTY)} == {
+        "dsr-10.0.0.7_80", "dsr-10.0.5.1_443"}
+    ops = {(op.verb, op.kind, op.name) for op in decide.decide(snap).plan.ops}
+    assert {("delete", "service", "dsr-10.0.0.7_80"), ("delete", "server", "dsr-10.0.0.7"),
+            ("delete", "service", "dsr-10.0.5.1_443"), ("delete", "server", "dsr-10.0.5.1")} <= ops
+
+
+def decide_until_converged(entries: list[decide.Entry]) -> ns.NetScalerState:
+    from tests.unit import nsmodel
+
+    box = EMPTY
+    for _ in range(6):
+        plan = decide.decide(snapshot(entries, actual=box)).plan
+        if plan.empty:
+            return box
+        box = nsmodel.elapse(nsmodel.apply(box, plan, OP_ID))
+    raise AssertionError("did not converge in 6 rounds")
+
+
+def test_with_netscaler_unreachable_a_vip_conflict_is_not_judged() -> None:
+    """Who holds a VIP:port is on NetScaler: decided without it, the older DsrService that moved onto the
+    younger's VIP would win and the younger, which serves it, would read VipConflict until the next resync.
+    Unreachable, both say so (and come back when NetScaler answers); what needs no NetScaler is reported."""
+    older = entry("older", static("192.0.2.8", "10.0.0.3"), created="2026-01-01T00:00:00Z")
+    younger = entry("younger", static("192.0.2.9", "10.0.0.6"), created="2026-01-01T00:00:01Z")
+    box = decide_until_converged([older, younger])
+    moved = entry("older", static("192.0.2.9", "10.0.0.3"), created="2026-01-01T00:00:00Z")
+    broken = entry("broken", {"vip": "192.0.2.10", "ports": [80, 80], "backends": {"static": []}})
+    reachable = decide.decide(snapshot([moved, younger, broken], actual=box))
+    assert reasons(reachable) == {"older": "VipConflict", "younger": None, "broken": "InvalidSpec"}
+    blind = decide.decide(snapshot([moved, younger, broken], actual=EMPTY))  # what the unreachable path has
+    reports = {r.key[1]: r.verdict.reason
+               for r in decide.unreachable(blind, "NetScalerUnreachable", "connection refused", NOW)}
+    assert reports == {"older": "NetScalerUnreachable", "younger": "NetScalerUnreachable", "broken": "InvalidSpec"}

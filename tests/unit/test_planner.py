@@ -544,3 +544,25 @@ def test_owners_outside_scope_are_untouched(before: list[d.Intent], after: list[
     for op in plan.ops:
         if op.verb in ("delete", "unbind", "disable") and op.owner != ns.SHARED_OWNER:
             assert op.owner in scope
+
+
+def test_a_monitor_on_a_service_that_another_dsrservice_drains_goes_with_its_own_binding() -> None:
+    """Two DsrServices share a service; both drop that backend. One drains it (drainSeconds 30), the other
+    unbinds at once (0). The other's monitor binding goes in the same plan, its monitor too: it gets no drain
+    hold and would not come back for them (they stayed on the service for good, and the service with them)."""
+    a = intent("a", hosts(1, 2), vip="192.0.2.1", healthCheck={"type": "TCP"})
+    b = intent("b", hosts(1, 2), vip="192.0.2.2", healthCheck={"type": "TCP"})
+    policy = planner.Policy(OP_ID, drain_seconds={"uid-a": 0, "uid-b": 30})
+    box = converge(EMPTY, [a, b], policy)
+    a2 = intent("a", hosts(2), vip="192.0.2.1", healthCheck={"type": "PING"})
+    b2 = intent("b", hosts(2), vip="192.0.2.2", healthCheck={"type": "TCP"})
+    plan = planner.diff(d.desired([a2, b2]), box, policy)
+    ops = {(op.verb, op.kind, op.name) for op in plan.ops}
+    shared = names.service(80, "198.51.100.1")
+    assert ("disable", "service", shared) in ops  # b drains it
+    assert ("unbind", ns.VSERVER_BINDING, f"dsr-shop_a_80 {shared}") in ops
+    assert ("unbind", ns.MONITOR_BINDING, f"{shared} dsr-shop_a_tcp") in ops
+    assert ("delete", "lbmonitor", "dsr-shop_a_tcp") in ops
+    assert ("unbind", ns.MONITOR_BINDING, f"{shared} dsr-shop_b_tcp") not in ops  # b's stays while it drains
+    after = nsmodel.elapse(nsmodel.apply(box, plan, OP_ID))
+    assert converge(after, [a2, b2], policy).get("service", shared) is None

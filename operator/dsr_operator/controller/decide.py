@@ -215,7 +215,8 @@ def decide(snapshot: Snapshot) -> Decision:
     scope = frozenset(i.ref.uid for i in intents) | {j.entry.ref.uid for j in losers} | snapshot.orphans
     want = _union(desired_mod.desired(intents), *(j.keep for j in losers if j.keep is not None))
     drains = [desired_mod.Intent(j.entry.ref, j.entry.spec, ()) for j in losers if j.entry.spec is not None]
-    plan = planner.diff(want, planner.relevant(snapshot.actual, want, scope),
+    sweep = unwanted_leftovers(snapshot, want)
+    plan = planner.diff(want, planner.relevant(snapshot.actual, want, scope, sweep),
                         policy(snapshot.defaults, [*intents, *drains]), scope)
     users: dict[str, set[str]] = {}
     for binding in want.bindings:
@@ -227,6 +228,48 @@ def decide(snapshot: Snapshot) -> Decision:
             users.setdefault(str(server), set()).update(users.get(service.name, ()))
     frozen = {k: frozenset(v) for k, v in users.items()}
     return Decision(judgements, needs, bounded(plan, frozen, snapshot.defaults.step_ops), scope, frozen)
+
+
+def unwanted_leftovers(snapshot: Snapshot, want: ns.NetScalerState) -> tuple[ns.NsObject, ...]:
+    """Unused shared services and servers that no DsrService could want: the batch deletes them.
+
+    A removal that stops between its stages (a failed request, a killed operator) leaves a service
+    unbound or a server without services, and no owner refers to them any more. One that a DsrService
+    outside the batch might still want (its port, and one of its static addresses or, if it is
+    Service-backed, a node's address) is left alone: that one adds and binds it itself. The cost
+    follows the leftovers: nothing is looked at when there are none.
+    """
+    leftovers = [o for o in snapshot.actual.unused_shared() if want.get(o.kind, o.name) is None]
+    if not leftovers:
+        return ()
+    nodes = {models.canonical_ip(a) or a for node in snapshot.nodes.values() for _, a in node.addresses}
+    hosts: set[str] = set()
+    endpoints: set[tuple[int, str]] = set()
+    for entry in snapshot.entries.values():
+        spec = entry.spec
+        if spec is None:
+            continue
+        addresses = ({models.canonical_ip(b.address) or b.address for b in spec.backends.static}
+                     if spec.backends.static is not None else nodes)
+        hosts |= addresses
+        endpoints.update((models.nitro_port(port), address) for port in spec.ports for address in addresses)
+
+    def address(server_name: object) -> str | None:
+        server = snapshot.actual.get("server", str(server_name))
+        value = server.get("ipaddress") if server is not None else None
+        return models.canonical_ip(str(value)) or str(value) if value else None
+
+    unwanted = []
+    for obj in leftovers:
+        if obj.kind == "server":
+            host = address(obj.name)
+            wanted = host is None or host in hosts
+        else:
+            host = address(obj.get("servername"))
+            wanted = host is None or (int(str(obj.get("port") or 0)), host) in endpoints
+        if not wanted:
+            unwanted.append(obj)
+    return tuple(unwanted)
 
 
 def bounded(plan: planner.Plan, users: Mapping[str, frozenset[str]], limit: int) -> planner.Plan:
@@ -380,7 +423,16 @@ def _come_back(decision: Decision, after: ns.NetScalerState, uid: str) -> tuple[
 
 
 def unreachable(decision: Decision, reason: str, message: str, now: datetime.datetime) -> list[Report]:
-    """Every DsrService of the batch when NetScaler could not be reached (or refused our login)."""
+    """Every DsrService of the batch when NetScaler could not be reached (or refused our login).
+
+    What is wrong without NetScaler (an invalid spec, a VIP that is a host's address, a missing Service)
+    is reported as such; a VIP conflict is not: whoever holds a VIP:port is on NetScaler, which could
+    not be read, so the decision was made without holders and may name the wrong winner.
+    """
     v = world.Verdict(False, reason, message, stalled=True)
-    return [Report(key, j.entry, status_for(j.entry, j.stalled or v, {}, now), j.stalled or v)
+
+    def verdict(j: Judgement) -> world.Verdict:
+        return j.stalled if j.stalled is not None and j.stalled.reason != "VipConflict" else v
+
+    return [Report(key, j.entry, status_for(j.entry, verdict(j), {}, now), verdict(j))
             for key, j in decision.judgements.items()]

@@ -225,6 +225,14 @@ class NetScalerState:
     def services_of_server(self, server: str) -> tuple[NsObject, ...]:
         return self._index.services_of.get(server, ())
 
+    def unused_shared(self) -> tuple[NsObject, ...]:
+        """Shared objects nothing uses: services without any binding, servers without any service.
+
+        They are left when a removal stops between its stages (a failed request, a killed operator):
+        the unbinding went through, the deletion did not, and no owner refers to them any more.
+        """
+        return self._index.unused
+
     def get(self, kind: str, name: str) -> NsObject | None:
         return self.objects.get((kind, name))
 
@@ -241,6 +249,7 @@ class StateIndex:
     objects_of: Mapping[str, tuple[NsObject, ...]]
     bindings_of: Mapping[str, tuple[Binding, ...]]
     services_of: Mapping[str, tuple[NsObject, ...]]
+    unused: tuple[NsObject, ...] = ()
 
     @classmethod
     def of(cls, state: NetScalerState) -> StateIndex:
@@ -262,7 +271,13 @@ class StateIndex:
         def frozen(d: Mapping[str, list[Any]]) -> dict[str, tuple[Any, ...]]:
             return {k: tuple(v) for k, v in d.items()}
 
-        return cls(frozen(by_kind), frozen(by_name), frozen(objects_of), frozen(bindings_of), frozen(services_of))
+        unused = tuple(
+            obj for obj in objects_of.get(SHARED_OWNER, ())
+            if (obj.kind == SERVICE.rtype and obj.name not in by_name)
+            or (obj.kind == SERVER.rtype and obj.name not in services_of)
+        )
+        return cls(frozen(by_kind), frozen(by_name), frozen(objects_of), frozen(bindings_of), frozen(services_of),
+                   unused)
 
 
 def parse_actual(

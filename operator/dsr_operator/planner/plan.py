@@ -124,20 +124,26 @@ class Policy:
         return self.guard_percent.get(owner, self.default_guard_percent)
 
 
-def relevant(actual: ns.NetScalerState, desired: ns.NetScalerState, scope: Iterable[str]) -> ns.NetScalerState:
+def relevant(
+    actual: ns.NetScalerState,
+    desired: ns.NetScalerState,
+    scope: Iterable[str],
+    sweep: Iterable[ns.NsObject] = (),
+) -> ns.NetScalerState:
     """The part of `actual` a plan for the owners in `scope` can read or change (cost: that part).
 
     Everything the owners own; every desired object that exists; the services they bind or want,
     with every binding of those services (other owners' too, so that a shared service is never taken
     for unused); the servers of those services, with every service on those servers (a server goes
-    only when no service uses it). `diff(desired, relevant(...), policy, scope)` equals the diff
-    against the whole box for the same scope, minus the removal of unrelated unused shared objects
-    (the resync's sweep does that).
+    only when no service uses it). `sweep`: unused shared objects (`NetScalerState.unused_shared`)
+    that nobody could want, so that the plan deletes them too. `diff(desired, relevant(...), policy,
+    scope)` equals the diff against the whole box for the same scope, minus the removal of unused
+    shared objects not in `sweep`.
     """
     objects: dict[tuple[str, str], ns.NsObject] = {}
     bindings: set[ns.Binding] = set()
-    services: set[str] = set()
-    servers: set[str] = set()
+    services: set[str] = {o.name for o in sweep if o.kind == "service"}
+    servers: set[str] = {o.name for o in sweep if o.kind == "server"}
     for owner in scope:
         owned, owned_bindings = actual.owned_by(owner)
         objects.update(((o.kind, o.name), o) for o in owned)
@@ -340,8 +346,11 @@ def diff(
             continue
         unbound.add(b)
         ops.append(Op("unbind", b.kind, f"{b.parent} {b.child}", b.owner, b.unbind_payload()))
+    # A monitor stays on a service kept (draining, guarded) for its owner's vserver; on one kept only for
+    # another DsrService's drain it goes now: its owner has nothing there to come back for.
+    still_bound = {(b.owner, b.child) for b in everything if b.kind == ns.VSERVER_BINDING and b not in unbound}
     for b in sorted(monitor_removals):
-        if b.parent in held_services:
+        if b.parent in held_services and (b.owner, b.parent) in still_bound:
             continue
         unbound.add(b)
         ops.append(Op("unbind", b.kind, f"{b.parent} {b.child}", b.owner, b.unbind_payload()))
