@@ -223,6 +223,9 @@ class Soak:
             verdicts = judge.judge(capture)
         finally:
             self._teardown()
+            # For a kept work dir (DSR_SOAK_KEEP=1): the journal, so that a finding can be traced write by write.
+            with contextlib.suppress(OSError):
+                (self.workdir / "journal.json").write_text(json.dumps(self.journal, indent=1))
         self.figures.journal_writes = len([e for e in self.journal if e.get("resource") != "nsconfig"])
         return Report(self.config.seed, self.config, self.figures, verdicts)
 
@@ -934,12 +937,16 @@ class Soak:
             if self._create(late, self._valid_spec(late, ports=[80])):
                 self.figures.notes.append(f"final scenario late: a younger DsrService asks for {held.home_vip}:80, "
                                           "held by f-held (VipConflict)")
-        # The older of two moves onto the younger's VIP:port: it wins, the younger loses that vserver.
+        # The older of two moves onto the VIP:port the younger serves: the holder keeps it (f-younger stays
+        # Ready), the older one is VipConflict and keeps its last good configuration on its old VIP.
         older, younger = fresh["f-older"], fresh["f-younger"]
         if younger.spec is not None and younger.name in ready and older.name in ready:
             self.last_good[str(younger.uid)] = copy.deepcopy(younger.spec)
+            if older.spec is not None:
+                self.last_good[str(older.uid)] = copy.deepcopy(older.spec)
         edit("f-older", lambda s: s.update(vip=younger.home_vip, ports=[80]),
-             f"the older f-older moves onto f-younger's {younger.home_vip}:80 (f-younger: VipConflict)")
+             f"the older f-older moves onto f-younger's {younger.home_vip}:80 (f-older: VipConflict, the holder "
+             "keeps it)")
         # Deletion, with a drain (judged at the end).
         self._delete(fresh["f-delete"])
         self.figures.actions["delete"] += 1

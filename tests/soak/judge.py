@@ -663,9 +663,32 @@ def check_credentials(capture: Capture) -> Verdict:
 
 
 def check_ha(capture: Capture) -> Verdict:
-    bad = [f"{e.get('method')} {e.get('resource')} {e.get('action')} {e.get('name')} (seq {e.get('seq')}, "
-           f"simulator run {e.get('epoch', '?')}) while {e.get('haState')}"
-           for e in capture.journal if e.get("haState") == "Secondary"]
+    """No write after the box could have said it is Secondary.
+
+    The operator asks before every write stage, so a flip between that answer and the stage's one request
+    cannot be seen: each time the box is Secondary, at most that one request may land there. A second one
+    in the same Secondary spell (journal entries in a row, one simulator run) was sent without asking.
+    """
+    bad: list[str] = []
+    spell: list[Mapping[str, Any]] = []
+
+    def judge_spell() -> None:
+        requests = list(dict.fromkeys(e.get("request") for e in spell))
+        if len(requests) > 1:
+            late = [e for e in spell if e.get("request") != requests[0]]
+            bad.extend(f"{e.get('method')} {e.get('resource')} {e.get('action')} {e.get('name')} (seq {e.get('seq')}, "
+                       f"simulator run {e.get('epoch', '?')}) while Secondary, in a write request after the first "
+                       f"of that spell" for e in late)
+        spell.clear()
+
+    for e in capture.journal:
+        if e.get("haState") == "Secondary" and (not spell or spell[-1].get("epoch") == e.get("epoch")):
+            spell.append(e)
+            continue
+        judge_spell()
+        if e.get("haState") == "Secondary":
+            spell.append(e)
+    judge_spell()
     return Verdict(INVARIANTS[5], not bad, tuple(bad))
 
 

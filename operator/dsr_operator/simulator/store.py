@@ -101,6 +101,8 @@ class Change:
     key: Mapping[str, str]
     ha_state: str = "Primary"
     """What `hanode/0` reported when the write ran: a write while Secondary is one a real pair would lose."""
+    request: int = 0
+    """The write request it came with (the items of one bulk request share it)."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -112,6 +114,7 @@ class Change:
             "name": self.name,
             "key": dict(self.key),
             "haState": self.ha_state,
+            "request": self.request,
         }
 
 
@@ -252,6 +255,9 @@ class Store:
         #: None (the default) means monitors are simulated and only `hosts_down` decides health.
         self.probe_results: dict[tuple[str, str], bool] | None = None
         self.ha_state = "Primary"
+        #: Write requests so far (a bulk request is one); each journal entry names the one it came with.
+        self.requests = 0
+        self._in_bulk = False
         #: The HA peer as `hanode` lists it ({"id": "1", "ipaddress": ...}), None when stand-alone.
         self.ha_peer: dict[str, str] | None = None
         #: This node's NSIP, as `hanode/0` and `nsconfig` show it.
@@ -390,6 +396,8 @@ class Store:
 
         `action` "upsert" (an add with `idempotent=yes`) becomes "update" when the object exists.
         """
+        if not self._in_bulk:
+            self.requests += 1
         if action == "upsert":
             action = "update" if self._exists(resource, payload) else "add"
         if action not in _KEEPS_ADDRESSES:
@@ -409,6 +417,15 @@ class Store:
         if onerror == "rollback" and action not in ROLLBACK_ACTIONS:
             raise NitroError(599, 1242, "Rollback not supported for this operation")
         self._dispatch(resource, action)  # an unknown type or action fails the whole request
+        self.requests += 1
+        self._in_bulk = True
+        try:
+            return self._execute_items(method, resource, action, items, onerror)
+        finally:
+            self._in_bulk = False
+
+    def _execute_items(self, method: str, resource: str, action: str, items: Iterable[Any], onerror: str
+                       ) -> BulkOutcome:
         snapshot = self._snapshot() if onerror == "rollback" else None
         results: list[NitroError | None] = []
         for item in items:
@@ -444,7 +461,7 @@ class Store:
     def _change(self, method: str, resource: str, action: str, key: Mapping[str, str]) -> Change:
         self._seq += 1
         name = next(iter(key.values()), "")
-        return Change(self._seq, self.clock(), method, resource, action, name, dict(key), self.ha_state)
+        return Change(self._seq, self.clock(), method, resource, action, name, dict(key), self.ha_state, self.requests)
 
     def _notify(self, change: Change, *, journal: bool = True) -> None:
         if journal:
