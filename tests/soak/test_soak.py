@@ -20,12 +20,6 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.soak, pytest.mark.controlplane, pytest.mark.timeout(900)]
 
 
-@pytest.mark.xfail(
-    reason="open defect (issue 9): when an older DsrService moves onto a VIP:port a younger one serves, the "
-           "younger can end VipConflict while its vserver stays on NetScaler (status and box disagree); the "
-           "soak prints every invariant's verdict, so any other violation shows in the log",
-    strict=False,
-)
 def test_chaos_soak_ends_in_the_state_the_specs_require(controlplane: ControlPlane) -> None:
     config = chaos.Config(chaos_seconds=float(os.environ.get("DSR_SOAK_SECONDS", "30")), seed=chaos.seed_from_env())
     report = chaos.run(controlplane, config)
