@@ -42,6 +42,8 @@ Key = tuple[str, str]
 MAX_EVENTS_PER_RECONCILE = 5
 COMPONENT = "dsr-operator"
 STATUS_WRITERS = 16
+#: Batches whose statuses may still be being written while the next one runs.
+MAX_REPORTING = 4
 #: A batch at least this large leaves enough garbage to be worth handing memory back to the system.
 LARGE_BATCH = 100
 
@@ -68,6 +70,8 @@ class Runtime:
     indexed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     indices: dict[str, Any] = dataclasses.field(default_factory=dict)
     tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
+    reporting: dict[Key, asyncio.Task[None]] = dataclasses.field(default_factory=dict)
+    """DsrService → the task writing its latest batch's status (a later batch writes after it)."""
     unreachable_since: float | None = None
 
     def defaults(self) -> decide.Defaults:
@@ -199,33 +203,58 @@ def release_memory() -> None:
 
 
 async def run(rt: Runtime) -> None:
-    """The loop: batches until cancelled."""
+    """The loop: batches until cancelled.
+
+    A batch holds the loop only while it reads, decides and writes NetScaler and the nodes; its statuses
+    and events are written while the next batch runs (`reconcile_batch` hands them back as a task), so a
+    drain that ends meanwhile is unbound without waiting for them. A DsrService's statuses are written in
+    the order of its batches.
+    """
     await rt.indexed.wait()
-    while True:
-        batch = await rt.batcher.next_batch()
-        started = time.monotonic()
-        result = "ok"
-        rt.batcher.busy = True
-        try:
-            await reconcile_batch(rt, batch)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            result = "error"
-            log.exception("Reconcile of %d DsrServices failed", len(batch))
-            for key in batch:
-                rt.batcher.failed(key)
-        finally:
-            rt.batcher.busy = False
-            took = time.monotonic() - started
-            rt.metrics.reconcile_seconds.labels(result).observe(took)
-            rt.metrics.batch_size.observe(len(batch))
-            log.info("Reconciled %d DsrService(s) in %.3f s (%s)", len(batch), took, result)
-            if len(batch) >= LARGE_BATCH:
-                release_memory()
+    reporting: set[asyncio.Task[None]] = set()
+    in_batch = [False]
+
+    def reported(task: asyncio.Task[None]) -> None:
+        reporting.discard(task)
+        rt.batcher.busy = in_batch[0] or bool(reporting)
+
+    try:
+        while True:
+            batch = await rt.batcher.next_batch()
+            started = time.monotonic()
+            result = "ok"
+            in_batch[0] = rt.batcher.busy = True
+            try:
+                task = await reconcile_batch(rt, batch)
+                if task is not None:
+                    reporting.add(task)
+                    task.add_done_callback(reported)
+                if len(reporting) >= MAX_REPORTING:  # the API server is slower than NetScaler: wait for it
+                    await asyncio.wait(set(reporting), return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                result = "error"
+                log.exception("Reconcile of %d DsrServices failed", len(batch))
+                for key in batch:
+                    rt.batcher.failed(key)
+            finally:
+                in_batch[0] = False
+                rt.batcher.busy = bool(reporting)
+                took = time.monotonic() - started
+                rt.metrics.reconcile_seconds.labels(result).observe(took)
+                rt.metrics.batch_size.observe(len(batch))
+                log.info("Reconciled %d DsrService(s) in %.3f s (%s)", len(batch), took, result)
+                if len(batch) >= LARGE_BATCH:
+                    release_memory()
+    finally:
+        for task in list(reporting):
+            task.cancel()
+        await asyncio.gather(*reporting, return_exceptions=True)
 
 
-async def reconcile_batch(rt: Runtime, keys: set[Key]) -> None:
+async def reconcile_batch(rt: Runtime, keys: set[Key]) -> asyncio.Task[None] | None:
+    """One batch up to NetScaler and the nodes; returns the task that writes its statuses and events."""
     now = datetime.datetime.now(datetime.UTC)
     clock = [time.monotonic()]
     took: dict[str, float] = {}
@@ -261,7 +290,7 @@ async def reconcile_batch(rt: Runtime, keys: set[Key]) -> None:
         except (errors.NitroTransportError, errors.NitroServerError, errors.NitroSessionExpired,
                 errors.NitroAuthenticationFailed, view.NotPrimary) as exc:
             await _unreachable(rt, keys, exc, now)
-            return
+            return None
     reports = decide.report(decision, after, outcome, snap, now, primary=rt.view.primary_url,
                             drain_report=rt.view.drain_report)
     changed = set()
@@ -269,11 +298,44 @@ async def reconcile_batch(rt: Runtime, keys: set[Key]) -> None:
         if r.needs is not None:
             changed |= rt.book.record(r.key, r.needs)
     await sync_nodes(rt, changed)
-    semaphore = asyncio.Semaphore(STATUS_WRITERS)
+    for r in reports:  # when each comes back: now, not after its status (a drain's end must not wait for it)
+        if r.failures:
+            rt.batcher.failed(r.key)
+            continue
+        rt.batcher.succeeded(r.key)
+        if r.draining_services:
+            wait = rt.view.drain_wait(r.draining_services)
+            rt.batcher.later(r.key, wait if wait is not None else 1.0)
+        if r.retry_after is not None:
+            rt.batcher.later(r.key, r.retry_after)
+    earlier = {r.key: rt.reporting[r.key] for r in reports if r.key in rt.reporting}
+    task = asyncio.create_task(_report(rt, keys, reports, earlier, outcome, took, clock, lap),
+                               name="dsr-report")
+    for r in reports:
+        rt.reporting[r.key] = task
 
+    def forget(done: asyncio.Task[None]) -> None:
+        for r in reports:
+            if rt.reporting.get(r.key) is done:
+                del rt.reporting[r.key]
+
+    task.add_done_callback(forget)
+    return task
+
+
+async def _report(rt: Runtime, keys: set[Key], reports: list[decide.Report],
+                  earlier: Mapping[Key, asyncio.Task[None]], outcome: executor.Outcome, took: dict[str, float],
+                  clock: list[float], lap: Any) -> None:
+    """A batch's statuses and events (each after the DsrService's previous batch wrote its own), and
+    when each DsrService comes back."""
+    semaphore = asyncio.Semaphore(STATUS_WRITERS)
     written = [0]
 
     async def finish(r: decide.Report) -> None:
+        before = earlier.get(r.key)
+        if before is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.shield(before)
         async with semaphore:
             done = await write_status(rt, r.entry, r.status)
             written[0] += done
@@ -285,17 +347,14 @@ async def reconcile_batch(rt: Runtime, keys: set[Key]) -> None:
             if desired is not None:
                 rt.metrics.desired_backends.labels(r.key[0], r.key[1]).set(desired)
             rt.metrics.draining_backends.labels(r.key[0], r.key[1]).set(len(r.draining_services))
-        if r.failures:
-            rt.batcher.failed(r.key)
-            return
-        rt.batcher.succeeded(r.key)
-        if r.draining_services:
-            wait = rt.view.drain_wait(r.draining_services)
-            rt.batcher.later(r.key, wait if wait is not None else 1.0)
-        if r.retry_after is not None:
-            rt.batcher.later(r.key, r.retry_after)
 
-    await asyncio.gather(*(finish(r) for r in reports))
+    try:
+        await asyncio.gather(*(finish(r) for r in reports))
+    except Exception:
+        log.exception("Writing the statuses of %d DsrServices failed", len(reports))
+        for r in reports:
+            rt.batcher.failed(r.key)
+        return
     lap("status")
     log.info("Batch of %d DsrService(s): %d NetScaler changes, %d refused, %d statuses written; seconds: %s",
              len(keys), len(outcome.applied), len(outcome.failures), written[0],
@@ -303,6 +362,8 @@ async def reconcile_batch(rt: Runtime, keys: set[Key]) -> None:
 
 
 async def _unreachable(rt: Runtime, keys: set[Key], exc: errors.NitroError, now: datetime.datetime) -> None:
+    pending = [asyncio.shield(rt.reporting[k]) for k in keys if k in rt.reporting]
+    await asyncio.gather(*pending, return_exceptions=True)  # their earlier statuses first
     rt.unreachable_since = rt.unreachable_since or time.monotonic()
     if isinstance(exc, errors.NitroTransportError):
         rt.metrics.netscaler_up.set(0)
