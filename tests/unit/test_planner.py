@@ -566,3 +566,20 @@ def test_a_monitor_on_a_service_that_another_dsrservice_drains_goes_with_its_own
     assert ("unbind", ns.MONITOR_BINDING, f"{shared} dsr-shop_b_tcp") not in ops  # b's stays while it drains
     after = nsmodel.elapse(nsmodel.apply(box, plan, OP_ID))
     assert converge(after, [a2, b2], policy).get("service", shared) is None
+
+
+def test_two_dsrservices_leaving_one_service_in_one_plan_both_wait_for_its_drain() -> None:
+    """The disable is sent once; both DsrServices hold (Draining) and come back, so after the drain both
+    bindings, the service and its server go (the second one used to get no hold and kept its binding)."""
+    a = intent("a", hosts(1, 2), vip="192.0.2.1")
+    b = intent("b", hosts(1, 2), vip="192.0.2.2")
+    policy = planner.Policy(OP_ID, drain_seconds={"uid-a": 5, "uid-b": 5})
+    box = converge(EMPTY, [a, b], policy)
+    a2, b2 = intent("a", hosts(2), vip="192.0.2.1"), intent("b", hosts(2), vip="192.0.2.2")
+    plan = planner.diff(d.desired([a2, b2]), box, policy)
+    shared = names.service(80, "198.51.100.1")
+    assert [op.name for op in plan.ops if op.verb == "disable"] == [shared]
+    assert {(h.owner, h.reason) for h in plan.holds} == {("uid-a", "Draining"), ("uid-b", "Draining")}
+    assert {h.retry_after for h in plan.holds} == {5.0}
+    after = converge(nsmodel.elapse(nsmodel.apply(box, plan, OP_ID)), [a2, b2], policy)
+    assert after.get("service", shared) is None and after.get("server", names.server("198.51.100.1")) is None

@@ -315,12 +315,14 @@ def diff(
         return desired.get("service", service) is None and service not in still_used
 
     unbound: set[ns.Binding] = set()
-    disabled: set[str] = set()
+    disabled: dict[str, int] = {}  # services this plan disables → the drain's delay
     for b in vserver_removals:
         service = actual.get("service", b.child)
         drain = policy.drain(b.owner)
         if service is not None and drain > 0 and service.state != ns.OUT_OF_SERVICE and leaving(b.child):
             held_services.add(b.child)
+            # Every DsrService whose binding waits for the drain holds and comes back for it, also the second
+            # one that leaves the service in the same plan (the disable is sent once, for the first).
             if service.state == ns.GOING_OUT_OF_SERVICE:
                 holds.append(
                     Hold(
@@ -330,8 +332,14 @@ def diff(
                         retry_after=policy.drain_poll_seconds,
                     )
                 )
-            elif b.child not in disabled:
-                disabled.add(b.child)
+            elif b.child in disabled:
+                delay = disabled[b.child]
+                holds.append(
+                    Hold(b.owner, "Draining", f"service {b.child} drains for {delay}s before removal",
+                         retry_after=float(delay))
+                )
+            else:
+                disabled[b.child] = drain
                 ops.append(
                     Op("disable", "service", b.child, b.owner, {"name": b.child, "delay": drain, "graceful": "YES"})
                 )
