@@ -22,7 +22,7 @@ import datetime
 import gc
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -309,7 +309,7 @@ async def reconcile_batch(rt: Runtime, keys: set[Key]) -> asyncio.Task[None] | N
         if r.retry_after is not None:
             rt.batcher.later(r.key, r.retry_after)
     earlier = {r.key: rt.reporting[r.key] for r in reports if r.key in rt.reporting}
-    task = asyncio.create_task(_report(rt, keys, reports, earlier, outcome, took, clock, lap),
+    task = asyncio.create_task(_report(rt, keys, reports, earlier, outcome, took, lap),
                                name="dsr-report")
     for r in reports:
         rt.reporting[r.key] = task
@@ -325,9 +325,9 @@ async def reconcile_batch(rt: Runtime, keys: set[Key]) -> asyncio.Task[None] | N
 
 async def _report(rt: Runtime, keys: set[Key], reports: list[decide.Report],
                   earlier: Mapping[Key, asyncio.Task[None]], outcome: executor.Outcome, took: dict[str, float],
-                  clock: list[float], lap: Any) -> None:
-    """A batch's statuses and events (each after the DsrService's previous batch wrote its own), and
-    when each DsrService comes back."""
+                  lap: Callable[[str], None]) -> None:
+    """A batch's statuses, events and metrics, each after the DsrService's previous batch wrote its own
+    (when each comes back was scheduled before, in `reconcile_batch`)."""
     semaphore = asyncio.Semaphore(STATUS_WRITERS)
     written = [0]
 
