@@ -595,13 +595,7 @@ async def test_a_vip_conflict_is_not_judged_while_netscaler_is_unreachable(
     other = "192.0.2.11"
     nitro_sim.store.ha_peer = {"id": "1", "ipaddress": "192.0.2.254"}  # one node of a pair: asked every stage
     async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), resync_seconds=3600):
-        await asyncio.sleep(1.1)  # creation timestamps have one-second resolution: web is the older
-        await cluster.dsrservice(name="web2", vip=other)
-
-        async def n1_asked() -> bool:
-            return (await cluster.nodeconfig("n1"))["spec"]["vips"] == sorted([VIP, other])
-        await eventually(n1_asked)
-        await cluster.agent_applies("n1")
+        await younger_on(cluster, other)
 
         async def reason(name: str) -> str | None:
             return (await cluster.condition("Ready", name)).get("reason")
@@ -627,6 +621,18 @@ async def test_a_vip_conflict_is_not_judged_while_netscaler_is_unreachable(
             f"{other}:80 is already served by DsrService shop/web2"
 
 
+async def younger_on(cluster: Cluster, vip: str) -> None:
+    """A second DsrService, web2, created after web (timestamps have one-second resolution), on `vip`, with
+    n1 asked for both VIPs and its agent reporting them applied."""
+    await asyncio.sleep(1.1)
+    await cluster.dsrservice(name="web2", vip=vip)
+
+    async def n1_asked() -> bool:
+        return (await cluster.nodeconfig("n1"))["spec"]["vips"] == sorted([VIP, vip])
+    await eventually(n1_asked)
+    await cluster.agent_applies("n1")
+
+
 async def _equals(value: Awaitable[Any], expected: Any) -> bool:
     return await value == expected
 
@@ -640,13 +646,7 @@ async def test_moving_onto_a_served_vip_leaves_one_vserver_there_and_the_holder_
         return sorted(v["name"] for v in await cluster.nitro("lbvserver") if (v["ipv46"], v["port"]) == (vip, port))
 
     async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",)):
-        await asyncio.sleep(1.1)  # creation timestamps have one-second resolution: web is the older
-        await cluster.dsrservice(name="web2", vip=other)
-
-        async def n1_asked() -> bool:
-            return (await cluster.nodeconfig("n1"))["spec"]["vips"] == sorted([VIP, other])
-        await eventually(n1_asked)
-        await cluster.agent_applies("n1")
+        await younger_on(cluster, other)
 
         async def web2_serving() -> bool:
             return await cluster.bound("dsr-shop_web2_80") == ["dsr-198.51.100.1_80"] and \
