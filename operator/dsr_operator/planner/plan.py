@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from dsr_operator.api.models import NITRO_WILDCARD_PORT
@@ -128,7 +128,7 @@ def relevant(
     actual: ns.NetScalerState,
     desired: ns.NetScalerState,
     scope: Iterable[str],
-    sweep: Iterable[ns.NsObject] = (),
+    sweep: Collection[ns.NsObject] = (),
 ) -> ns.NetScalerState:
     """The part of `actual` a plan for the owners in `scope` can read or change (cost: that part).
 
