@@ -79,10 +79,10 @@ INVALID = [
     pytest.param(_with("ports", ["*", 80]), ['"*" already covers every port; list it alone'], id="wildcard-and-port"),
     pytest.param(
         _with("backends", {"service": "web", "static": [{"name": "pi-1", "address": "198.51.100.21"}]}),
-        ["spec.backends: Invalid value: exactly one of backends.service and backends.static must be set"],
+        ["spec.backends: Invalid value: exactly one of backends.service, backends.static and backends.registry must be set"],
         id="both-backend-kinds",
     ),
-    pytest.param(_with("backends", {}), ["exactly one of backends.service and backends.static must be set"],
+    pytest.param(_with("backends", {}), ["exactly one of backends.service, backends.static and backends.registry must be set"],
                  id="no-backend-kind"),
     pytest.param(_with("backends", ...), ['spec.backends: Required value'], id="backends-missing"),
     pytest.param(

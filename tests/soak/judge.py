@@ -178,8 +178,8 @@ def spec_errors(spec: Spec) -> list[str]:
             errors.append("* must be alone")
     backends = spec.get("backends") or {}
     service, static = backends.get("service"), backends.get("static")
-    if (service is None) == (static is None):
-        errors.append("exactly one of backends.service and backends.static")
+    if sum(backends.get(k) is not None for k in ("service", "static", "registry")) != 1:
+        errors.append("exactly one of backends.service, backends.static and backends.registry")
     if service is not None and not (isinstance(service, str) and 1 <= len(service) <= 63):
         errors.append("backends.service must be a name")
     if static is not None:

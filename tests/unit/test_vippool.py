@@ -181,7 +181,7 @@ def test_the_usable_ranges_are_what_models_unicast_accepts() -> None:
             probes.add(net.broadcast_address + 1)
     for address in sorted(probes, key=lambda a: (a.version, a)):
         try:
-            models._unicast(str(address))
+            models.unicast(str(address))
             accepted = True
         except ValueError:
             accepted = False

@@ -18,8 +18,8 @@ from dsr_operator.api import models, vippool
 _CEL: dict[str, list[dict[str, str]]] = {
     "Backends": [
         {
-            "rule": "has(self.service) != has(self.static)",
-            "message": "exactly one of backends.service and backends.static must be set",
+            "rule": "(has(self.service) ? 1 : 0) + (has(self.static) ? 1 : 0) + (has(self.registry) ? 1 : 0) == 1",
+            "message": "exactly one of backends.service, backends.static and backends.registry must be set",
         },
         {
             # Textual comparison: the operator compares canonical forms too (InvalidSpec for `::a` vs `::0a`).
@@ -63,7 +63,7 @@ _IP_RULE = [{"rule": "isIP(self)", "message": "must be an IPv4 or IPv6 address"}
 _UNICAST_RULE = [
     *_IP_RULE,
     {
-        # What a host can hold and NetScaler can send to (models._unicast says the same in Python): IPv4
+        # What a host can hold and NetScaler can send to (models.unicast says the same in Python): IPv4
         # global unicast (not 0.0.0.0, 127/8, 169.254/16, 224/4, 240/4 or the broadcast), IPv6 global unicast
         # or unique local (2000::/3, fc00::/7).
         "rule": "!isIP(self) || (ip(self).isGlobalUnicast() && (ip(self).family() == 4 ? "

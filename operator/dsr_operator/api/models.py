@@ -71,7 +71,7 @@ def canonical_ip(value: object) -> str | None:
         return None
 
 
-def _unicast(value: str) -> str:
+def unicast(value: str) -> str:
     """A unicast address a VIP or a backend can be: not unspecified, loopback, link-local, multicast or reserved."""
     address = ipaddress.ip_address(_ip(value))
     for bad, what in ((address.is_unspecified, "unspecified"), (address.is_loopback, "a loopback address"),
@@ -92,7 +92,7 @@ def validation_message(exc: pydantic.ValidationError) -> str:
 
 
 IPAddress = Annotated[str, pydantic.AfterValidator(_ip)]
-UnicastAddress = Annotated[str, pydantic.AfterValidator(_unicast)]
+UnicastAddress = Annotated[str, pydantic.AfterValidator(unicast)]
 """An IP address in canonical form that a VIP or a backend host can use."""
 Port = Annotated[int, pydantic.Field(ge=1, le=NITRO_WILDCARD_PORT - 1)] | Literal["*"]
 """1-65534 or "*": NITRO's port 65535 is every port, so it is written "*" (never a surprise wildcard)."""
@@ -109,18 +109,39 @@ class StaticBackend(_Model):
     """The host's IP address on the NetScaler's L2 segment (IPv4 or IPv6)."""
 
 
+class EtcdRegistry(_Model):
+    """Hosts registered in etcd, one key per host under a prefix (CoreDNS/SkyDNS records)."""
+
+    prefix: Annotated[str, pydantic.Field(min_length=2, max_length=512, pattern=r"^/[^\x00]*[^/\x00]/?$")]
+    """The key prefix, such as `/skydns/local/shop/web`: every key below it is one host (`{"host": IP, ...}`)."""
+
+    @property
+    def key_prefix(self) -> str:
+        """The prefix as keys are ranged: always ending in `/` (so `/web` never matches `/web2/...`)."""
+        return self.prefix if self.prefix.endswith("/") else self.prefix + "/"
+
+
+class RegistryBackends(_Model):
+    """A service registry the backends register themselves in, after their VIP loopback is in place."""
+
+    etcd: EtcdRegistry
+    """etcd v3 (endpoints, TLS and credentials are the operator's settings: DSR_REGISTRY_CONFIG)."""
+
+
 class Backends(_Model):
-    """Where the backends come from: exactly one of `service` or `static`."""
+    """Where the backends come from: exactly one of `service`, `static` or `registry`."""
 
     service: Annotated[str, pydantic.Field(min_length=1, max_length=63)] | None = None
     """A Service in the DsrService's namespace: the nodes hosting its ready endpoints (their InternalIP)."""
     static: Annotated[list[StaticBackend], pydantic.Field(min_length=1, max_length=256)] | None = None
     """Hosts outside the cluster, bound directly; run `dsr-operator host-setup` on each."""
+    registry: RegistryBackends | None = None
+    """Hosts that register themselves (`dsr-operator host-agent`) in a service registry; they come and go."""
 
     @pydantic.model_validator(mode="after")
     def _exactly_one(self) -> Backends:
-        if (self.service is None) == (self.static is None):
-            raise ValueError("exactly one of backends.service and backends.static must be set")
+        if sum(source is not None for source in (self.service, self.static, self.registry)) != 1:
+            raise ValueError("exactly one of backends.service, backends.static and backends.registry must be set")
         if self.static is not None:
             names = [b.name for b in self.static]
             if len(set(names)) != len(names):
@@ -159,7 +180,7 @@ class DsrServiceSpec(_Model):
     ports: Annotated[list[Port], pydantic.Field(min_length=1, max_length=64)]
     """Ports (1-65534) served on the VIP, one vserver each, or ["*"] alone for every port (NITRO 65535)."""
     backends: Backends
-    """Where the backends come from: exactly one of `service` or `static`."""
+    """Where the backends come from: exactly one of `service`, `static` or `registry`."""
     lb_method: LbMethod = LbMethod.LEASTCONNECTION
     """NetScaler's load-balancing method (lbmethod) for the vservers."""
     health_check: HealthCheck = HealthCheck()

@@ -37,7 +37,7 @@ _USABLE: dict[int, tuple[tuple[int, int], ...]] = {
         for n in (ipaddress.IPv6Network("2000::/3"), ipaddress.IPv6Network("fc00::/7"))
     ),
 }
-"""What models._unicast accepts, as ranges: IPv4 without 0.0.0.0, 127/8, 169.254/16 and 224/3; IPv6
+"""What models.unicast accepts, as ranges: IPv4 without 0.0.0.0, 127/8, 169.254/16 and 224/3; IPv6
 2000::/3 and fc00::/7 (neither holds a loopback, link-local, multicast or reserved address)."""
 
 
@@ -111,7 +111,7 @@ def _pool_entry(text: str) -> str:
     entry = _parse(text)
     if not entry.hosts:
         if "/" not in text and "-" not in text:
-            models._unicast(text)
+            models.unicast(text)
         raise ValueError(
             f"{text!r} holds no address usable as a VIP (unspecified, loopback, link-local, multicast, "
             "reserved, or an IPv4 network's network and broadcast addresses; IPv6 needs 2000::/3 or fc00::/7)"

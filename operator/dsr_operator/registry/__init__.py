@@ -1,0 +1,1 @@
+"""Service registries as a source of backends: etcd with CoreDNS/SkyDNS records."""
