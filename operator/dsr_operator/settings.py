@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pathlib
 import urllib.parse
+from typing import Annotated
 
 import pydantic
 import pydantic_settings
@@ -75,3 +76,47 @@ def nitro_url(value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("the NetScaler URL must be http(s)://host[:port]")
     return value
+
+
+class EtcdSettings(pydantic_settings.BaseSettings):
+    """How to reach the etcd service registry (env prefix DSR_ETCD_); unset endpoints: no registry."""
+
+    model_config = pydantic_settings.SettingsConfigDict(env_prefix="DSR_ETCD_", extra="ignore",
+                                                        hide_input_in_errors=True)
+
+    endpoints: Annotated[list[str], pydantic_settings.NoDecode] = pydantic.Field(default_factory=list)
+    """etcd client URLs, comma-separated in DSR_ETCD_ENDPOINTS, tried in order."""
+    username: str | None = None
+    password: pydantic.SecretStr | None = None
+    password_file: pathlib.Path | None = None
+    ca_file: pathlib.Path | None = None
+    """CA bundle that signed etcd's serving certificate (https endpoints)."""
+    cert_file: pathlib.Path | None = None
+    """Client certificate, for etcd's `--client-cert-auth`."""
+    key_file: pathlib.Path | None = None
+
+    @pydantic.field_validator("endpoints", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @pydantic.field_validator("endpoints")
+    @classmethod
+    def _urls_plain(cls, value: list[str]) -> list[str]:
+        for item in value:
+            parts = urllib.parse.urlsplit(item)
+            if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+                raise ValueError("etcd endpoints are http(s)://host:port URLs without credentials in them")
+        return value
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.endpoints)
+
+    def secret(self) -> str | None:
+        """The password, from its file first; never logged."""
+        if self.password_file is not None:
+            return self.password_file.read_text().rstrip("\n")
+        return self.password.get_secret_value() if self.password is not None else None

@@ -142,3 +142,9 @@ class Link:
 
         await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
         self._writers.difference_update((writer, up_writer))
+
+
+# The integration tier's simulator, for the operator and `sync` tests here.
+from tests.integration.conftest import nitro_credentials, nitro_sim  # noqa: E402
+
+__all__ = ["Etcd", "Link", "etcd_server", "nitro_credentials", "nitro_sim"]

@@ -28,7 +28,8 @@ def test_dsrservice_schema_states_the_rules() -> None:
     assert "LEASTCONNECTION" in spec["properties"]["lbMethod"]["enum"]
     assert spec["properties"]["drainSeconds"]["minimum"] == 0
     backends = spec["properties"]["backends"]
-    assert backends["x-kubernetes-validations"][0]["rule"] == "has(self.service) != has(self.static)"
+    assert backends["x-kubernetes-validations"][0]["rule"] == (
+        "(has(self.service) ? 1 : 0) + (has(self.static) ? 1 : 0) + (has(self.registry) ? 1 : 0) == 1")
     assert version["subresources"] == {"status": {}}
     assert [c["name"] for c in version["additionalPrinterColumns"]] == [
         "VIP",

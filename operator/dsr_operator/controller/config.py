@@ -80,3 +80,6 @@ class OperatorSettings(pydantic_settings.BaseSettings):
 
     def nitro(self) -> base.NitroSettings:
         return base.NitroSettings()
+
+    def etcd(self) -> base.EtcdSettings:
+        return base.EtcdSettings()

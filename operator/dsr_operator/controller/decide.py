@@ -25,6 +25,7 @@ from dsr_operator.netscaler import executor
 from dsr_operator.netscaler import models as ns
 from dsr_operator.planner import desired as desired_mod
 from dsr_operator.planner import plan as planner
+from dsr_operator.registry import records
 
 Key = tuple[str, str]
 LOAD_BALANCER_STATUS = "status.loadBalancer"
@@ -88,6 +89,12 @@ class Snapshot:
     defaults: Defaults
     orphans: frozenset[str] = frozenset()
     """Owners of objects on NetScaler whose DsrService is gone: the plan removes what they have."""
+    registry: Mapping[str, records.PrefixView] = dataclasses.field(default_factory=dict)
+    """Registry key prefix → its records as last read (every prefix followed and read)."""
+    registry_waits: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Registry key prefix → why it is not read yet (etcd's error), for prefixes still being read."""
+    registry_configured: bool = False
+    """Whether the operator has an etcd to read (DSR_ETCD_ENDPOINTS)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +133,8 @@ def _conflicts(entries: Mapping[Key, Entry], actual: ns.NetScalerState) -> dict[
 def _gather(snapshot: Snapshot, entry: Entry, spec: models.DsrServiceSpec) -> world.Backends:
     if spec.backends.static is not None:
         return world.static_backends(spec)
+    if spec.backends.registry is not None:
+        return world.registry_backends(spec, snapshot.registry[spec.backends.registry.etcd.key_prefix])
     bound, present = world.owned_service_addresses(snapshot.actual, entry.ref.uid)
     slices = snapshot.slices.get((entry.ref.namespace, spec.backends.service or ""), ())
     return world.service_backends(spec, slices, snapshot.nodes, snapshot.nodeconfigs, bound, present)
@@ -180,9 +189,43 @@ def judge(snapshot: Snapshot, key: Key, conflicts: Mapping[Key, desired_mod.VipC
                 f"Service {entry.ref.namespace}/{spec.backends.service} does not list {spec.vip} in externalIPs: "
                 "kube-proxy will not deliver VIP traffic to its pods unless they listen on the VIP with host networking"
             )
+    if spec.backends.registry is not None:
+        verdict, notes = _registry(snapshot, spec.backends.registry.etcd)
+        if verdict is not None:
+            return Judgement(key, entry, verdict)
+        warnings.extend(notes)
     backends = _gather(snapshot, entry, spec)
+    if backends.too_many:
+        message = (f"more than {records.MAX_HOSTS} hosts are registered under {spec.backends.registry.etcd.prefix}"
+                   if spec.backends.registry is not None else "too many backends")
+        return Judgement(key, entry, world.Verdict(False, "TooManyBackends", message + ": NetScaler keeps what it has",
+                                                   stalled=True))
+    if backends.problems:
+        warnings.append(f"{len(backends.problems)} registry key(s) not used: {records.summary(backends.problems)}")
     intent = desired_mod.Intent(entry.ref, spec, backends.backends)
     return Judgement(key, entry, intent=intent, backends=backends, warnings=tuple(warnings))
+
+
+def _registry(snapshot: Snapshot, source: models.EtcdRegistry) -> tuple[world.Verdict | None, list[str]]:
+    """Whether a registry-backed DsrService can be planned now, and what its status should warn about.
+
+    Not read yet, or not configured: nothing planned (what NetScaler has stays). Read, but etcd
+    unreachable since: the last good records are used, and the status says so.
+    """
+    prefix = source.key_prefix
+    view = snapshot.registry.get(prefix)
+    if view is None:
+        if not snapshot.registry_configured:
+            return world.Verdict(False, "RegistryNotConfigured",
+                                 f"backends.registry.etcd needs the operator's etcd (DSR_ETCD_ENDPOINTS; chart: "
+                                 f"registry.etcd.endpoints) to read {prefix}", stalled=True), []
+        why = snapshot.registry_waits.get(prefix)
+        message = f"reading {prefix} from etcd" + (f": {why}" if why else "")
+        return world.Verdict(False, "RegistryNotRead", message, reconciling=True), []
+    notes = []
+    if view.error is not None:
+        notes.append(f"etcd unreachable: {view.error}; using the backends registered at revision {view.revision}")
+    return None, notes
 
 
 def policy(defaults: Defaults, intents: Iterable[desired_mod.Intent]) -> planner.Policy:
@@ -245,12 +288,22 @@ def unwanted_leftovers(snapshot: Snapshot, want: ns.NetScalerState) -> tuple[ns.
     nodes = {models.canonical_ip(a) or a for node in snapshot.nodes.values() for _, a in node.addresses}
     hosts: set[str] = set()
     endpoints: set[tuple[int, str]] = set()
+    anywhere: set[int] = set()
+    """Ports on which any host may be wanted (a registry prefix not read yet)."""
     for entry in snapshot.entries.values():
         spec = entry.spec
         if spec is None:
             continue
-        addresses = ({models.canonical_ip(b.address) or b.address for b in spec.backends.static}
-                     if spec.backends.static is not None else nodes)
+        if spec.backends.static is not None:
+            addresses = {models.canonical_ip(b.address) or b.address for b in spec.backends.static}
+        elif spec.backends.registry is not None:
+            view = snapshot.registry.get(spec.backends.registry.etcd.key_prefix)
+            if view is None:  # not read yet: it may want anything on its ports
+                anywhere.update(models.nitro_port(port) for port in spec.ports)
+                continue
+            addresses = {r.host for r in view.records.values() if r.host is not None}
+        else:
+            addresses = nodes
         hosts |= addresses
         endpoints.update((models.nitro_port(port), address) for port in spec.ports for address in addresses)
 
@@ -263,10 +316,11 @@ def unwanted_leftovers(snapshot: Snapshot, want: ns.NetScalerState) -> tuple[ns.
     for obj in leftovers:
         if obj.kind == "server":
             host = address(obj.name)
-            wanted = host is None or host in hosts
+            wanted = host is None or host in hosts or bool(anywhere)
         else:
             host = address(obj.get("servername"))
-            wanted = host is None or (int(str(obj.get("port") or 0)), host) in endpoints
+            port = int(str(obj.get("port") or 0))
+            wanted = host is None or (port, host) in endpoints or port in anywhere
         if not wanted:
             unwanted.append(obj)
     return tuple(unwanted)

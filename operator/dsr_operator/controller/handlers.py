@@ -18,6 +18,7 @@ import logging
 from typing import Any
 
 import kopf
+import pydantic
 
 from dsr_operator import kube
 from dsr_operator.api import models
@@ -75,6 +76,8 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await rt.view.close()
+        if rt.registry is not None:
+            await rt.registry.close()
         await rt.kube.close()
         runner = memo.get("metrics_runner")
         if runner is not None:
@@ -142,6 +145,15 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
     def dsr_by_backend(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
         backend = (body.get("spec") or {}).get("backends", {}).get("service")
         return {(namespace, backend): (namespace, name)} if isinstance(backend, str) else None
+
+    @kopf.index(*DSR, registry=registry, id="dsr_by_prefix")
+    def dsr_by_prefix(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+        registry = ((body.get("spec") or {}).get("backends") or {}).get("registry") or {}
+        try:
+            prefix = models.EtcdRegistry.model_validate(registry.get("etcd")).key_prefix
+        except pydantic.ValidationError:
+            return None
+        return {prefix: (namespace, name)}
 
     @kopf.index(*DSR, registry=registry, id="dsr_by_vip")
     def dsr_by_vip(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
@@ -269,4 +281,7 @@ async def _resync_loop(rt: reconcile.Runtime) -> None:
             log.warning("Orphan cleanup failed: %s", exc)
         await asyncio.sleep(rt.settings.resync_seconds)
         rt.view.invalidate()
-        rt.batcher.mark_all(reconcile.entries(rt))
+        known = reconcile.entries(rt)
+        if rt.registry is not None:  # stop following prefixes no DsrService reads any more
+            rt.registry.want(reconcile.prefixes(known.values()))
+        rt.batcher.mark_all(known)

@@ -36,6 +36,7 @@ from dsr_operator.controller.metrics import Metrics
 from dsr_operator.netscaler import errors, executor, render
 from dsr_operator.netscaler import models as ns
 from dsr_operator.planner import plan as planner
+from dsr_operator.registry import etcd, source
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
@@ -73,6 +74,8 @@ class Runtime:
     reporting: dict[Key, asyncio.Task[None]] = dataclasses.field(default_factory=dict)
     """DsrService → the task writing its latest batch's status (a later batch writes after it)."""
     unreachable_since: float | None = None
+    registry: source.Registry | None = None
+    """The etcd registry's followed prefixes (None: no etcd configured)."""
 
     def defaults(self) -> decide.Defaults:
         s = self.settings
@@ -104,6 +107,8 @@ def snapshot(rt: Runtime, keys: Iterable[Key], actual: ns.NetScalerState) -> dec
         if service and slices_index is not None:
             slices[(key[0], service)] = list(slices_index.get((key[0], service), ()))
     services_index = rt.indices.get("dsr_k8s_services")
+    if rt.registry is not None:
+        rt.registry.add(prefixes(all_entries[key] for key in batch if key in all_entries))
     return decide.Snapshot(
         keys=batch,
         entries=all_entries,
@@ -115,7 +120,22 @@ def snapshot(rt: Runtime, keys: Iterable[Key], actual: ns.NetScalerState) -> dec
         needs={key: rt.book.needs_of(key) for key in batch},
         defaults=rt.defaults(),
         orphans=orphans_of(actual, all_entries.values()),
+        registry=rt.registry.views() if rt.registry is not None else {},
+        registry_waits=rt.registry.waits() if rt.registry is not None else {},
+        registry_configured=rt.registry is not None,
     )
+
+
+def prefixes(known: Iterable[decide.Entry]) -> set[str]:
+    """The registry key prefixes these DsrServices read."""
+    return {e.spec.backends.registry.etcd.key_prefix for e in known
+            if e.spec is not None and e.spec.backends.registry is not None}
+
+
+def registry_changed(rt: Runtime, prefix: str) -> None:
+    """A followed prefix changed (or etcd went away or came back): its readers are reconciled."""
+    readers = rt.indices.get("dsr_by_prefix")
+    rt.batcher.mark(*(readers.get(prefix, ()) if readers is not None else ()))
 
 
 def orphans_of(actual: ns.NetScalerState, known: Iterable[decide.Entry]) -> frozenset[str]:
@@ -440,8 +460,12 @@ def make_runtime(settings: config.OperatorSettings, view_: view.NetScalerView, c
     indices: dict[str, Any] = {}
     door = frontdoor.FrontDoor(client, indices, load_balancer_class=settings.load_balancer_class,
                                default_class=settings.default_load_balancer)
-    return Runtime(settings=settings, view=view_, kube=client, metrics=metrics,
-                   batcher=loop.Batcher(settings.debounce_seconds), frontdoor=door, indices=indices)
+    rt = Runtime(settings=settings, view=view_, kube=client, metrics=metrics,
+                 batcher=loop.Batcher(settings.debounce_seconds), frontdoor=door, indices=indices)
+    etcd_settings = settings.etcd()
+    if etcd_settings.configured:
+        rt.registry = source.Registry(etcd.EtcdClient.of(etcd_settings), lambda prefix: registry_changed(rt, prefix))
+    return rt
 
 
 __all__ = ["Runtime", "executor", "finalize", "make_runtime", "reconcile_batch", "remove_orphans", "run"]

@@ -17,6 +17,7 @@ from dsr_operator.netscaler import models as ns
 from dsr_operator.planner import desired as desired_mod
 from dsr_operator.planner import names
 from dsr_operator.planner import plan as planner
+from dsr_operator.registry import records
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
@@ -114,6 +115,10 @@ class Backends:
     waiting_nodes: tuple[str, ...] = ()
     refused_nodes: tuple[tuple[str, str], ...] = ()
     """(node, its agent's reason) for each node that refuses to hold the VIP."""
+    problems: tuple[str, ...] = ()
+    """Registry keys that are not used as backends, and why."""
+    too_many: bool = False
+    """More registered hosts than one DsrService takes (records.MAX_HOSTS)."""
 
 
 def node_backends(slices: Iterable[Iterable[Endpoint]]) -> dict[str, tuple[int, int]]:
@@ -193,6 +198,18 @@ def _has_pending(node: str, slices: Iterable[Iterable[Endpoint]]) -> bool:
 def static_backends(spec: models.DsrServiceSpec) -> Backends:
     backends = desired_mod.static_backends(spec)
     return Backends(backends, {}, len(backends), len(backends))
+
+
+def registry_backends(spec: models.DsrServiceSpec, view: records.PrefixView) -> Backends:
+    """Backends of a registry-backed DsrService: the hosts registered under its prefix.
+
+    A host registers only once its VIP loopback is in place (`dsr-operator host-agent`), so every
+    registered host is ready; a host that asks to leave (`drain: true`) is not wanted, so the planner
+    drains it and unbinds it while the host keeps its VIP. Past `records.MAX_HOSTS` hosts, none.
+    """
+    found = records.hosts(view.records, spec.vip, spec.ports)
+    backends = tuple(desired_mod.Backend(name, address) for name, address in found.backends)
+    return Backends(backends, {}, len(backends), len(backends), problems=found.problems, too_many=found.too_many)
 
 
 def owned_service_addresses(actual: ns.NetScalerState, owner: str) -> tuple[set[str], set[str]]:

@@ -20,6 +20,8 @@ from typing import Any
 
 import aiohttp
 
+from dsr_operator import settings as settings_mod
+
 log = logging.getLogger(__name__)
 
 #: Seconds a unary request may take.
@@ -103,6 +105,14 @@ class EtcdClient:
                 self._ssl.load_cert_chain(cert_file, key_file)
         self._session: aiohttp.ClientSession | None = None
         self._current = 0
+
+    @classmethod
+    def of(cls, settings: settings_mod.EtcdSettings) -> EtcdClient:
+        def path(value: object) -> str | None:
+            return str(value) if value is not None else None
+
+        return cls(settings.endpoints, username=settings.username, password=settings.secret(),
+                   ca_file=path(settings.ca_file), cert_file=path(settings.cert_file), key_file=path(settings.key_file))
 
     async def __aenter__(self) -> EtcdClient:
         return self

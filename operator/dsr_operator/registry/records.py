@@ -39,6 +39,18 @@ class Record:
 
 
 @dataclasses.dataclass(frozen=True)
+class PrefixView:
+    """What a prefix holds, as last seen; `error` is set while etcd cannot be reached (records: last good)."""
+
+    prefix: str
+    records: Mapping[str, Record]
+    revision: int
+    error: str | None = None
+    since: float | None = None
+    """When (monotonic clock) the error began."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Hosts:
     """The usable hosts of a prefix for one DsrService, and why the other keys are not used."""
 

@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 
 from dsr_operator.registry import etcd, records
 
@@ -24,18 +24,6 @@ log = logging.getLogger(__name__)
 
 #: Longest wait between two attempts to reach etcd again (seconds).
 RETRY_MAX_SECONDS = 30.0
-
-
-@dataclasses.dataclass(frozen=True)
-class PrefixView:
-    """What a prefix holds, as last seen; `error` is set while etcd cannot be reached (records: last good)."""
-
-    prefix: str
-    records: Mapping[str, records.Record]
-    revision: int
-    error: str | None = None
-    since: float | None = None
-    """When (monotonic clock) the error began."""
 
 
 @dataclasses.dataclass
@@ -76,12 +64,21 @@ class Registry:
         """Follow these prefixes too (the ones followed already stay)."""
         self.want(set(self._followers) | set(prefixes))
 
-    def view(self, prefix: str) -> PrefixView | None:
+    def view(self, prefix: str) -> records.PrefixView | None:
         """The prefix's records; None until the first read succeeded."""
         follower = self._followers.get(prefix)
         if follower is None or not follower.synced:
             return None
-        return PrefixView(prefix, dict(follower.records), follower.revision, follower.error, follower.since)
+        return records.PrefixView(prefix, follower.records, follower.revision, follower.error, follower.since)
+
+    def views(self) -> dict[str, records.PrefixView]:
+        """Every prefix read so far (a snapshot: later changes make new views)."""
+        return {prefix: view for prefix in self._followers if (view := self.view(prefix)) is not None}
+
+    def waits(self) -> dict[str, str]:
+        """Prefixes not read yet → why (etcd's error, or that the first read is under way)."""
+        return {prefix: f.error or "the first read is under way"
+                for prefix, f in self._followers.items() if not f.synced}
 
     def error(self, prefix: str) -> str | None:
         """Why the prefix is not read yet (or since when it is stale), if etcd failed."""
@@ -120,12 +117,15 @@ class Registry:
                     need_read = False
                     self._healthy(follower)
                 async for events in self.client.watch(follower.prefix, follower.revision + 1):
-                    for event in events:
-                        if event.value is None:
-                            follower.records.pop(event.key, None)
-                        else:
-                            follower.records[event.key] = records.parse(event.key, event.value)
-                        follower.revision = max(follower.revision, event.revision)
+                    if events:  # a new dict each time: views handed out before stay as they were
+                        changed = dict(follower.records)
+                        for event in events:
+                            if event.value is None:
+                                changed.pop(event.key, None)
+                            else:
+                                changed[event.key] = records.parse(event.key, event.value)
+                            follower.revision = max(follower.revision, event.revision)
+                        follower.records = changed
                     if events or follower.error is not None:
                         self._healthy(follower)
                     delay = 0.5
