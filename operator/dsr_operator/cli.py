@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 COMPONENT_CLIS = (
     "dsr_operator.oneshot",
+    "dsr_operator.sync",
     "dsr_operator.simulator.cli",
     "dsr_operator.controller.cli",
     "dsr_operator.agent.cli",

@@ -51,8 +51,13 @@ def _field_path(loc: Sequence[Any]) -> str:
     return out
 
 
-def load_manifests(paths: Iterable[pathlib.Path]) -> tuple[list[Loaded], list[str], list[str]]:
-    """Parse DsrServices from files or folders: (loaded, errors, notices)."""
+def load_manifests(paths: Iterable[pathlib.Path], *, registry: bool = False
+                   ) -> tuple[list[Loaded], list[str], list[str]]:
+    """Parse DsrServices from files or folders: (loaded, errors, notices).
+
+    Registry-backed ones are loaded only with `registry` (`sync` follows registries; `plan` and
+    `apply` do not).
+    """
     loaded: list[Loaded] = []
     problems: list[str] = []
     notices: list[str] = []
@@ -80,6 +85,10 @@ def load_manifests(paths: Iterable[pathlib.Path]) -> tuple[list[Loaded], list[st
                 notices.append(
                     f"{path}: {label}: backends.service needs the operator in a cluster; skipped here"
                 )
+                continue
+            if svc.spec.backends.registry is not None and not registry:
+                notices.append(f"{path}: {label}: backends.registry needs `dsr-operator sync` or the operator; "
+                               "skipped here")
                 continue
             loaded.append(Loaded(path, svc))
     seen: dict[tuple[str, str], pathlib.Path] = {}
@@ -261,7 +270,7 @@ async def show_objects(client: nitro.NitroClient, operator_id: str, out: TextIO)
     )
 
 
-def _nitro_settings(args: argparse.Namespace) -> settings_mod.NitroSettings:
+def nitro_settings_of(args: argparse.Namespace) -> settings_mod.NitroSettings:
     overrides: dict[str, Any] = {}
     if args.netscaler and len(args.netscaler) > 2:
         raise ValueError("--netscaler takes one URL, or an HA pair's two NSIPs")
@@ -281,7 +290,7 @@ def _nitro_settings(args: argparse.Namespace) -> settings_mod.NitroSettings:
 
 
 async def _with_client(args: argparse.Namespace, intents: list[desired_mod.Intent]) -> int:
-    nitro_settings = _nitro_settings(args)
+    nitro_settings = nitro_settings_of(args)
     operator_id = args.operator_id
     urls = nitro_settings.endpoints()
     nodes = ha.Nodes(urls, lambda url: executor.connect(nitro_settings, url))
@@ -372,7 +381,7 @@ def _cmd_crd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _connection_flags(parser: argparse.ArgumentParser) -> None:
+def connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--netscaler", metavar="URL", action="append",
         help="NITRO base URL (env DSR_NETSCALER_URL); give it twice for an HA pair's two NSIPs "
@@ -413,7 +422,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         p.add_argument("--delete", action="store_true", help="remove what these manifests created")
         if name == "apply":
             p.add_argument("--no-wait", action="store_true", help="do not wait for drains to finish")
-        _connection_flags(p)
+        connection_flags(p)
         p.set_defaults(func=_cmd_plan_apply)
     crd = subparsers.add_parser("crd", help="print the CustomResourceDefinitions (or write them to a folder)")
     crd.add_argument("--output-dir", metavar="DIR", help="write dsrservice.yaml and dsrnodeconfig.yaml here")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -126,6 +128,27 @@ def test_blast_radius_guard_keeps_half_of_the_bound_backends() -> None:
     plan = planner.diff(d.desired([intent(backends=())]), actual, policy)
     unbinds = [op for op in plan.ops if op.verb == "unbind" and op.kind == ns.VSERVER_BINDING]
     assert len(unbinds) == 2
+    assert [h.reason for h in plan.holds] == ["BlastRadiusGuard"]
+
+
+def test_backends_that_asked_to_leave_are_not_held_by_the_guard_but_others_still_are() -> None:
+    """A registry host's `drain: true` is its own request: even the last one leaves (it drops its VIP next)."""
+    actual = converge(EMPTY, [intent(backends=hosts(1, 2, 3, 4))], planner.Policy(OP_ID, default_drain_seconds=0))
+    leaving = frozenset(names.service(80, b.address) for b in hosts(1, 2, 3))
+    policy = planner.Policy(OP_ID, default_drain_seconds=0, leaving=leaving)
+    plan = planner.diff(d.desired([intent(backends=hosts(4))]), actual, policy)
+    assert len(vserver_unbinds(plan, "dsr-shop_web_80")) == 3
+    assert plan.holds == ()
+    alone = converge(EMPTY, [intent(backends=hosts(1))], policy)
+    plan = planner.diff(d.desired([intent(backends=())]), alone, dataclasses.replace(
+        policy, leaving=frozenset({names.service(80, hosts(1)[0].address)})))
+    assert len(vserver_unbinds(plan, "dsr-shop_web_80")) == 1 and plan.holds == ()
+    # Without the request, the last backend stays (the guard), and a crowd leaving goes by half.
+    assert vserver_unbinds(planner.diff(d.desired([intent(backends=())]), alone,
+                                        planner.Policy(OP_ID, default_drain_seconds=0)), "dsr-shop_web_80") == []
+    one_asked = dataclasses.replace(policy, leaving=frozenset({names.service(80, hosts(1)[0].address)}))
+    plan = planner.diff(d.desired([intent(backends=())]), actual, one_asked)
+    assert len(vserver_unbinds(plan, "dsr-shop_web_80")) == 1 + 2  # the one that asked, and half the others
     assert [h.reason for h in plan.holds] == ["BlastRadiusGuard"]
 
 

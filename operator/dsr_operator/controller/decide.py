@@ -24,6 +24,7 @@ from dsr_operator.controller import world
 from dsr_operator.netscaler import executor
 from dsr_operator.netscaler import models as ns
 from dsr_operator.planner import desired as desired_mod
+from dsr_operator.planner import names
 from dsr_operator.planner import plan as planner
 from dsr_operator.registry import records
 
@@ -228,9 +229,10 @@ def _registry(snapshot: Snapshot, source: models.EtcdRegistry) -> tuple[world.Ve
     return None, notes
 
 
-def policy(defaults: Defaults, intents: Iterable[desired_mod.Intent]) -> planner.Policy:
+def policy(defaults: Defaults, intents: Iterable[desired_mod.Intent], leaving: Iterable[str] = ()) -> planner.Policy:
     intents = list(intents)
     return planner.Policy(
+        leaving=frozenset(leaving),
         operator_id=defaults.operator_id,
         drain_seconds={i.ref.uid: i.spec.drain_seconds for i in intents if i.spec.drain_seconds is not None},
         default_drain_seconds=defaults.drain_seconds,
@@ -260,7 +262,7 @@ def decide(snapshot: Snapshot) -> Decision:
     drains = [desired_mod.Intent(j.entry.ref, j.entry.spec, ()) for j in losers if j.entry.spec is not None]
     sweep = unwanted_leftovers(snapshot, want)
     plan = planner.diff(want, planner.relevant(snapshot.actual, want, scope, sweep),
-                        policy(snapshot.defaults, [*intents, *drains]), scope)
+                        policy(snapshot.defaults, [*intents, *drains], leaving(judgements.values())), scope)
     users: dict[str, set[str]] = {}
     for binding in want.bindings:
         for name in (binding.parent, binding.child):
@@ -271,6 +273,12 @@ def decide(snapshot: Snapshot) -> Decision:
             users.setdefault(str(server), set()).update(users.get(service.name, ()))
     frozen = {k: frozenset(v) for k, v in users.items()}
     return Decision(judgements, needs, bounded(plan, frozen, snapshot.defaults.step_ops), scope, frozen)
+
+
+def leaving(judgements: Iterable[Judgement]) -> set[str]:
+    """Services of the hosts that asked to leave (registry `drain: true`), on each port of their DsrService."""
+    return {names.service(port, address) for j in judgements if j.backends is not None and j.intent is not None
+            for address in j.backends.leaving for port in j.intent.spec.ports}
 
 
 def unwanted_leftovers(snapshot: Snapshot, want: ns.NetScalerState) -> tuple[ns.NsObject, ...]:

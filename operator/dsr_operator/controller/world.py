@@ -119,6 +119,8 @@ class Backends:
     """Registry keys that are not used as backends, and why."""
     too_many: bool = False
     """More registered hosts than one DsrService takes (records.MAX_HOSTS)."""
+    leaving: tuple[str, ...] = ()
+    """Addresses of registry hosts that asked to leave (`drain: true`)."""
 
 
 def node_backends(slices: Iterable[Iterable[Endpoint]]) -> dict[str, tuple[int, int]]:
@@ -209,7 +211,8 @@ def registry_backends(spec: models.DsrServiceSpec, view: records.PrefixView) -> 
     """
     found = records.hosts(view.records, spec.vip, spec.ports)
     backends = tuple(desired_mod.Backend(name, address) for name, address in found.backends)
-    return Backends(backends, {}, len(backends), len(backends), problems=found.problems, too_many=found.too_many)
+    return Backends(backends, {}, len(backends), len(backends), problems=found.problems, too_many=found.too_many,
+                    leaving=found.draining)
 
 
 def owned_service_addresses(actual: ns.NetScalerState, owner: str) -> tuple[set[str], set[str]]:

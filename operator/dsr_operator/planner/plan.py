@@ -13,7 +13,8 @@ Safety rules enforced here, not in the callers:
 - a service that carries traffic is disabled gracefully for `drainSeconds` before it is unbound;
 - the blast-radius guard: one plan removes at most a share of a wanted vserver's bound backends
   (rounded down, but at least one while more than one is bound: `guard_allowance`); a vserver no
-  longer wanted (its DsrService deleted, its port removed) is not limited;
+  longer wanted (its DsrService deleted, its port removed) is not limited, nor a backend that asked
+  to leave (`Policy.leaving`);
 - servers and services are shared: removed only when nothing that remains references them;
 - a vserver is never added or moved onto an IP:port another vserver holds: it waits (VipConflict).
 """
@@ -116,6 +117,9 @@ class Policy:
     guard_percent: Mapping[str, int] = dataclasses.field(default_factory=dict)
     default_guard_percent: int = 50
     drain_poll_seconds: float = 5.0
+    leaving: frozenset[str] = frozenset()
+    """Services whose backend asked to leave (a registry host's `drain: true`): their removal is that
+    host's intent, so the guard does not hold it back (it would keep a host bound that drops its VIP)."""
 
     def drain(self, owner: str) -> int:
         return self.drain_seconds.get(owner, self.default_drain_seconds)
@@ -289,12 +293,15 @@ def diff(
             continue
         removing = sorted(b for b in bound if b not in desired.bindings)
         # The guard protects a wanted vserver's bindings; a vserver nobody wants any more (its
-        # DsrService or its port is gone) goes with all of them: that removal is the user's intent.
+        # DsrService or its port is gone) goes with all of them: that removal is the user's intent,
+        # as is a backend's own request to leave.
         wanted = desired.get("lbvserver", vserver) is not None
-        if owner in live_owners and wanted and removing:
+        asked = [b for b in removing if b.child in policy.leaving]
+        guarded = [b for b in removing if b.child not in policy.leaving]
+        if owner in live_owners and wanted and guarded:
             allowed = guard_allowance(len(bound), policy.guard(owner))
-            if len(removing) > allowed:
-                kept, removing = removing[allowed:], removing[:allowed]
+            if len(guarded) > allowed:
+                kept, removing = guarded[allowed:], asked + guarded[:allowed]
                 held_services.update(b.child for b in kept)
                 holds.append(
                     Hold(
