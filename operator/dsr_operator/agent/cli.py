@@ -1,4 +1,4 @@
-"""Command-line entry points of the node agent: `dsr-operator agent` and `dsr-operator host-setup`."""
+"""Command-line entry points of the agents: `dsr-operator agent`, `host-setup` and `host-agent`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import dataclasses
 import logging
 import os
 import pathlib
+import re
 import signal
+import socket
 import sys
 import urllib.parse
 from collections.abc import Coroutine
@@ -18,7 +20,10 @@ from typing import Any
 import lightkube
 
 from dsr_operator import kube
-from dsr_operator.agent import core, host, hostsetup, loop, metrics, netlink, state
+from dsr_operator import settings as settings_mod
+from dsr_operator.agent import core, host, hostsetup, loop, metrics, netlink, registration, state
+from dsr_operator.api import models
+from dsr_operator.registry import etcd
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +117,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=state.DEFAULT_DIR,
         help=f"Linux --apply: where changes are remembered (default: {state.DEFAULT_DIR})",
     )
+    setup.add_argument("--etcd", metavar="URL",
+                       help="with --prefix and --address: also print how the host registers itself in etcd "
+                       "(Windows: a scheduled task; Linux: the host-agent command)")
+    setup.add_argument("--prefix", help="the DsrService's backends.registry.etcd.prefix")
+    setup.add_argument("--address", help="this host's address on the NetScaler's segment")
+    setup.add_argument("--port", type=int, help="the service port, for the record (DNS SRV)")
     setup.set_defaults(func=run_host_setup)
+
+    agent_help = "join a registry-backed DsrService from a Linux host: VIP on the loopback first, then register in etcd"
+    reg = subparsers.add_parser("host-agent", help=agent_help, description=agent_help + (
+        "; on SIGTERM: drain, deregister, then remove the VIP"))
+    reg.add_argument("--etcd", metavar="URL", action="append",
+                     help="etcd client URL (repeatable; env DSR_ETCD_ENDPOINTS, DSR_ETCD_USERNAME, "
+                     "DSR_ETCD_PASSWORD_FILE, DSR_ETCD_CA_FILE, DSR_ETCD_CERT_FILE, DSR_ETCD_KEY_FILE)")
+    reg.add_argument("--prefix", required=True, help="the DsrService's backends.registry.etcd.prefix")
+    reg.add_argument("--vip", required=True, help="the DsrService's VIP")
+    reg.add_argument("--address", required=True, help="this host's address on the NetScaler's segment")
+    reg.add_argument("--port", type=int, help="the service port, for the record (DNS SRV; must be a DsrService port)")
+    reg.add_argument("--name", help="the host's name in the registry (default: the host name)")
+    reg.add_argument("--ttl", type=int, default=10, help="lease seconds: a crashed host is unbound this long after "
+                     "its last renewal (default 10)")
+    reg.add_argument("--drain-seconds", type=float, default=40.0,
+                     help="on stop, stay registered as draining (VIP in place) this long before leaving: the "
+                     "DsrService's drainSeconds plus a few seconds (default 40)")
+    reg.add_argument("--netns", help="a named network namespace instead of the host")
+    reg.add_argument("--state-dir", type=pathlib.Path, default=state.DEFAULT_DIR.parent / "host-agent",
+                     help="where the VIP changes are remembered (default: %(default)s)")
+    reg.set_defaults(func=run_host_agent)
 
 
 def run_agent(args: argparse.Namespace) -> int:
@@ -204,12 +236,59 @@ async def _until_signal(work: Coroutine[Any, Any, None]) -> int:
     return 1
 
 
+def run_host_agent(args: argparse.Namespace) -> int:
+    vips, invalid = core.parse_vips([args.vip])
+    address = models.canonical_ip(args.address)
+    problems = [f"--vip {f.address}: {f.error}" for f in invalid]
+    if address is None:
+        problems.append(f"--address {args.address!r} is not an IP address")
+    name = args.name or socket.gethostname().split(".")[0].lower()
+    if not re.match(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", name):
+        problems.append(f"--name {name!r} is not a DNS label")
+    try:
+        etcd_settings = settings_mod.EtcdSettings(**({"endpoints": args.etcd} if args.etcd else {}))
+        if not etcd_settings.configured:
+            problems.append("no etcd: give --etcd URL (or DSR_ETCD_ENDPOINTS)")
+    except ValueError as exc:
+        problems.append(str(exc))
+    if problems:
+        for problem in problems:
+            print(f"dsr-operator host-agent: {problem}", file=sys.stderr)
+        return 2
+    assert address is not None
+    reg = registration.Registration(args.prefix, name, address, args.port, args.ttl, args.drain_seconds)
+    return asyncio.run(_host_agent_main(reg, etcd_settings, vips, args.netns, args.state_dir))
+
+
+async def _host_agent_main(reg: registration.Registration, etcd_settings: settings_mod.EtcdSettings,
+                           vips: list[core.Vip], netns: str | None, state_dir: pathlib.Path) -> int:
+    stop = asyncio.Event()
+    running = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        running.add_signal_handler(sig, stop.set)
+    try:
+        async with etcd.EtcdClient.of(etcd_settings) as client, host.Host(
+                netns=netns, mode="loopback", state_dir=state_dir) as the_host:
+            return await registration.HostAgent(reg, client, the_host, vips).run(stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            running.remove_signal_handler(sig)
+
+
 def run_host_setup(args: argparse.Namespace) -> int:
     vips, invalid = core.parse_vips(args.vip)
     if invalid:
         for failure in invalid:
             print(f"dsr-operator host-setup: {failure.address}: {failure.error}", file=sys.stderr)
         return 2
+    join: hostsetup.Join | None = None
+    if args.etcd or args.prefix or args.address:
+        address = models.canonical_ip(args.address or "")
+        if not (args.etcd and args.prefix and address) or args.remove or len(vips) != 1:
+            print("dsr-operator host-setup: registering needs --etcd, --prefix, a valid --address and one --vip "
+                  "(and no --remove)", file=sys.stderr)
+            return 2
+        join = hostsetup.Join(args.etcd, args.prefix, address, args.port)
     if args.target_os == "windows":
         if args.apply:
             print(
@@ -218,9 +297,13 @@ def run_host_setup(args: argparse.Namespace) -> int:
             )
             return 2
         sys.stdout.write(hostsetup.windows(vips, remove=args.remove, uplink=args.uplink))
+        if join is not None:
+            sys.stdout.write(hostsetup.windows_registration(join, vips[0].address))
         return 0
     if not args.apply:
         sys.stdout.write(hostsetup.linux(vips, remove=args.remove, netns=args.netns))
+        if join is not None:
+            sys.stdout.write(hostsetup.linux_registration(join, vips[0].address))
         return 0
     return asyncio.run(_host_setup_apply(vips, remove=args.remove, netns=args.netns, state_dir=args.state_dir))
 

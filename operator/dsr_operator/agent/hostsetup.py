@@ -13,6 +13,8 @@ know from any link it manages, and managing `lo` to add a VIP would put 127.0.0.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shlex
 from collections.abc import Sequence
 
@@ -150,3 +152,91 @@ def windows(
         " weakhostsend=enabled)",
     ]
     return "\n".join(lines) + "\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class Join:
+    """How a host registers itself for a registry-backed DsrService."""
+
+    etcd: str
+    prefix: str
+    address: str
+    port: int | None = None
+
+
+def linux_registration(join: Join, vip: str) -> str:
+    port = f" --port {join.port}" if join.port else ""
+    return "\n".join([
+        "# 4. Join the DsrService: put the VIP on lo (step 1, done again by the agent), then register in etcd with a",
+        "#    lease kept alive; on stop it drains, deregisters, and only then removes the VIP (see",
+        "#    examples/without-kubernetes/dsr-host-agent.service for a systemd unit)",
+        f"dsr-operator host-agent --etcd {shlex.quote(join.etcd)} --prefix {shlex.quote(join.prefix)} "
+        f"--vip {vip} --address {join.address}{port}",
+    ]) + "\n"
+
+
+def windows_registration(join: Join, vip: str, *, ttl: int = 10, drain_seconds: int = 40) -> str:
+    """PowerShell that installs a scheduled task registering the host in etcd (its HTTP API) while it holds the VIP.
+
+    The task renews an etcd lease every few seconds while the loopback adapter holds the VIP, and
+    deregisters when it does not; creating the file `drain` in its folder makes it leave gracefully
+    (registered as draining for `drain_seconds`, then deregistered).
+    """
+    record = {"host": join.address, "ttl": ttl, **({"port": join.port} if join.port else {})}
+    script = f"""$Etcd = {_ps(join.etcd.rstrip("/"))}
+$Vip = {_ps(vip)}
+$Name = $env:COMPUTERNAME.ToLower()
+$Key = {_ps(join.prefix.rstrip("/") + "/")} + $Name
+$Record = {_ps(json.dumps(record, sort_keys=True))} | ConvertFrom-Json
+$Record | Add-Member -NotePropertyName name -NotePropertyValue $Name
+$Flag = Join-Path $PSScriptRoot 'drain'
+function B64([string]$s) {{ [Convert]::ToBase64String([Text.Encoding]::UTF8.GetBytes($s)) }}
+function Etcd([string]$path, $body) {{
+    $json = $body | ConvertTo-Json -Compress
+    Invoke-RestMethod -Method Post -Uri "$Etcd$path" -ContentType 'application/json' -Body $json
+}}
+function Put($lease, [bool]$drain) {{
+    $doc = $Record.PSObject.Copy()
+    if ($drain) {{ $doc | Add-Member -NotePropertyName drain -NotePropertyValue $true }}
+    $value = B64 ($doc | ConvertTo-Json -Compress)
+    Etcd '/v3/kv/put' @{{ key = (B64 $Key); value = $value; lease = $lease }} | Out-Null
+}}
+function Held {{ [bool](Get-NetIPAddress -IPAddress $Vip -ErrorAction SilentlyContinue) }}
+while ($true) {{
+    try {{
+        if (-not (Held) -or (Test-Path $Flag)) {{ Start-Sleep -Seconds 3; continue }}   # VIP first, bind after
+        $lease = (Etcd '/v3/lease/grant' @{{ TTL = '{ttl}' }}).ID
+        Put $lease $false
+        while ((Held) -and -not (Test-Path $Flag)) {{
+            if (-not (Etcd '/v3/lease/keepalive' @{{ ID = $lease }}).result.TTL) {{ break }}   # lease gone: again
+            Start-Sleep -Seconds {max(1, ttl // 3)}
+        }}
+        if (Test-Path $Flag) {{   # leaving: drain first, keep the VIP until NetScaler has let go
+            Put $lease $true
+            $until = (Get-Date).AddSeconds({drain_seconds})
+            while ((Get-Date) -lt $until) {{
+                Etcd '/v3/lease/keepalive' @{{ ID = $lease }} | Out-Null
+                Start-Sleep -Seconds 3
+            }}
+        }}
+        Etcd '/v3/lease/revoke' @{{ ID = $lease }} | Out-Null
+    }} catch {{ Start-Sleep -Seconds 3 }}
+}}
+"""
+    return "\n".join([
+        "# 5. Join the DsrService: a scheduled task registers this host in etcd while the adapter holds the VIP",
+        "#    (a lease renewed every few seconds: a host that stops is unbound when it runs out).",
+        "#    To leave gracefully: New-Item \"$env:ProgramData\\dsr-operator\\drain\"; wait "
+        f"{drain_seconds} s; then the removal steps (host-setup --os windows --remove).",
+        "$Dir = Join-Path $env:ProgramData 'dsr-operator'",
+        "New-Item -ItemType Directory -Force -Path $Dir | Out-Null",
+        "Remove-Item (Join-Path $Dir 'drain') -ErrorAction SilentlyContinue",
+        "@'",
+        script.rstrip("\n"),
+        "'@ | Set-Content -Encoding UTF8 -Path (Join-Path $Dir 'register.ps1')",
+        "$Action = New-ScheduledTaskAction -Execute 'powershell.exe' -Argument "
+        "\"-NoProfile -ExecutionPolicy Bypass -File `\"$Dir\\register.ps1`\"\"",
+        "Register-ScheduledTask -TaskName 'dsr-operator-register' -Action $Action -Trigger "
+        "(New-ScheduledTaskTrigger -AtStartup) -User 'SYSTEM' -RunLevel Highest -Force | Out-Null",
+        "Start-ScheduledTask -TaskName 'dsr-operator-register'",
+    ]) + "\n"

@@ -1,0 +1,162 @@
+"""Registry hosts end to end, without Kubernetes: `dsr-operator sync` and one `dsr-operator host-agent` per host.
+
+The DSR lab (`dsr_operator.dsrlab.Lab`: client, lb and b1..b3 on one bridge), the NITRO simulator with its
+dataplane in lb, a real etcd, `sync` as a process following a registry-backed DsrService, and a host
+agent process per backend that puts the VIP on the backend's `lo` and then registers it. A client loops
+through the VIP while hosts join, leave gracefully and crash: joins and graceful leaves fail no request.
+Assertions are on state (the dataplane's forwarding choices, the journal, each request's reply); waits poll
+with generous limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from dsr_operator.dsrlab import Lab
+from dsr_operator.simulator import dataplane, server
+from tests.netns.test_dsr_e2e import Loop, gets, wait_for
+from tests.registry.conftest import ETCD, Etcd
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("nft") is None, reason="the dataplane needs nftables: apt-get install nftables"),
+    pytest.mark.skipif(not os.access(ETCD, os.X_OK), reason=f"no etcd binary at {ETCD} (make controlplane)"),
+]
+
+PREFIX = "/skydns/local/shop/web"
+VSERVER = "dsr-shop_web_80"
+DRAIN = 3
+TTL = 3
+
+
+def svc(lab: Lab, backend: str) -> str:
+    return f"dsr-{lab.ip(backend)}_80"
+
+
+class Hosts:
+    """One `dsr-operator host-agent` process per backend, in the host's namespace, configuring the backend's."""
+
+    def __init__(self, lab: Lab, etcd_url: str, tmp: pathlib.Path) -> None:
+        self.lab, self.etcd_url, self.tmp = lab, etcd_url, tmp
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def join(self, backend: str) -> None:
+        log = (self.tmp / f"host-agent-{backend}.log").open("ab")
+        self.procs[backend] = subprocess.Popen(
+            [sys.executable, "-m", "dsr_operator.cli", "host-agent", "--etcd", self.etcd_url, "--prefix", PREFIX,
+             "--vip", self.lab.vip, "--address", self.lab.ip(backend), "--port", "80", "--name", backend,
+             "--ttl", str(TTL), "--drain-seconds", str(DRAIN + 2), "--netns", self.lab.ns(backend),
+             "--state-dir", str(self.tmp / backend)],
+            stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self, backend: str) -> str:
+        return (self.tmp / f"host-agent-{backend}.log").read_text(errors="replace")
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def start_sync(tmp: pathlib.Path, netscaler: str, etcd_url: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dsr_operator.cli", "sync", "-f", str(tmp / "web.yaml"),
+         "--netscaler", netscaler, "--etcd", etcd_url, "--resync-seconds", "2"],
+        stdout=(tmp / "sync.log").open("ab"), stderr=subprocess.STDOUT,
+        env={**os.environ, "DSR_NETSCALER_PASSWORD": "nsroot"})
+
+
+@pytest.fixture
+async def rig(tmp_path: pathlib.Path) -> AsyncIterator[dict[str, Any]]:
+    lab = Lab(f"dsrr{os.getpid() % 100000}")
+    etcd = Etcd(tmp_path)
+    hosts = Hosts(lab, etcd.url, tmp_path)
+    sync: subprocess.Popen[bytes] | None = None
+    try:
+        await asyncio.to_thread(lab.up)
+        await asyncio.to_thread(etcd.start)
+        plane = dataplane.Dataplane(lab.ns("lb"), "eth0")
+        async with server.running(users={"nsroot": "nsroot"}, dataplane=plane) as sim:
+            manifest = {"apiVersion": "dsr.operators.dev/v1alpha1", "kind": "DsrService",
+                        "metadata": {"name": "web", "namespace": "shop"},
+                        "spec": {"vip": lab.vip, "ports": [80], "backends": {"registry": {"etcd": {"prefix": PREFIX}}},
+                                 "drainSeconds": DRAIN,
+                                 "healthCheck": {"type": "TCP", "intervalSeconds": 2, "timeoutSeconds": 1,
+                                                 "retries": 1}}}
+            (tmp_path / "web.yaml").write_text(json.dumps(manifest))
+            sync = start_sync(tmp_path, sim.url, etcd.url)
+            yield {"lab": lab, "sim": sim, "hosts": hosts, "tmp": tmp_path}
+    finally:
+        hosts.stop_all()
+        if sync is not None and sync.poll() is None:
+            sync.send_signal(signal.SIGTERM)
+            try:
+                sync.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                sync.kill()
+        etcd.stop()
+        await asyncio.to_thread(lab.down)
+
+
+async def new_flows(sim: server.Simulator) -> list[str]:
+    vservers = (await sim.dataplane())["vservers"]
+    return sorted(vservers[0]["newFlows"]) if vservers else []
+
+
+async def test_hosts_join_and_leave_through_etcd_without_a_failed_request_then_a_crash_is_unbound(
+        rig: dict[str, Any]) -> None:
+    lab, sim, hosts = rig["lab"], rig["sim"], rig["hosts"]
+
+    async def flows_are(*backends: str) -> bool:
+        return await new_flows(sim) == sorted(svc(lab, b) for b in backends)
+
+    hosts.join("b1")
+    hosts.join("b2")
+    await wait_for(lambda: flows_are("b1", "b2"), "b1 and b2 bound and UP")
+    assert await asyncio.to_thread(lab.has_vip, "b1")
+    with Loop(lab) as fresh:
+        await wait_for(lambda: _true(len(fresh.results) >= 5), "the client loop runs")
+        hosts.join("b3")  # joins while requests flow: VIP first, registered after, bound after that
+        await wait_for(lambda: flows_are("b1", "b2", "b3"), "b3 joins")
+        seq = max((j["seq"] for j in await sim.journal()), default=0)
+        hosts.procs["b1"].send_signal(signal.SIGTERM)  # b1 leaves gracefully
+        await wait_for(lambda: flows_are("b2", "b3"), "b1 out of new connections")
+        code = await asyncio.to_thread(hosts.procs["b1"].wait, 60)
+        assert code == 0, hosts.log("b1")
+        assert not await asyncio.to_thread(lab.has_vip, "b1"), "b1 kept the VIP after leaving"
+        count = len(fresh.results)
+        await wait_for(lambda: _true(len(fresh.results) >= count + 5), "requests after b1 left")
+    failures = [r for r in fresh.results if not r.reply.ok]
+    assert failures == [], failures[:5]
+    assert {r.reply.backend for r in fresh.results} >= {"b1", "b2", "b3"}
+    journal = [(j["resource"], j["action"]) for j in await sim.journal(since=seq)
+               if svc(lab, "b1") in (j["name"], j["key"].get("servicename"))]
+    assert journal.index(("service", "disable")) < journal.index(("lbvserver_service_binding", "unbind")), journal
+
+    # b2 crashes: its agent and its web server die; the lease runs out and NetScaler unbinds it.
+    hosts.procs["b2"].kill()
+    lab._procs["http-b2"].kill()
+    await wait_for(lambda: flows_are("b3"), "b2 out (its monitor, then its lease)")
+
+    async def unbound() -> bool:
+        return any(j["resource"] == "lbvserver_service_binding" and j["action"] == "unbind"
+                   and j["key"].get("servicename") == svc(lab, "b2") for j in await sim.journal(since=seq))
+
+    await wait_for(unbound, "b2 unbound once its lease ran out")
+    replies = await gets(lab, 20)
+    assert all(r.ok and r.backend == "b3" for r in replies), replies
+
+
+async def _true(value: bool) -> bool:
+    return value
