@@ -87,6 +87,7 @@ class EtcdSettings(pydantic_settings.BaseSettings):
     endpoints: Annotated[list[str], pydantic_settings.NoDecode] = pydantic.Field(default_factory=list)
     """etcd client URLs, comma-separated in DSR_ETCD_ENDPOINTS, tried in order."""
     username: str | None = None
+    username_file: pathlib.Path | None = None
     password: pydantic.SecretStr | None = None
     password_file: pathlib.Path | None = None
     ca_file: pathlib.Path | None = None
@@ -94,6 +95,8 @@ class EtcdSettings(pydantic_settings.BaseSettings):
     cert_file: pathlib.Path | None = None
     """Client certificate, for etcd's `--client-cert-auth`."""
     key_file: pathlib.Path | None = None
+    """Every *_file that does not exist counts as not set: the chart mounts one Secret whose keys are
+    each optional (`username`/`password`, `ca.crt`, `tls.crt`/`tls.key`)."""
 
     @pydantic.field_validator("endpoints", mode="before")
     @classmethod
@@ -117,6 +120,15 @@ class EtcdSettings(pydantic_settings.BaseSettings):
 
     def secret(self) -> str | None:
         """The password, from its file first; never logged."""
-        if self.password_file is not None:
+        if self.password_file is not None and self.password_file.exists():
             return self.password_file.read_text().rstrip("\n")
         return self.password.get_secret_value() if self.password is not None else None
+
+    def user(self) -> str | None:
+        if self.username_file is not None and self.username_file.exists():
+            return self.username_file.read_text().strip() or None
+        return self.username
+
+    @staticmethod
+    def present(path: pathlib.Path | None) -> str | None:
+        return str(path) if path is not None and path.exists() else None

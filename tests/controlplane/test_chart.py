@@ -187,6 +187,26 @@ def test_an_ha_pair_is_given_by_its_two_nsips(controlplane: ControlPlane) -> Non
         assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
+def test_an_etcd_registry_is_passed_to_the_operator_with_its_secret(controlplane: ControlPlane) -> None:
+    registry = ("--set", "registry.etcd.endpoints={https://10.0.0.7:2379,https://10.0.0.8:2379}",
+                "--set", "registry.etcd.existingSecret=etcd-client")
+    spec = _one(_render(controlplane, *GOOD_VALUES, *registry), "Deployment")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["DSR_ETCD_ENDPOINTS"] == "https://10.0.0.7:2379,https://10.0.0.8:2379"
+    assert env["DSR_ETCD_PASSWORD_FILE"] == "/etc/dsr-operator/etcd/password"
+    assert env["DSR_ETCD_CA_FILE"] == "/etc/dsr-operator/etcd/ca.crt"
+    volume = next(v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == "etcd-client")
+    mount = {"name": volume["name"], "mountPath": "/etc/dsr-operator/etcd", "readOnly": True}
+    assert mount in container["volumeMounts"]
+    # Without endpoints there is no registry at all; an endpoint that is not a URL is refused.
+    (plain,) = _one(_render(controlplane, *GOOD_VALUES), "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert not [e for e in plain["env"] if e["name"].startswith("DSR_ETCD_")]
+    result = controlplane.helm("template", "r", str(CHART), *GOOD_VALUES, "--set", "registry.etcd.endpoints={etcd}",
+                               check=False)
+    assert result.returncode != 0 and "at '/registry/etcd/endpoints/0'" in result.stderr, result.stderr
+
+
 def test_missing_url_and_credentials_are_named(controlplane: ControlPlane) -> None:
     result = controlplane.helm("template", "r", str(CHART), check=False)
     assert result.returncode != 0 and "at '/netscaler/url'" in result.stderr, result.stderr

@@ -85,6 +85,15 @@ INVALID = [
     ),
     pytest.param(_with("backends", {}), [ONE_BACKEND_KIND], id="no-backend-kind"),
     pytest.param(_with("backends", ...), ['spec.backends: Required value'], id="backends-missing"),
+    pytest.param(_with("backends", {"service": "web", "registry": {"etcd": {"prefix": "/skydns/local/web"}}}),
+                 [ONE_BACKEND_KIND], id="service-and-registry"),
+    pytest.param(_with("backends", {"registry": {"etcd": {"prefix": "skydns/local/web"}}}),
+                 ['spec.backends.registry.etcd.prefix: Invalid value: "skydns/local/web"'],
+                 id="registry-relative-prefix"),
+    pytest.param(_with("backends", {"registry": {"etcd": {"prefix": "/"}}}),
+                 ["spec.backends.registry.etcd.prefix"], id="registry-root-prefix"),
+    pytest.param(_with("backends", {"registry": {}}), ["spec.backends.registry.etcd: Required value"],
+                 id="registry-without-etcd"),
     pytest.param(
         _with("backends", {"static": [{"name": "pi-1", "address": "pi.example"}]}),
         ['spec.backends.static[0].address: Invalid value: "pi.example": must be an IPv4 or IPv6 address'],
@@ -173,6 +182,8 @@ def test_examples_are_accepted_with_defaults(
                       "lbMethod": "SOURCEIPHASH", "drainSeconds": 0}, id="port-bounds-no-drain"),
         pytest.param({"vip": "192.0.2.12", "ports": ["*"], "backends": {"service": "web"},
                       "healthCheck": {"port": 80}}, id="wildcard-tcp-with-port"),
+        pytest.param({"vip": "192.0.2.13", "ports": [80], "backends": {"registry": {"etcd": {
+            "prefix": "/skydns/local/shop/web/"}}}}, id="registry"),
     ],
 )
 def test_valid_edge_cases_are_accepted(

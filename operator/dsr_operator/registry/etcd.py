@@ -108,11 +108,10 @@ class EtcdClient:
 
     @classmethod
     def of(cls, settings: settings_mod.EtcdSettings) -> EtcdClient:
-        def path(value: object) -> str | None:
-            return str(value) if value is not None else None
-
-        return cls(settings.endpoints, username=settings.username, password=settings.secret(),
-                   ca_file=path(settings.ca_file), cert_file=path(settings.cert_file), key_file=path(settings.key_file))
+        present = settings.present
+        return cls(settings.endpoints, username=settings.user(), password=settings.secret(),
+                   ca_file=present(settings.ca_file), cert_file=present(settings.cert_file),
+                   key_file=present(settings.key_file))
 
     async def __aenter__(self) -> EtcdClient:
         return self
