@@ -264,15 +264,22 @@ async def _host_agent_main(reg: registration.Registration, etcd_settings: settin
                            vips: list[core.Vip], netns: str | None, state_dir: pathlib.Path) -> int:
     stop = asyncio.Event()
     running = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        running.add_signal_handler(sig, stop.set)
-    try:
-        async with etcd.EtcdClient.of(etcd_settings) as client, host.Host(
-                netns=netns, mode="loopback", state_dir=state_dir) as the_host:
-            return await registration.HostAgent(reg, client, the_host, vips).run(stop)
-    finally:
+
+    def leave(sig: signal.Signals) -> None:
+        logger.info("%s: leaving", sig.name)
+        stop.set()
+
+    async with etcd.EtcdClient.of(etcd_settings) as client, host.Host(
+            netns=netns, mode="loopback", state_dir=state_dir) as the_host:
+        # Only now: opening the Host forks pyroute2's netns helper, which must not share asyncio's wakeup
+        # fd (a signal it gets would read as ours, see agent.netlink).
         for sig in (signal.SIGTERM, signal.SIGINT):
-            running.remove_signal_handler(sig)
+            running.add_signal_handler(sig, leave, sig)
+        try:
+            return await registration.HostAgent(reg, client, the_host, vips).run(stop)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                running.remove_signal_handler(sig)
 
 
 def run_host_setup(args: argparse.Namespace) -> int:
