@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -29,6 +30,12 @@ def manifest(name: str, vip: str, backends: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": "dsr.operators.dev/v1alpha1", "kind": "DsrService",
             "metadata": {"name": name, "namespace": "shop"},
             "spec": {"vip": vip, "ports": [80], "backends": backends, "drainSeconds": 1}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class SyncProcess:
@@ -55,12 +62,14 @@ async def sync_proc(tmp_path: Path, nitro_sim: server.Simulator, etcd_server: Et
     (manifests / "pi.yaml").write_text(json.dumps(manifest("pi", "192.0.2.11", {"static": [
         {"name": "pi-9", "address": "198.51.100.99"}]})))
     env = {**os.environ, "DSR_NETSCALER_PASSWORD": "nsroot"}
+    port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "dsr_operator.cli", "sync", "-f", str(manifests), "--netscaler", nitro_sim.url,
-        "--etcd", etcd_server.url, "--resync-seconds", "2", "--operator-id", "sync",
+        "--etcd", etcd_server.url, "--resync-seconds", "2", "--operator-id", "sync", "--metrics-port", str(port),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     handle = SyncProcess(proc)
     handle.manifests = manifests  # type: ignore[attr-defined]
+    handle.metrics = f"http://127.0.0.1:{port}/metrics"  # type: ignore[attr-defined]
     try:
         yield handle
     finally:
@@ -91,6 +100,9 @@ async def test_sync_follows_registrations_and_manifests_without_kubernetes(
         await registry.put(f"{PREFIX}/pi-2", json.dumps({"host": "198.51.100.22", "port": 80}), lease=lease)
         await eventually(lambda: has(["dsr-198.51.100.21_80", "dsr-198.51.100.22_80"]), timeout=30)
         assert sync_proc.said("DsrService shop/web: Ready (2/2 bound)")
+        async with aiohttp.ClientSession() as http, http.get(sync_proc.metrics) as resp:  # type: ignore[attr-defined]
+            metrics = await resp.text()
+        assert 'dsr_bound_backends{name="web",namespace="shop"} 2.0' in metrics, metrics
         assert sync_proc.said("applied: bind lb vserver dsr-shop_web_80 dsr-198.51.100.21_80")
         # pi-2 crashes (its lease runs out); pi-1 leaves gracefully.
         await eventually(lambda: has(["dsr-198.51.100.21_80"]), timeout=60)
