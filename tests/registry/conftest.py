@@ -9,9 +9,11 @@ skip, unless CI=true or DSR_REQUIRE_CONTROLPLANE=1.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -27,6 +29,38 @@ BIN_DIR = Path(os.environ.get("DSR_CONTROLPLANE_BIN") or REPO_ROOT / ".cache" / 
 ETCD = BIN_DIR / "etcd"
 
 
+@dataclasses.dataclass(frozen=True)
+class Certificates:
+    """A throwaway CA, a serving certificate for 127.0.0.1 and a client certificate (openssl)."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    @classmethod
+    def make(cls, folder: Path) -> Certificates:
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1",
+                "-subj", "/CN=dsr-test-ca")
+        # With --client-cert-auth, etcd's JSON gateway dials etcd's own gRPC port with the serving certificate,
+        # so that certificate must allow client authentication too (else every gateway call is a 503).
+        for name, extension in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"),
+                                ("client", "extendedKeyUsage=clientAuth")):
+            (folder / f"{name}.ext").write_text(extension + "\n")
+            openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                    "-subj", f"/CN=dsr-test-{name}")
+            openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                    "-out", f"{name}.crt", "-days", "1", "-extfile", f"{name}.ext")
+        return cls(folder / "ca.crt", folder / "server.crt", folder / "server.key", folder / "client.crt",
+                   folder / "client.key")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -34,11 +68,15 @@ def _free_port() -> int:
 
 
 class Etcd:
-    def __init__(self, workdir: Path, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, workdir: Path, extra: tuple[str, ...] = (), tls: Certificates | None = None) -> None:
         self.workdir = workdir
         self.port, self.peer_port = _free_port(), _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.extra = extra
+        if tls is not None:  # clients must show a certificate signed by the test CA
+            self.extra += (f"--cert-file={tls.server_cert}", f"--key-file={tls.server_key}",
+                           f"--trusted-ca-file={tls.ca}", "--client-cert-auth")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -51,10 +89,14 @@ class Etcd:
              f"--initial-cluster=registry={peer}", "--unsafe-no-fsync=true", "--log-level=warn", *self.extra],
             stdout=log, stderr=log, start_new_session=True,
         )
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.ca))
+            context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2, context=context) as resp:
                     if resp.status == 200:
                         return
             except OSError:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from dsr_operator.registry import etcd, source
 from tests.integration.test_operator import eventually
-from tests.registry.conftest import Etcd, Link
+from tests.registry.conftest import Certificates, Etcd, Link
 
 PREFIX = "/skydns/local/shop/web/"
 
@@ -154,3 +156,23 @@ async def test_a_prefix_with_thousands_of_keys_is_read_in_one_go(etcd_server: Et
         await settled(lambda: len(hosts(registry)) == count, f"{count} keys", within=120)
     finally:
         await registry.close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the TLS test makes its certificates with openssl")
+async def test_tls_with_a_client_certificate(tmp_path: Path) -> None:
+    certs = Certificates.make(tmp_path / "pki")
+    server = Etcd(tmp_path, tls=certs)
+    server.start()
+    try:
+        trusted = etcd.EtcdClient([server.url], ca_file=str(certs.ca), cert_file=str(certs.client_cert),
+                                  key_file=str(certs.client_key))
+        async with trusted:
+            await trusted.put(PREFIX + "a", record("198.51.100.21"))
+            assert [kv.key for kv in (await trusted.range_prefix(PREFIX))[1]] == [PREFIX + "a"]
+        # Without the client certificate, or without trusting the CA: refused, and said so.
+        for client in (etcd.EtcdClient([server.url], ca_file=str(certs.ca)), etcd.EtcdClient([server.url])):
+            async with client:
+                with pytest.raises(etcd.Unreachable, match="no etcd endpoint answered"):
+                    await client.range_prefix(PREFIX)
+    finally:
+        server.stop()
