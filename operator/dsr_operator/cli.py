@@ -24,6 +24,14 @@ COMPONENT_CLIS = (
     "dsr_operator.demo_dsr",
     "dsr_operator.status",
 )
+#: Which component registers each subcommand: a command loads only its own component (the agent never
+#: imports kopf or the simulator, the operator never pyroute2). A test checks this table against them.
+COMMANDS = {
+    "plan": "dsr_operator.oneshot", "apply": "dsr_operator.oneshot", "crd": "dsr_operator.oneshot",
+    "demo": "dsr_operator.oneshot", "sync": "dsr_operator.sync", "nitro-sim": "dsr_operator.simulator.cli",
+    "run": "dsr_operator.controller.cli", "agent": "dsr_operator.agent.cli", "host-setup": "dsr_operator.agent.cli",
+    "host-agent": "dsr_operator.agent.cli", "demo-dsr": "dsr_operator.demo_dsr", "status": "dsr_operator.status",
+}
 
 
 class _NoAbbreviations(argparse.ArgumentParser):
@@ -34,10 +42,18 @@ class _NoAbbreviations(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def components_for(argv: Sequence[str] | None) -> tuple[str, ...]:
+    """The component modules to load for this command line: the command's own, or all (help, no command)."""
+    for arg in sys.argv[1:] if argv is None else argv:
+        if arg in COMMANDS:
+            return (COMMANDS[arg],)
+    return COMPONENT_CLIS
+
+
+def build_parser(components: Sequence[str] = COMPONENT_CLIS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dsr-operator",
-        description="Direct Server Return load balancing on NetScaler, from Kubernetes.",
+        description="Direct Server Return load balancing on NetScaler, from Kubernetes or a service registry.",
         allow_abbrev=False,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -48,14 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True, metavar="COMMAND",
         parser_class=_NoAbbreviations,
     )
-    for module_name in COMPONENT_CLIS:
+    for module_name in components:
         module = importlib.import_module(module_name)
         module.register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(components_for(argv))
     args = parser.parse_args(argv)
     configure_logging(args.log_format, debug=args.verbose)
     return int(args.func(args) or 0)

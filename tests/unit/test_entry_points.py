@@ -1,0 +1,43 @@
+"""Each subcommand loads only what it runs: the agent no kopf, simulator or planner; the operator no pyroute2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dsr_operator import cli
+
+NEVER = {
+    "agent": ("kopf", "dsr_operator.simulator", "dsr_operator.planner", "dsr_operator.controller", "kmock"),
+    "host-agent": ("kopf", "dsr_operator.simulator", "dsr_operator.planner", "dsr_operator.controller", "kmock"),
+    "host-setup": ("kopf", "dsr_operator.simulator", "dsr_operator.planner", "dsr_operator.controller", "kmock"),
+    "run": ("pyroute2", "dsr_operator.simulator", "dsr_operator.agent", "kmock", "dsr_operator.kubeemu"),
+    "sync": ("kopf", "pyroute2", "dsr_operator.simulator", "dsr_operator.agent", "kmock"),
+    "plan": ("kopf", "pyroute2", "dsr_operator.agent", "dsr_operator.controller", "kmock"),
+    "nitro-sim": ("kopf", "pyroute2", "dsr_operator.planner", "dsr_operator.controller", "dsr_operator.agent"),
+    "status": ("pyroute2", "dsr_operator.simulator", "dsr_operator.agent", "kopf"),
+}
+
+
+def test_the_command_table_names_every_subcommand_of_every_component() -> None:
+    registered = {}
+    for module in cli.COMPONENT_CLIS:
+        parser = cli.build_parser((module,))
+        (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        registered.update(dict.fromkeys(action.choices, module))
+    assert registered == cli.COMMANDS
+
+
+@pytest.mark.parametrize("command", sorted(NEVER))
+def test_a_subcommand_imports_only_its_component(command: str) -> None:
+    probe = ("import json, sys\nfrom dsr_operator import cli\n"
+             f"cli.build_parser(cli.components_for(['-v', {command!r}, '--help']))\n"
+             "print(json.dumps(sorted(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    loaded = json.loads(done.stdout)
+    wrong = [m for m in loaded if any(m == bad or m.startswith(bad + ".") for bad in NEVER[command])]
+    assert wrong == [], f"dsr-operator {command} imports {wrong}"
