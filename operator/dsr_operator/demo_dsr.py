@@ -33,7 +33,7 @@ from typing import Any, TextIO
 
 import aiohttp
 
-from dsr_operator import dsrlab
+from dsr_operator import aio, dsrlab
 from dsr_operator.api import models
 from dsr_operator.simulator import dataplane, server
 
@@ -252,8 +252,7 @@ class Narrator:
         while not stop.is_set():
             with contextlib.suppress(aiohttp.ClientError, RuntimeError):
                 await self.poll()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.15)
+            await aio.wait(stop, 0.15)
 
     def when(self, action: str, resource: str, service: str) -> float | None:
         for c in self.journal:

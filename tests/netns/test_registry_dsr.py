@@ -96,17 +96,25 @@ async def rig(tmp_path: pathlib.Path) -> AsyncIterator[dict[str, Any]]:
                                                  "retries": 1}}}
             (tmp_path / "web.yaml").write_text(json.dumps(manifest))
             sync = start_sync(tmp_path, sim.url, etcd.url)
-            yield {"lab": lab, "sim": sim, "hosts": hosts, "tmp": tmp_path}
-    finally:
-        hosts.stop_all()
-        if sync is not None and sync.poll() is None:
-            sync.send_signal(signal.SIGTERM)
             try:
-                sync.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                sync.kill()
+                yield {"lab": lab, "sim": sim, "hosts": hosts, "tmp": tmp_path}
+            finally:  # the simulator's clients go before it does, so its shutdown waits for no one
+                await asyncio.to_thread(stop, sync, hosts)
+    finally:
+        await asyncio.to_thread(stop, sync, hosts)
         etcd.stop()
         await asyncio.to_thread(lab.down)
+
+
+def stop(sync: subprocess.Popen[bytes] | None, hosts: Hosts) -> None:
+    hosts.stop_all()
+    if sync is not None and sync.poll() is None:
+        sync.send_signal(signal.SIGTERM)
+        try:
+            sync.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            sync.kill()
+            sync.wait()
 
 
 async def new_flows(sim: server.Simulator) -> list[str]:

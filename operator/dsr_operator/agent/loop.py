@@ -26,7 +26,7 @@ import lightkube.models.meta_v1
 import lightkube.resources.core_v1
 import lightkube.types
 
-from dsr_operator import kube
+from dsr_operator import aio, kube
 from dsr_operator.agent import core, facts, host, state
 from dsr_operator.agent import metrics as metrics_
 from dsr_operator.api import models
@@ -154,10 +154,7 @@ class Agent:
         try:
             while True:
                 timeout = self._retry_in if self._retry_in is not None else self.settings.resync_seconds
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=timeout)
-                except TimeoutError:
-                    pass
+                await aio.wait(self._wake, timeout)
                 self._wake.clear()
                 if not self._known:
                     continue
@@ -172,7 +169,8 @@ class Agent:
         stale = now - self._cluster_read_at >= self.settings.resync_seconds
         if self._cluster is None or stale or (wanted - self._held and now - self._cluster_read_at >= 1.0):
             try:
-                read = await asyncio.wait_for(facts.cluster_protected(self.client), self.settings.api_grace_seconds)
+                async with asyncio.timeout(self.settings.api_grace_seconds):
+                    read = await facts.cluster_protected(self.client)
             except TimeoutError:
                 read = core.Protected(unknown="listing Nodes timed out")
             if read.unknown is None or self._cluster is None or self._cluster.unknown is not None:

@@ -23,6 +23,7 @@ import json
 import logging
 from collections.abc import Sequence
 
+from dsr_operator import aio
 from dsr_operator.agent import core, host
 from dsr_operator.registry import etcd
 
@@ -122,8 +123,7 @@ class HostAgent:
                 await self._renew()
             except etcd.EtcdError as exc:
                 log.warning("etcd: %s; trying again in %.1f s", exc, interval)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+            await aio.wait(stop, interval)
         await self.leave()
         return 0
 

@@ -29,6 +29,8 @@ from lightkube.models.coordination_v1 import LeaseSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
 
+from dsr_operator import aio
+
 log = logging.getLogger(__name__)
 
 
@@ -80,10 +82,7 @@ class Elector:
             except Exception as e:  # API errors, timeouts, refused connections: keep trying
                 log.warning("Leader election: Lease %s/%s: %s: %s", self.namespace, self.name,
                             type(e).__name__, e)
-            try:
-                await asyncio.wait_for(stop.wait(), self.timing.retry_seconds)
-            except TimeoutError:
-                pass
+            await aio.wait(stop, self.timing.retry_seconds)
         return False
 
     async def _try_acquire(self) -> bool:

@@ -8,9 +8,10 @@ then hands out every dirty or due key at once: one batch, one plan.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Iterable
+
+from dsr_operator import aio
 
 Key = tuple[str, str]
 
@@ -73,8 +74,7 @@ class Batcher:
         while not self._ready():
             self._event.clear()
             timeout = max(0.0, min(self._due.values()) - self.clock()) if self._due else None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event.wait(), timeout)
+            await aio.wait(self._event, timeout)
         if self.debounce:
             await asyncio.sleep(self.debounce)
         now = self.clock()

@@ -66,6 +66,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from dsr_operator import aio
 from dsr_operator.simulator import netns as netns_
 from dsr_operator.simulator import stats as stats_
 from dsr_operator.simulator import store as store_
@@ -418,7 +419,8 @@ class Prober:
         self._pending[key] = fut
         try:
             self._send(frame)
-            return await asyncio.wait_for(fut, wait)
+            async with asyncio.timeout(wait):
+                return await fut
         except TimeoutError:
             return None
         finally:
@@ -670,8 +672,7 @@ class Dataplane:
 
     async def _render_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), RENDER_POLL_SECONDS)
+            await aio.wait(self._dirty, RENDER_POLL_SECONDS)
             self._dirty.clear()
             assert self.store is not None
             self._sync_probes()
