@@ -1,7 +1,9 @@
 """Benchmark: the lag from the end of a backend's drain on NetScaler to its unbind, through the whole operator.
 
-The operator runs in-process against the Kubernetes API emulator (kmock, real HTTP) and the NITRO
-simulator with 5 ms latency per request. N DsrServices each have three static backends of their own
+The operator and the NITRO simulator run as processes of their own (as they do for users: the
+operator in its Pod, NetScaler on its box); the bench process serves the Kubernetes API emulator
+(kmock, real HTTP) and drives the changes. The simulator answers with 5 ms latency per request.
+N DsrServices each have three static backends of their own
 and `drainSeconds: 1`. Each round removes one backend from C of them at once (C drains end together),
 waits until all of them are unbound, then puts the backends back. For every removal the simulator's
 journal gives when the graceful disable was applied and when the unbind was: the drain ends on the
@@ -21,13 +23,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import kmock
+from aiohttp import web
 from lightkube.types import PatchType
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -36,8 +44,6 @@ from tests import conftest as kube_fixture
 
 from dsr_operator import kube as kubeapi
 from dsr_operator import kubeemu
-from dsr_operator.controller import cli as operator_cli
-from dsr_operator.controller import config
 from dsr_operator.simulator import server
 
 HEADERS = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": "bench"}
@@ -79,41 +85,80 @@ async def round_trip(url: str, rows: list[dict[str, Any]]) -> float:
     return took
 
 
-async def main(services: int, rounds: int, latency_ms: float) -> None:
-    async with kubeemu.KubeEmulator() as emulator, kmock.Server(emulator) as kserver, \
-            server.running(users={"nsroot": "bench"}) as sim:
-        for resource, kind, namespaced, status in kube_fixture.RESOURCES:
-            emulator.register(resource, kind=kind, namespaced=namespaced, status=status)
-        handle = kube_fixture.KubeHandle(emulator=emulator, url=str(kserver.url).rstrip("/"))
-        client = handle.client()
-        for i in range(services):
-            await client.create(kubeapi.DsrService({
-                "apiVersion": "dsr.operators.dev/v1alpha1", "kind": "DsrService",
-                "metadata": {"name": f"svc{i}", "namespace": "bench"},
-                "spec": {"vip": f"192.0.2.{i + 1}", "ports": [80], "backends": {"static": backends(i)},
-                         "drainSeconds": DRAIN}}))
-        await sim.faults(latencyMs=latency_ms)
-        os.environ["DSR_NETSCALER_URL"] = sim.url
-        os.environ["DSR_NETSCALER_PASSWORD"] = "bench"
-        settings = config.OperatorSettings(kube_server=handle.url, metrics_port=0, liveness_port=0,
-                                           resync_seconds=3600, save_debounce_seconds=1.0)
-        stop, ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(operator_cli.run(settings, stop_flag=stop, ready_flag=ready))
-        await ready.wait()
-        await wait_bound(sim.url, services * 3)
-        # A client on every backend: a graceful disable then lasts its full drainSeconds (with none
-        # left, NetScaler would end it at once).
-        await sim.set_clients({f"dsr-{b['address']}_80": 1 for i in range(services) for b in backends(i)})
-        print(f"Converged {services} DsrServices x 3 static backends")
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
-        baseline = [await round_trip(sim.url, await bindings(sim.url)) for _ in range(5)]
-        results = {1: await drains(client, sim, services, 1, rounds),
-                   services: await drains(client, sim, services, services, max(1, rounds // 3))}
-        stop.set()
-        await asyncio.wait_for(task, timeout=30)
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def main(services: int, rounds: int, latency_ms: float) -> None:
+    work = Path(tempfile.mkdtemp(prefix="dsr-bench-drain-"))
+    (work / "password").write_text("bench")
+    sim_url = f"http://127.0.0.1:{_free_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DSR_", "KUBE"))}
+    with (work / "sim.log").open("wb") as log:
+        sim_proc = subprocess.Popen([sys.executable, "-m", "dsr_operator.cli", "nitro-sim", "--listen",  # noqa: ASYNC220
+                                     sim_url.removeprefix("http://"), "--user", "nsroot"],
+                                    env={**env, "DSR_SIM_PASSWORD": "bench"}, stdout=log, stderr=subprocess.STDOUT)
+    operator: subprocess.Popen[bytes] | None = None
+    try:
+        async with kubeemu.KubeEmulator() as emulator, kmock.Server(emulator) as kserver, \
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            # The simulator is another process: only its /_sim control endpoints are used from here.
+            sim = server.Simulator(url=sim_url, app=web.Application(), http=http)
+            for resource, kind, namespaced, status in kube_fixture.RESOURCES:
+                emulator.register(resource, kind=kind, namespaced=namespaced, status=status)
+            handle = kube_fixture.KubeHandle(emulator=emulator, url=str(kserver.url).rstrip("/"))
+            client = handle.client()
+            for i in range(services):
+                await client.create(kubeapi.DsrService({
+                    "apiVersion": "dsr.operators.dev/v1alpha1", "kind": "DsrService",
+                    "metadata": {"name": f"svc{i}", "namespace": "bench"},
+                    "spec": {"vip": f"192.0.2.{i + 1}", "ports": [80], "backends": {"static": backends(i)},
+                             "drainSeconds": DRAIN}}))
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    await sim.faults(latencyMs=latency_ms)
+                    break
+                except aiohttp.ClientError:
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"the simulator did not start: see {work / 'sim.log'}") from None
+                    await asyncio.sleep(0.2)
+            with (work / "operator.log").open("wb") as log:
+                operator = subprocess.Popen(  # noqa: ASYNC220
+                    [sys.executable, "-m", "dsr_operator.cli", "run"], stdout=log, stderr=subprocess.STDOUT,
+                    env={**env, "DSR_KUBE_SERVER": handle.url, "DSR_NETSCALER_URL": sim_url,
+                         "DSR_NETSCALER_USERNAME": "nsroot", "DSR_NETSCALER_PASSWORD_FILE": str(work / "password"),
+                         "DSR_RESYNC_SECONDS": "3600", "DSR_METRICS_PORT": "0", "DSR_LIVENESS_PORT": "0",
+                         "DSR_SAVE_DEBOUNCE_SECONDS": "1"})
+            await wait_bound(sim.url, services * 3)
+            # A client on every backend: a graceful disable then lasts its full drainSeconds (with none
+            # left, NetScaler would end it at once).
+            await sim.set_clients({f"dsr-{b['address']}_80": 1 for i in range(services) for b in backends(i)})
+            print(f"Converged {services} DsrServices x 3 static backends")
+
+            baseline = [await round_trip(sim.url, await bindings(sim.url)) for _ in range(5)]
+            results = {1: await drains(client, sim, services, 1, rounds),
+                       services: await drains(client, sim, services, services, max(1, rounds // 3))}
+            await asyncio.to_thread(_stop, operator)
+    finally:
+        if operator is not None and operator.poll() is None:
+            _stop(operator)
+        _stop(sim_proc)
 
     rtt = statistics.median(baseline)
-    print(f"drainSeconds {DRAIN}, simulator latency {latency_ms:g} ms/request; "
+    print(f"operator and simulator as processes; drainSeconds {DRAIN}, simulator latency {latency_ms:g} ms/request; "
           f"baseline: one bulk NITRO unbind round trip, p50 {rtt * 1000:.1f} ms")
     for together, lags in results.items():
         lags.sort()

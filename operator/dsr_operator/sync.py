@@ -158,8 +158,7 @@ class Sync:
             else:
                 self.batcher.succeeded(r.key)
             if r.draining_services:
-                wait = self.view.drain_wait(r.draining_services)
-                self.batcher.later(r.key, wait if wait is not None else 1.0)
+                self.batcher.later(r.key, self.view.drain_recheck(r.draining_services))
             if r.retry_after is not None:
                 self.batcher.later(r.key, r.retry_after)
             line = status_line(r.key, r.status)

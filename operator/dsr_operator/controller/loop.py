@@ -1,8 +1,9 @@
 """Which DsrServices to reconcile next: a dirty set, per-key retry times, a short debounce (no I/O but sleep).
 
 Events mark keys dirty; outcomes schedule a key again (a drain's end, a hold, a backoff after a
-failure). `next_batch()` waits until something is due, lets a burst of events settle for the debounce,
-then hands out every dirty or due key at once: one batch, one plan.
+failure). `next_batch()` waits until something is due, lets a burst of events settle for the debounce
+(only events: a key that comes back at its time, say at a drain's end, goes at once), then hands
+out every dirty or due key at once: one batch, one plan.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class Batcher:
             self._event.clear()
             timeout = max(0.0, min(self._due.values()) - self.clock()) if self._due else None
             await aio.wait(self._event, timeout)
-        if self.debounce:
+        if self.debounce and self._dirty:
             await asyncio.sleep(self.debounce)
         now = self.clock()
         batch = set(self._dirty) | {key for key, when in self._due.items() if when <= now}

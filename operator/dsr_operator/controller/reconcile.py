@@ -324,8 +324,7 @@ async def reconcile_batch(rt: Runtime, keys: set[Key]) -> asyncio.Task[None] | N
             continue
         rt.batcher.succeeded(r.key)
         if r.draining_services:
-            wait = rt.view.drain_wait(r.draining_services)
-            rt.batcher.later(r.key, wait if wait is not None else 1.0)
+            rt.batcher.later(r.key, rt.view.drain_recheck(r.draining_services))
         if r.retry_after is not None:
             rt.batcher.later(r.key, r.retry_after)
     earlier = {r.key: rt.reporting[r.key] for r in reports if r.key in rt.reporting}

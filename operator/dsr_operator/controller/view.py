@@ -10,11 +10,11 @@ backoff until NetScaler reports no unsaved change (`configchanged` false). Unsav
 the first connection (an operator stopped within the debounce) are saved too.
 
 Drains: when a graceful disable is sent, the view records when it ends on the box at the latest
-(the time it was sent plus its delay). A real box ends it earlier, as soon as the service has no
-clients left, so while it runs the view asks the box about the service every `drain_poll` seconds
-(its `svrstate`, and `curclntconnections` from `/stat/service` for the status), then at the deadline,
-then often until it is OUT OF SERVICE: the unbind follows the end of a drain by one reconcile, not
-by a resync, whether the drain ran its full time or ended early.
+(the time the change was answered plus its delay: the box started it on the way). A real box ends
+it earlier, as soon as the service has no clients left, so while it runs the view asks the box about
+the service every `drain_poll` seconds (its `svrstate`, and `curclntconnections` from `/stat/service`
+for the status), then at the deadline, then often until it is OUT OF SERVICE: the unbind follows the
+end of a drain by one reconcile, not by a resync, whether the drain ran its full time or ended early.
 """
 
 from __future__ import annotations
@@ -140,6 +140,15 @@ class NetScalerView:
         due = [self._drain_due[s] for s in services if s in self._drain_due]
         return max(0.0, min(due) - self.clock()) if due else None
 
+    def drain_recheck(self, services: Iterable[str]) -> float:
+        """Seconds until a DsrService held by the drain of one of `services` should be reconciled again.
+
+        When none of them drains any more, its drain ended while the batch read the box after its
+        writes (the plan still held it): at once, not after a drain check.
+        """
+        wait = self.drain_wait(services)
+        return DRAIN_POLL_SECONDS if wait is None else wait
+
     def drain_report(self, services: Iterable[str]) -> list[dict[str, object]]:
         """Each of `services` that drains: its state on the box and its current client connections."""
         state = self._actual or ns.NetScalerState()
@@ -224,11 +233,11 @@ class NetScalerView:
         self._drain_end.pop(name, None)
         self._drain_clients.pop(name, None)
 
-    def _note_drains(self, sent: float, applied: Iterable[planner.Op]) -> None:
-        """Keep the drain book true to the operations that were applied."""
+    def _note_drains(self, sent: float, answered: float, applied: Iterable[planner.Op]) -> None:
+        """Keep the drain book true to the operations applied between `sent` and `answered`."""
         for op in applied:
             if op.kind == "service" and op.verb == "disable":
-                end = sent + float(op.body.get("delay") or 0)
+                end = answered + float(op.body.get("delay") or 0)
                 self._drain_due[op.name] = min(end, sent + self._drain_check)
                 self._drain_end[op.name] = end
             elif op.kind == "service" and op.verb in ("enable", "delete"):
@@ -284,7 +293,7 @@ class NetScalerView:
         except errors.NitroError:
             await self._drop_client()
             raise
-        self._note_drains(sent, outcome.applied)
+        self._note_drains(sent, self.clock(), outcome.applied)
         if self._actual is not None:
             self._actual = effects.after(self._actual, outcome.applied, self.operator_id)
         if outcome.failures or not outcome.complete:
