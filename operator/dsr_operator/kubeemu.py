@@ -316,6 +316,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
             except jsonpatch.JsonPatchTestFailed as exc:
                 raise kmock.KubernetesError(status=422, reason="Invalid", message=f"the patch's test failed: {exc}") \
                     from exc
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:  # a path that is not there
+                raise kmock.KubernetesError(status=422, reason="Invalid", message=f"the patch does not apply: {exc}") \
+                    from exc
         elif isinstance(body, Mapping):  # merge, strategic (approximated) and apply patches
             candidate = dict(dicts.merge_patch_dict(old, body))
         else:

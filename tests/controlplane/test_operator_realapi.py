@@ -473,3 +473,81 @@ def test_a_dsrservice_with_a_250_kib_annotation_is_served_changed_and_deleted(ri
     assert ports() == []
     for proc in rig.procs:
         assert "Traceback" not in proc.tail(10_000), proc.name
+
+
+LB_VIP = "192.0.2.81"
+LB_CLASS = "dsr.operators.dev/netscaler"
+LB_CONDITION = f"{GROUP}/Ready"
+
+
+def _lb_service(name: str, ns: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+            "spec": {"type": "LoadBalancer", "loadBalancerClass": LB_CLASS, "externalTrafficPolicy": "Local",
+                     "selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
+
+
+def _our_condition(svc: dict[str, Any]) -> dict[str, Any]:
+    return next((c for c in (svc.get("status") or {}).get("conditions") or () if c["type"] == LB_CONDITION), {})
+
+
+def test_a_load_balancer_service_on_the_real_api_server_allocation_exhaustion_and_deletion_order(rig: Rig) -> None:
+    """The front door as the chart installs it: a pool, a Service of our class, the real garbage collector."""
+    cp, ns = rig.cp, rig.namespace
+    pool = f"rt-{ns}"
+    dsr_path = f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/dsrservices"
+    cp.kc("apply", "-f", "-", input=json.dumps({
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "DsrVipPool", "metadata": {"name": pool},
+        "spec": {"addresses": [LB_VIP], "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}))
+    try:
+        cp.kc("apply", "-f", "-", input=json.dumps(_lb_service("lb1", ns)))
+        lb1 = cp.kc_json("get", "service", "lb1", "-n", ns)
+
+        # An owned DsrService with the pool's address; the node gets the VIP, NetScaler binds the node.
+        dsr = rig.wait(lambda: (r := cp.request("GET", f"{dsr_path}/lb1"))[0] == 200 and r[1], 60,
+                       "the DsrService made from lb1")
+        assert dsr["spec"]["vip"] == LB_VIP
+        assert dsr["metadata"]["ownerReferences"] == [{"apiVersion": "v1", "kind": "Service", "name": "lb1",
+                                                       "uid": lb1["metadata"]["uid"], "controller": True}]
+        rig.wait(lambda: f"{LB_VIP}/32" in rig.netns_addresses(), 60, "the agent to hold the LoadBalancer VIP")
+        vserver = rig.wait(lambda: next((v for v in rig.nitro("lbvserver") if v.get("ipv46") == LB_VIP), None), 60,
+                           "the vserver on the LoadBalancer VIP")
+        rig.wait(lambda: rig.bound_ips(vserver["name"]) == [NODE_IP], 60, "the node bound on the LoadBalancer VIP")
+
+        # What `kubectl get svc` shows: the address, once bound; and our condition on the Service.
+        served = rig.wait(lambda: (s := cp.kc_json("get", "service", "lb1", "-n", ns))["status"].get(
+            "loadBalancer", {}).get("ingress") and s, 60, "lb1's status.loadBalancer.ingress")
+        assert served["status"]["loadBalancer"]["ingress"] == [{"ip": LB_VIP, "ipMode": "VIP"}]
+        condition = rig.wait(lambda: _our_condition(cp.kc_json("get", "service", "lb1", "-n", ns)).get(
+            "status") == "True" and _our_condition(cp.kc_json("get", "service", "lb1", "-n", ns)), 30,
+            "lb1's condition to say Serving")
+        assert condition["reason"] == "Serving" and condition["lastTransitionTime"]
+
+        # The pool has one address: a second Service waits, says why in an event and in its condition.
+        cp.kc("apply", "-f", "-", input=json.dumps(_lb_service("lb2", ns)))
+        waiting = rig.wait(lambda: _our_condition(cp.kc_json("get", "service", "lb2", "-n", ns)).get(
+            "reason") == "PoolExhausted" and _our_condition(cp.kc_json("get", "service", "lb2", "-n", ns)), 60,
+            "lb2's condition to say PoolExhausted")
+        assert waiting["status"] == "False" and pool in waiting["message"]
+        events = cp.kc_json("get", "events", "-n", ns, "--field-selector", "involvedObject.name=lb2")["items"]
+        assert any(e["reason"] == "PoolExhausted" and e["type"] == "Warning" for e in events), events
+        assert cp.request("GET", f"{dsr_path}/lb2")[0] == 404
+        pool_status = cp.kc_json("get", "dsrvippool", pool)["status"]
+        assert (pool_status["addressesTotal"], pool_status["addressesUsed"]) == ("1", 1)
+
+        # Deleting lb1: the garbage collector deletes its DsrService, whose finalizer removes the NetScaler
+        # objects before it goes; then the freed address goes to the waiting Service.
+        cp.kc("delete", "service", "lb1", "-n", ns, "--wait=false")
+        rig.wait(lambda: cp.request("GET", f"{dsr_path}/lb1")[0] == 404, 60, "lb1's DsrService to go")
+        assert vserver["name"] not in {v["name"] for v in rig.nitro("lbvserver")}
+        dsr2 = rig.wait(lambda: (r := cp.request("GET", f"{dsr_path}/lb2"))[0] == 200 and r[1], 60,
+                        "lb2 to get the freed address")
+        assert dsr2["spec"]["vip"] == LB_VIP
+        rig.wait(lambda: cp.kc_json("get", "service", "lb2", "-n", ns)["status"].get("loadBalancer", {}).get(
+            "ingress") == [{"ip": LB_VIP, "ipMode": "VIP"}], 60, "lb2 to be served")
+    finally:
+        cp.kc("delete", "service", "lb1", "lb2", "-n", ns, "--ignore-not-found", "--wait=false", check=False)
+        rig.wait(lambda: all(cp.request("GET", f"{dsr_path}/{n}")[0] == 404 for n in ("lb1", "lb2")), 60,
+                 "the LoadBalancer Services' DsrServices to go")
+        cp.kc("delete", "dsrvippool", pool, "--ignore-not-found", check=False)
+    assert not [v for v in rig.nitro("lbvserver") if v.get("ipv46") == LB_VIP]
+    rig.wait(lambda: f"{LB_VIP}/32" not in rig.netns_addresses(), 30, "the agent to drop the LoadBalancer VIP")

@@ -59,6 +59,21 @@ async def ingress(cluster: Cluster, name: str = "web") -> list[dict[str, Any]]:
     return list(((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or [])
 
 
+async def condition(cluster: Cluster, name: str = "web") -> dict[str, Any] | None:
+    """The operator's condition in the Service's status.conditions."""
+    svc = await get(cluster, Service, name)
+    assert svc is not None
+    return next((c for c in (svc.get("status") or {}).get("conditions") or ()
+                 if c["type"] == lbservices.CONDITION), None)
+
+
+async def condition_is(cluster: Cluster, name: str, status: str, reason: str | None = None) -> dict[str, Any] | None:
+    found = await condition(cluster, name)
+    if found is None or found["status"] != status or (reason is not None and found["reason"] != reason):
+        return None
+    return found
+
+
 async def events(cluster: Cluster, name: str, reason: str) -> list[dict[str, Any]]:
     found = [e.to_dict() if hasattr(e, "to_dict") else dict(e)
              async for e in cluster.client.list(Event, namespace="shop")]
@@ -82,11 +97,16 @@ async def test_a_load_balancer_service_gets_a_vip_from_the_pool_and_its_status_o
         assert dsr["metadata"]["ownerReferences"] == [
             {"apiVersion": "v1", "kind": "Service", "name": "web", "uid": svc["metadata"]["uid"], "controller": True}]
         assert (await events(cluster, "web", "VipAllocated"))[0]["message"] == "192.0.2.1 from DsrVipPool lab"
-        # Not bound yet (no node holds the VIP): no address in the Service's status.
+        # Not bound yet (no node holds the VIP): no address in the Service's status, and its condition says why.
         assert await ingress(cluster) == []
+        waiting = await eventually(lambda: condition_is(cluster, "web", "False", "WaitingForLoopback"))
+        assert waiting["message"].startswith("DsrService shop/web: ")
         await cluster.agent_applies("n1")
         await eventually(lambda: ingress(cluster))
         assert await ingress(cluster) == [{"ip": "192.0.2.1", "ipMode": "VIP"}]
+        serving = await eventually(lambda: condition_is(cluster, "web", "True", "Serving"))
+        assert serving["message"] == "192.0.2.1 is served through NetScaler (DsrService shop/web)"
+        assert serving["lastTransitionTime"] >= waiting["lastTransitionTime"]
         vservers = await cluster.nitro("lbvserver")
         assert [(v["name"], v["ipv46"], v["lbmethod"]) for v in vservers] == [
             ("dsr-shop_web_80", "192.0.2.1", "ROUNDROBIN")]
@@ -103,6 +123,7 @@ async def test_a_load_balancer_service_gets_a_vip_from_the_pool_and_its_status_o
         # The node loses its endpoint: nothing bound, the address leaves the Service's status.
         await cluster.slice({"n1": "notready"})
         await eventually(lambda: _not(ingress(cluster)))
+        await eventually(lambda: condition_is(cluster, "web", "False"))
 
 
 async def _not(value: Any) -> bool:
@@ -121,11 +142,15 @@ async def test_an_exhausted_pool_is_reported_and_a_freed_vip_goes_to_the_waiting
         exhausted = await eventually(lambda: events(cluster, "second", "PoolExhausted"))
         assert exhausted[0]["type"] == "Warning"
         assert await get(cluster, kubeapi.DsrService, "second") is None
+        # Events expire; the Service's condition says it for as long as it lasts.
+        waiting = await eventually(lambda: condition_is(cluster, "second", "False", "PoolExhausted"))
+        assert waiting["message"] == exhausted[0]["message"]
         # Deleting the first Service removes its DsrService (and its NetScaler objects); the second gets the VIP.
         await cluster.client.delete(Service, "first", namespace="shop")
         await eventually(lambda: _not(get(cluster, kubeapi.DsrService, "first")))
         second = await eventually(lambda: get(cluster, kubeapi.DsrService, "second"))
         assert second["spec"]["vip"] == "192.0.2.7"
+        assert (await condition(cluster, "second") or {}).get("reason") != "PoolExhausted"
         names = [v["name"] for v in await eventually(lambda: cluster.nitro("lbvserver"))]
         assert names == ["dsr-shop_second_80"]
 

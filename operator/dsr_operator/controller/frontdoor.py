@@ -3,7 +3,8 @@
 Events mark Service keys (a Service changed, its DsrService's status changed, a pool or a namespace
 changed, a VIP was freed); after a short debounce the loop decides each marked key with
 `lbservices.plan` and makes it so: the owned DsrService created, its spec patched or deleted, the
-Service's `status.loadBalancer` written, events posted when something is refused or allocated. Then
+Service's `status.loadBalancer` and its condition `dsr.operators.dev/Ready` written (a JSON patch
+that leaves other conditions alone), events posted when something is refused or allocated. Then
 every DsrVipPool's status (addresses total and used, Ready or Stalled) is brought up to date.
 
 Allocations are recorded on the DsrServices (`spec.vip`); until the index shows one it is kept here,
@@ -13,6 +14,7 @@ so two Services decided in a row never get the same address.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -136,6 +138,7 @@ class FrontDoor:
             await self._refusal(service, plan.refusal)
             if plan.ingress is not None and plan.ingress != service.ingress:
                 await self._ingress(service, plan.ingress)
+            await self._condition(service, plan.condition)
         else:
             self.refusals.pop(key, None)
         return context
@@ -163,6 +166,15 @@ class FrontDoor:
                  list(ingress) or "cleared")
         await self.client.patch(lightkube.resources.core_v1.Service.Status, service.name, body,
                                 namespace=service.namespace, patch_type=PatchType.MERGE)
+
+    async def _condition(self, service: lbservices.LbService, condition: lbservices.Condition | None) -> None:
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        patch = lbservices.condition_patch(service, condition, now)
+        if patch is None:
+            return
+        await self.client.patch(lightkube.resources.core_v1.Service.Status, service.name, patch,
+                                namespace=service.namespace,
+                                patch_type=PatchType.JSON if isinstance(patch, list) else PatchType.MERGE)
 
     async def _refusal(self, service: lbservices.LbService, refusal: lbservices.Refusal | None) -> None:
         if refusal is None:

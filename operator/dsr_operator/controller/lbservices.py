@@ -6,7 +6,9 @@ its endpoints as backends and the settings of its `dsr.operators.dev/` annotatio
 from `spec.loadBalancerIP` or the `dsr.operators.dev/vip` annotation, inside a `DsrVipPool` that
 admits the namespace, or is allocated from one. The allocation is recorded on the DsrService
 (`spec.vip`), so a restart finds it there, and a VIP is never handed to two Services. The Service's
-`status.loadBalancer.ingress` names the VIP while the DsrService is Ready (bound on NetScaler).
+`status.loadBalancer.ingress` names the VIP while the DsrService is Ready (bound on NetScaler), and
+its condition `dsr.operators.dev/Ready` says why not otherwise (a refusal such as PoolExhausted, the
+DsrService's own reason while it is not Ready): events expire, the condition stays while it holds.
 
 `plan(service, owned, context)` is the whole decision; the front door (`frontdoor.py`) does the I/O.
 """
@@ -26,6 +28,10 @@ Key = tuple[str, str]
 PREFIX = f"{models.GROUP}/"
 VIP_ANNOTATION = PREFIX + "vip"
 POOL_ANNOTATION = PREFIX + "pool"
+CONDITION = PREFIX + "Ready"
+"""The condition the operator keeps in a served Service's `status.conditions`."""
+MAX_CONDITION_MESSAGE = 32768
+"""metav1.Condition's limit on a message."""
 OWNER_LABEL = PREFIX + "service"
 """Label on an owned DsrService: the name of the Service it was made from."""
 MANAGED_BY = {"app.kubernetes.io/managed-by": "dsr-operator"}
@@ -58,6 +64,13 @@ class LbService:
     annotations: Mapping[str, str]
     ingress: tuple[str, ...]
     """The addresses `status.loadBalancer.ingress` names now."""
+    conditions: tuple[Mapping[str, Any], ...] = ()
+    """`status.conditions` as they are (ours and any other controller's)."""
+
+    @property
+    def condition(self) -> Mapping[str, Any] | None:
+        """Ours among `conditions`, if the Service has it."""
+        return next((c for c in self.conditions if c.get("type") == CONDITION), None)
 
     @property
     def key(self) -> Key:
@@ -70,7 +83,8 @@ class LbService:
         if spec.get("type") != "LoadBalancer":
             return None
         meta = body.get("metadata") or {}
-        ingress = ((body.get("status") or {}).get("loadBalancer") or {}).get("ingress") or ()
+        status = body.get("status") or {}
+        ingress = (status.get("loadBalancer") or {}).get("ingress") or ()
         return cls(
             namespace=meta.get("namespace") or "default",
             name=meta.get("name") or "",
@@ -82,6 +96,7 @@ class LbService:
             load_balancer_ip=spec.get("loadBalancerIP") or None,
             annotations={k: str(v) for k, v in (meta.get("annotations") or {}).items() if k.startswith(PREFIX)},
             ingress=tuple(str(i.get("ip")) for i in ingress if i.get("ip")),
+            conditions=tuple(dict(c) for c in status.get("conditions") or () if isinstance(c, Mapping)),
         )
 
 
@@ -95,6 +110,8 @@ class Owned:
     ready: bool
     """Ready=True for its current generation: bound on NetScaler."""
     deleting: bool = False
+    why: tuple[str, str] | None = None
+    """(reason, message) of its Ready condition while it is not Ready; None before the operator acted."""
 
     @property
     def vip(self) -> str | None:
@@ -110,12 +127,14 @@ class Owned:
             return None
         status = body.get("status") or {}
         current = status.get("observedGeneration") == meta.get("generation")
-        ready = current and any(c.get("type") == "Ready" and c.get("status") == "True"
-                                for c in status.get("conditions") or ())
+        condition = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), None)
+        ready = current and condition is not None and condition.get("status") == "True"
+        why = (str(condition.get("reason") or "NotReady"), str(condition.get("message") or "")) \
+            if current and condition is not None and not ready else None
         namespace = meta.get("namespace") or "default"
         return (namespace, str(owner.get("name"))), cls(
             name=meta.get("name") or "", owner_uid=str(owner.get("uid") or ""),
-            spec=dict(body.get("spec") or {}), ready=ready, deleting=bool(meta.get("deletionTimestamp")),
+            spec=dict(body.get("spec") or {}), ready=ready, deleting=bool(meta.get("deletionTimestamp")), why=why,
         )
 
 
@@ -169,6 +188,15 @@ class Refusal:
 
 
 @dataclasses.dataclass(frozen=True)
+class Condition:
+    """Our condition on a served Service: `True` while its VIP is served, else why not."""
+
+    status: str
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     """What to do for one Service key."""
 
@@ -181,6 +209,8 @@ class Plan:
     refusal: Refusal | None = None
     allocated: vippool.Allocation | None = None
     """A VIP newly taken from a pool for this Service."""
+    condition: Condition | None = None
+    """Our condition on the Service; None: the Service is not ours (any condition of ours goes)."""
 
 
 def serves(service: LbService, load_balancer_class: str, default_class: bool) -> bool:
@@ -191,6 +221,30 @@ def serves(service: LbService, load_balancer_class: str, default_class: bool) ->
 
 
 def plan(service: LbService | None, owned: Owned | None, context: Context) -> Plan:
+    decided = _plan(service, owned, context)
+    if service is None or not serves(service, context.load_balancer_class, context.default_class):
+        return decided
+    return dataclasses.replace(decided, condition=_condition_for(service, owned, decided))
+
+
+def _condition_for(service: LbService, owned: Owned | None, decided: Plan) -> Condition:
+    if decided.refusal is not None:
+        return Condition("False", decided.refusal.reason, decided.refusal.message)
+    name = f"DsrService {service.namespace}/{service.name}"
+    if owned is not None and owned.deleting:
+        return Condition("False", "Deleting", f"{name} is being deleted: its NetScaler objects go first")
+    if decided.delete:
+        return Condition("False", "Replacing", f"{name} was made from an earlier Service of this name: replaced")
+    vip = decided.manifest["spec"]["vip"] if decided.manifest is not None else None
+    if decided.ingress:
+        return Condition("True", "Serving", f"{decided.ingress[0]} is served through NetScaler ({name})")
+    if owned is not None and owned.why is not None and vip == owned.vip:
+        reason, message = owned.why
+        return Condition("False", reason, f"{name}: {message}" if message else name)
+    return Condition("False", "Pending", f"{name} on {vip}: waiting for the operator to bind it on NetScaler")
+
+
+def _plan(service: LbService | None, owned: Owned | None, context: Context) -> Plan:
     if owned is not None and owned.deleting:
         return Plan(ingress=() if service is not None else None)  # its finalizer runs; then it is made again
     if service is None or not serves(service, context.load_balancer_class, context.default_class):
@@ -353,3 +407,35 @@ def pool_status(entry: PoolEntry, context: Context, generation: int | None) -> d
 
 def _condition(kind: str, status: str, reason: str, message: str, generation: int | None) -> dict[str, Any]:
     return {"type": kind, "status": status, "reason": reason, "message": message, "observedGeneration": generation}
+
+
+def condition_patch(service: LbService, condition: Condition | None, now: str
+                    ) -> list[dict[str, Any]] | dict[str, Any] | None:
+    """A patch of the Service's status that puts `condition` in place of ours (None: takes ours away),
+    leaving other controllers' conditions as they are; None when nothing changes.
+
+    A JSON patch (a list) where the Service has conditions: each change tests what it replaces, so a
+    list changed meanwhile fails (422) instead of overwriting someone else's condition, and the next
+    pass reads it again. A merge patch (a mapping) that creates the list where there is none.
+    """
+    index = next((i for i, c in enumerate(service.conditions) if c.get("type") == CONDITION), None)
+    current = service.conditions[index] if index is not None else None
+    if condition is None:
+        if index is None:
+            return None
+        return [{"op": "test", "path": f"/status/conditions/{index}/type", "value": CONDITION},
+                {"op": "remove", "path": f"/status/conditions/{index}"}]
+    if current is not None and (current.get("status"), current.get("reason"), current.get("message")) == (
+            condition.status, condition.reason, condition.message):
+        return None
+    since = current.get("lastTransitionTime") if current is not None and current.get("status") == condition.status \
+        else None
+    value = {"type": CONDITION, "status": condition.status, "reason": condition.reason,
+             "message": condition.message[:MAX_CONDITION_MESSAGE], "lastTransitionTime": since or now}
+    if index is not None:
+        return [{"op": "test", "path": f"/status/conditions/{index}/type", "value": CONDITION},
+                {"op": "replace", "path": f"/status/conditions/{index}", "value": value}]
+    if service.conditions:
+        return [{"op": "test", "path": "/status/conditions", "value": list(service.conditions)},
+                {"op": "add", "path": "/status/conditions/-", "value": value}]
+    return {"status": {"conditions": [value]}}
