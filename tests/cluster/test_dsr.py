@@ -126,6 +126,13 @@ def _service(vip: str) -> dict[str, Any]:
                      "ports": [{"name": "http", "port": 80, "targetPort": cl.ECHO_PORT}]}}
 
 
+def _vip_pool(vip: str) -> dict[str, Any]:
+    """The chart's default requireVipPool: a DsrService's VIP must lie in a pool that admits its namespace."""
+    return {"apiVersion": "dsr.operators.dev/v1alpha1", "kind": "DsrVipPool", "metadata": {"name": "web"},
+            "spec": {"addresses": [vip], "autoAssign": False,
+                     "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": APP}}}}
+
+
 def _dsrservice(vip: str, **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "dsr.operators.dev/v1alpha1", "kind": "DsrService",
             "metadata": {"name": "web", "namespace": APP},
@@ -296,7 +303,7 @@ def test_helm_install_with_the_charts_defaults_runs_two_operators_and_an_agent_p
 def test_dsr_traffic_reaches_pods_and_replies_bypass_netscaler(stand: Stand) -> None:
     stand.kc("create", "namespace", APP)
     start = time.monotonic()
-    stand.apply(*_web(), _service(stand.vip), _dsrservice(stand.vip))
+    stand.apply(_vip_pool(stand.vip), *_web(), _service(stand.vip), _dsrservice(stand.vip))
     stand.wait(lambda: len(_ready_pods(stand, APP, "app=web")) == WEB_REPLICAS, 120, "the web Pods Ready")
     stand.wait(stand.ready, 120, "the DsrService Ready")
     stand.figures["dsrservice_ready_s"] = round(time.monotonic() - start, 1)
@@ -523,6 +530,7 @@ def test_uninstall_after_deleting_the_dsrservices_leaves_netscaler_as_it_was(sta
                          for p in _pods(stand, SYSTEM, "app.kubernetes.io/component=operator")]
             raise AssertionError(f"{exc}\n--- DsrNodeConfig {name} ---\n{config}\n--- agent {agent} ---\n{logs}"
                                  f"\n--- operators ---\n" + "\n".join(operators)) from exc
+    stand.kc("delete", "dsrvippool", "web")
     stand.helm("uninstall", RELEASE, "-n", SYSTEM, "--wait", "--timeout", "120s")
     after = stand.sim.config().get("objects", {})
     assert {k: v for k, v in after.items() if v} == {k: v for k, v in stand.before.items() if v}

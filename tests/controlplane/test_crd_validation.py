@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from dsr_operator.api import vippool
+
 if TYPE_CHECKING:
     from conftest import ControlPlane  # tests/controlplane/conftest.py
 
@@ -171,6 +173,10 @@ def test_examples_are_accepted_with_defaults(
     assert stored["spec"]["drainSeconds"] == dsr["spec"].get("drainSeconds", 30)
     assert stored["spec"]["healthCheck"]["retries"] == 3
     assert stored["spec"]["healthCheck"]["throughVip"] is True
+    # The example's pool (the chart's requireVipPool) is valid and holds the VIP.
+    (pool,) = [d for d in docs if d["kind"] == "DsrVipPool"]
+    controlplane.kc("apply", "--dry-run=server", "-f", "-", input=json.dumps(pool))
+    assert vippool.DsrVipPoolSpec.model_validate(pool["spec"]).contains(dsr["spec"]["vip"])
 
 
 @pytest.mark.parametrize(

@@ -299,3 +299,25 @@ def test_with_netscaler_unreachable_a_vip_conflict_is_not_judged() -> None:
     reports = {r.key[1]: r.verdict.reason
                for r in decide.unreachable(blind, "NetScalerUnreachable", "connection refused", NOW)}
     assert reports == {"older": "NetScalerUnreachable", "younger": "NetScalerUnreachable", "broken": "InvalidSpec"}
+
+
+def test_with_pools_required_a_vip_outside_every_pool_that_admits_the_namespace_is_refused() -> None:
+    from dsr_operator.api import vippool
+
+    def pool(name: str, *addresses: str, **fields: Any) -> vippool.Pool:
+        return vippool.Pool(name, vippool.DsrVipPoolSpec.model_validate({"addresses": list(addresses), **fields}))
+
+    pools = [pool("shop", "192.0.2.0/28", avoidAddresses=["192.0.2.9"],
+                  namespaceSelector={"matchLabels": {"team": "shop"}}),
+             pool("other", "192.0.2.64/28", namespaceSelector={"matchLabels": {"team": "other"}})]
+    entries = [entry("inside", static("192.0.2.5", "10.0.0.5")), entry("avoided", static("192.0.2.9", "10.0.0.6")),
+               entry("theirs", static("192.0.2.70", "10.0.0.7")), entry("nowhere", static("203.0.113.1", "10.0.0.8"))]
+    decision = decide.decide(snapshot(entries, vip_pools=pools, namespace_labels={"shop": {"team": "shop"}}))
+    assert reasons(decision) == {"inside": None, "avoided": "VipNotAllowed", "theirs": "VipNotAllowed",
+                                 "nowhere": "VipNotAllowed"}
+    messages = {k[1]: j.stalled.message for k, j in decision.judgements.items() if j.stalled is not None}
+    assert messages["theirs"].startswith("192.0.2.70 is in DsrVipPool other, whose namespaceSelector excludes")
+    assert messages["nowhere"].startswith("203.0.113.1 is in no usable DsrVipPool: this operator serves a VIP")
+    assert {op.owner for op in decision.plan.ops} <= {"uid-inside", ns.SHARED_OWNER}
+    # Without the requirement (the operator's default), the same VIPs are served.
+    assert set(reasons(decide.decide(snapshot(entries))).values()) == {None}

@@ -104,8 +104,8 @@ FULL = lbservices.PoolEntry("one", 1, vippool.Pool("one", vippool.DsrVipPoolSpec
 
 
 @pytest.mark.parametrize(("svc", "existing", "ctx", "expected"), [
-    (service(), None, context(), ("False", "Pending",
-                                  "DsrService shop/web on 192.0.2.1: waiting for the operator to bind it on NetScaler")),
+    (service(), None, context(),
+     ("False", "Pending", "DsrService shop/web on 192.0.2.1: waiting for the operator to bind it on NetScaler")),
     (service(), owned("192.0.2.5", ready=False, why=("WaitingForLoopback", "0 of 1 nodes hold the VIP")), context(),
      ("False", "WaitingForLoopback", "DsrService shop/web: 0 of 1 nodes hold the VIP")),
     (service(), owned("192.0.2.5"), context(),

@@ -415,3 +415,19 @@ def test_usage(taken: list[str], used: int) -> None:
     assert usage(pool("a", "192.0.2.0/24", "2001:db8::5:0/112", avoid_addresses=["192.0.2.7"]), taken) == (
         253 + 2**16, used
     )
+
+
+def test_permits_a_vip_only_in_a_usable_pool_that_admits_the_namespace() -> None:
+    from dsr_operator.api.vippool import permits
+
+    shop = Pool("a-shop", spec("192.0.2.0/29", avoidAddresses=["192.0.2.3"],
+                               namespaceSelector={"matchLabels": {"team": "shop"}}))
+    clash = Pool("b-clash", spec("192.0.2.4-192.0.2.10"))  # overlaps a-shop: never used
+    labels = {"team": "shop"}
+    assert permits([shop, clash], "192.0.2.1", labels) is None
+    assert permits([shop, clash], "192.0.2.1", {"team": "other"}) == (
+        "192.0.2.1 is in DsrVipPool a-shop, whose namespaceSelector excludes this namespace")
+    assert permits([shop], "192.0.2.3", labels) == "192.0.2.3 is in no usable DsrVipPool"  # avoided
+    assert permits([shop], "192.0.2.0", labels) == "192.0.2.0 is in no usable DsrVipPool"  # network address
+    assert permits([shop, clash], "192.0.2.9", labels) == "192.0.2.9 is in no usable DsrVipPool"  # only in b-clash
+    assert permits([], "192.0.2.1", labels) == "192.0.2.1 is in no usable DsrVipPool"

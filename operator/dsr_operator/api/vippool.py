@@ -378,6 +378,20 @@ def allocate(
     return Refusal("PoolExhausted", f"no free {of_family}address in DsrVipPool {tried}")
 
 
+def permits(pools: Sequence[Pool], vip: str, namespace_labels: Mapping[str, str]) -> str | None:
+    """Why a namespace with these labels may not use `vip` (a DsrService's VIP, when VIPs must come
+    from pools), or None when a usable pool holds it and admits the namespace. An avoided address, or a
+    network or broadcast address of an IPv4 CIDR, is in no pool."""
+    broken = overlapping(pools)
+    holders = sorted((p for p in pools if p.name not in broken and p.spec.contains(vip)), key=lambda p: p.name)
+    if not holders:
+        return f"{vip} is in no usable DsrVipPool"
+    if not any(_allows(p, namespace_labels) for p in holders):
+        names = ", ".join(p.name for p in holders)
+        return f"{vip} is in DsrVipPool {names}, whose namespaceSelector excludes this namespace"
+    return None
+
+
 def _allows(pool: Pool, namespace_labels: Mapping[str, str]) -> bool:
     selector = pool.spec.namespace_selector
     return selector is None or selector.matches(namespace_labels)

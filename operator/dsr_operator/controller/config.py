@@ -46,6 +46,10 @@ class OperatorSettings(pydantic_settings.BaseSettings):
     `default_load_balancer` false): the operator serves no Services of type LoadBalancer."""
     default_load_balancer: bool = False
     """Also serve Services of type LoadBalancer without a class (this operator is the cluster's default)."""
+    require_vip_pool: bool = False
+    """Serve a DsrService only if its VIP lies in a DsrVipPool whose namespaceSelector admits its namespace
+    (else it is Stalled, VipNotAllowed, and nothing is sent): the cluster admin decides who may claim
+    which VIP. The chart turns it on; off, any VIP no other namespace holds may be claimed."""
     shutdown_quiet_seconds: float = pydantic.Field(default=1.0, ge=0)
     """On SIGTERM, keep reconciling until nothing has been in hand for this long (a `kubectl drain` evicts
     the leader together with app Pods: their endpoint changes arrive just after the signal)."""
@@ -69,6 +73,11 @@ class OperatorSettings(pydantic_settings.BaseSettings):
     def front_door(self) -> bool:
         """Whether Services of type LoadBalancer are served at all."""
         return bool(self.load_balancer_class) or self.default_load_balancer
+
+    @property
+    def reads_pools(self) -> bool:
+        """Whether DsrVipPools are watched (to hand out VIPs, or to judge every DsrService's VIP)."""
+        return self.front_door or self.require_vip_pool
 
     def lease_namespace(self) -> str:
         if self.leader_election_namespace:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pydantic
 
-from dsr_operator.api import models
+from dsr_operator.api import models, vippool
 from dsr_operator.controller import world
 from dsr_operator.netscaler import executor
 from dsr_operator.netscaler import models as ns
@@ -96,6 +96,11 @@ class Snapshot:
     """Registry key prefix → why it is not read yet (etcd's error), for prefixes still being read."""
     registry_configured: bool = False
     """Whether the operator has an etcd to read (DSR_ETCD_ENDPOINTS)."""
+    vip_pools: Sequence[vippool.Pool] | None = None
+    """The valid DsrVipPools when every VIP must lie in one that admits its namespace (DSR_REQUIRE_VIP_POOL);
+    None: any VIP no one else holds."""
+    namespace_labels: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
+    """Namespace → its labels (what pools select namespaces by)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +169,11 @@ def judge(snapshot: Snapshot, key: Key, conflicts: Mapping[Key, desired_mod.VipC
     if entry.error is not None or entry.spec is None:
         return Judgement(key, entry, world.Verdict(False, "InvalidSpec", entry.error or "invalid", stalled=True))
     spec = entry.spec
+    if snapshot.vip_pools is not None:
+        why = vippool.permits(snapshot.vip_pools, spec.vip, snapshot.namespace_labels.get(entry.ref.namespace, {}))
+        if why is not None:
+            message = f"{why}: this operator serves a VIP only from a DsrVipPool that admits the namespace"
+            return Judgement(key, entry, world.Verdict(False, "VipNotAllowed", message, stalled=True))
     if hosts and (host := hosts.get(spec.vip)) is not None:
         # NetScaler answers ARP/ND for a VIP: on a host's own address it would take that host's traffic.
         message = f"{spec.vip} is {host}: NetScaler would answer for it and take that host's traffic"

@@ -122,7 +122,7 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
     def dsr_namespaces(name: str, labels: kopf.Labels, **_: Any) -> Any:
         return {name: dict(labels)}
 
-    if settings.front_door:  # without it the operator has no right to read pools
+    if settings.reads_pools:  # else the operator has no right to read pools
 
         @kopf.index(*POOLS, registry=registry, id="dsr_vippools")
         def dsr_vippools(name: str, body: kopf.Body, **_: Any) -> Any:
@@ -130,7 +130,7 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
 
         @kopf.on.event(*POOLS, registry=registry)
         def pool_changed(memo: kopf.Memo, **_: Any) -> None:
-            runtime(memo).frontdoor.mark_everything()
+            authority_changed(runtime(memo))
 
     @kopf.index(*DSR, registry=registry, id="dsr_owned")
     def dsr_owned(body: kopf.Body, **_: Any) -> Any:
@@ -186,9 +186,15 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         rt.batcher.mark(*dsr_by_backend.get((namespace, name), ()))
         rt.frontdoor.mark((namespace, name))
 
+    def authority_changed(rt: reconcile.Runtime) -> None:
+        """A pool or a namespace's labels changed: who may have which VIP may have too."""
+        rt.frontdoor.mark_everything()
+        if settings.require_vip_pool:
+            rt.batcher.mark_all(reconcile.entries(rt))
+
     @kopf.on.event(*NAMESPACES, registry=registry)
     def namespace_changed(memo: kopf.Memo, **_: Any) -> None:
-        runtime(memo).frontdoor.mark_everything()
+        authority_changed(runtime(memo))
 
     @kopf.on.event(*NODES, registry=registry)
     def node_changed(name: str, memo: kopf.Memo, dsr_slices_by_node: kopf.Index, dsr_by_backend: kopf.Index,

@@ -30,7 +30,7 @@ import lightkube
 from lightkube.types import PatchType
 
 from dsr_operator import kube
-from dsr_operator.api import models
+from dsr_operator.api import models, vippool
 from dsr_operator.controller import config, decide, frontdoor, loop, nodes, view, world
 from dsr_operator.controller.metrics import Metrics
 from dsr_operator.netscaler import errors, executor, render
@@ -123,7 +123,14 @@ def snapshot(rt: Runtime, keys: Iterable[Key], actual: ns.NetScalerState) -> dec
         registry=rt.registry.views() if rt.registry is not None else {},
         registry_waits=rt.registry.waits() if rt.registry is not None else {},
         registry_configured=rt.registry is not None,
+        vip_pools=vip_pools(rt) if rt.settings.require_vip_pool else None,
+        namespace_labels=dict(_index_items(rt.indices.get("dsr_namespaces"))),
     )
+
+
+def vip_pools(rt: Runtime) -> list[vippool.Pool]:
+    """The valid DsrVipPools, as the index has them."""
+    return [entry.pool for _, entry in _index_items(rt.indices.get("dsr_vippools")) if entry.pool is not None]
 
 
 def prefixes(known: Iterable[decide.Entry]) -> set[str]:
