@@ -9,6 +9,7 @@ import pytest
 from lightkube.resources.core_v1 import Namespace
 from lightkube.types import PatchType
 
+from dsr_operator import kube as kubeapi
 from dsr_operator.simulator import server
 from tests.conftest import KubeHandle
 from tests.integration.test_operator import VIP, Cluster, converged, eventually, running_operator
@@ -48,3 +49,32 @@ async def test_a_vip_is_served_only_while_a_pool_admits_its_namespace(
         refused = await eventually(lambda: reason(cluster, "VipNotAllowed"))
         assert "whose namespaceSelector excludes this namespace" in refused["message"]
         assert await cluster.bound() == ["dsr-198.51.100.1_80"]
+
+
+async def test_a_static_backend_of_another_namespace_is_refused_until_that_namespace_lets_it_go(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    static = {"backends": {"static": [{"name": "db", "address": "10.9.0.5"}]}}
+    async with running_operator(kube, nitro_sim, monkeypatch, resync_seconds=600):  # only events wake them
+        await cluster.dsrservice("db", namespace="team-b", vip="192.0.2.31", **static)
+        await eventually(lambda: condition_of(cluster, "db", "team-b", "True"))
+        # Another tenant lists team-b's backend, with a health check that always fails.
+        await cluster.dsrservice("thief", namespace="team-a", vip="192.0.2.32", **static,
+                                 healthCheck={"type": "TCP", "port": 9})
+        refused = await eventually(lambda: condition_of(cluster, "thief", "team-a", "False", "BackendNotAllowed"))
+        assert refused["message"].startswith("10.9.0.5 is a backend of DsrService team-b/db")
+        monitors = await cluster.nitro("service_lbmonitor_binding", "/dsr-10.9.0.5_80")
+        assert [m["monitor_name"] for m in monitors] == ["dsr-team-b_db_tcp"]  # the thief's monitor is not there
+        # team-b lets it go: the waiting DsrService is served at once.
+        await cluster.client.delete(kubeapi.DsrService, "db", namespace="team-b")
+        await eventually(lambda: condition_of(cluster, "thief", "team-a", "True"), timeout=30)
+
+
+async def condition_of(cluster: Cluster, name: str, namespace: str, status: str,
+                       reason: str | None = None) -> dict[str, Any] | None:
+    obj = await cluster.client.get(kubeapi.DsrService, name, namespace=namespace)
+    body = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+    ready = next((c for c in (body.get("status") or {}).get("conditions") or () if c["type"] == "Ready"), {})
+    if ready.get("status") != status or (reason is not None and ready.get("reason") != reason):
+        return None
+    return ready

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from typing import Any
 
@@ -20,8 +21,9 @@ NOW = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)
 DEFAULTS = decide.Defaults(OP_ID, drain_seconds=0, guard_percent=100)
 
 
-def entry(name: str, spec: dict[str, Any], created: str = "2026-01-01T00:00:00Z", **status: Any) -> decide.Entry:
-    return decide.Entry.of({"metadata": {"namespace": "shop", "name": name, "uid": f"uid-{name}", "generation": 1,
+def entry(name: str, spec: dict[str, Any], created: str = "2026-01-01T00:00:00Z", namespace: str = "shop",
+          **status: Any) -> decide.Entry:
+    return decide.Entry.of({"metadata": {"namespace": namespace, "name": name, "uid": f"uid-{name}", "generation": 1,
                                          "creationTimestamp": created}, "spec": spec, "status": status})
 
 
@@ -321,3 +323,25 @@ def test_with_pools_required_a_vip_outside_every_pool_that_admits_the_namespace_
     assert {op.owner for op in decision.plan.ops} <= {"uid-inside", ns.SHARED_OWNER}
     # Without the requirement (the operator's default), the same VIPs are served.
     assert set(reasons(decide.decide(snapshot(entries))).values()) == {None}
+
+
+def test_a_static_backend_address_belongs_to_one_namespace_at_a_time() -> None:
+    """A tenant listing another namespace's backend with a failing health check would take it down
+    (one NetScaler service per address and port): the one holding the address on NetScaler keeps it."""
+    victim = entry("web", static("192.0.2.1", "10.0.0.5", "10.0.0.6"), created="2026-03-01T00:00:00Z",
+                   namespace="team-b")
+    box = converge(EMPTY, [d.Intent(victim.ref, victim.spec, d.static_backends(victim.spec))], FREE)  # type: ignore[arg-type]
+    thief = entry("thief", {**static("192.0.2.2", "10.0.0.5"), "healthCheck": {"type": "TCP", "port": 9}},
+                  created="2026-01-01T00:00:00Z", namespace="team-a")  # older, but team-b holds the address
+    neighbour = entry("api", static("192.0.2.3", "10.0.0.6"), namespace="team-b")  # same namespace: shared
+    snap = snapshot([victim, thief, neighbour], actual=box)
+    snap = dataclasses.replace(snap, keys=frozenset(snap.entries))
+    decision = decide.decide(snap)
+    assert reasons(decision) == {"web": None, "thief": "BackendNotAllowed", "api": None}
+    stalled = decision.judgements[("team-a", "thief")].stalled
+    assert stalled is not None and stalled.message.startswith(
+        "10.0.0.5 is a backend of DsrService team-b/web: a backend address belongs to one namespace at a time")
+    assert "uid-thief" not in {op.owner for op in decision.plan.ops}
+    # Nobody holds it yet: the older claim wins.
+    fresh = decide.decide(dataclasses.replace(snap, actual=EMPTY))
+    assert reasons(fresh) == {"web": "BackendNotAllowed", "thief": None, "api": None}

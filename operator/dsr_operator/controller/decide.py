@@ -160,8 +160,41 @@ def host_addresses(snapshot: Snapshot) -> dict[str, str]:
 
 
 
+def backend_conflicts(snapshot: Snapshot) -> dict[Key, str]:
+    """DsrServices that list, as a static backend, an address a DsrService of another namespace lists.
+
+    A backend address belongs to one namespace at a time: NetScaler has one service per address and
+    port, so the monitors of every DsrService on it judge it for all of them, and a tenant could take
+    another's backends down with a failing health check. The DsrService whose objects already use the
+    address on NetScaler keeps it, else the oldest; the others' message names it.
+    """
+    users: dict[str, list[Entry]] = {}
+    for entry in snapshot.entries.values():
+        if entry.spec is not None and not entry.deleting and entry.spec.backends.static is not None:
+            for host in entry.spec.backends.static:
+                users.setdefault(host.address, []).append(entry)
+    losers: dict[Key, str] = {}
+    for address, claimants in sorted(users.items()):
+        if len({e.ref.namespace for e in claimants}) < 2:
+            continue
+
+        def rank(e: Entry, address: str = address) -> tuple[bool, str, str, str]:
+            holds = address in world.owned_service_addresses(snapshot.actual, e.ref.uid)[1]
+            return (not holds, e.created, e.ref.namespace, e.ref.name)
+
+        winner = min(claimants, key=rank)
+        for e in claimants:
+            if e.ref.namespace != winner.ref.namespace:
+                losers.setdefault((e.ref.namespace, e.ref.name), (
+                    f"{address} is a backend of DsrService {winner.ref.namespace}/{winner.ref.name}: a backend "
+                    "address belongs to one namespace at a time (NetScaler shares its service, and each "
+                    "DsrService's health check would judge it for both)"))
+    return losers
+
+
 def judge(snapshot: Snapshot, key: Key, conflicts: Mapping[Key, desired_mod.VipConflict],
-          hosts: Mapping[str, str] | None = None) -> Judgement | None:
+          hosts: Mapping[str, str] | None = None, backend_claims: Mapping[Key, str] | None = None
+          ) -> Judgement | None:
     """One DsrService of the batch; None when it is gone or being deleted (the finalizer's job)."""
     entry = snapshot.entries.get(key)
     if entry is None or entry.deleting:
@@ -188,6 +221,8 @@ def judge(snapshot: Snapshot, key: Key, conflicts: Mapping[Key, desired_mod.VipC
             message = f"{conflict.endpoint} is already served by DsrService {winner}"
         keep = desired_mod.released(snapshot.actual, entry.ref.uid, conflict.release) if conflict.release else None
         return Judgement(key, entry, world.Verdict(False, "VipConflict", message, stalled=True), keep=keep)
+    if backend_claims and (claim := backend_claims.get(key)) is not None:
+        return Judgement(key, entry, world.Verdict(False, "BackendNotAllowed", claim, stalled=True))
     warnings: list[str] = []
     if spec.backends.service is not None and snapshot.services is not None:
         external = snapshot.services.get((entry.ref.namespace, spec.backends.service))
@@ -254,9 +289,10 @@ def policy(defaults: Defaults, intents: Iterable[desired_mod.Intent], leaving: I
 def decide(snapshot: Snapshot) -> Decision:
     conflicts = _conflicts(snapshot.entries, snapshot.actual)
     hosts = host_addresses(snapshot)
+    claims = backend_conflicts(snapshot)
     judgements: dict[Key, Judgement] = {}
     for key in sorted(snapshot.keys):
-        judgement = judge(snapshot, key, conflicts, hosts)
+        judgement = judge(snapshot, key, conflicts, hosts, claims)
         if judgement is not None:
             judgements[key] = judgement
     needs: dict[Key, Mapping[str, str]] = {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -155,6 +156,10 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
             return None
         return {prefix: (namespace, name)}
 
+    @kopf.index(*DSR, registry=registry, id="dsr_by_host")
+    def dsr_by_host(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+        return dict.fromkeys(_static_hosts(body), (namespace, name)) or None
+
     @kopf.index(*DSR, registry=registry, id="dsr_by_vip")
     def dsr_by_vip(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
         vip = (body.get("spec") or {}).get("vip")
@@ -215,7 +220,7 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
 
     @kopf.on.event(*DSR, registry=registry)
     def dsrservice_changed(namespace: str, name: str, body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo,
-                           type: str | None, dsr_by_vip: kopf.Index, **_: Any) -> None:
+                           type: str | None, dsr_by_vip: kopf.Index, dsr_by_host: kopf.Index, **_: Any) -> None:
         rt = runtime(memo)
         key = (namespace, name)
         owned = lbservices.Owned.of(body)
@@ -228,15 +233,21 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         vip = str((body.get("spec") or {}).get("vip") or "")
         old = rt.vips.get(key)
         rt.vips[key] = vip
+        hosts = frozenset(_static_hosts(body))
+        old_hosts = rt.hosts.get(key, frozenset())
+        rt.hosts[key] = hosts
         if type == "DELETED":
             rt.generations.pop(key, None)
             rt.vips.pop(key, None)
+            rt.hosts.pop(key, None)
         if type == "DELETED" or (old is not None and old != vip):
             rt.frontdoor.mark(*rt.frontdoor.refusals)  # a VIP was freed: a Service waiting for one may get it
         # A VIP freed or claimed may settle another DsrService's conflict: wake those of the old and new VIP.
         keys = {key}
         for address in {vip, old or vip}:
             keys.update(dsr_by_vip.get(address, ()))
+        for host in hosts | old_hosts:  # the same for a static backend address (one namespace at a time)
+            keys.update(dsr_by_host.get(host, ()))
         rt.batcher.mark(*keys)
 
     # --- the finalizer ---------------------------------------------------------------------------
@@ -246,6 +257,13 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         await reconcile.finalize(runtime(memo), (namespace, name), body)
 
     return registry
+
+
+def _static_hosts(body: Mapping[str, Any]) -> set[str]:
+    """The static backend addresses of a DsrService's manifest, canonical (unparseable ones left out)."""
+    static = (((body.get("spec") or {}).get("backends") or {}).get("static")) or ()
+    found = (models.canonical_ip(h.get("address")) for h in static if isinstance(h, Mapping))
+    return {a for a in found if a is not None}
 
 
 def connection(settings: config.OperatorSettings) -> kube.Connection:

@@ -67,6 +67,8 @@ class Runtime:
     generations: dict[Key, int | None] = dataclasses.field(default_factory=dict)
     vips: dict[Key, str] = dataclasses.field(default_factory=dict)
     """The VIP each DsrService had when last seen (a change frees the old one)."""
+    hosts: dict[Key, frozenset[str]] = dataclasses.field(default_factory=dict)
+    """The static backend addresses each DsrService had when last seen (a change frees the old ones)."""
     stalled: set[Key] = dataclasses.field(default_factory=set)
     indexed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     indices: dict[str, Any] = dataclasses.field(default_factory=dict)
