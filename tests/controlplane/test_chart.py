@@ -140,11 +140,18 @@ def test_without_a_load_balancer_class_the_operator_may_not_create_dsrservices(c
     docs = _render(controlplane, "--set", "netscaler.url=https://ns.example:8443", "--set", "netscaler.password=s",
                    "--set", "loadBalancerClass=")
     rules = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "r-dsr-operator")["rules"]
-    assert not [r for r in rules if "dsrvippools" in r["resources"] or "services/status" in r["resources"]]
+    assert not [r for r in rules if "dsrvippools/status" in r["resources"] or "services/status" in r["resources"]]
     dsr = next(r for r in rules if r["resources"] == ["dsrservices"])
     assert sorted(dsr["verbs"]) == ["get", "list", "patch", "watch"]
+    # requireVipPool (the default) still reads the pools: they say which VIPs a namespace may claim.
+    assert [r["verbs"] for r in rules if r["resources"] == ["dsrvippools"]] == [["get", "list", "watch"]]
     (container,) = _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert {"name": "DSR_LOAD_BALANCER_CLASS", "value": ""} in container["env"]
+    assert {"name": "DSR_REQUIRE_VIP_POOL", "value": "true"} in container["env"]
+    docs = _render(controlplane, "--set", "netscaler.url=https://ns.example:8443", "--set", "netscaler.password=s",
+                   "--set", "loadBalancerClass=", "--set", "requireVipPool=false")
+    rules = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "r-dsr-operator")["rules"]
+    assert not [r for r in rules if any(res.startswith("dsrvippools") for res in r["resources"])]
 
 
 @pytest.mark.parametrize(
