@@ -88,6 +88,8 @@ class Rig:
     procs: list[Proc]
     system_namespace: str = ""
     lease: str = ""
+    operator_start: Any = None
+    """Starts the operator process again with the same settings (returns its Proc)."""
 
     def wait(self, predicate: Any, timeout: float, what: str) -> Any:
         def check() -> Any:
@@ -112,6 +114,18 @@ class Rig:
             if err.code == 404:
                 return []
             raise
+
+    def journal(self, since: int = 0) -> list[dict[str, Any]]:
+        with urllib.request.urlopen(f"{self.sim_url}/_sim/journal?since={since}", timeout=10) as resp:
+            entries: list[dict[str, Any]] = json.loads(resp.read())
+            return entries
+
+    def restart_operator(self) -> None:
+        """SIGTERM the running operator, start another with the same settings, wait for its /healthz."""
+        old = next(p for p in reversed(self.procs) if p.name.startswith("operator"))
+        old.stop(grace=20)
+        self.procs.remove(old)
+        self.procs.append(self.operator_start())
 
     def vservers(self) -> list[dict[str, Any]]:
         return [v for v in self.nitro("lbvserver") if v.get("ipv46") == VIP]
@@ -215,6 +229,10 @@ def rig(controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) ->
             "DSR_NETSCALER_PASSWORD_FILE": str(work / "password"),
         }
         procs.append(_spawn("operator", ["run", "--namespace", app_ns], op_env, work))
+        restarts = iter(range(1, 100))
+
+        def operator_start() -> Proc:
+            return _spawn(f"operator-{next(restarts)}", ["run", "--namespace", app_ns], op_env, work)
 
         # The agent in its own network namespace, as the chart's agent ServiceAccount.
         subprocess.run(["ip", "netns", "add", netns], check=True)
@@ -223,7 +241,8 @@ def rig(controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) ->
         procs.append(_spawn("agent", ["agent", "--node-name", node, "--netns", netns, "--kubeconfig",
                                       str(agent_kubeconfig), "--state-dir", str(work / "agent-state"),
                                       "--interface-mode", "auto", "--resync-seconds", "5"], _base_env(), work))
-        rig = Rig(cp, app_ns, node, netns, sim_url, procs, system_namespace=system_ns, lease=operator_sa)
+        rig = Rig(cp, app_ns, node, netns, sim_url, procs, system_namespace=system_ns, lease=operator_sa,
+                  operator_start=operator_start)
         rig.wait(lambda: _answers(rig), 30, "the NITRO simulator")
         liveness = op_env["DSR_LIVENESS_PORT"]
         rig.wait(lambda: _http_ok(f"http://127.0.0.1:{liveness}/healthz"), 60, "the operator's kopf /healthz")
@@ -480,17 +499,18 @@ LB_CLASS = "dsr.operators.dev/netscaler"
 LB_CONDITION = f"{GROUP}/Ready"
 
 
-def _lb_service(name: str, ns: str) -> dict[str, Any]:
+def _lb_service(name: str, ns: str, **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
             "spec": {"type": "LoadBalancer", "loadBalancerClass": LB_CLASS, "externalTrafficPolicy": "Local",
-                     "selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
+                     "selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}], **spec}}
 
 
 def _our_condition(svc: dict[str, Any]) -> dict[str, Any]:
     return next((c for c in (svc.get("status") or {}).get("conditions") or () if c["type"] == LB_CONDITION), {})
 
 
-def test_a_load_balancer_service_on_the_real_api_server_allocation_exhaustion_and_deletion_order(rig: Rig) -> None:
+def test_a_load_balancer_service_on_the_real_api_server_allocation_restart_conflict_exhaustion_deletion(
+        rig: Rig) -> None:
     """The front door as the chart installs it: a pool, a Service of our class, the real garbage collector."""
     cp, ns = rig.cp, rig.namespace
     pool = f"rt-{ns}"
@@ -522,6 +542,14 @@ def test_a_load_balancer_service_on_the_real_api_server_allocation_exhaustion_an
             "lb1's condition to say Serving")
         assert condition["reason"] == "Serving" and condition["lastTransitionTime"]
 
+        # A restart finds the allocation on the DsrService: the same VIP, nothing written to NetScaler.
+        seq = max((e["seq"] for e in rig.journal()), default=0)
+        rig.restart_operator()
+        rig.wait(lambda: "Reconciled" in rig.procs[-1].log.read_text(errors="replace"), 60,
+                 "the restarted operator's first batch")
+        assert cp.request("GET", f"{dsr_path}/lb1")[1]["spec"]["vip"] == LB_VIP
+        assert rig.journal(since=seq) == []
+
         # The pool has one address: a second Service waits, says why in an event and in its condition.
         cp.kc("apply", "-f", "-", input=json.dumps(_lb_service("lb2", ns)))
         waiting = rig.wait(lambda: _our_condition(cp.kc_json("get", "service", "lb2", "-n", ns)).get(
@@ -533,6 +561,13 @@ def test_a_load_balancer_service_on_the_real_api_server_allocation_exhaustion_an
         assert cp.request("GET", f"{dsr_path}/lb2")[0] == 404
         pool_status = cp.kc_json("get", "dsrvippool", pool)["status"]
         assert (pool_status["addressesTotal"], pool_status["addressesUsed"]) == ("1", 1)
+        # A Service that asks for lb1's address by name is refused, and lb1 keeps it.
+        cp.kc("apply", "-f", "-", input=json.dumps(_lb_service("lb3", ns, loadBalancerIP=LB_VIP)))
+        taken = rig.wait(lambda: _our_condition(cp.kc_json("get", "service", "lb3", "-n", ns)).get(
+            "reason") == "AddressInUse" and _our_condition(cp.kc_json("get", "service", "lb3", "-n", ns)), 60,
+            "lb3's condition to say AddressInUse")
+        assert taken["message"] == f"{LB_VIP} is the VIP of DsrService {ns}/lb1"
+        cp.kc("delete", "service", "lb3", "-n", ns)
 
         # Deleting lb1: the garbage collector deletes its DsrService, whose finalizer removes the NetScaler
         # objects before it goes; then the freed address goes to the waiting Service.
@@ -545,8 +580,8 @@ def test_a_load_balancer_service_on_the_real_api_server_allocation_exhaustion_an
         rig.wait(lambda: cp.kc_json("get", "service", "lb2", "-n", ns)["status"].get("loadBalancer", {}).get(
             "ingress") == [{"ip": LB_VIP, "ipMode": "VIP"}], 60, "lb2 to be served")
     finally:
-        cp.kc("delete", "service", "lb1", "lb2", "-n", ns, "--ignore-not-found", "--wait=false", check=False)
-        rig.wait(lambda: all(cp.request("GET", f"{dsr_path}/{n}")[0] == 404 for n in ("lb1", "lb2")), 60,
+        cp.kc("delete", "service", "lb1", "lb2", "lb3", "-n", ns, "--ignore-not-found", "--wait=false", check=False)
+        rig.wait(lambda: all(cp.request("GET", f"{dsr_path}/{n}")[0] == 404 for n in ("lb1", "lb2", "lb3")), 60,
                  "the LoadBalancer Services' DsrServices to go")
         cp.kc("delete", "dsrvippool", pool, "--ignore-not-found", check=False)
     assert not [v for v in rig.nitro("lbvserver") if v.get("ipv46") == LB_VIP]
