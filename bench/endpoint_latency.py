@@ -1,11 +1,13 @@
 """Benchmark: EndpointSlice change → NetScaler binding change, through the whole operator.
 
-The operator runs in-process against the Kubernetes API emulator (kmock, real HTTP) and the NITRO
-simulator with 5 ms latency per request. N DsrServices each front a Service with endpoints on
+The operator and the NITRO simulator run as processes of their own (as users run them); the bench
+process serves the Kubernetes API emulator (kmock, real HTTP) and plays the node agents. The
+simulator answers with 5 ms latency per request. N DsrServices each front a Service with endpoints on
 three of five nodes; every change flips one endpoint's readiness (ready → not ready → ready), which
 must bind or unbind exactly one NetScaler service. The script measures, per change, the time from
 the API server accepting the EndpointSlice write to the simulator applying the binding change
-(watch delivery, operator, NITRO), and counts every NITRO request the operator sends meanwhile.
+(watch delivery, operator, NITRO; the simulator's journal gives when it applied the change, on the
+same clock), and counts every NITRO request the operator sends meanwhile.
 
 Usage: python bench/endpoint_latency.py [--services 100] [--changes 500] [--latency-ms 5]
 """
@@ -17,23 +19,26 @@ import asyncio
 import os
 import random
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import kmock
+from aiohttp import web
 from lightkube.generic_resource import create_global_resource, create_namespaced_resource
 from lightkube.types import PatchType
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from bench.drain_lag import _free_port, _stop
 from tests import conftest as kube_fixture
 
 from dsr_operator import kube as kubeapi
 from dsr_operator import kubeemu
-from dsr_operator.controller import cli as operator_cli
-from dsr_operator.controller import config
 from dsr_operator.simulator import server
 
 EndpointSlice = create_namespaced_resource("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices")
@@ -70,97 +75,121 @@ async def count_bindings(url: str) -> int:
         return len((await resp.json()).get("lbvserver_service_binding", []))
 
 
+def vip(i: int) -> str:
+    return f"10.200.{i // 250}.{i % 250 + 1}"
+
+
 async def main(services: int, changes: int, latency_ms: float) -> None:
-    async with kubeemu.KubeEmulator() as emulator, kmock.Server(emulator) as kserver, \
-            server.running(users={"nsroot": "bench"}) as sim:
-        for resource, kind, namespaced, status in kube_fixture.RESOURCES:
-            emulator.register(resource, kind=kind, namespaced=namespaced, status=status)
-        handle = kube_fixture.KubeHandle(emulator=emulator, url=str(kserver.url).rstrip("/"))
-        client = handle.client()
-        for i, node in enumerate(NODES):
-            await client.create(Node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}))
-            await client.patch(Node.Status, node, {"status": {"addresses": [
-                {"type": "InternalIP", "address": f"198.51.100.{i + 1}"}]}}, patch_type=PatchType.MERGE)
-        placement: dict[int, list[str]] = {}
-        readiness: dict[int, dict[str, bool]] = {}
-        for i in range(services):
-            nodes = [NODES[(i + k) % len(NODES)] for k in range(3)]
-            placement[i], readiness[i] = nodes, dict.fromkeys(nodes, True)
-            await client.create(Service({"apiVersion": "v1", "kind": "Service",
-                                         "metadata": {"name": f"svc{i}", "namespace": "bench"},
-                                         "spec": {"ports": [{"port": 80}]}}))
-            await client.create(EndpointSlice({
-                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
-                "metadata": {"name": f"svc{i}-a", "namespace": "bench",
-                             "labels": {"kubernetes.io/service-name": f"svc{i}"}},
-                "endpoints": endpoints(nodes, readiness[i]), "ports": [{"port": 8080}]}))
-            await client.create(kubeapi.DsrService({
-                "apiVersion": "dsr.operators.dev/v1alpha1", "kind": "DsrService",
-                "metadata": {"name": f"svc{i}", "namespace": "bench"},
-                "spec": {"vip": f"192.0.2.{i + 1}", "ports": [80], "backends": {"service": f"svc{i}"},
-                         "drainSeconds": 0}}))
-        await sim.faults(latencyMs=latency_ms)
-        os.environ["DSR_NETSCALER_URL"] = sim.url
-        os.environ["DSR_NETSCALER_PASSWORD"] = "bench"
-        settings = config.OperatorSettings(kube_server=handle.url, metrics_port=0, liveness_port=0,
-                                           resync_seconds=3600, save_debounce_seconds=1.0)
-        stop, ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(operator_cli.run(settings, stop_flag=stop, ready_flag=ready))
-        await ready.wait()
+    work = Path(tempfile.mkdtemp(prefix="dsr-bench-endpoints-"))
+    (work / "password").write_text("bench")
+    sim_url = f"http://127.0.0.1:{_free_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DSR_", "KUBE"))}
+    with (work / "sim.log").open("wb") as log:
+        sim_proc = subprocess.Popen([sys.executable, "-m", "dsr_operator.cli", "nitro-sim", "--listen",  # noqa: ASYNC220
+                                     sim_url.removeprefix("http://"), "--user", "nsroot"],
+                                    env={**env, "DSR_SIM_PASSWORD": "bench"}, stdout=log, stderr=subprocess.STDOUT)
+    operator: subprocess.Popen[bytes] | None = None
+    try:
+        async with kubeemu.KubeEmulator() as emulator, kmock.Server(emulator) as kserver, \
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            sim = server.Simulator(url=sim_url, app=web.Application(), http=http)  # its /_sim endpoints only
+            for resource, kind, namespaced, status in kube_fixture.RESOURCES:
+                emulator.register(resource, kind=kind, namespaced=namespaced, status=status)
+            handle = kube_fixture.KubeHandle(emulator=emulator, url=str(kserver.url).rstrip("/"))
+            client = handle.client()
+            for i, node in enumerate(NODES):
+                await client.create(Node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}))
+                await client.patch(Node.Status, node, {"status": {"addresses": [
+                    {"type": "InternalIP", "address": f"198.51.100.{i + 1}"}]}}, patch_type=PatchType.MERGE)
+            placement: dict[int, list[str]] = {}
+            readiness: dict[int, dict[str, bool]] = {}
+            for i in range(services):
+                nodes = [NODES[(i + k) % len(NODES)] for k in range(3)]
+                placement[i], readiness[i] = nodes, dict.fromkeys(nodes, True)
+                await client.create(Service({"apiVersion": "v1", "kind": "Service",
+                                             "metadata": {"name": f"svc{i}", "namespace": "bench"},
+                                             "spec": {"ports": [{"port": 80}], "externalIPs": [vip(i)]}}))
+                await client.create(EndpointSlice({
+                    "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+                    "metadata": {"name": f"svc{i}-a", "namespace": "bench",
+                                 "labels": {"kubernetes.io/service-name": f"svc{i}"}},
+                    "endpoints": endpoints(nodes, readiness[i]), "ports": [{"port": 8080}]}))
+                await client.create(kubeapi.DsrService({
+                    "apiVersion": "dsr.operators.dev/v1alpha1", "kind": "DsrService",
+                    "metadata": {"name": f"svc{i}", "namespace": "bench"},
+                    "spec": {"vip": vip(i), "ports": [80], "backends": {"service": f"svc{i}"}, "drainSeconds": 0}}))
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    await sim.faults(latencyMs=latency_ms)
+                    break
+                except aiohttp.ClientError:
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"the simulator did not start: see {work / 'sim.log'}") from None
+                    await asyncio.sleep(0.2)
+            with (work / "operator.log").open("wb") as log:
+                operator = subprocess.Popen(  # noqa: ASYNC220
+                    [sys.executable, "-m", "dsr_operator.cli", "run"], stdout=log, stderr=subprocess.STDOUT,
+                    env={**env, "DSR_KUBE_SERVER": handle.url, "DSR_NETSCALER_URL": sim_url,
+                         "DSR_NETSCALER_USERNAME": "nsroot", "DSR_NETSCALER_PASSWORD_FILE": str(work / "password"),
+                         "DSR_RESYNC_SECONDS": "3600", "DSR_METRICS_PORT": "0", "DSR_LIVENESS_PORT": "0",
+                         "DSR_SAVE_DEBOUNCE_SECONDS": "1"})
 
-        # Converge: every DsrService bound to its three nodes.
-        t0 = time.perf_counter()
-        want = services * 3
-        while True:
-            await play_agents(client)
-            net = await count_bindings(sim.url)
-            if net >= want:
-                break
-            if time.perf_counter() - t0 > 300:
-                raise SystemExit(f"did not converge: {net} of {want} bindings")
-            await asyncio.sleep(0.2)
-        print(f"Converged {services} DsrServices x 3 nodes in {time.perf_counter() - t0:.1f}s")
-        await asyncio.sleep(1.5)  # let the debounced save go out before counting
+            # Converge: every DsrService bound to its three nodes.
+            t0 = time.perf_counter()
+            want = services * 3
+            while True:
+                await play_agents(client)
+                net = await count_bindings(sim.url)
+                if net >= want:
+                    break
+                if time.perf_counter() - t0 > 600:
+                    raise SystemExit(f"did not converge: {net} of {want} bindings; see {work}")
+                await asyncio.sleep(0.5)
+            print(f"Converged {services} DsrServices x 3 nodes in {time.perf_counter() - t0:.1f}s")
+            await asyncio.sleep(1.5)  # let the debounced save go out before counting
 
-        changed = asyncio.Event()
-        target: dict[str, Any] = {}
-
-        def listener(change: Any) -> None:
-            if change.resource == "lbvserver_service_binding" and change.name == target.get("vserver"):
-                target["at"] = time.perf_counter()
-                changed.set()
-
-        sim.store.listeners.append(listener)
-        await sim.reset_stats()
-        rng = random.Random(7)
-        latencies: list[float] = []
-        api_times: list[float] = []
-        while len(latencies) < changes:
-            i = rng.randrange(services)
-            node = rng.choice(placement[i])
-            readiness[i][node] = not readiness[i][node]
-            if not any(readiness[i].values()):
-                readiness[i][node] = True
-                continue
-            target["vserver"] = f"dsr-bench_svc{i}_80"
-            changed.clear()
-            start = time.perf_counter()
-            await client.patch(EndpointSlice, f"svc{i}-a", {"endpoints": endpoints(placement[i], readiness[i])},
-                               namespace="bench", patch_type=PatchType.MERGE)
-            accepted = time.perf_counter()
-            await asyncio.wait_for(changed.wait(), timeout=10)
-            latencies.append(target["at"] - accepted)
-            api_times.append(accepted - start)
-        await asyncio.sleep(1.5)
-        stats = await sim.stats()
-        stop.set()
-        await asyncio.wait_for(task, timeout=30)
+            await sim.reset_stats()
+            rng = random.Random(7)
+            latencies: list[float] = []
+            api_times: list[float] = []
+            while len(latencies) < changes:
+                i = rng.randrange(services)
+                node = rng.choice(placement[i])
+                readiness[i][node] = not readiness[i][node]
+                if not any(readiness[i].values()):
+                    readiness[i][node] = True
+                    continue
+                vserver = f"dsr-bench_svc{i}_80"
+                seq = max((j["seq"] for j in await sim.journal()), default=0)
+                start = time.perf_counter()
+                await client.patch(EndpointSlice, f"svc{i}-a", {"endpoints": endpoints(placement[i], readiness[i])},
+                                   namespace="bench", patch_type=PatchType.MERGE)
+                accepted, accepted_wall = time.perf_counter(), time.time()
+                applied = None
+                limit = time.monotonic() + 10
+                while applied is None:
+                    applied = next((j["time"] for j in await sim.journal(since=seq)
+                                    if j["resource"] == "lbvserver_service_binding" and j["name"] == vserver), None)
+                    if applied is None:
+                        if time.monotonic() > limit:
+                            raise SystemExit(f"change {len(latencies)} of {vserver} not applied within 10 s")
+                        await asyncio.sleep(0.01)
+                latencies.append(applied - accepted_wall)
+                api_times.append(accepted - start)
+            await asyncio.sleep(1.5)
+            stats = await sim.stats()
+            await asyncio.to_thread(_stop, operator)
+    finally:
+        if operator is not None and operator.poll() is None:
+            _stop(operator)
+        _stop(sim_proc)
 
     latencies.sort()
     p50 = statistics.median(latencies)
     p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)]
-    print(f"{len(latencies)} EndpointSlice changes over {services} DsrServices, "
-          f"simulator latency {latency_ms:g} ms/request")
+    print(f"{len(latencies)} EndpointSlice changes over {services} DsrServices, operator and simulator as "
+          f"processes, simulator latency {latency_ms:g} ms/request")
     print(f"change accepted by the API → binding on NetScaler: p50 {p50 * 1000:.1f} ms, "
           f"p99 {p99 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")
     print(f"(the emulated API server itself took p50 {statistics.median(api_times) * 1000:.1f} ms to accept "
