@@ -167,3 +167,12 @@ def test_the_condition_patch_leaves_other_conditions_and_keeps_the_transition_ti
         {"op": "test", "path": "/status/conditions/1/type", "value": lbservices.CONDITION},
         {"op": "remove", "path": "/status/conditions/1"}]
     assert lbservices.condition_patch(with_conditions(OTHER), None, NOW) is None
+
+
+def test_a_message_over_the_api_limit_is_cut_once_and_not_written_again() -> None:
+    long = lbservices.Condition("False", "PoolExhausted", "x" * 40_000)
+    patch = lbservices.condition_patch(with_conditions(), long, NOW)
+    assert isinstance(patch, dict)
+    stored = patch["status"]["conditions"][0]
+    assert len(stored["message"]) == lbservices.MAX_CONDITION_MESSAGE
+    assert lbservices.condition_patch(with_conditions(stored), long, NOW) is None

@@ -68,11 +68,6 @@ class LbService:
     """`status.conditions` as they are (ours and any other controller's)."""
 
     @property
-    def condition(self) -> Mapping[str, Any] | None:
-        """Ours among `conditions`, if the Service has it."""
-        return next((c for c in self.conditions if c.get("type") == CONDITION), None)
-
-    @property
     def key(self) -> Key:
         return (self.namespace, self.name)
 
@@ -425,13 +420,14 @@ def condition_patch(service: LbService, condition: Condition | None, now: str
             return None
         return [{"op": "test", "path": f"/status/conditions/{index}/type", "value": CONDITION},
                 {"op": "remove", "path": f"/status/conditions/{index}"}]
+    message = condition.message[:MAX_CONDITION_MESSAGE]
     if current is not None and (current.get("status"), current.get("reason"), current.get("message")) == (
-            condition.status, condition.reason, condition.message):
+            condition.status, condition.reason, message):
         return None
     since = current.get("lastTransitionTime") if current is not None and current.get("status") == condition.status \
         else None
-    value = {"type": CONDITION, "status": condition.status, "reason": condition.reason,
-             "message": condition.message[:MAX_CONDITION_MESSAGE], "lastTransitionTime": since or now}
+    value = {"type": CONDITION, "status": condition.status, "reason": condition.reason, "message": message,
+             "lastTransitionTime": since or now}
     if index is not None:
         return [{"op": "test", "path": f"/status/conditions/{index}/type", "value": CONDITION},
                 {"op": "replace", "path": f"/status/conditions/{index}", "value": value}]
