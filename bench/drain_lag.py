@@ -101,15 +101,45 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def start_simulator(work: Path, env: dict[str, str]) -> tuple[str, subprocess.Popen[bytes]]:
+    """`dsr-operator nitro-sim` as a process of its own (user nsroot, password bench): its URL and process."""
+    url = f"http://127.0.0.1:{_free_port()}"
+    with (work / "sim.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "dsr_operator.cli", "nitro-sim", "--listen",
+                                 url.removeprefix("http://"), "--user", "nsroot"],
+                                env={**env, "DSR_SIM_PASSWORD": "bench"}, stdout=log, stderr=subprocess.STDOUT)
+    return url, proc
+
+
+async def simulator_answers(sim: server.Simulator, latency_ms: float, work: Path) -> None:
+    """Wait until the simulator process answers, and set its latency."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            await sim.faults(latencyMs=latency_ms)
+            return
+        except aiohttp.ClientError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the simulator did not start: see {work / 'sim.log'}") from None
+            await asyncio.sleep(0.2)
+
+
+def start_operator(work: Path, env: dict[str, str], kube_url: str, sim_url: str) -> subprocess.Popen[bytes]:
+    """`dsr-operator run` against the emulator and the simulator, resync far away, logs in the work dir."""
+    (work / "password").write_text("bench")
+    with (work / "operator.log").open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "dsr_operator.cli", "run"], stdout=log, stderr=subprocess.STDOUT,
+            env={**env, "DSR_KUBE_SERVER": kube_url, "DSR_NETSCALER_URL": sim_url,
+                 "DSR_NETSCALER_USERNAME": "nsroot", "DSR_NETSCALER_PASSWORD_FILE": str(work / "password"),
+                 "DSR_RESYNC_SECONDS": "3600", "DSR_METRICS_PORT": "0", "DSR_LIVENESS_PORT": "0",
+                 "DSR_SAVE_DEBOUNCE_SECONDS": "1"})
+
+
 async def main(services: int, rounds: int, latency_ms: float) -> None:
     work = Path(tempfile.mkdtemp(prefix="dsr-bench-drain-"))
-    (work / "password").write_text("bench")
-    sim_url = f"http://127.0.0.1:{_free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DSR_", "KUBE"))}
-    with (work / "sim.log").open("wb") as log:
-        sim_proc = subprocess.Popen([sys.executable, "-m", "dsr_operator.cli", "nitro-sim", "--listen",  # noqa: ASYNC220
-                                     sim_url.removeprefix("http://"), "--user", "nsroot"],
-                                    env={**env, "DSR_SIM_PASSWORD": "bench"}, stdout=log, stderr=subprocess.STDOUT)
+    sim_url, sim_proc = start_simulator(work, env)
     operator: subprocess.Popen[bytes] | None = None
     try:
         async with kubeemu.KubeEmulator() as emulator, kmock.Server(emulator) as kserver, \
@@ -126,22 +156,8 @@ async def main(services: int, rounds: int, latency_ms: float) -> None:
                     "metadata": {"name": f"svc{i}", "namespace": "bench"},
                     "spec": {"vip": f"192.0.2.{i + 1}", "ports": [80], "backends": {"static": backends(i)},
                              "drainSeconds": DRAIN}}))
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    await sim.faults(latencyMs=latency_ms)
-                    break
-                except aiohttp.ClientError:
-                    if time.monotonic() > deadline:
-                        raise SystemExit(f"the simulator did not start: see {work / 'sim.log'}") from None
-                    await asyncio.sleep(0.2)
-            with (work / "operator.log").open("wb") as log:
-                operator = subprocess.Popen(  # noqa: ASYNC220
-                    [sys.executable, "-m", "dsr_operator.cli", "run"], stdout=log, stderr=subprocess.STDOUT,
-                    env={**env, "DSR_KUBE_SERVER": handle.url, "DSR_NETSCALER_URL": sim_url,
-                         "DSR_NETSCALER_USERNAME": "nsroot", "DSR_NETSCALER_PASSWORD_FILE": str(work / "password"),
-                         "DSR_RESYNC_SECONDS": "3600", "DSR_METRICS_PORT": "0", "DSR_LIVENESS_PORT": "0",
-                         "DSR_SAVE_DEBOUNCE_SECONDS": "1"})
+            await simulator_answers(sim, latency_ms, work)
+            operator = start_operator(work, env, handle.url, sim_url)
             await wait_bound(sim.url, services * 3)
             # A client on every backend: a graceful disable then lasts its full drainSeconds (with none
             # left, NetScaler would end it at once).

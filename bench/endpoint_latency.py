@@ -34,7 +34,7 @@ from lightkube.types import PatchType
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from bench.drain_lag import _free_port, _stop
+from bench.drain_lag import _stop, simulator_answers, start_operator, start_simulator
 from tests import conftest as kube_fixture
 
 from dsr_operator import kube as kubeapi
@@ -91,13 +91,8 @@ def vip(i: int) -> str:
 
 async def main(services: int, changes: int, latency_ms: float) -> None:
     work = Path(tempfile.mkdtemp(prefix="dsr-bench-endpoints-"))
-    (work / "password").write_text("bench")
-    sim_url = f"http://127.0.0.1:{_free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DSR_", "KUBE"))}
-    with (work / "sim.log").open("wb") as log:
-        sim_proc = subprocess.Popen([sys.executable, "-m", "dsr_operator.cli", "nitro-sim", "--listen",  # noqa: ASYNC220
-                                     sim_url.removeprefix("http://"), "--user", "nsroot"],
-                                    env={**env, "DSR_SIM_PASSWORD": "bench"}, stdout=log, stderr=subprocess.STDOUT)
+    sim_url, sim_proc = start_simulator(work, env)
     operator: subprocess.Popen[bytes] | None = None
     try:
         async with kubeemu.KubeEmulator() as emulator, kmock.Server(emulator) as kserver, \
@@ -128,22 +123,8 @@ async def main(services: int, changes: int, latency_ms: float) -> None:
                     "apiVersion": "dsr.operators.dev/v1alpha1", "kind": "DsrService",
                     "metadata": {"name": f"svc{i}", "namespace": "bench"},
                     "spec": {"vip": vip(i), "ports": [80], "backends": {"service": f"svc{i}"}, "drainSeconds": 0}}))
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    await sim.faults(latencyMs=latency_ms)
-                    break
-                except aiohttp.ClientError:
-                    if time.monotonic() > deadline:
-                        raise SystemExit(f"the simulator did not start: see {work / 'sim.log'}") from None
-                    await asyncio.sleep(0.2)
-            with (work / "operator.log").open("wb") as log:
-                operator = subprocess.Popen(  # noqa: ASYNC220
-                    [sys.executable, "-m", "dsr_operator.cli", "run"], stdout=log, stderr=subprocess.STDOUT,
-                    env={**env, "DSR_KUBE_SERVER": handle.url, "DSR_NETSCALER_URL": sim_url,
-                         "DSR_NETSCALER_USERNAME": "nsroot", "DSR_NETSCALER_PASSWORD_FILE": str(work / "password"),
-                         "DSR_RESYNC_SECONDS": "3600", "DSR_METRICS_PORT": "0", "DSR_LIVENESS_PORT": "0",
-                         "DSR_SAVE_DEBOUNCE_SECONDS": "1"})
+            await simulator_answers(sim, latency_ms, work)
+            operator = start_operator(work, env, handle.url, sim_url)
 
             # Converge: every DsrService bound to its three nodes.
             t0 = time.perf_counter()
