@@ -15,6 +15,8 @@ import asyncio
 import time
 
 from dsr_operator.api import models
+from dsr_operator.model import ops as nsops
+from dsr_operator.model import state as ns
 from dsr_operator.netscaler import client as nitro
 from dsr_operator.netscaler import executor
 from dsr_operator.planner import desired as desired_mod
@@ -48,12 +50,11 @@ def intents(services: int, backends: int) -> list[desired_mod.Intent]:
 
 async def baseline(url: str, work: list[desired_mod.Intent]) -> int:
     """One request per object, in the order an admin types them."""
-    plan = planner.diff(desired_mod.desired(work), executor.ns.NetScalerState(), planner.Policy(OPERATOR_ID))
+    plan = planner.diff(desired_mod.desired(work), ns.NetScalerState(), planner.Policy(OPERATOR_ID))
     async with nitro.NitroClient(url, username=USER, password=PASSWORD, max_concurrency=1) as client:
         start = client.stats.requests
         for op in plan.ops:
-            single = planner.Plan(stages=(planner.Stage(op.verb, op.kind, (op,)),))
-            outcome = await executor.execute(client, single)
+            outcome = await executor.execute(client, (nsops.Stage(op.verb, op.kind, (op,)),))
             assert not outcome.failures, outcome.failures
         return client.stats.requests - start
 
@@ -63,7 +64,7 @@ async def operator_path(url: str, work: list[desired_mod.Intent]) -> tuple[int, 
         start = client.stats.requests
         actual = await executor.read_actual(client, OPERATOR_ID)
         plan = planner.diff(desired_mod.desired(work), actual, planner.Policy(OPERATOR_ID))
-        outcome = await executor.execute(client, plan)
+        outcome = await executor.execute(client, plan.stages)
         assert not outcome.failures, outcome.failures[:3]
         return client.stats.requests - start, len(plan.ops)
 

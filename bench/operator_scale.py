@@ -88,7 +88,7 @@ async def baseline(url: str, services: int, backends: int) -> tuple[int, float]:
         before = client.stats.requests
         actual = await executor.read_actual(client, "baseline")
         plan = planner.diff(desired_mod.desired(intents), actual, planner.Policy("baseline"))
-        outcome = await executor.execute(client, plan)
+        outcome = await executor.execute(client, plan.stages)
         assert not outcome.failures, outcome.failures[:3]
         requests = client.stats.requests - before
     return requests, time.perf_counter() - start

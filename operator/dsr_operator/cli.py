@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 COMPONENT_CLIS = (
     "dsr_operator.oneshot",
+    "dsr_operator.demo",
     "dsr_operator.sync",
     "dsr_operator.simulator.cli",
     "dsr_operator.controller.cli",
@@ -28,7 +29,7 @@ COMPONENT_CLIS = (
 #: imports kopf or the simulator, the operator never pyroute2). A test checks this table against them.
 COMMANDS = {
     "plan": "dsr_operator.oneshot", "apply": "dsr_operator.oneshot", "crd": "dsr_operator.oneshot",
-    "demo": "dsr_operator.oneshot", "sync": "dsr_operator.sync", "nitro-sim": "dsr_operator.simulator.cli",
+    "demo": "dsr_operator.demo", "sync": "dsr_operator.sync", "nitro-sim": "dsr_operator.simulator.cli",
     "run": "dsr_operator.controller.cli", "agent": "dsr_operator.agent.cli", "host-setup": "dsr_operator.agent.cli",
     "host-agent": "dsr_operator.agent.cli", "demo-dsr": "dsr_operator.demo_dsr", "status": "dsr_operator.status",
 }

@@ -1,4 +1,4 @@
-"""One-shot commands without a cluster: `plan`, `apply` (and `apply --delete`) and `demo`.
+"""One-shot commands without a cluster: `plan`, `apply` (and `apply --delete`) and `crd`.
 
 They read DsrService manifests with static backends (the same YAML `kubectl apply` takes), plan
 against the objects read from NetScaler, and print the change as NetScaler CLI commands.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import importlib.resources
 import os
 import pathlib
 import sys
@@ -22,6 +21,7 @@ import yaml
 
 from dsr_operator import settings as settings_mod
 from dsr_operator.api import models
+from dsr_operator.model import ops as nsops
 from dsr_operator.netscaler import client as nitro
 from dsr_operator.netscaler import errors, executor, ha, render
 from dsr_operator.planner import desired as desired_mod
@@ -29,8 +29,6 @@ from dsr_operator.planner import plan as planner
 
 EXIT_INVALID = 2
 EXIT_FAILED = 1
-# The demo's manifests, shipped in the package (the repository's examples/ is a link to them).
-EXAMPLES = importlib.resources.files("dsr_operator") / "examples"
 
 
 class ManifestError(Exception):
@@ -113,7 +111,7 @@ def load_manifests(paths: Iterable[pathlib.Path], *, registry: bool = False
     return loaded, problems, notices
 
 
-def _intents(loaded: Iterable[Loaded]) -> list[desired_mod.Intent]:
+def intents(loaded: Iterable[Loaded]) -> list[desired_mod.Intent]:
     return [
         desired_mod.Intent(
             item.service.ref, item.service.spec, desired_mod.static_backends(item.service.spec)
@@ -190,7 +188,7 @@ async def run_apply(
         plan = await _plan_once(client, intents, operator_id, delete)
         if plan.empty and not plan.holds:
             break
-        outcome = await executor.execute(client, plan, before_stage=nodes.still_primary if nodes else None)
+        outcome = await executor.execute(client, plan.stages, before_stage=nodes.still_primary if nodes else None)
         for op in outcome.applied:
             print(f"applied: {render.command(op.verb, op.kind, op.body)}", file=out)
         changes += len(outcome.applied)
@@ -248,7 +246,7 @@ async def show_objects(client: nitro.NitroClient, operator_id: str, out: TextIO)
     """Print our vservers with their bound services and runtime states."""
     actual = await executor.read_actual(client, operator_id)
     for vs in actual.of_kind("lbvserver"):
-        port = "*" if vs.get("port") == models.NITRO_WILDCARD_PORT else vs.get("port")
+        port = nsops.spec_port(vs.get("port"))
         print(
             f"lb vserver {vs.name}  {vs.get('servicetype')} {vs.get('ipv46')}:{port}  -m {vs.get('m')}  "
             f"-lbMethod {vs.get('lbmethod')}  state {vs.state}",
@@ -327,44 +325,10 @@ def _cmd_plan_apply(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         return EXIT_INVALID
     try:
-        return asyncio.run(_with_client(args, _intents(loaded)))
+        return asyncio.run(_with_client(args, intents(loaded)))
     except ValueError as exc:  # missing credentials and the like
         print(str(exc), file=sys.stderr)
         return EXIT_INVALID
-
-
-async def run_demo(out: TextIO, examples: pathlib.Path | None = None) -> int:
-    """Start an embedded simulator, apply the examples, show the plan before and the objects after."""
-    from dsr_operator.simulator import server as sim  # the demo's stand-in NetScaler
-
-    if examples is None:
-        with importlib.resources.as_file(EXAMPLES) as packaged:
-            loaded, problems, notices = load_manifests([packaged])
-        # Name the packaged files as the repository shows them, not by their place in site-packages.
-        problems, notices = ([m.replace(f"{packaged}/", "examples/") for m in ms] for ms in (problems, notices))
-    else:
-        loaded, problems, notices = load_manifests([examples])
-    if problems:
-        for problem in problems:
-            print(problem, file=out)
-        return EXIT_INVALID
-    for notice in notices:
-        print(f"# {notice}", file=out)
-    intents = _intents(loaded)
-    async with sim.running(users={"nsroot": "demo-password"}) as handle:
-        print(f"# NITRO simulator listening on {handle.url}", file=out)
-        async with nitro.NitroClient(handle.url, username="nsroot", password="demo-password") as client:
-            print("\n## Plan (what an admin would type in the NetScaler CLI)", file=out)
-            await run_plan(client, intents, "demo", False, out)
-            print("\n## Apply", file=out)
-            code = await run_apply(client, intents, "demo", False, out)
-            if code:
-                return code
-            print("\n## NetScaler objects after", file=out)
-            await show_objects(client, "demo", out)
-            print("\n## Plan again", file=out)
-            await run_plan(client, intents, "demo", False, out)
-    return 0
 
 
 def _cmd_crd(args: argparse.Namespace) -> int:
@@ -427,7 +391,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     crd = subparsers.add_parser("crd", help="print the CustomResourceDefinitions (or write them to a folder)")
     crd.add_argument("--output-dir", metavar="DIR", help="write dsrservice.yaml and dsrnodeconfig.yaml here")
     crd.set_defaults(func=_cmd_crd)
-    demo = subparsers.add_parser(
-        "demo", help="apply the example manifests (examples/) to an embedded NITRO simulator and show the result"
-    )
-    demo.set_defaults(func=lambda args: asyncio.run(run_demo(sys.stdout)))

@@ -27,9 +27,9 @@ import lightkube.resources.core_v1
 from dsr_operator import kube
 from dsr_operator import settings as settings_mod
 from dsr_operator.api import models
+from dsr_operator.model import names
 from dsr_operator.netscaler import client as nitro
 from dsr_operator.netscaler import errors, executor
-from dsr_operator.planner import names
 
 
 @dataclasses.dataclass(frozen=True)

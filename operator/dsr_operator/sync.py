@@ -29,8 +29,8 @@ from dsr_operator import oneshot
 from dsr_operator import settings as settings_mod
 from dsr_operator.controller import decide, loop, view
 from dsr_operator.controller.metrics import Metrics
+from dsr_operator.model import state as ns
 from dsr_operator.netscaler import errors, render
-from dsr_operator.netscaler import models as ns
 from dsr_operator.registry import etcd, source
 
 log = logging.getLogger(__name__)

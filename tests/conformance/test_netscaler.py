@@ -22,9 +22,10 @@ import pytest
 
 from dsr_operator import oneshot
 from dsr_operator.api import models
+from dsr_operator.model import ops as nsops
+from dsr_operator.model import state as nsmodels
 from dsr_operator.netscaler import client as nitro
 from dsr_operator.netscaler import errors, executor
-from dsr_operator.netscaler import models as nsmodels
 from dsr_operator.planner import desired as desired_mod
 from dsr_operator.planner import plan as planner
 from dsr_operator.simulator import server
@@ -142,9 +143,8 @@ async def test_an_unbind_of_what_is_not_bound_counts_as_done(ns: nitro.NitroClie
     await ns.add("service", [{"name": f"{mine}svc", "servername": f"{mine}h", "servicetype": "ANY", "port": 80}])
     await ns.add("lbvserver", [{"name": f"{mine}vs", "servicetype": "ANY", "ipv46": addresses(1, VIPS)[0],
                                 "port": 80, "m": "MAC"}])
-    op = planner.Op("unbind", nsmodels.VSERVER_BINDING, f"{mine}vs {mine}svc", "x",
-                    {"name": f"{mine}vs", "servicename": f"{mine}svc"})
-    outcome = await executor.execute(ns, planner.Plan((planner.Stage("unbind", nsmodels.VSERVER_BINDING, (op,)),)))
+    op = nsops.Op.binding("unbind", nsmodels.Binding(nsmodels.VSERVER_BINDING, f"{mine}vs", f"{mine}svc", "x"))
+    outcome = await executor.execute(ns, (nsops.Stage("unbind", nsmodels.VSERVER_BINDING, (op,)),))
     assert outcome.applied == (op,) and outcome.failures == ()
 
 
@@ -200,7 +200,7 @@ async def remove_everything_of(client: nitro.NitroClient, operator_id: str) -> N
     actual = await executor.read_actual(client, operator_id)
     plan = planner.diff(nsmodels.NetScalerState(), actual, planner.Policy(operator_id, default_drain_seconds=0,
                                                                     default_guard_percent=100))
-    await executor.execute(client, plan)
+    await executor.execute(client, plan.stages)
 
 
 async def test_dsr_apply_verify_and_delete_of_a_throwaway_dsrservice(target: Target, ns: nitro.NitroClient) -> None:

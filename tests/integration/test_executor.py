@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from dsr_operator.model import ops as nsops
+from dsr_operator.model import state as ns
 from dsr_operator.netscaler import client as nitro
 from dsr_operator.netscaler import executor
-from dsr_operator.netscaler import models as ns
-from dsr_operator.planner import plan as planner
 from dsr_operator.simulator import server
 
 OP_ID = "test"
@@ -69,20 +69,17 @@ async def box(middleware: Middleware) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-def unbind_plan() -> planner.Plan:
-    ops = tuple(
-        planner.Op("unbind", ns.VSERVER_BINDING, f"dsr-vs dsr-s{i}", "uid-web",
-                   {"name": "dsr-vs", "servicename": f"dsr-s{i}"})
-        for i in (1, 2)
-    )
-    return planner.Plan((planner.Stage("unbind", ns.VSERVER_BINDING, ops),))
+def unbind_plan() -> tuple[nsops.Stage, ...]:
+    ops = tuple(nsops.Op.binding("unbind", ns.Binding(ns.VSERVER_BINDING, "dsr-vs", f"dsr-s{i}", "uid-web"))
+                for i in (1, 2))
+    return (nsops.Stage("unbind", ns.VSERVER_BINDING, ops),)
 
 
 async def test_a_whole_request_error_meaning_already_done_counts_as_done() -> None:
     async with box(whole_request_error(ns.VSERVER_BINDING, "unbind", 599, 1303)) as url, \
             nitro.NitroClient(url, username="nsroot", password="nsroot") as client:
         outcome = await executor.execute(client, unbind_plan())
-    assert [op.name for op in outcome.applied] == ["dsr-vs dsr-s1", "dsr-vs dsr-s2"]
+    assert [(op.name, op.child) for op in outcome.applied] == [("dsr-vs", "dsr-s1"), ("dsr-vs", "dsr-s2")]
     assert outcome.failures == ()
 
 

@@ -96,7 +96,7 @@ async def stand(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stand
             assert not problems, problems
             out = io.StringIO()
             async with nitro.NitroClient(sim.url, username="nsroot", password="nsroot") as client:
-                code = await oneshot.run_apply(client, oneshot._intents(loaded), "ipv6test", False, out, wait=False)
+                code = await oneshot.run_apply(client, oneshot.intents(loaded), "ipv6test", False, out, wait=False)
             assert code == 0, out.getvalue()
             yield Stand(lab, sim, plane)
     finally:

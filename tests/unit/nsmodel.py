@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dsr_operator.netscaler import models as ns
+from dsr_operator.model import state as ns
 from dsr_operator.planner import effects
 from dsr_operator.planner import plan as planner
 

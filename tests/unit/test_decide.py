@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dsr_operator.controller import decide, world
+from dsr_operator.model import state as ns
 from dsr_operator.netscaler import executor
-from dsr_operator.netscaler import models as ns
 from dsr_operator.planner import desired as d
 from dsr_operator.planner import effects
 from dsr_operator.planner import plan as planner

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dsr_operator.netscaler import models as ns
+from dsr_operator.model import state as ns
 from dsr_operator.planner import desired as d
 from dsr_operator.planner import plan as planner
 

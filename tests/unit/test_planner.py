@@ -9,10 +9,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dsr_operator.api import models
-from dsr_operator.netscaler import models as ns
+from dsr_operator.model import names
+from dsr_operator.model import ops as nsops
+from dsr_operator.model import state as ns
 from dsr_operator.netscaler import render
 from dsr_operator.planner import desired as d
-from dsr_operator.planner import effects, names
+from dsr_operator.planner import effects
 from dsr_operator.planner import plan as planner
 
 from . import nsmodel
@@ -77,6 +79,19 @@ def test_from_scratch_follows_the_seed_procedure_in_dependency_order() -> None:
     assert any(
         c.startswith("add lb monitor dsr-shop_web_tcp TCP -destIP 192.0.2.10") and "-transparent YES" in c for c in cmds
     )
+
+
+def test_a_binding_operation_names_its_parent_and_child_as_fields() -> None:
+    plan = planner.diff(d.desired([intent(backends=hosts(21, 22))]), EMPTY, planner.Policy(OP_ID))
+    binds = [(op.kind, op.name, op.child) for op in plan.ops if op.verb == "bind"]
+    assert binds == [
+        (ns.MONITOR_BINDING, "dsr-198.51.100.21_80", "dsr-shop_web_tcp"),
+        (ns.MONITOR_BINDING, "dsr-198.51.100.22_80", "dsr-shop_web_tcp"),
+        (ns.VSERVER_BINDING, "dsr-shop_web_80", "dsr-198.51.100.21_80"),
+        (ns.VSERVER_BINDING, "dsr-shop_web_80", "dsr-198.51.100.22_80"),
+    ]
+    objects = [op for op in plan.ops if op.verb != "bind"]
+    assert all(op.child == "" and " " not in op.name for op in objects)
 
 
 def test_wildcard_port_is_65535_and_rendered_as_star() -> None:
@@ -152,11 +167,11 @@ def test_backends_that_asked_to_leave_are_not_held_by_the_guard_but_others_still
     assert [h.reason for h in plan.holds] == ["BlastRadiusGuard"]
 
 
-def vserver_unbinds(plan: planner.Plan, vserver: str) -> list[planner.Op]:
+def vserver_unbinds(plan: planner.Plan, vserver: str) -> list[nsops.Op]:
     return [
         op
         for op in plan.ops
-        if op.verb == "unbind" and op.kind == ns.VSERVER_BINDING and op.name.startswith(vserver + " ")
+        if op.verb == "unbind" and op.kind == ns.VSERVER_BINDING and op.name == vserver
     ]
 
 
@@ -313,7 +328,7 @@ def test_netscaler_reporting_an_unset_monitor_field_as_zero_is_no_change() -> No
 def test_hand_made_object_with_our_name_is_never_touched() -> None:
     foreign = ns.NetScalerState(foreign=frozenset({("lbvserver", "dsr-shop_web_80")}))
     plan = planner.diff(d.desired([intent(backends=hosts(21))]), foreign, planner.Policy(OP_ID))
-    assert all(op.name != "dsr-shop_web_80" and not op.name.startswith("dsr-shop_web_80 ") for op in plan.ops)
+    assert all(op.name != "dsr-shop_web_80" for op in plan.ops)
     assert [h.reason for h in plan.holds] == ["NameConflict"]
 
 
@@ -404,7 +419,7 @@ def moved(state: ns.NetScalerState, vserver: str, vip: str) -> ns.NetScalerState
     """NetScaler with a vserver moved onto another VIP (as an unguarded operator once did)."""
     obj = state.get("lbvserver", vserver)
     assert obj is not None
-    op = planner.Op("update", "lbvserver", vserver, obj.owner, {"name": vserver, "ipv46": vip})
+    op = nsops.Op("update", "lbvserver", vserver, obj.owner, {"name": vserver, "ipv46": vip})
     return effects.after(state, [op], OP_ID)
 
 
@@ -527,11 +542,9 @@ def test_no_operation_names_an_object_without_our_marker(intents: list[d.Intent]
     touched: set[tuple[str, str]] = set()
     for op in plan.ops:
         if op.kind == ns.VSERVER_BINDING:
-            parent, child = op.name.split(" ")
-            touched |= {("lbvserver", parent), ("service", child)}
+            touched |= {("lbvserver", op.name), ("service", op.child)}
         elif op.kind == ns.MONITOR_BINDING:
-            parent, child = op.name.split(" ")
-            touched |= {("service", parent), ("lbmonitor", child)}
+            touched |= {("service", op.name), ("lbmonitor", op.child)}
         elif op.kind == "service":
             touched |= {("service", op.name), ("server", op.body.get("servername", ""))}
         else:
@@ -553,7 +566,7 @@ def test_guard_never_removes_more_than_half_of_a_wanted_vserver(before: list[d.I
         gone = [
             op
             for op in plan.ops
-            if op.kind == ns.VSERVER_BINDING and op.verb == "unbind" and op.name.startswith(vserver.name + " ")
+            if op.kind == ns.VSERVER_BINDING and op.verb == "unbind" and op.name == vserver.name
         ]
         assert len(gone) <= len(bound) // 2
 
@@ -580,11 +593,11 @@ def test_a_monitor_on_a_service_that_another_dsrservice_drains_goes_with_its_own
     a2 = intent("a", hosts(2), vip="192.0.2.1", healthCheck={"type": "PING"})
     b2 = intent("b", hosts(2), vip="192.0.2.2", healthCheck={"type": "TCP"})
     plan = planner.diff(d.desired([a2, b2]), box, policy)
-    ops = {(op.verb, op.kind, op.name) for op in plan.ops}
+    ops = {(op.verb, op.kind, op.target) for op in plan.ops}
     shared = names.service(80, "198.51.100.1")
     assert ("disable", "service", shared) in ops  # b drains it
-    assert ("unbind", ns.VSERVER_BINDING, f"dsr-shop_a_80 {shared}") in ops
-    assert ("unbind", ns.MONITOR_BINDING, f"{shared} dsr-shop_a_tcp") in ops
+    assert ("unbind", ns.VSERVER_BINDING, f"dsr-shop_a_80 -> {shared}") in ops
+    assert ("unbind", ns.MONITOR_BINDING, f"{shared} -> dsr-shop_a_tcp") in ops
     assert ("delete", "lbmonitor", "dsr-shop_a_tcp") in ops
     assert ("unbind", ns.MONITOR_BINDING, f"{shared} dsr-shop_b_tcp") not in ops  # b's stays while it drains
     after = nsmodel.elapse(nsmodel.apply(box, plan, OP_ID))

@@ -84,7 +84,7 @@ _POOL_ENTRY_RULE = [
 _PORT_RULE = [
     {
         "rule": "type(self) == string ? self == '*' : (self >= 1 && self <= 65534)",
-        "message": 'a port is 1-65534, or "*" for every port (NITRO\'s 65535 means every port)',
+        "message": 'a port is 1-65534, or "*" for every port (on NetScaler 65535 would mean every port)',
     }
 ]
 

@@ -22,7 +22,6 @@ NODECONFIG_KIND = "DsrNodeConfig"
 NODECONFIG_PLURAL = "dsrnodeconfigs"
 
 WILDCARD_PORT = "*"
-NITRO_WILDCARD_PORT = 65535
 
 
 class LbMethod(enum.StrEnum):
@@ -94,8 +93,9 @@ def validation_message(exc: pydantic.ValidationError) -> str:
 IPAddress = Annotated[str, pydantic.AfterValidator(_ip)]
 UnicastAddress = Annotated[str, pydantic.AfterValidator(unicast)]
 """An IP address in canonical form that a VIP or a backend host can use."""
-Port = Annotated[int, pydantic.Field(ge=1, le=NITRO_WILDCARD_PORT - 1)] | Literal["*"]
-"""1-65534 or "*": NITRO's port 65535 is every port, so it is written "*" (never a surprise wildcard)."""
+Port = Annotated[int, pydantic.Field(ge=1, le=65534)] | Literal["*"]
+"""1-65534 or "*" for every port. 65535 is refused: a load balancer may read it as every port, so that
+is always written "*" and never happens by accident."""
 
 
 class StaticBackend(_Model):
@@ -178,7 +178,7 @@ class DsrServiceSpec(_Model):
     vip: UnicastAddress
     """The load-balanced IP (IPv4 or IPv6): NetScaler answers ARP or neighbour discovery for it, backends hold it."""
     ports: Annotated[list[Port], pydantic.Field(min_length=1, max_length=64)]
-    """Ports (1-65534) served on the VIP, one vserver each, or ["*"] alone for every port (NITRO 65535)."""
+    """Ports (1-65534) served on the VIP, one vserver each, or ["*"] alone for every port."""
     backends: Backends
     """Where the backends come from: exactly one of `service`, `static` or `registry`."""
     lb_method: LbMethod = LbMethod.LEASTCONNECTION
@@ -375,8 +375,3 @@ class DsrNodeConfig(_Model):
     metadata: dict[str, Any]
     spec: NodeConfigSpec = NodeConfigSpec()
     status: NodeConfigStatus | None = None
-
-
-def nitro_port(port: int | str) -> int:
-    """The NITRO representation of a spec port: `*` is 65535 with type ANY."""
-    return NITRO_WILDCARD_PORT if port == WILDCARD_PORT else int(port)

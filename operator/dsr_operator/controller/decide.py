@@ -21,10 +21,11 @@ import pydantic
 
 from dsr_operator.api import models, vippool
 from dsr_operator.controller import world
+from dsr_operator.model import names
+from dsr_operator.model import ops as nsops
+from dsr_operator.model import state as ns
 from dsr_operator.netscaler import executor
-from dsr_operator.netscaler import models as ns
 from dsr_operator.planner import desired as desired_mod
-from dsr_operator.planner import names
 from dsr_operator.planner import plan as planner
 from dsr_operator.registry import records
 
@@ -353,13 +354,13 @@ def unwanted_leftovers(snapshot: Snapshot, want: ns.NetScalerState) -> tuple[ns.
         elif spec.backends.registry is not None:
             view = snapshot.registry.get(spec.backends.registry.etcd.key_prefix)
             if view is None:  # not read yet: it may want anything on its ports
-                anywhere.update(models.nitro_port(port) for port in spec.ports)
+                anywhere.update(nsops.nitro_port(port) for port in spec.ports)
                 continue
             addresses = {r.host for r in view.records.values() if r.host is not None}
         else:
             addresses = nodes
         hosts |= addresses
-        endpoints.update((models.nitro_port(port), address) for port in spec.ports for address in addresses)
+        endpoints.update((nsops.nitro_port(port), address) for port in spec.ports for address in addresses)
 
     def address(server_name: object) -> str | None:
         server = snapshot.actual.get("server", str(server_name))
@@ -396,7 +397,7 @@ def bounded(plan: planner.Plan, users: Mapping[str, frozenset[str]], limit: int)
     big = {uid for uid, count in counts.items() if count > limit}
     if not big:
         return plan
-    kept: list[planner.Op] = []
+    kept: list[nsops.Op] = []
     taken = dict.fromkeys(big, 0)
     cut: set[str] = set()
     for op in plan.ops:  # stage by stage, in the safe order
@@ -413,7 +414,7 @@ def bounded(plan: planner.Plan, users: Mapping[str, frozenset[str]], limit: int)
     holds = tuple(planner.Hold(uid, "Applying", f"applying {taken[uid]} of {counts[uid]} NetScaler changes in "
                                f"this step (at most {limit} per step; the rest follow)", retry_after=0.0)
                   for uid in sorted(big))
-    return planner.Plan(planner.stages(kept), plan.holds + holds)
+    return planner.Plan(nsops.stages(kept), plan.holds + holds)
 
 
 def _union(first: ns.NetScalerState, *others: ns.NetScalerState) -> ns.NetScalerState:
@@ -440,7 +441,7 @@ class Report:
     entry: Entry
     status: dict[str, Any]
     verdict: world.Verdict
-    applied: tuple[planner.Op, ...] = ()
+    applied: tuple[nsops.Op, ...] = ()
     failures: tuple[str, ...] = ()
     needs: Mapping[str, str] | None = None
     """What the DsrService needs on the nodes now (None: keep what it had)."""
@@ -461,7 +462,7 @@ def status_for(entry: Entry, v: world.Verdict, extra: Mapping[str, Any], now: da
             "conditions": world.conditions(v, entry.generation, _timestamp(now), previous)}
 
 
-def owner_of(op: planner.Op, users: Mapping[str, frozenset[str]]) -> frozenset[str]:
+def owner_of(op: nsops.Op, users: Mapping[str, frozenset[str]]) -> frozenset[str]:
     if op.owner != ns.SHARED_OWNER:
         return frozenset({op.owner})
     return users.get(op.name, frozenset())
@@ -475,7 +476,7 @@ def report(decision: Decision, after: ns.NetScalerState, outcome: executor.Outco
     `primary` is the NetScaler written to (an HA pair's primary); `drain_report(services)` tells the
     drains in progress with their client connections, for the status.
     """
-    applied: dict[str, list[planner.Op]] = {}
+    applied: dict[str, list[nsops.Op]] = {}
     for op in outcome.applied:
         for uid in owner_of(op, decision.users):
             applied.setdefault(uid, []).append(op)

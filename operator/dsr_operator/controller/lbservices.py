@@ -22,6 +22,7 @@ from typing import Any
 import pydantic
 
 from dsr_operator.api import models, vippool
+from dsr_operator.model import ops as nsops
 
 Key = tuple[str, str]
 
@@ -276,7 +277,7 @@ def _check(service: LbService) -> Refusal | None:
     if sctp:
         return Refusal("UnsupportedProtocol", (
             f"port {', '.join(map(str, sctp))}: only TCP and UDP are served (NetScaler's monitors cannot probe SCTP)"))
-    wildcard = sorted({p for p, _ in service.ports if p >= models.NITRO_WILDCARD_PORT})
+    wildcard = sorted({p for p, _ in service.ports if p >= nsops.NITRO_WILDCARD_PORT})
     if wildcard:
         return Refusal("UnsupportedPort", "port 65535 is NetScaler's wildcard port: it cannot be served alone")
     return None

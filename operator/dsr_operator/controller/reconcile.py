@@ -33,8 +33,9 @@ from dsr_operator import kube
 from dsr_operator.api import models, vippool
 from dsr_operator.controller import config, decide, frontdoor, loop, nodes, view, world
 from dsr_operator.controller.metrics import Metrics
+from dsr_operator.model import ops as nsops
+from dsr_operator.model import state as ns
 from dsr_operator.netscaler import errors, executor, render
-from dsr_operator.netscaler import models as ns
 from dsr_operator.planner import plan as planner
 from dsr_operator.registry import etcd, source
 
@@ -207,7 +208,7 @@ async def write_status(rt: Runtime, entry: decide.Entry, status: Mapping[str, An
     return True
 
 
-async def _post_events(rt: Runtime, entry: decide.Entry, applied: Iterable[planner.Op],
+async def _post_events(rt: Runtime, entry: decide.Entry, applied: Iterable[nsops.Op],
                        failures: Iterable[str]) -> None:
     """Events on the DsrService: each applied change (one summary past a handful), each failure."""
     involved = kube.Involved(models.SERVICE_KIND, entry.ref.name, entry.ref.namespace, entry.ref.uid)

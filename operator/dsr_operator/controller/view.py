@@ -27,9 +27,10 @@ import time
 from collections.abc import Callable, Iterable
 
 from dsr_operator import settings as settings_mod
+from dsr_operator.model import ops as nsops
+from dsr_operator.model import state as ns
 from dsr_operator.netscaler import client as nitro
 from dsr_operator.netscaler import errors, executor, ha
-from dsr_operator.netscaler import models as ns
 from dsr_operator.planner import effects
 from dsr_operator.planner import plan as planner
 
@@ -233,7 +234,7 @@ class NetScalerView:
         self._drain_end.pop(name, None)
         self._drain_clients.pop(name, None)
 
-    def _note_drains(self, sent: float, answered: float, applied: Iterable[planner.Op]) -> None:
+    def _note_drains(self, sent: float, answered: float, applied: Iterable[nsops.Op]) -> None:
         """Keep the drain book true to the operations applied between `sent` and `answered`."""
         for op in applied:
             if op.kind == "service" and op.verb == "disable":
@@ -271,7 +272,7 @@ class NetScalerView:
         """
         state = actual if actual is not None else await self.actual()
         plan = make_plan(state)
-        applied: list[planner.Op] = []
+        applied: list[nsops.Op] = []
         failures: list[executor.Failure] = []
         for _ in range(MAX_FAILOVERS + 1):
             outcome = await self._execute(plan)
@@ -289,7 +290,7 @@ class NetScalerView:
         sent = self.clock()
         try:
             client = await self._open()
-            outcome = await executor.execute(client, plan, before_stage=self._nodes.still_primary)
+            outcome = await executor.execute(client, plan.stages, before_stage=self._nodes.still_primary)
         except errors.NitroError:
             await self._drop_client()
             raise

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from dsr_operator.api import models
-from dsr_operator.netscaler import models as ns
+from dsr_operator.model import names
+from dsr_operator.model import state as ns
 from dsr_operator.planner import desired as desired_mod
-from dsr_operator.planner import names
 from dsr_operator.planner import plan as planner
 from dsr_operator.registry import records
 

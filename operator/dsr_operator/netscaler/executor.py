@@ -17,10 +17,10 @@ import typing
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from dsr_operator.model import ops as nsops
+from dsr_operator.model import state as ns
 from dsr_operator.netscaler import client as nitro
 from dsr_operator.netscaler import errors
-from dsr_operator.netscaler import models as ns
-from dsr_operator.planner import plan as planner
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +49,16 @@ _ATTRS: dict[str, tuple[str, ...]] = {
 
 @dataclasses.dataclass(frozen=True)
 class Failure:
-    op: planner.Op
+    op: nsops.Op
     error: errors.NitroError
 
     def __str__(self) -> str:
-        return f"{self.op.verb} {self.op.kind} {self.op.name}: {self.error}"
+        return f"{self.op.verb} {self.op.kind} {self.op.target}: {self.error}"
 
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    applied: tuple[planner.Op, ...]
+    applied: tuple[nsops.Op, ...]
     failures: tuple[Failure, ...]
     complete: bool = True
     """False when `before_stage` stopped the plan (the node is no longer the HA primary)."""
@@ -96,7 +96,7 @@ def _truthy(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.lower() in ("true", "yes", "enabled"))
 
 
-def _benign(op: planner.Op, error: errors.NitroError) -> bool:
+def _benign(op: nsops.Op, error: errors.NitroError) -> bool:
     """Errors that mean the object is already as the operation wants it."""
     if op.verb in ("delete", "unbind"):
         return isinstance(error, errors.NitroNotFound | errors.NitroNotBound)
@@ -105,9 +105,9 @@ def _benign(op: planner.Op, error: errors.NitroError) -> bool:
     return False
 
 
-async def _send(client: nitro.NitroClient, stage: planner.Stage, batch: Sequence[planner.Op]) -> list[Any]:
+async def _send(client: nitro.NitroClient, stage: nsops.Stage, batch: Sequence[nsops.Op]) -> list[Any]:
     bodies = [dict(op.body) for op in batch]
-    if stage.kind == planner.NSMODE:
+    if stage.kind == nsops.NSMODE:
         await client.enable_modes(sorted({m for body in bodies for m in body["mode"]}))
         return [nitro.ItemResult(i, b, ok=True) for i, b in enumerate(bodies)]
     verb = stage.verb
@@ -126,21 +126,21 @@ async def _send(client: nitro.NitroClient, stage: planner.Stage, batch: Sequence
 
 async def execute(
     client: nitro.NitroClient,
-    plan: planner.Plan,
+    stages: Sequence[nsops.Stage],
     *,
     before_stage: Callable[[], Awaitable[bool]] | None = None,
 ) -> Outcome:
-    """Carry out the plan's stages in order; failed objects are reported, the rest goes on.
+    """Carry out a plan's stages in order; failed objects are reported, the rest goes on.
 
     An operation whose prerequisite failed (a service whose server could not be added) fails on
     the box too and is reported the same way; nothing is skipped silently. `before_stage` is
     asked before each stage (an HA pair: is this node still the primary?); when it says no, the
     plan stops there and the outcome is not `complete`.
     """
-    applied: list[planner.Op] = []
+    applied: list[nsops.Op] = []
     failures: list[Failure] = []
     complete = True
-    for stage in plan.stages:
+    for stage in stages:
         if before_stage is not None and not await before_stage():
             complete = False
             break

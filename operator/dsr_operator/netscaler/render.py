@@ -6,7 +6,7 @@ import shlex
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from dsr_operator.api.models import NITRO_WILDCARD_PORT
+from dsr_operator.model.ops import NITRO_WILDCARD_PORT
 
 _OBJECT_WORDS = {
     "server": "server",

@@ -13,8 +13,9 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 
 from dsr_operator.api import models
-from dsr_operator.netscaler import models as ns
-from dsr_operator.planner import names
+from dsr_operator.model import names
+from dsr_operator.model import ops as nsops
+from dsr_operator.model import state as ns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +71,7 @@ def desired_for(intent: Intent) -> tuple[list[ns.NsObject], list[ns.Binding]]:
             ns.NsObject.make("server", names.server(backend.address), ns.SHARED_OWNER, ipaddress=backend.address)
         )
     for port in spec.ports:
-        nitro_port = models.nitro_port(port)
+        nitro_port = nsops.nitro_port(port)
         vserver = names.vserver(intent.ref, port)
         objects.append(
             ns.NsObject.make(
@@ -192,9 +193,6 @@ def vip_conflicts(
     return conflicts
 
 
-def _spec_port(port: object) -> int | str:
-    number = int(str(port))
-    return models.WILDCARD_PORT if number == models.NITRO_WILDCARD_PORT else number
 
 
 def holdings(actual: ns.NetScalerState) -> dict[str, set[Endpoint]]:
@@ -202,7 +200,7 @@ def holdings(actual: ns.NetScalerState) -> dict[str, set[Endpoint]]:
     out: dict[str, set[Endpoint]] = {}
     for vserver in actual.of_kind("lbvserver"):
         if vserver.get("ipv46") is not None and vserver.get("port") is not None:
-            out.setdefault(vserver.owner, set()).add((str(vserver.get("ipv46")), _spec_port(vserver.get("port"))))
+            out.setdefault(vserver.owner, set()).add((str(vserver.get("ipv46")), nsops.spec_port(vserver.get("port"))))
     return out
 
 
@@ -215,7 +213,7 @@ def released(actual: ns.NetScalerState, owner: str, endpoints: Iterable[Endpoint
     """
     lost = set(endpoints)
     vservers = [v for v in actual.of_kind("lbvserver") if v.owner == owner]
-    gone = {v.name for v in vservers if (str(v.get("ipv46")), _spec_port(v.get("port"))) in lost}
+    gone = {v.name for v in vservers if (str(v.get("ipv46")), nsops.spec_port(v.get("port"))) in lost}
     kept_ports = {v.get("port") for v in vservers if v.name not in gone}
     mine = [b for b in actual.bindings if b.owner == owner]
     used = {b.child if b.kind == ns.VSERVER_BINDING else b.parent for b in mine}

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from dsr_operator.netscaler import models as ns
-from dsr_operator.planner import plan as planner
+from dsr_operator.model import ops as nsops
+from dsr_operator.model import state as ns
 
 
 class InvalidOperation(ValueError):
@@ -19,7 +19,7 @@ class InvalidOperation(ValueError):
 
 
 def after(
-    state: ns.NetScalerState, ops: Iterable[planner.Op], operator_id: str, *, strict: bool = False
+    state: ns.NetScalerState, ops: Iterable[nsops.Op], operator_id: str, *, strict: bool = False
 ) -> ns.NetScalerState:
     objects = dict(state.objects)
     bindings = {b: b for b in state.bindings}
@@ -31,7 +31,7 @@ def after(
 
     for op in ops:
         key = (op.kind, op.name)
-        if op.kind == planner.NSMODE:
+        if op.kind == nsops.NSMODE:
             mbf = True
         elif op.verb == "add":
             check(key not in objects and key not in state.foreign, f"add of existing {key}")
@@ -72,13 +72,11 @@ def after(
                 new_state = "UP" if op.verb == "enable" else ns.GOING_OUT_OF_SERVICE
                 objects[key] = dataclasses.replace(old, state=new_state)
         elif op.verb == "bind":
-            parent, child = op.name.split(" ")
-            binding = ns.Binding(op.kind, parent, child, op.owner)
+            binding = ns.Binding(op.kind, op.name, op.child, op.owner)
             bindings[binding] = binding
         elif op.verb == "unbind":
-            parent, child = op.name.split(" ")
-            bindings.pop(ns.Binding(op.kind, parent, child), None)
-        else:  # pragma: no cover - every verb of planner.ORDER is handled above
+            bindings.pop(ns.Binding(op.kind, op.name, op.child), None)
+        else:  # pragma: no cover - every verb of nsops.ORDER is handled above
             raise InvalidOperation(f"unknown operation {op}")
     return ns.NetScalerState.build(objects.values(), bindings.values(), mbf=mbf, foreign=state.foreign)
 

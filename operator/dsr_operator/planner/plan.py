@@ -27,55 +27,8 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-from dsr_operator.api.models import NITRO_WILDCARD_PORT
-from dsr_operator.netscaler import models as ns
-
-NSMODE = "nsmode"
-
-# (verb, kind) in execution order.
-ORDER: tuple[tuple[str, str], ...] = (
-    ("enable", NSMODE),
-    ("add", "server"),
-    ("update", "server"),
-    ("add", "lbmonitor"),
-    ("update", "lbmonitor"),
-    ("unset", "lbmonitor"),
-    ("add", "service"),
-    ("update", "service"),
-    ("enable", "service"),
-    ("bind", ns.MONITOR_BINDING),
-    ("add", "lbvserver"),
-    ("update", "lbvserver"),
-    ("bind", ns.VSERVER_BINDING),
-    ("disable", "service"),
-    ("unbind", ns.VSERVER_BINDING),
-    ("unbind", ns.MONITOR_BINDING),
-    ("delete", "service"),
-    ("delete", "lbvserver"),
-    ("delete", "lbmonitor"),
-    ("delete", "server"),
-)
-_RANK = {step: i for i, step in enumerate(ORDER)}
-
-
-@dataclasses.dataclass(frozen=True)
-class Op:
-    """One NITRO operation on one object."""
-
-    verb: str
-    kind: str
-    name: str
-    owner: str
-    body: Mapping[str, Any] = dataclasses.field(hash=False, compare=False)
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    """Operations of one verb on one kind: one bulk request."""
-
-    verb: str
-    kind: str
-    ops: tuple[Op, ...]
+from dsr_operator.model import state as ns
+from dsr_operator.model.ops import NITRO_WILDCARD_PORT, NSMODE, Op, Stage, stages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,7 +227,7 @@ def diff(
     for binding in sorted(desired.bindings - actual.bindings):
         if binding.parent in blocked_names or binding.child in blocked_names:
             continue
-        ops.append(Op("bind", binding.kind, f"{binding.parent} {binding.child}", binding.owner, binding.payload()))
+        ops.append(Op.binding("bind", binding))
 
     # Removals: bindings first (with drain and guard), then the objects nothing uses any more.
     everything = actual.bindings | desired.bindings
@@ -360,7 +313,7 @@ def diff(
                 )
             continue
         unbound.add(b)
-        ops.append(Op("unbind", b.kind, f"{b.parent} {b.child}", b.owner, b.unbind_payload()))
+        ops.append(Op.binding("unbind", b))
     # A monitor stays on a service kept (draining, guarded) for its owner's vserver; on one kept only for
     # another DsrService's drain it goes now: its owner has nothing there to come back for.
     still_bound = {(b.owner, b.child) for b in everything if b.kind == ns.VSERVER_BINDING and b not in unbound}
@@ -368,7 +321,7 @@ def diff(
         if b.parent in held_services and (b.owner, b.parent) in still_bound:
             continue
         unbound.add(b)
-        ops.append(Op("unbind", b.kind, f"{b.parent} {b.child}", b.owner, b.unbind_payload()))
+        ops.append(Op.binding("unbind", b))
 
     remaining = everything - unbound
     parents = {b.parent for b in remaining}
@@ -398,7 +351,7 @@ def diff(
             continue
         ops.append(Op("delete", "server", server.name, server.owner, {"name": server.name}))
 
-    return Plan(stages=_stages(ops), holds=tuple(holds))
+    return Plan(stages=stages(ops), holds=tuple(holds))
 
 
 def guard_allowance(bound: int, percent: int) -> int:
@@ -418,18 +371,3 @@ def _first_user(desired: ns.NetScalerState, name: str) -> str:
     users += sorted(b.owner for b in desired.bindings if name in (b.parent, b.child))
     users = [u for u in users if u != ns.SHARED_OWNER]
     return users[0] if users else ns.SHARED_OWNER
-
-
-def stages(ops: Iterable[Op]) -> tuple[Stage, ...]:
-    """Operations grouped into stages (one verb on one kind each), in the safe order."""
-    return _stages(list(ops))
-
-
-def _stages(ops: list[Op]) -> tuple[Stage, ...]:
-    grouped: dict[tuple[str, str], list[Op]] = defaultdict(list)
-    for op in ops:
-        grouped[(op.verb, op.kind)].append(op)
-    return tuple(
-        Stage(verb, kind, tuple(sorted(grouped[(verb, kind)], key=lambda o: o.name)))
-        for verb, kind in sorted(grouped, key=lambda step: _RANK[step])
-    )

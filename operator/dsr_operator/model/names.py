@@ -12,7 +12,7 @@ import hashlib
 import re
 
 from dsr_operator.api import models
-from dsr_operator.netscaler.models import PREFIX
+from dsr_operator.model.state import PREFIX
 
 MAX_LENGTH = 127
 HASH_LENGTH = 10
