@@ -31,10 +31,6 @@ EXIT_INVALID = 2
 EXIT_FAILED = 1
 
 
-class ManifestError(Exception):
-    """A manifest problem, as one line naming the file, the object and the field."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Loaded:
     path: pathlib.Path

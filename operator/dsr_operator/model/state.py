@@ -28,6 +28,7 @@ class Kind:
     managed: tuple[str, ...]
     immutable: tuple[str, ...] = ()
     delete_args: tuple[str, ...] = ()
+    """Fields NITRO needs besides the key to delete one (a monitor is deleted by name and type)."""
     optional: tuple[str, ...] = ()
     """Managed fields a desired object may leave out; NetScaler then has them unset (its default)."""
     blank: tuple[tuple[str, Any], ...] = ()

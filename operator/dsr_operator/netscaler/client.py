@@ -303,15 +303,6 @@ class NitroClient:
         response = await self._request("GET", rtype, name=name, api="stat")
         return _records(response.body, rtype)
 
-    async def count(self, rtype: str, filter: Mapping[str, str] | None = None) -> int:
-        """Number of objects of ``rtype`` (matching ``filter``)."""
-        params = {"count": "yes"}
-        if filter:
-            params["filter"] = _pairs(filter)
-        response = await self._request("GET", rtype, params=params)
-        records = _records(response.body, rtype)
-        return as_int(records[0].get("__count"), 0) if records else 0
-
     async def get_modes(self) -> dict[str, Any]:
         """The ``nsmode`` record: ``mode`` (enabled names) and booleans such as ``mbf``."""
         records = await self.get("nsmode")

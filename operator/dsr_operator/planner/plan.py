@@ -340,8 +340,7 @@ def diff(
             if kind == "service":
                 deleted.add(obj.name)
             key_body: dict[str, Any] = {ns.KINDS[kind].key: obj.name}
-            if kind == "lbmonitor":
-                key_body["type"] = obj.get("type")
+            key_body.update({arg: obj.get(arg) for arg in ns.KINDS[kind].delete_args})
             ops.append(Op("delete", kind, obj.name, obj.owner, key_body))
     referenced = {
         o.get("servername") for o in [*actual.of_kind("service"), *desired.of_kind("service")] if o.name not in deleted
