@@ -42,8 +42,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from tests import conftest as kube_fixture
 
+from dsr_lab import kubeemu
 from dsr_operator import kube as kubeapi
-from dsr_operator import kubeemu
 from dsr_operator.simulator import server
 
 HEADERS = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": "bench"}

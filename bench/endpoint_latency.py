@@ -37,8 +37,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from bench.drain_lag import _stop, simulator_answers, start_operator, start_simulator
 from tests import conftest as kube_fixture
 
+from dsr_lab import kubeemu
 from dsr_operator import kube as kubeapi
-from dsr_operator import kubeemu
 from dsr_operator.simulator import server
 
 EndpointSlice = create_namespaced_resource("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices")

@@ -1,6 +1,6 @@
 """Shared fixtures of every test tier: a Kubernetes API emulator on a real socket.
 
-The `kube` fixture starts `dsr_operator.kubeemu.KubeEmulator` (kmock plus the API-server rules we rely on)
+The `kube` fixture starts `dsr_lab.kubeemu.KubeEmulator` (kmock plus the API-server rules we rely on)
 on 127.0.0.1 with a random port, with these resources (`kubeemu.RESOURCES`) registered for discovery:
 
 | resource                                   | scope      | status subresource |
@@ -31,8 +31,8 @@ from collections.abc import AsyncIterator
 import lightkube
 import pytest_asyncio
 
+from dsr_lab import kubeemu
 from dsr_operator import kube as kubeapi
-from dsr_operator import kubeemu
 
 RESOURCES = kubeemu.RESOURCES
 

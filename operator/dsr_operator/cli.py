@@ -22,7 +22,7 @@ COMPONENT_CLIS = (
     "dsr_operator.simulator.cli",
     "dsr_operator.controller.cli",
     "dsr_operator.agent.cli",
-    "dsr_operator.demo_dsr",
+    "dsr_lab.demo",
     "dsr_operator.status",
 )
 #: Which component registers each subcommand: a command loads only its own component (the agent never
@@ -31,7 +31,7 @@ COMMANDS = {
     "plan": "dsr_operator.oneshot", "apply": "dsr_operator.oneshot", "crd": "dsr_operator.oneshot",
     "demo": "dsr_operator.demo", "sync": "dsr_operator.sync", "nitro-sim": "dsr_operator.simulator.cli",
     "run": "dsr_operator.controller.cli", "agent": "dsr_operator.agent.cli", "host-setup": "dsr_operator.agent.cli",
-    "host-agent": "dsr_operator.agent.cli", "demo-dsr": "dsr_operator.demo_dsr", "status": "dsr_operator.status",
+    "host-agent": "dsr_operator.agent.cli", "demo-dsr": "dsr_lab.demo", "status": "dsr_operator.status",
 }
 
 

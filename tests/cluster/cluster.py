@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from dsr_operator.dsrlab import Lab
+from dsr_lab.lab import Lab
 from tests.controlplane import conftest as cpboot
 from tests.controlplane.conftest import ControlPlane, Proc
 

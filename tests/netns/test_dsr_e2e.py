@@ -1,6 +1,6 @@
 """DSR end to end: a client reaches the VIP through the simulator's dataplane, the backend answers it directly.
 
-Topology (`dsr_operator.dsrlab.Lab`): namespaces client, lb and b1..b3 on one bridge, 10.77.0.0/24, VIP
+Topology (`dsr_lab.lab.Lab`): namespaces client, lb and b1..b3 on one bridge, 10.77.0.0/24, VIP
 10.77.0.100. The NITRO simulator runs with its dataplane in lb; the operator runs in-process against
 the Kubernetes emulator; one real node agent process per backend puts the VIP on the backend's `lo`.
 Everything is configured from one DsrService and its EndpointSlice; Node InternalIPs are the
@@ -34,8 +34,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from dsr_operator import kubeemu
-from dsr_operator.dsrlab import Lab, Reply
+from dsr_lab import kubeemu
+from dsr_lab.lab import Lab, Reply
 from dsr_operator.simulator import dataplane, server
 from tests.conftest import KubeHandle
 from tests.integration.test_operator import Cluster, running_operator

@@ -1,6 +1,6 @@
 """IPv6 DSR end to end: a client reaches an IPv6 VIP through the simulator's dataplane, backends answer directly.
 
-Topology (`dsr_operator.dsrlab.Lab` with `net6`): namespaces client, lb, b1, b2 on one bridge, on
+Topology (`dsr_lab.lab.Lab` with `net6`): namespaces client, lb, b1, b2 on one bridge, on
 10.78.0.0/24 and fd78::/64, VIP fd78::100. The backends hold the VIP as the node agent holds it: its
 host code (`agent.host.Host.apply`) puts fd78::100/128 on `lo` with `nodad` and sets accept_dad and
 ndisc_notify to 0, so no backend announces or defends the VIP; only lb answers neighbour discovery for
@@ -29,9 +29,9 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from dsr_lab.lab import Lab, Reply
 from dsr_operator import oneshot
 from dsr_operator.agent import core, host
-from dsr_operator.dsrlab import Lab, Reply
 from dsr_operator.netscaler import client as nitro
 from dsr_operator.simulator import dataplane, server
 

@@ -1,6 +1,6 @@
 """Registry hosts end to end, without Kubernetes: `dsr-operator sync` and one `dsr-operator host-agent` per host.
 
-The DSR lab (`dsr_operator.dsrlab.Lab`: client, lb and b1..b3 on one bridge), the NITRO simulator with its
+The DSR lab (`dsr_lab.lab.Lab`: client, lb and b1..b3 on one bridge), the NITRO simulator with its
 dataplane in lb, a real etcd, `sync` as a process following a registry-backed DsrService, and a host
 agent process per backend that puts the VIP on the backend's `lo` and then registers it. A client loops
 through the VIP while hosts join, leave gracefully and crash: joins and graceful leaves fail no request.
@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from dsr_operator.dsrlab import Lab
+from dsr_lab.lab import Lab
 from dsr_operator.simulator import dataplane, server
 from tests.netns.test_dsr_e2e import Loop, gets, wait_for
 from tests.registry.conftest import ETCD, Etcd

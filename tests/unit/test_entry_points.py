@@ -11,15 +11,17 @@ import pytest
 
 from dsr_operator import cli
 
+ON_A_NODE = ("kopf", "dsr_operator.simulator", "dsr_operator.planner", "dsr_operator.controller", "kmock", "dsr_lab")
 NEVER = {
-    "agent": ("kopf", "dsr_operator.simulator", "dsr_operator.planner", "dsr_operator.controller", "kmock"),
-    "host-agent": ("kopf", "dsr_operator.simulator", "dsr_operator.planner", "dsr_operator.controller", "kmock"),
-    "host-setup": ("kopf", "dsr_operator.simulator", "dsr_operator.planner", "dsr_operator.controller", "kmock"),
-    "run": ("pyroute2", "dsr_operator.simulator", "dsr_operator.agent", "kmock", "dsr_operator.kubeemu"),
-    "sync": ("kopf", "pyroute2", "dsr_operator.simulator", "dsr_operator.agent", "kmock"),
-    "plan": ("kopf", "pyroute2", "dsr_operator.agent", "dsr_operator.controller", "kmock"),
+    "agent": ON_A_NODE,
+    "host-agent": ON_A_NODE,
+    "host-setup": ON_A_NODE,
+    "run": ("pyroute2", "dsr_operator.simulator", "dsr_operator.agent", "kmock", "dsr_lab"),
+    "sync": ("kopf", "pyroute2", "dsr_operator.simulator", "dsr_operator.agent", "kmock", "dsr_lab"),
+    "plan": ("kopf", "pyroute2", "dsr_operator.agent", "dsr_operator.controller", "kmock", "dsr_lab"),
     "nitro-sim": ("kopf", "pyroute2", "dsr_operator.planner", "dsr_operator.controller", "dsr_operator.agent"),
-    "status": ("pyroute2", "dsr_operator.simulator", "dsr_operator.agent", "kopf"),
+    "status": ("pyroute2", "dsr_operator.simulator", "dsr_operator.agent", "kopf", "dsr_lab"),
+    "demo": ("kopf", "pyroute2", "dsr_operator.agent", "dsr_operator.controller", "kmock", "dsr_lab"),
 }
 
 

@@ -49,10 +49,10 @@ try:
     import jsonpatch  # kmock's own JSON patch library
     import kmock
     from kmock._internal import apps, dicts, parsing, rendering
-except ImportError as exc:  # kmock is a test extra, not a runtime dependency
+except ImportError as exc:  # kmock comes with the lab extra, never with the product
     raise ImportError(
-        "dsr_operator.kubeemu (the in-memory Kubernetes API of demo-dsr and the tests) needs the kmock "
-        "package: pip install kmock, or `make setup` (installs the project's [test] extra)"
+        "dsr_lab.kubeemu (the in-memory Kubernetes API of demo-dsr and the tests) needs the kmock "
+        "package: pip install 'dsr-operator[lab]', or `make setup`"
     ) from exc
 
 from dsr_operator.api import models

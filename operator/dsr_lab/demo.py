@@ -1,7 +1,7 @@
 """`dsr-operator demo-dsr`: the whole chain with real DSR traffic in network namespaces, then everything removed.
 
-Builds `dsrlab.Lab` (client, lb, three backends on one bridge, VIP 10.77.0.100) and runs, in this one
-process: the in-memory Kubernetes API (`dsr_operator.kubeemu`, needs kmock: `make setup`), the NITRO
+Builds `dsr_lab.lab.Lab` (client, lb, three backends on one bridge, VIP 10.77.0.100) and runs, in this
+one process: the in-memory Kubernetes API (`dsr_lab.kubeemu`, from the lab extra), the NITRO
 simulator with its nftables dataplane in lb, and the operator (kopf); plus one node agent process
 per backend (`dsr-operator agent --netns ...`). It creates three Nodes (InternalIP = a backend's
 address), a Service with the VIP in externalIPs, its EndpointSlice (one ready endpoint per node) and
@@ -33,7 +33,8 @@ from typing import Any, TextIO
 
 import aiohttp
 
-from dsr_operator import aio, dsrlab
+from dsr_lab import lab as dsrlab
+from dsr_operator import aio
 from dsr_operator.api import models
 from dsr_operator.simulator import dataplane, server
 
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"demo-dsr: {why}", file=sys.stderr)
         return 2
     try:
-        from dsr_operator import kubeemu  # noqa: F401  (only to fail early, with what to install)
+        from dsr_lab import kubeemu  # noqa: F401  (only to fail early, with what to install)
     except ImportError as exc:
         print(f"demo-dsr: {exc}", file=sys.stderr)
         return 2
@@ -341,7 +342,7 @@ async def wait_for(check: Callable[[], Any], within: float, interval: float = 0.
 
 
 async def _demo(lab: dsrlab.Lab, requests: int, out: TextIO) -> int:
-    from dsr_operator import kubeemu
+    from dsr_lab import kubeemu
 
     nodes = {f"n{i}": backend for i, backend in enumerate(lab.backends, start=1)}
     plane = dataplane.Dataplane(lab.ns("lb"), "eth0")

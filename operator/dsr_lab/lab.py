@@ -1,11 +1,12 @@
 """A DSR lab in network namespaces: client, lb (the simulator's dataplane), backends, one bridge.
 
-Used by `dsr-operator demo-dsr` and by the netns end-to-end tests. Everything lives in namespaces
-named `<prefix>-<role>`, on one /24 (default 10.77.0.0/24, VIP 10.77.0.100); with `net6` (e.g.
-"fd77::") also on one IPv6 /64 (VIP `vip6`, default <net6>100; addresses without duplicate address
-detection, the bridge without multicast snooping so neighbour solicitations reach every port, the
-HTTP servers dual-stack); traffic goes only to those addresses. `Lab.down()` deletes the namespaces,
-which takes their links, addresses and nftables state with them, and stops the processes the lab started.
+Used by `dsr-operator demo-dsr` (`dsr_lab.demo`) and by the netns, cluster and benchmark tiers.
+Everything lives in namespaces named `<prefix>-<role>`, on one /24 (default 10.77.0.0/24, VIP
+10.77.0.100); with `net6` (e.g. "fd77::") also on one IPv6 /64 (VIP `vip6`, default <net6>100; addresses
+without duplicate address detection, the bridge without multicast snooping so neighbour solicitations
+reach every port, the HTTP servers dual-stack); traffic goes only to those addresses. `Lab.down()`
+deletes the namespaces, which takes their links, addresses and nftables state with them, and stops the
+processes the lab started.
 
     bridge ns: br0 ── p-client ── client ns (eth0 .10)
                   ├── p-lb ────── lb ns (eth0 .2; the simulator's dataplane, answers ARP for the VIP)
