@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import datetime
 import re
 import secrets
 import uuid
@@ -55,6 +54,7 @@ except ImportError as exc:  # kmock comes with the lab extra, never with the pro
         "package: pip install 'dsr-operator[lab]', or `make setup`"
     ) from exc
 
+from dsr_operator import clock
 from dsr_operator.api import models
 
 RESOURCES: tuple[tuple[str, str, bool, bool], ...] = (
@@ -78,7 +78,7 @@ class KubernetesConflictError(kmock.KubernetesError):
 
 
 def _now() -> str:
-    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return clock.rfc3339(clock.utcnow())
 
 
 def _parse_selector(text: str | None) -> list[tuple[str, str, str]]:

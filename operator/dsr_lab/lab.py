@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from dsr_operator.simulator import netns as netns_
+from dsr_operator import netns as netns_
 
 HTTP_SERVER = r"""
 import http.server, socket, sys

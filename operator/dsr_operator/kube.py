@@ -9,7 +9,6 @@ in-cluster service account, `$KUBECONFIG` / `~/.kube/config`.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import logging
 import pathlib
 
@@ -22,6 +21,7 @@ import lightkube.models.core_v1
 import lightkube.models.meta_v1
 import lightkube.resources.core_v1
 
+from dsr_operator import clock
 from dsr_operator.api import models
 
 DsrService = lightkube.generic_resource.create_namespaced_resource(
@@ -59,7 +59,7 @@ async def post_event(
     namespace: str | None = None, warning: bool = False, host: str | None = None,
 ) -> None:
     """Post a core/v1 Event about `involved` (best effort: a failure is logged, never raised)."""
-    now = datetime.datetime.now(datetime.UTC)
+    now = clock.utcnow()
     where = namespace or involved.namespace or "default"
     event = lightkube.resources.core_v1.Event(
         metadata=lightkube.models.meta_v1.ObjectMeta(generateName=f"{involved.name}.", namespace=where),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import datetime
 import logging
 import pathlib
 import signal
@@ -25,7 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
-from dsr_operator import oneshot
+from dsr_operator import clock, oneshot
 from dsr_operator import settings as settings_mod
 from dsr_operator.controller import decide, loop, view
 from dsr_operator.controller.metrics import Metrics
@@ -125,7 +124,7 @@ class Sync:
         )
 
     async def batch(self, keys: set[Key]) -> None:
-        now = datetime.datetime.now(datetime.UTC)
+        now = clock.utcnow()
         async with self.view.lock:
             try:
                 actual = await self.view.actual()

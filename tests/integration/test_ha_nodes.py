@@ -108,3 +108,16 @@ async def test_a_box_whose_node_list_cannot_be_read_is_asked_before_every_stage(
         assert alone.standalone and await alone.still_primary() and alone.requests == before
     finally:
         await alone.close()
+
+
+@pytest.mark.parametrize(("state", "paired", "expected"), [
+    ("Primary", False, True),
+    ("Primary", True, True),
+    ("UNKNOWN", False, True),   # a stand-alone box that reports no HA state
+    ("UNKNOWN", True, False),   # one node of a pair must say Primary
+    ("Secondary", False, False),
+    ("Secondary", True, False),
+    ("unreachable (timeout)", False, False),
+])
+def test_is_primary(state: str, paired: bool, expected: bool) -> None:
+    assert ha.is_primary(state, paired=paired) is expected

@@ -19,6 +19,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 
+from dsr_operator.api import conditions as api_conditions
 from dsr_operator.api import models
 
 OWNER_PROTO = 213
@@ -293,16 +294,9 @@ def _condition(
     generation: int | None,
     now: str,
 ) -> models.Condition:
-    before = previous.get(type_, {})
-    transition = before.get("lastTransitionTime") if before.get("status") == status else None
-    return models.Condition(
-        type=type_,
-        status=status,  # type: ignore[arg-type]
-        reason=reason,
-        message=message,
-        last_transition_time=str(transition) if transition else now,
-        observed_generation=generation,
-    )
+    return models.Condition.model_validate(
+        api_conditions.condition(type_, status, reason, message, generation=generation, now=now,
+                             previous=previous.get(type_)))
 
 
 def compute_status(
@@ -315,12 +309,7 @@ def compute_status(
 ) -> models.NodeConfigStatus:
     """The whole status of a DsrNodeConfig from one outcome; conditions keep their transition times."""
     prev = previous or {}
-    raw_conditions = prev.get("conditions")
-    prev_conditions = {
-        str(c.get("type")): c
-        for c in (raw_conditions if isinstance(raw_conditions, list) else [])
-        if isinstance(c, Mapping)
-    }
+    prev_conditions = api_conditions.by_type(prev.get("conditions"))
     if outcome.error:
         ready = ("False", "ApplyFailed", outcome.error)
     elif outcome.failed:
@@ -332,7 +321,7 @@ def compute_status(
         degraded = ("True", "VipsFailed", "; ".join(f"{f.address}: {f.error}" for f in outcome.failed))
     else:
         degraded = ("False", "AsExpected", "")
-    conditions = [
+    built = [
         _condition(prev_conditions, "Ready", *ready, generation, now),
         _condition(prev_conditions, "Degraded", *degraded, generation, now),
     ]
@@ -349,7 +338,7 @@ def compute_status(
         sysctls=dict(outcome.sysctls),
         rp_filter=dict(outcome.rp_filter),
         rp_filter_max=max(outcome.rp_filter.values()) if outcome.rp_filter else None,
-        conditions=conditions,
+        conditions=built,
         last_error=outcome.error,
         last_drift_repair=drift,
     )

@@ -17,7 +17,7 @@ import datetime
 import logging
 import pathlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import lightkube
@@ -27,6 +27,7 @@ import lightkube.resources.core_v1
 import lightkube.types
 
 from dsr_operator import aio, kube
+from dsr_operator import clock as clock_
 from dsr_operator.agent import core, facts, host, state
 from dsr_operator.agent import metrics as metrics_
 from dsr_operator.api import models
@@ -64,14 +65,6 @@ class Settings:
     """A VIP removed that way is retried after this long (doubling each time, up to 16 times as long)."""
 
 
-def _utcnow() -> datetime.datetime:
-    return datetime.datetime.now(tz=datetime.UTC)
-
-
-def _rfc3339(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _plain(obj: Any) -> dict[str, Any]:
     data = obj.to_dict() if hasattr(obj, "to_dict") and not isinstance(obj, dict) else dict(obj)
     return copy.deepcopy(data)
@@ -86,7 +79,7 @@ class Agent:
         the_host: host.Host,
         client: lightkube.AsyncClient,
         *,
-        clock: Callable[[], datetime.datetime] = _utcnow,
+        clock: clock_.Clock = clock_.SYSTEM,
         metrics: metrics_.AgentMetrics | None = None,
     ) -> None:
         self.settings = settings
@@ -201,7 +194,7 @@ class Agent:
         for address in sorted(added):
             _, times, _ = self._quarantine.get(address, (0.0, 0, ""))
             delay = self.settings.quarantine_seconds * 2 ** min(times, 4)
-            retry = _rfc3339(self.clock() + datetime.timedelta(seconds=delay))
+            retry = clock_.rfc3339(self.clock() + datetime.timedelta(seconds=delay))
             message = (f"removed: the API server did not answer within {self.settings.api_grace_seconds:g}s "
                        f"after it was added; retried at {retry}")
             self._quarantine[address] = (now + delay, times + 1, message)
@@ -243,7 +236,7 @@ class Agent:
         generation = metadata.get("generation")
         now = self.clock()
         repaired = self._drift(outcome, previous_status, generation)
-        drift = models.DriftRepair(time=_rfc3339(now), repaired=repaired) if repaired else None
+        drift = models.DriftRepair(time=clock_.rfc3339(now), repaired=repaired) if repaired else None
         if repaired:
             logger.warning("DsrNodeConfig %s: repaired host drift: %s", self.settings.node_name, "; ".join(repaired))
         if self.metrics is not None:
@@ -256,7 +249,7 @@ class Agent:
         if drift is not None:
             await self._event("DriftRepaired", "Repaired host drift: " + "; ".join(repaired), metadata, now)
         status = core.compute_status(
-            outcome, generation=generation, previous=previous_status, now=_rfc3339(now), drift=drift
+            outcome, generation=generation, previous=previous_status, now=clock_.rfc3339(now), drift=drift
         )
         document = core.status_document(status)
         if document == dict(previous_status) and self._probation is None:

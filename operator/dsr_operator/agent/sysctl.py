@@ -2,7 +2,7 @@
 
 /proc/sys/net shows the network namespace of the thread that opens the file. For the host namespace
 we use `asyncio.to_thread`; for a named namespace (`--netns`) we keep one dedicated worker thread
-that enters the namespace once, at start, with setns(2) on /run/netns/NAME, and does every read and
+that enters the namespace once, at start (`dsr_operator.netns.enter`), and does every read and
 write of this module there. The event loop thread never changes namespace.
 """
 
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import ctypes
-import ctypes.util
 import functools
 import logging
 import os
@@ -20,12 +18,12 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Self, TypeVar
 
+from dsr_operator import netns as netns_
+
 logger = logging.getLogger(__name__)
 
 # A container's /proc/sys is read-only: the DaemonSet mounts the host's /proc/sys/net under /host/proc/sys.
 PROC_SYS = pathlib.Path(os.environ.get("DSR_AGENT_PROC_SYS", "/proc/sys"))
-NETNS_RUN_DIR = pathlib.Path("/run/netns")
-CLONE_NEWNET = 0x40000000
 
 T = TypeVar("T")
 
@@ -37,17 +35,6 @@ class SysctlError(Exception):
 def _path(key: str) -> pathlib.Path:
     # sysctl(8) naming: dots separate levels, a slash stands for a dot inside a name (eth0/100).
     return PROC_SYS.joinpath(*(part.replace("/", ".") for part in key.split(".")))
-
-
-def _enter_netns(name: str) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    fd = os.open(NETNS_RUN_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"setns into network namespace {name!r}: {os.strerror(errno)}")
-    finally:
-        os.close(fd)
 
 
 def _read(keys: tuple[str, ...]) -> dict[str, int | None]:
@@ -93,7 +80,7 @@ class Sysctls:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1,
                 thread_name_prefix=f"sysctl-{self._netns}",
-                initializer=_enter_netns,
+                initializer=netns_.enter,
                 initargs=(self._netns,),
             )
             await self._run(lambda: None)  # fail now if the namespace cannot be entered

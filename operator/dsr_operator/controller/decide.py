@@ -19,6 +19,7 @@ from typing import Any
 
 import pydantic
 
+from dsr_operator import clock
 from dsr_operator.api import models, vippool
 from dsr_operator.controller import world
 from dsr_operator.model import names
@@ -451,15 +452,11 @@ class Report:
     """From the plan's holds (the guard); drains come back when the box ends them."""
 
 
-def _timestamp(now: datetime.datetime) -> str:
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def status_for(entry: Entry, v: world.Verdict, extra: Mapping[str, Any], now: datetime.datetime) -> dict[str, Any]:
     previous = entry.status.get("conditions") or []
     ports = {"portsText": entry.spec.ports_text} if entry.spec is not None else {}
     return {"observedGeneration": entry.generation, **ports, **extra,
-            "conditions": world.conditions(v, entry.generation, _timestamp(now), previous)}
+            "conditions": world.conditions(v, entry.generation, clock.rfc3339(now), previous)}
 
 
 def owner_of(op: nsops.Op, users: Mapping[str, frozenset[str]]) -> frozenset[str]:

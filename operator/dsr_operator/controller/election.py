@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
 import logging
 import time
 
@@ -29,7 +28,7 @@ from lightkube.models.coordination_v1 import LeaseSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
 
-from dsr_operator import aio
+from dsr_operator import aio, clock
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +45,6 @@ class Timing:
     def __post_init__(self) -> None:
         if not 0 < self.retry_seconds < self.renew_deadline < self.lease_seconds:
             raise ValueError("leader election needs 0 < retry_seconds < renew_deadline < lease_seconds")
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
 
 
 class Elector:
@@ -106,7 +101,7 @@ class Elector:
         return await self._write(lease, transition=True)
 
     async def _create(self) -> bool:
-        now = _now()
+        now = clock.utcnow()
         lease = Lease(
             metadata=ObjectMeta(name=self.name, namespace=self.namespace),
             spec=LeaseSpec(holderIdentity=self.identity, leaseDurationSeconds=self.timing.lease_seconds,
@@ -123,7 +118,7 @@ class Elector:
 
     async def _write(self, lease: Lease, *, transition: bool) -> bool:
         spec = lease.spec or LeaseSpec()
-        now = _now()
+        now = clock.utcnow()
         if transition:
             spec.acquireTime = now
             spec.leaseTransitions = (spec.leaseTransitions or 0) + 1
@@ -179,7 +174,7 @@ class Elector:
                 return
             lease.spec.holderIdentity = None
             lease.spec.leaseDurationSeconds = 1
-            lease.spec.renewTime = _now()
+            lease.spec.renewTime = clock.utcnow()
             await self.client.replace(lease)
             log.info("Released Lease %s/%s.", self.namespace, self.name)
         except Exception as e:

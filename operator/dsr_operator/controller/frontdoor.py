@@ -14,7 +14,6 @@ so two Services decided in a row never get the same address.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -23,7 +22,7 @@ import lightkube
 import lightkube.resources.core_v1
 from lightkube.types import PatchType
 
-from dsr_operator import kube
+from dsr_operator import clock, kube
 from dsr_operator.controller import lbservices, loop
 
 log = logging.getLogger(__name__)
@@ -168,7 +167,7 @@ class FrontDoor:
                                 namespace=service.namespace, patch_type=PatchType.MERGE)
 
     async def _condition(self, service: lbservices.LbService, condition: lbservices.Condition | None) -> None:
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = clock.rfc3339(clock.utcnow())
         patch = lbservices.condition_patch(service, condition, now)
         if patch is None:
             return

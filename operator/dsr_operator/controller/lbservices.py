@@ -21,6 +21,7 @@ from typing import Any
 
 import pydantic
 
+from dsr_operator.api import conditions as api_conditions
 from dsr_operator.api import models, vippool
 from dsr_operator.model import ops as nsops
 
@@ -391,18 +392,14 @@ def pool_status(entry: PoolEntry, context: Context, generation: int | None) -> d
         reason = "InvalidPool" if entry.pool is None else "Overlap"
         message = entry.error if entry.pool is None else overlaps[entry.name]
         return {"observedGeneration": generation or 0, "addressesUsed": 0, "conditions": [
-            _condition("Ready", "False", reason, message or "", generation),
-            _condition("Stalled", "True", reason, message or "", generation),
+            api_conditions.condition("Ready", "False", reason, message or "", generation=generation),
+            api_conditions.condition("Stalled", "True", reason, message or "", generation=generation),
         ]}
     total, used = vippool.usage(entry.pool, set(context.vips))
     message = f"{used} of {total} addresses in use"
     return {"observedGeneration": generation or 0, "addressesTotal": str(total), "addressesUsed": used,
-            "conditions": [_condition("Ready", "True", "Valid", message, generation),
-                           _condition("Stalled", "False", "Valid", "", generation)]}
-
-
-def _condition(kind: str, status: str, reason: str, message: str, generation: int | None) -> dict[str, Any]:
-    return {"type": kind, "status": status, "reason": reason, "message": message, "observedGeneration": generation}
+            "conditions": [api_conditions.condition("Ready", "True", "Valid", message, generation=generation),
+                           api_conditions.condition("Stalled", "False", "Valid", "", generation=generation)]}
 
 
 def condition_patch(service: LbService, condition: Condition | None, now: str
@@ -425,10 +422,8 @@ def condition_patch(service: LbService, condition: Condition | None, now: str
     if current is not None and (current.get("status"), current.get("reason"), current.get("message")) == (
             condition.status, condition.reason, message):
         return None
-    since = current.get("lastTransitionTime") if current is not None and current.get("status") == condition.status \
-        else None
-    value = {"type": CONDITION, "status": condition.status, "reason": condition.reason, "message": message,
-             "lastTransitionTime": since or now}
+    value = api_conditions.condition(CONDITION, condition.status, condition.reason, message, with_generation=False,
+                                 now=now, previous=current)
     if index is not None:
         return [{"op": "test", "path": f"/status/conditions/{index}/type", "value": CONDITION},
                 {"op": "replace", "path": f"/status/conditions/{index}", "value": value}]

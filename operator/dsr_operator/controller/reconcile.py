@@ -29,6 +29,7 @@ import kopf
 import lightkube
 from lightkube.types import PatchType
 
+from dsr_operator import clock as clock_
 from dsr_operator import kube
 from dsr_operator.api import models, vippool
 from dsr_operator.controller import config, decide, frontdoor, loop, nodes, view, world
@@ -285,7 +286,7 @@ async def run(rt: Runtime) -> None:
 
 async def reconcile_batch(rt: Runtime, keys: set[Key]) -> asyncio.Task[None] | None:
     """One batch up to NetScaler and the nodes; returns the task that writes its statuses and events."""
-    now = datetime.datetime.now(datetime.UTC)
+    now = clock_.utcnow()
     clock = [time.monotonic()]
     took: dict[str, float] = {}
 

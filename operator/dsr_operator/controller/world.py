@@ -12,6 +12,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from dsr_operator.api import conditions as api_conditions
 from dsr_operator.api import models
 from dsr_operator.model import names
 from dsr_operator.model import state as ns
@@ -319,21 +320,5 @@ def verdict(
 def conditions(v: Verdict, generation: int | None, now: str, previous: Iterable[Mapping[str, Any]] = ()
                ) -> list[dict[str, Any]]:
     """kstatus-style conditions; lastTransitionTime moves only when a status flips."""
-    before = {c.get("type"): c for c in previous}
-    values = {
-        "Ready": ("True" if v.ready else "False", v.reason, v.message),
-        "Reconciling": ("True" if v.reconciling else "False", v.reason if v.reconciling else "Idle",
-                        v.message if v.reconciling else ""),
-        "Stalled": ("True" if v.stalled else "False", v.reason if v.stalled else "Progressing",
-                    v.message if v.stalled else ""),
-    }
-    out = []
-    for ctype, (status, reason, message) in values.items():
-        old = before.get(ctype) or {}
-        moved = old.get("status") != status
-        out.append({
-            "type": ctype, "status": status, "reason": reason, "message": message,
-            "observedGeneration": generation,
-            "lastTransitionTime": now if moved or not old.get("lastTransitionTime") else old["lastTransitionTime"],
-        })
-    return out
+    return api_conditions.kstatus(ready=v.ready, reason=v.reason, message=v.message, reconciling=v.reconciling,
+                                  stalled=v.stalled, generation=generation, now=now, previous=previous)

@@ -25,6 +25,8 @@ from dsr_operator.netscaler import errors
 log = logging.getLogger(__name__)
 
 PRIMARY = "Primary"
+UNKNOWN = "UNKNOWN"
+"""What `hanode/0` says on a box that reports no HA state."""
 #: How long a primary's answer holds for `primary()`; writes ask again anyway (`still_primary`).
 RECHECK_SECONDS = 1.0
 #: How long a stand-alone box's answer holds, for writes too (it has no peer to fail over to).
@@ -33,6 +35,12 @@ STANDALONE_RECHECK_SECONDS = 5.0
 
 class NotPrimary(errors.NitroError):
     """No NetScaler we may write to: the node is an HA secondary (writes there would be lost)."""
+
+
+def is_primary(state: str, *, paired: bool) -> bool:
+    """Whether a node whose `hanode/0` says `state` may be written to: it is the Primary, or it reports no
+    HA state (UNKNOWN) and is not one node of a pair."""
+    return state == PRIMARY or (state == UNKNOWN and not paired)
 
 
 class Nodes:
@@ -116,7 +124,7 @@ class Nodes:
                 await self._drop(url)
                 continue
             states[url] = state
-            if state == PRIMARY or (state == "UNKNOWN" and len(self.urls) == 1):
+            if is_primary(state, paired=len(self.urls) > 1):  # the URLs given, not what a box listed since
                 if not self.paired:
                     with contextlib.suppress(errors.NitroError):  # unread: asked before every stage
                         await self._list_nodes(client)
@@ -147,7 +155,7 @@ class Nodes:
         except (errors.NitroTransportError, errors.NitroServerError) as exc:
             state = f"unreachable ({exc})"
             await self._drop(url)
-        if state == PRIMARY or (state == "UNKNOWN" and not self.paired):
+        if is_primary(state, paired=self.paired):
             self._confirmed = self._clock()
             return True
         log.warning("NetScaler %s is %s, no longer the HA primary: the rest of this change goes to the new primary",
@@ -171,7 +179,7 @@ class Nodes:
             return await client.ha_state()
         self.paired = len(listed) > 1
         self.standalone = not self.paired
-        return next((str(n.get("state", "UNKNOWN")) for n in listed if str(n.get("id")) == "0"), "UNKNOWN")
+        return next((str(n.get("state", UNKNOWN)) for n in listed if str(n.get("id")) == "0"), UNKNOWN)
 
     async def reset(self) -> None:
         """Forget every session (after a failure): the next `primary()` starts afresh."""

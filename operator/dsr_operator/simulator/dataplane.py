@@ -67,7 +67,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from dsr_operator import aio
-from dsr_operator.simulator import netns as netns_
+from dsr_operator import netns as netns_
 from dsr_operator.simulator import stats as stats_
 from dsr_operator.simulator import store as store_
 
