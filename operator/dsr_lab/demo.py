@@ -20,7 +20,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 import pathlib
 import signal
 import subprocess
@@ -32,6 +31,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, TextIO
 
 import aiohttp
+import pydantic
 
 from dsr_lab import lab as dsrlab
 from dsr_operator import aio
@@ -305,14 +305,14 @@ class Agents:
 @contextlib.asynccontextmanager
 async def running_operator(kube_url: str, sim_url: str) -> AsyncIterator[asyncio.Task[None]]:
     """The operator (kopf) in this process, against the emulator and the simulator, until the block ends."""
+    from dsr_operator import settings as settings_mod
     from dsr_operator.controller import cli as operator_cli
     from dsr_operator.controller import config
 
-    os.environ["DSR_NETSCALER_URL"] = sim_url
-    os.environ["DSR_NETSCALER_PASSWORD"] = PASSWORD
     settings = config.OperatorSettings(
         kube_server=kube_url, metrics_port=0, liveness_port=0, resync_seconds=1.0,
         save_debounce_seconds=0.5, namespaces=[],
+        netscaler=settings_mod.NitroSettings(url=sim_url, password=pydantic.SecretStr(PASSWORD)),
     )  # fmt: skip
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(operator_cli.run(settings, stop_flag=stop, ready_flag=ready))

@@ -181,9 +181,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides["namespaces"] = args.namespace
     try:
         settings = config.OperatorSettings(**overrides)
-        settings.nitro()
     except pydantic.ValidationError as exc:  # inputs hidden: a URL may carry a password
-        prefix = "DSR_NETSCALER_" if exc.title == "NitroSettings" else "DSR_"
+        prefix = {"NitroSettings": "DSR_NETSCALER_", "EtcdSettings": "DSR_ETCD_"}.get(exc.title, "DSR_")
         for error in exc.errors():
             where = prefix + "_".join(str(part) for part in error["loc"]).upper()
             print(f"dsr-operator run: invalid setting {where}: {error['msg']}", file=sys.stderr)

@@ -1,4 +1,9 @@
-"""Operator settings: one root of small groups, from flags or environment (prefix DSR_)."""
+"""Operator settings: one root of small groups, from flags or environment (prefix DSR_).
+
+The root is read once, when `dsr-operator run` starts (or built by whoever embeds the operator), and
+handed down: nothing below reads the environment. Its groups: `netscaler` (DSR_NETSCALER_*), `etcd`
+(DSR_ETCD_*), the Kubernetes connection (`kube_*`), and the operator's own behaviour.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,11 @@ class OperatorSettings(pydantic_settings.BaseSettings):
     """`dsr-operator run` settings; every field also reads from the environment (DSR_<FIELD>)."""
 
     model_config = pydantic_settings.SettingsConfigDict(env_prefix="DSR_", extra="ignore")
+
+    netscaler: base.NitroSettings = pydantic.Field(default_factory=base.NitroSettings)
+    """How to reach NetScaler (its own variables, DSR_NETSCALER_*), read with the root."""
+    etcd: base.EtcdSettings = pydantic.Field(default_factory=base.EtcdSettings)
+    """The service registry, if any (DSR_ETCD_*), read with the root."""
 
     operator_id: str = pydantic.Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
     """The ownership marker in every NetScaler object's comment; one per cluster sharing a NetScaler."""
@@ -87,8 +97,3 @@ class OperatorSettings(pydantic_settings.BaseSettings):
         except OSError:
             return "default"
 
-    def nitro(self) -> base.NitroSettings:
-        return base.NitroSettings()
-
-    def etcd(self) -> base.EtcdSettings:
-        return base.EtcdSettings()

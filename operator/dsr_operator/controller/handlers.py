@@ -278,7 +278,7 @@ async def _make_runtime(settings: config.OperatorSettings) -> reconcile.Runtime:
     conn = connection(settings)
     kube_config = await asyncio.to_thread(kube.load_config, conn)
     client = kube.make_client(kube_config, conn, field_manager="dsr-operator")
-    nitro_settings = settings.nitro()
+    nitro_settings = settings.netscaler
     metrics.netscalers(nitro_settings.endpoints())
     nitro_view = view.NetScalerView(
         nitro_settings, settings.operator_id, save_debounce=settings.save_debounce_seconds,

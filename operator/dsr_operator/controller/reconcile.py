@@ -472,7 +472,7 @@ def make_runtime(settings: config.OperatorSettings, view_: view.NetScalerView, c
                                default_class=settings.default_load_balancer)
     rt = Runtime(settings=settings, view=view_, kube=client, metrics=metrics,
                  batcher=loop.Batcher(settings.debounce_seconds), frontdoor=door, indices=indices)
-    etcd_settings = settings.etcd()
+    etcd_settings = settings.etcd
     if etcd_settings.configured:
         rt.registry = source.Registry(etcd.EtcdClient.of(etcd_settings), lambda prefix: registry_changed(rt, prefix))
     return rt
