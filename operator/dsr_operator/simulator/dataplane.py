@@ -68,8 +68,8 @@ from typing import Any
 
 from dsr_operator import aio
 from dsr_operator.simulator import netns as netns_
+from dsr_operator.simulator import nitro as store_
 from dsr_operator.simulator import stats as stats_
-from dsr_operator.simulator import store as store_
 
 logger = logging.getLogger(__name__)
 

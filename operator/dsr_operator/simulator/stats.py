@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from dsr_operator.simulator import store as store_
+from dsr_operator.simulator import nitro
 
 Record = dict[str, Any]
 
@@ -34,7 +34,7 @@ def _zeros(*names: str) -> Record:
     return dict.fromkeys(names, "0")
 
 
-def service(model: store_.Store, obj: Record, traffic: Traffic) -> Record:
+def service(model: nitro.Store, obj: Record, traffic: Traffic) -> Record:
     name = obj["name"]
     clients = model.clients.get(name, 0)
     return {
@@ -55,7 +55,7 @@ def service(model: store_.Store, obj: Record, traffic: Traffic) -> Record:
     }  # fmt: skip
 
 
-def lbvserver(model: store_.Store, obj: Record, traffic: Traffic) -> Record:
+def lbvserver(model: nitro.Store, obj: Record, traffic: Traffic) -> Record:
     name = obj["name"]
     runtime = model.render("lbvserver", obj)
     bound = [model.objects["service"][(b["servicename"],)]
@@ -85,7 +85,7 @@ def lbvserver(model: store_.Store, obj: Record, traffic: Traffic) -> Record:
     }  # fmt: skip
 
 
-def hanode(model: store_.Store, since: float | None) -> Record:
+def hanode(model: nitro.Store, since: float | None) -> Record:
     paired = model.ha_peer is not None
     return {
         "hacurstatus": "YES" if paired else "NO",
@@ -98,18 +98,18 @@ def hanode(model: store_.Store, since: float | None) -> Record:
 
 
 def records(
-    model: store_.Store, resource: str, name: str | None, traffic: Traffic, ha_since: float | None = None
+    model: nitro.Store, resource: str, name: str | None, traffic: Traffic, ha_since: float | None = None
 ) -> list[Record] | Record:
     """`GET /nitro/v1/stat/<resource>[/<name>]`: the records, or the hanode object; 404/258 for a missing name."""
     if resource == "hanode":
         return hanode(model, ha_since)
     render = {"service": service, "lbvserver": lbvserver}.get(resource)
     if render is None:
-        raise store_.NitroError(599, 1232, f"Invalid object name [{resource}]")
+        raise nitro.NitroError(599, 1232, f"Invalid object name [{resource}]")
     objects = model.objects[resource]
     if name is not None:
         obj = objects.get((name,))
         if obj is None:
-            raise store_.not_found("name", name)
+            raise nitro.not_found("name", name)
         return [render(model, obj, traffic)]
     return [render(model, obj, traffic) for _, obj in sorted(objects.items())]
