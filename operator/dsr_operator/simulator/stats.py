@@ -9,25 +9,15 @@ connections (`Store.clients`), and, when the dataplane runs, packets and flows (
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from dsr_operator.simulator import nitro
+from dsr_operator.simulator.nitro.queries import Traffic as Traffic
 
 Record = dict[str, Any]
 
 STAT_TYPES = ("lbvserver", "service", "hanode")
-
-
-@dataclasses.dataclass(frozen=True)
-class Traffic:
-    """What the dataplane counted: packets in per vserver, packets forwarded and new flows per service."""
-
-    vserver_packets: Mapping[str, int] = dataclasses.field(default_factory=dict)
-    forwarded_packets: Mapping[str, int] = dataclasses.field(default_factory=dict)
-    new_flows: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
 def _zeros(*names: str) -> Record:
