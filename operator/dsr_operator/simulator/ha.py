@@ -1,6 +1,6 @@
 """An HA pair of simulators: two nodes, the primary's configuration synchronised to the secondary, failover.
 
-What a real pair does and the simulator reproduces (`reference/nitro-api.md` §6.3, §11):
+What a real pair does and the simulator reproduces:
 * each node answers `hanode/0` with its own state (Primary or Secondary) and lists its peer as
   `hanode/1`; `nsconfig` shows `systemtype: HA` and `primaryip`; `/stat/hanode` says
   `hacurstatus: YES` and `hacurmasterstate`;

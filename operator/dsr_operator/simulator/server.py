@@ -1,7 +1,7 @@
 """HTTP face of the NITRO simulator: routes, auth, envelopes, bulk, persistence, fault injection.
 
-A plain `aiohttp.web.Application` (see `make_app`) serving the NITRO subset in
-`reference/nitro-api.md` under `/nitro/v1/config/`, on top of the pure model in `store.py`.
+A plain `aiohttp.web.Application` (see `make_app`) serving the NITRO subset of `schema.py` under
+`/nitro/v1/config/`, on top of the pure model in the `nitro` package (`nitro.Store`).
 `running()` starts one on a real socket for tests, benchmarks and the `demo` command.
 
 NITRO behaviour worth knowing:
@@ -745,7 +745,7 @@ def make_app(
 ) -> web.Application:
     """A NITRO simulator application; `users` maps user names to passwords (default nsroot/nsroot).
 
-    With `dataplane`, the configuration also drives real forwarding and probes (see `dataplane.py`);
+    With `dataplane`, the configuration also drives real forwarding and probes (see the `dataplane` package);
     it starts after the persisted state is loaded and stops with the app. With `peer` (the other
     simulator's base URL) it is one node of an HA pair, in role `ha_state` (see `ha.py`); `nsip` is
     the address `hanode` and `nsconfig` show for this node. With `peer_ip` instead, it is one node of a

@@ -1,8 +1,8 @@
 """NITRO statistics of the simulator: `/nitro/v1/stat/lbvserver`, `/stat/service`, `/stat/hanode` (pure).
 
-Field names are those of the NITRO stat reference (`reference/nitro-api.md` §6.2, §6.3), the ones
-monitoring tools read (check_netscaler's `state` and `hastatus`, Prometheus exporters). As on the
-appliance, counters are JSON strings and rates numbers. What a simulator cannot know (bytes,
+Field names are those of the NITRO stat reference, the ones monitoring tools read (check_netscaler's
+`state` and `hastatus`, Prometheus exporters). As on the appliance, counters are JSON strings and
+rates numbers. What a simulator cannot know (bytes,
 requests, response times) is 0; what it can is real: state, health, active services, client
 connections (`Store.clients`), and, when the dataplane runs, packets and flows (`Traffic`).
 """

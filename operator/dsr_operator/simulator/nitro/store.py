@@ -1,6 +1,6 @@
 """The simulated NetScaler: configuration objects, their validation, derived runtime state, the write journal.
 
-Pure Python, no I/O: the HTTP layer (`server.py`) translates requests into `Store.execute` /
+Pure Python, no I/O: the HTTP layer (`simulator/server.py`) translates requests into `Store.execute` /
 `Store.execute_bulk` / `Store.records` calls and `NitroError`s into NITRO error bodies. `Store` is
 assembled from the package's rooms: `rules.py` (what each write does), `runtime.py` (states derived
 from host marks, probes and clients), `reads.py` (GET, and the dataplane's `queries.ConfigView`),

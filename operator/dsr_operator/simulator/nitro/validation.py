@@ -1,4 +1,4 @@
-"""Validation of one object against the table in `schema.py`: field values, required and exclusive
+"""Validation of one object against the table in `simulator/schema.py`: field values, required and exclusive
 arguments, defaults, and the checks that need no other object (vserver and monitor constraints).
 
 Pure functions; the rules that cross objects live in `rules.py`.
