@@ -34,6 +34,7 @@ class Persistence(StoreState):
                 raise ValueError(f"unknown resource type {name!r} in an HA sync")
             objects[name] = {res.key_of(r): copy.deepcopy(dict(r)) for r in records}
         self.objects = objects
+        self._addr = None  # the address index was of the configuration just replaced
         self.modes = set(doc.get("nsmode", schema.NSMODE_DEFAULTS))
         self._notify(self._change("POST", "", "sync", {}), journal=False)
 
