@@ -13,8 +13,7 @@ from typing import Any
 
 from dsr_operator.simulator import schema
 from dsr_operator.simulator.nitro.errors import NitroError, argument_missing, bad_value, invalid_argument
-
-Record = dict[str, Any]
+from dsr_operator.simulator.nitro.state import Record
 
 TIME_UNIT_MS = {"SEC": 1000, "MSEC": 1, "MIN": 60000}
 
