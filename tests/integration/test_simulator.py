@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 
 from dsr_operator import cli
-from dsr_operator.simulator import server, store
+from dsr_operator.simulator import nitro as nitro_
+from dsr_operator.simulator import server
 from tests.integration.test_operator import eventually
 
 AUTH = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": "nsroot"}
@@ -896,7 +897,7 @@ async def test_sim_reset_and_hosts_endpoints(nitro_sim: server.Simulator, nitro:
 
 
 async def test_change_listeners_see_each_write(nitro_sim: server.Simulator, nitro: Nitro) -> None:
-    seen: list[store.Change] = []
+    seen: list[nitro_.Change] = []
     nitro_sim.store.listeners.append(seen.append)
     await nitro.post("server", _servers("a", "b"))
     await nitro.post("server", _servers("a"))  # fails: no notification
@@ -986,7 +987,7 @@ def test_password_is_never_taken_for_password_file(command: list[str], capsys: p
 
 def test_with_live_client_counts_a_drain_waits_for_a_count_taken_after_the_disable() -> None:
     now = [1000.0]
-    model = store.Store(clock=lambda: now[0])
+    model = nitro_.Store(clock=lambda: now[0])
     model.execute("POST", "server", "add", {"name": "h", "ipaddress": "10.0.0.1"})
     model.execute("POST", "service", "add", {"name": "s", "servername": "h", "servicetype": "ANY", "port": 80})
     model.set_clients({}, replace=True, live=True)  # a dataplane counted no flows, a moment ago

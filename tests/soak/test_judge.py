@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dsr_operator.simulator import store
+from dsr_operator.simulator import nitro
 from tests.soak import judge
 
 OP = "soak"
@@ -48,14 +48,14 @@ WEB_SPEC = {
 BROKEN_SPEC = {**WEB_SPEC, "vip": "192.0.2.11", "ports": [80, 80]}
 
 
-def _write(model: store.Store, resource: str, action: str, payload: dict[str, Any]) -> None:
+def _write(model: nitro.Store, resource: str, action: str, payload: dict[str, Any]) -> None:
     method = {"add": "POST", "bind": "PUT", "update": "PUT"}.get(action, "POST")
     model.execute(method, resource, action, payload)
 
 
-def _world() -> tuple[store.Store, judge.Capture]:
+def _world() -> tuple[nitro.Store, judge.Capture]:
     """DsrService web configured as the README says, one invalid DsrService, and hand-made objects."""
-    model = store.Store()
+    model = nitro.Store()
     _write(model, "nsmode", "enable", {"mode": ["MBF"]})
     # Hand-made: our prefix without a marker, and another operator's marker.
     _write(model, "server", "add", {"name": "dsr-manual", "ipaddress": "198.51.100.250", "comment": "by hand"})
@@ -110,26 +110,26 @@ def test_a_correct_state_passes_every_invariant() -> None:
     assert _failed(capture) == {}
 
 
-def _redo(model: store.Store, capture: judge.Capture, *, save: bool = True, **changes: Any) -> judge.Capture:
+def _redo(model: nitro.Store, capture: judge.Capture, *, save: bool = True, **changes: Any) -> judge.Capture:
     if save:
         _write(model, "nsconfig", "save", {})
     return dataclasses.replace(capture, netscaler=model.dump(), journal=tuple(c.as_json() for c in model.journal),
                                **changes)
 
 
-def _missing_binding(model: store.Store, capture: judge.Capture) -> judge.Capture:
+def _missing_binding(model: nitro.Store, capture: judge.Capture) -> judge.Capture:
     model.execute("POST", "lbvserver_service_binding", "unbind", {"name": "dsr-t_web_80",
                                                                   "servicename": f"dsr-{HOSTS[1]}_80"})
     return _redo(model, capture)
 
 
-def _orphan(model: store.Store, capture: judge.Capture) -> judge.Capture:
+def _orphan(model: nitro.Store, capture: judge.Capture) -> judge.Capture:
     _write(model, "lbvserver", "add", {"name": "dsr-t_gone_80", "servicetype": "ANY", "ipv46": "192.0.2.99",
                                        "port": 80, "m": "MAC", "comment": f"dsr-operator:{OP}:uid-gone"})
     return _redo(model, capture)
 
 
-def _orphan_monitor_binding(model: store.Store, capture: judge.Capture) -> judge.Capture:
+def _orphan_monitor_binding(model: nitro.Store, capture: judge.Capture) -> judge.Capture:
     _write(model, "lbmonitor", "add", {"monitorname": "dsr-t_gone_ping", "type": "PING", "interval": 5,
                                        "resptimeout": 2, "comment": f"dsr-operator:{OP}:uid-gone"})
     _write(model, "service_lbmonitor_binding", "bind",
@@ -137,28 +137,28 @@ def _orphan_monitor_binding(model: store.Store, capture: judge.Capture) -> judge
     return _redo(model, capture)
 
 
-def _handmade_changed(model: store.Store, capture: judge.Capture) -> judge.Capture:
+def _handmade_changed(model: nitro.Store, capture: judge.Capture) -> judge.Capture:
     _write(model, "lbvserver", "update", {"name": "dsr-other_x_80", "lbmethod": "SOURCEIPHASH"})
     return _redo(model, capture)
 
 
-def _handmade_bound(model: store.Store, capture: judge.Capture) -> judge.Capture:
+def _handmade_bound(model: nitro.Store, capture: judge.Capture) -> judge.Capture:
     _write(model, "lbvserver_service_binding", "bind", {"name": "dsr-t_web_80", "servicename": "dsr-manual-svc"})
     return _redo(model, capture)
 
 
-def _wrong_lbmethod(model: store.Store, capture: judge.Capture) -> judge.Capture:
+def _wrong_lbmethod(model: nitro.Store, capture: judge.Capture) -> judge.Capture:
     _write(model, "lbvserver", "update", {"name": "dsr-t_web_80", "lbmethod": "LEASTCONNECTION"})
     return _redo(model, capture)
 
 
-def _monitor_port_left(model: store.Store, capture: judge.Capture) -> judge.Capture:
+def _monitor_port_left(model: nitro.Store, capture: judge.Capture) -> judge.Capture:
     spec = {**WEB_SPEC, "healthCheck": {**WEB_SPEC["healthCheck"], "port": None}}  # type: ignore[dict-item]
     web = dataclasses.replace(capture.dsrservices[0], spec=spec)
     return _redo(model, capture, dsrservices=(web, capture.dsrservices[1]))
 
 
-def _two_vservers_on_one_vip(model: store.Store, capture: judge.Capture) -> judge.Capture:
+def _two_vservers_on_one_vip(model: nitro.Store, capture: judge.Capture) -> judge.Capture:
     _write(model, "lbvserver", "add", {"name": "dsr-t_other_80", "servicetype": "ANY", "ipv46": "192.0.2.98",
                                        "port": 80, "m": "MAC", "comment": f"dsr-operator:{OP}:uid-web"})
     # The simulator refuses a second vserver on an IP:port, as a box does: corrupt its records directly.
@@ -166,21 +166,21 @@ def _two_vservers_on_one_vip(model: store.Store, capture: judge.Capture) -> judg
     return _redo(model, capture)
 
 
-def _credential_in_log(model: store.Store, capture: judge.Capture) -> judge.Capture:
+def _credential_in_log(model: nitro.Store, capture: judge.Capture) -> judge.Capture:
     logs = {"operator-1": f"Request POST login failed: body {{'password': '{PASSWORD}'}}\n"}
     return _redo(model, capture, operator_logs=logs)
 
 
-def _token_in_metrics(model: store.Store, capture: judge.Capture) -> judge.Capture:
+def _token_in_metrics(model: nitro.Store, capture: judge.Capture) -> judge.Capture:
     return _redo(model, capture, metrics={"operator-1": f'dsr_x{{token="{TOKEN}"}} 1\n'})
 
 
-def _traceback(model: store.Store, capture: judge.Capture) -> judge.Capture:
+def _traceback(model: nitro.Store, capture: judge.Capture) -> judge.Capture:
     log = "Reconcile of t/web failed\nTraceback (most recent call last):\n  File \"x.py\"\nKeyError: 'x'\n"
     return _redo(model, capture, operator_logs={"operator-1": log})
 
 
-def _write_while_secondary(model: store.Store, capture: judge.Capture) -> judge.Capture:
+def _write_while_secondary(model: nitro.Store, capture: judge.Capture) -> judge.Capture:
     """Two requests in one Secondary spell: the second was sent without asking (one alone is the race a check
     before each stage cannot close; `test_one_write_racing_a_flip_to_secondary_is_tolerated`)."""
     model.set_ha_state("Secondary")
@@ -190,12 +190,12 @@ def _write_while_secondary(model: store.Store, capture: judge.Capture) -> judge.
     return _redo(model, capture)
 
 
-def _unsaved(model: store.Store, capture: judge.Capture) -> judge.Capture:
+def _unsaved(model: nitro.Store, capture: judge.Capture) -> judge.Capture:
     _write(model, "lbvserver", "update", {"name": "dsr-t_web_80", "lbmethod": "ROUNDROBIN"})
     return _redo(model, capture, save=False)
 
 
-def _not_ready(model: store.Store, capture: judge.Capture) -> judge.Capture:
+def _not_ready(model: nitro.Store, capture: judge.Capture) -> judge.Capture:
     body = _dsr("web", "uid-web", WEB_SPEC, "Stalled", "BlastRadiusGuard", generation=4)
     body["metadata"]["generation"] = 5
     web = judge.DsrObject.from_api(body)
@@ -203,7 +203,7 @@ def _not_ready(model: store.Store, capture: judge.Capture) -> judge.Capture:
 
 
 NETSCALER = "netscaler-holds-exactly-the-specs"
-CORRUPTIONS: dict[str, tuple[Callable[[store.Store, judge.Capture], judge.Capture], str, str]] = {
+CORRUPTIONS: dict[str, tuple[Callable[[nitro.Store, judge.Capture], judge.Capture], str, str]] = {
     "missing binding": (_missing_binding, "netscaler-holds-exactly-the-specs",
                         f"missing vserver binding uid-web:{VIP}:80:{HOSTS[1]}"),
     "orphan object": (_orphan, "netscaler-holds-exactly-the-specs", "orphan lbvserver uid-gone:192.0.2.99:80"),

@@ -1,6 +1,6 @@
 """An HA pair of simulators: two nodes, the primary's configuration synchronised to the secondary, failover.
 
-What a real pair does and the simulator reproduces (`reference/nitro-api.md` §6.3, §11):
+What a real pair does and the simulator reproduces:
 * each node answers `hanode/0` with its own state (Primary or Secondary) and lists its peer as
   `hanode/1`; `nsconfig` shows `systemtype: HA` and `primaryip`; `/stat/hanode` says
   `hacurstatus: YES` and `hacurmasterstate`;
@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from dsr_operator.simulator import store as store_
+from dsr_operator.simulator import nitro
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class Transition:
 class Node:
     """One node of an HA pair: its role, its peer, propagation and failover."""
 
-    def __init__(self, model: store_.Store, peer: Peer, peer_ip: str, *, state: str = PRIMARY) -> None:
+    def __init__(self, model: nitro.Store, peer: Peer, peer_ip: str, *, state: str = PRIMARY) -> None:
         if state not in ROLES:
             raise ValueError(f"HA state must be one of {ROLES}, not {state!r}")
         self.store = model
@@ -89,7 +89,7 @@ class Node:
     def since(self) -> float | None:
         return self.transitions[-1].time if self.transitions else None
 
-    def _changed(self, change: store_.Change) -> None:
+    def _changed(self, change: nitro.Change) -> None:
         if change.action not in _NOT_CONFIG:
             self._dirty = True
 
@@ -212,7 +212,7 @@ class RemotePeer:
             self._http = None
 
 
-def pair(first: store_.Store, second: store_.Store, first_ip: str, second_ip: str) -> tuple[Node, Node]:
+def pair(first: nitro.Store, second: nitro.Store, first_ip: str, second_ip: str) -> tuple[Node, Node]:
     """Two in-process nodes: `first` primary, `second` secondary, the secondary synced from the primary."""
     to_second, to_first = LocalPeer(), LocalPeer()
     a = Node(first, to_second, second_ip, state=PRIMARY)

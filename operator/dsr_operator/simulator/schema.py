@@ -2,8 +2,8 @@
 
 One compact `Resource` per NITRO type drives validation of add/update/action payloads and the
 rendering of GET records (integers as JSON numbers, NITRO "double" properties as strings). Field
-names, enums and ranges follow the NITRO 12 YAML specs and reference pages (see
-`reference/nitro-api.md` §5); only the subset the simulator needs is listed.
+names, enums and ranges follow the NITRO 12 YAML specs and reference pages; only the subset the
+simulator needs is listed.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """HTTP face of the NITRO simulator: routes, auth, envelopes, bulk, persistence, fault injection.
 
-A plain `aiohttp.web.Application` (see `make_app`) serving the NITRO subset in
-`reference/nitro-api.md` under `/nitro/v1/config/`, on top of the pure model in `store.py`.
+A plain `aiohttp.web.Application` (see `make_app`) serving the NITRO subset of `schema.py` under
+`/nitro/v1/config/`, on top of the pure model in the `nitro` package (`nitro.Store`).
 `running()` starts one on a real socket for tests, benchmarks and the `demo` command.
 
 NITRO behaviour worth knowing:
@@ -87,11 +87,11 @@ from aiohttp import web
 from dsr_operator.simulator import dataplane as dataplane_
 from dsr_operator.simulator import faults as faults_
 from dsr_operator.simulator import ha as ha_
-from dsr_operator.simulator import schema, sessions, stats, store
+from dsr_operator.simulator import nitro, schema, sessions, stats
 
 logger = logging.getLogger(__name__)
 
-STORE = web.AppKey("store", store.Store)
+STORE = web.AppKey("store", nitro.Store)
 SESSIONS = web.AppKey("sessions", sessions.Sessions)
 FAULTS = web.AppKey("faults", faults_.Faults)
 STATS = web.AppKey("stats", faults_.Stats)
@@ -114,14 +114,14 @@ class Persister:
     Files are replaced atomically (temp file, fsync, rename); disk I/O runs in a worker thread.
     """
 
-    def __init__(self, path: pathlib.Path, model: store.Store) -> None:
+    def __init__(self, path: pathlib.Path, model: nitro.Store) -> None:
         self.path = path
         self.store = model
         self.dirty = False
         self._lock = asyncio.Lock()
         model.listeners.append(self._mark)
 
-    def _mark(self, change: store.Change) -> None:
+    def _mark(self, change: nitro.Change) -> None:
         self.dirty = True
 
     async def load(self) -> None:
@@ -178,7 +178,7 @@ async def _persistence_ctx(app: web.Application) -> AsyncIterator[None]:
 REASONS: Mapping[int, str] = {207: "Multi Status", 209: "Netscaler specific warning", 599: "Netscaler specific error"}
 
 
-def _reply(status: int, extra: Mapping[str, Any] | None = None, error: store.NitroError | None = None) -> web.Response:
+def _reply(status: int, extra: Mapping[str, Any] | None = None, error: nitro.NitroError | None = None) -> web.Response:
     body: dict[str, Any] = error.body() if error else {"errorcode": 0, "message": "Done", "severity": "NONE"}
     if extra:
         body |= extra
@@ -212,7 +212,7 @@ def _pairs(text: str | None, what: str) -> dict[str, str]:
     for item in text.split(","):
         key, sep, value = item.partition(":")
         if not sep or not key:
-            raise store.invalid_argument(what)
+            raise nitro.invalid_argument(what)
         out[key.strip()] = urllib.parse.unquote(value)
     return out
 
@@ -228,18 +228,18 @@ async def _read_body(request: web.Request) -> dict[str, Any] | None:
             text = urllib.parse.parse_qs(text).get("object", [""])[0]
         body = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise store.NitroError(400, 1233, "Invalid JSON input") from None
+        raise nitro.NitroError(400, 1233, "Invalid JSON input") from None
     if not isinstance(body, dict):
-        raise store.NitroError(400, 1234, "Invalid JSON data type")
+        raise nitro.NitroError(400, 1234, "Invalid JSON data type")
     return body
 
 
 def _items(body: dict[str, Any] | None, resource: str) -> Any:
     if body is None or resource not in body:
-        raise store.argument_missing(resource)
+        raise nitro.argument_missing(resource)
     value = body[resource]
     if not isinstance(value, dict | list):
-        raise store.NitroError(599, 1234, f"Invalid JSON data type [{resource}]")
+        raise nitro.NitroError(599, 1234, f"Invalid JSON data type [{resource}]")
     return value
 
 
@@ -268,16 +268,16 @@ def _authenticate(request: web.Request) -> None:
         try:
             table.touch(token)
         except sessions.SessionExpired:
-            raise store.NitroError(401, 444, "Session expired or killed. Please login again") from None
+            raise nitro.NitroError(401, 444, "Session expired or killed. Please login again") from None
         except sessions.NotLoggedIn:
-            raise store.NitroError(401, 1027, "Not logged in or connection timed out") from None
+            raise nitro.NitroError(401, 1027, "Not logged in or connection timed out") from None
         return
     user, password = request.headers.get("X-NITRO-USER"), request.headers.get("X-NITRO-PASS")
     if user is not None and password is not None:
         if not table.check_password(user, password):
-            raise store.NitroError(401, 354, "Invalid username or password")
+            raise nitro.NitroError(401, 354, "Invalid username or password")
         return
-    raise store.NitroError(401, 1027, "Not logged in or connection timed out")
+    raise nitro.NitroError(401, 1027, "Not logged in or connection timed out")
 
 
 async def _check_session(request: web.Request, resource: str) -> None:
@@ -288,9 +288,9 @@ async def _check_session(request: web.Request, resource: str) -> None:
     """
     try:
         _authenticate(request)
-    except store.NitroError as exc:
+    except nitro.NitroError as exc:
         if exc.errorcode in (444, 1027) and await _is_bulk(request, resource):
-            raise store.NitroError(200, exc.errorcode, exc.message) from None
+            raise nitro.NitroError(200, exc.errorcode, exc.message) from None
         raise
 
 
@@ -299,7 +299,7 @@ async def _is_bulk(request: web.Request, resource: str) -> bool:
         return False
     try:
         body = await _read_body(request)  # aiohttp keeps the bytes: the handler reads them again
-    except store.NitroError:
+    except nitro.NitroError:
         return False
     return isinstance((body or {}).get(resource), list)
 
@@ -356,16 +356,16 @@ async def _nitro_middleware(request: web.Request, handler: Handler) -> web.Strea
     if fault.should_fail(resource):
         status = fault.error_status
         logger.debug("NITRO %s %s -> %d (fault)", request.method, request.path, status)
-        return _reply(status, error=store.NitroError(status, status, _status_reason(status)))
+        return _reply(status, error=nitro.NitroError(status, status, _status_reason(status)))
     response: web.StreamResponse
     try:
         if resource != "login":
             await _check_session(request, resource)
         response = await handler(request)
-    except store.NitroError as exc:
+    except nitro.NitroError as exc:
         response = _reply(exc.status, error=exc)
     except web.HTTPException as exc:
-        response = _reply(exc.status, error=store.NitroError(exc.status, 1240, exc.reason))
+        response = _reply(exc.status, error=nitro.NitroError(exc.status, 1240, exc.reason))
     except ConnectionResetError:
         # The client went away (timed out, closed) before its request was read: nothing to answer,
         # nothing done, and no fault of ours. aiohttp drops the reply on the closed connection.
@@ -373,7 +373,7 @@ async def _nitro_middleware(request: web.Request, handler: Handler) -> web.Strea
         return web.Response(status=499, reason="Client Closed Request")
     except Exception:
         logger.exception("Simulator failure on %s %s", request.method, request.path)
-        response = _reply(500, error=store.NitroError(500, 500, "Internal Server Error"))
+        response = _reply(500, error=nitro.NitroError(500, 500, "Internal Server Error"))
     logger.debug("NITRO %s %s -> %d", request.method, request.path_qs, response.status)
     return response
 
@@ -392,18 +392,18 @@ async def _login(request: web.Request) -> web.StreamResponse:
     body = await _read_body(request)
     login = _items(body, "login")
     if not isinstance(login, dict):
-        raise store.NitroError(599, 1234, "Invalid JSON data type [login]")
+        raise nitro.NitroError(599, 1234, "Invalid JSON data type [login]")
     user, password = login.get("username"), login.get("password")
     for name, value in (("username", user), ("password", password)):
         if not isinstance(value, str):
-            raise store.argument_missing(name)
+            raise nitro.argument_missing(name)
     timeout = login.get("timeout")
     if timeout is not None:
-        timeout = store.coerce("timeout", schema.Field("int", lo=1, hi=2**31), timeout)
+        timeout = nitro.coerce("timeout", schema.Field("int", lo=1, hi=2**31), timeout)
     assert isinstance(user, str) and isinstance(password, str)
     token = request.app[SESSIONS].login(user, password, timeout)
     if token is None:
-        raise store.NitroError(401, 354, "Invalid username or password")
+        raise nitro.NitroError(401, 354, "Invalid username or password")
     logger.debug("NITRO login of %s", user)
     response = _reply(201, {"sessionid": token})
     response.headers.add("Set-Cookie", f"{COOKIE}={urllib.parse.quote(token, safe='')}; path=/nitro/v1")
@@ -427,15 +427,15 @@ async def _get(request: web.Request) -> web.StreamResponse:
     if query.get("bulkbindings") == "yes" and "filter" in query:
         # Documented apart (filter for a binding's get-by-name, bulkbindings for its get-all), never
         # together: refused, so that clients stay in the territory real boxes are known to answer.
-        raise store.NitroError(599, 1092, "Arguments cannot both be specified [bulkbindings, filter]")
+        raise nitro.NitroError(599, 1092, "Arguments cannot both be specified [bulkbindings, filter]")
     found = model.records(resource, name, args, bulkbindings=query.get("bulkbindings") == "yes")
     if isinstance(found, dict):
         return _reply(200, {resource: found})
-    records = store.filter_records(found, filters)
+    records = nitro.filter_records(found, filters)
     if query.get("attrs"):
         res = schema.RESOURCES.get(resource)
         keys = res.keys if res else ()
-        records = store.select_attrs(records, query["attrs"].split(","), keys)
+        records = nitro.select_attrs(records, query["attrs"].split(","), keys)
     if query.get("count") == "yes":
         return _reply(200, {resource: [{"__count": len(records)}]})
     return _reply(200, {resource: records} if records else None)
@@ -498,7 +498,7 @@ async def _write(
                 err.body() if err else {"errorcode": 0, "message": "Done", "severity": "NONE"}
                 for err in outcome.results
             ]
-            bulk = store.NitroError(207, 1243, "Bulk operation failed")
+            bulk = nitro.NitroError(207, 1243, "Bulk operation failed")
             return _reply(207, {"response": responses}, error=bulk)
         change = model.execute(request.method, resource, op, payload)
         return _reply(201 if change.action in ("add", "bind") else 200)
@@ -530,7 +530,7 @@ def _ha_since(app: web.Application) -> float | None:
 
 
 async def _unknown(request: web.Request) -> web.StreamResponse:
-    raise store.NitroError(404, 1240, f"Invalid nitro action or operation [{request.path}]")
+    raise nitro.NitroError(404, 1240, f"Invalid nitro action or operation [{request.path}]")
 
 
 # ---------------------------------------------------------------------------- /_sim handlers
@@ -745,14 +745,14 @@ def make_app(
 ) -> web.Application:
     """A NITRO simulator application; `users` maps user names to passwords (default nsroot/nsroot).
 
-    With `dataplane`, the configuration also drives real forwarding and probes (see `dataplane.py`);
+    With `dataplane`, the configuration also drives real forwarding and probes (see the `dataplane` package);
     it starts after the persisted state is loaded and stops with the app. With `peer` (the other
     simulator's base URL) it is one node of an HA pair, in role `ha_state` (see `ha.py`); `nsip` is
     the address `hanode` and `nsconfig` show for this node. With `peer_ip` instead, it is one node of a
     pair whose other node is not simulated: `hanode` lists that peer, roles change only by `/_sim/ha`.
     """
     app = web.Application(middlewares=[_collapse_slashes, _nitro_middleware, _ha_middleware])
-    model = store.Store()
+    model = nitro.Store()
     model.nsip = nsip
     if peer_ip is not None and peer is None:
         model.ha_peer = {"id": "1", "ipaddress": peer_ip}
@@ -813,7 +813,7 @@ class Simulator:
     http: aiohttp.ClientSession
 
     @property
-    def store(self) -> store.Store:
+    def store(self) -> nitro.Store:
         return self.app[STORE]
 
     async def _call(self, method: str, path: str, doc: Any = None) -> Any:

@@ -1,40 +1,30 @@
 """NITRO statistics of the simulator: `/nitro/v1/stat/lbvserver`, `/stat/service`, `/stat/hanode` (pure).
 
-Field names are those of the NITRO stat reference (`reference/nitro-api.md` §6.2, §6.3), the ones
-monitoring tools read (check_netscaler's `state` and `hastatus`, Prometheus exporters). As on the
-appliance, counters are JSON strings and rates numbers. What a simulator cannot know (bytes,
+Field names are those of the NITRO stat reference, the ones monitoring tools read (check_netscaler's
+`state` and `hastatus`, Prometheus exporters). As on the appliance, counters are JSON strings and
+rates numbers. What a simulator cannot know (bytes,
 requests, response times) is 0; what it can is real: state, health, active services, client
 connections (`Store.clients`), and, when the dataplane runs, packets and flows (`Traffic`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Mapping
 from typing import Any
 
-from dsr_operator.simulator import store as store_
+from dsr_operator.simulator import nitro
+from dsr_operator.simulator.nitro.queries import Traffic as Traffic
 
 Record = dict[str, Any]
 
 STAT_TYPES = ("lbvserver", "service", "hanode")
 
 
-@dataclasses.dataclass(frozen=True)
-class Traffic:
-    """What the dataplane counted: packets in per vserver, packets forwarded and new flows per service."""
-
-    vserver_packets: Mapping[str, int] = dataclasses.field(default_factory=dict)
-    forwarded_packets: Mapping[str, int] = dataclasses.field(default_factory=dict)
-    new_flows: Mapping[str, int] = dataclasses.field(default_factory=dict)
-
-
 def _zeros(*names: str) -> Record:
     return dict.fromkeys(names, "0")
 
 
-def service(model: store_.Store, obj: Record, traffic: Traffic) -> Record:
+def service(model: nitro.Store, obj: Record, traffic: Traffic) -> Record:
     name = obj["name"]
     clients = model.clients.get(name, 0)
     return {
@@ -55,7 +45,7 @@ def service(model: store_.Store, obj: Record, traffic: Traffic) -> Record:
     }  # fmt: skip
 
 
-def lbvserver(model: store_.Store, obj: Record, traffic: Traffic) -> Record:
+def lbvserver(model: nitro.Store, obj: Record, traffic: Traffic) -> Record:
     name = obj["name"]
     runtime = model.render("lbvserver", obj)
     bound = [model.objects["service"][(b["servicename"],)]
@@ -85,7 +75,7 @@ def lbvserver(model: store_.Store, obj: Record, traffic: Traffic) -> Record:
     }  # fmt: skip
 
 
-def hanode(model: store_.Store, since: float | None) -> Record:
+def hanode(model: nitro.Store, since: float | None) -> Record:
     paired = model.ha_peer is not None
     return {
         "hacurstatus": "YES" if paired else "NO",
@@ -98,18 +88,18 @@ def hanode(model: store_.Store, since: float | None) -> Record:
 
 
 def records(
-    model: store_.Store, resource: str, name: str | None, traffic: Traffic, ha_since: float | None = None
+    model: nitro.Store, resource: str, name: str | None, traffic: Traffic, ha_since: float | None = None
 ) -> list[Record] | Record:
     """`GET /nitro/v1/stat/<resource>[/<name>]`: the records, or the hanode object; 404/258 for a missing name."""
     if resource == "hanode":
         return hanode(model, ha_since)
     render = {"service": service, "lbvserver": lbvserver}.get(resource)
     if render is None:
-        raise store_.NitroError(599, 1232, f"Invalid object name [{resource}]")
+        raise nitro.NitroError(599, 1232, f"Invalid object name [{resource}]")
     objects = model.objects[resource]
     if name is not None:
         obj = objects.get((name,))
         if obj is None:
-            raise store_.not_found("name", name)
+            raise nitro.not_found("name", name)
         return [render(model, obj, traffic)]
     return [render(model, obj, traffic) for _, obj in sorted(objects.items())]
