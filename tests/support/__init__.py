@@ -1,0 +1,1 @@
+"""What only the tests use, shared by the tiers: waiting for a state (`waiting`)."""
