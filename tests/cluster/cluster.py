@@ -41,6 +41,7 @@ from typing import Any
 from dsr_lab.lab import Lab
 from tests.controlplane import conftest as cpboot
 from tests.controlplane.conftest import ControlPlane, Proc
+from tests.support.waiting import eventually_sync
 
 REPO_ROOT = cpboot.REPO_ROOT
 BIN_DIR = cpboot.BIN_DIR
@@ -394,7 +395,8 @@ class Cluster:
     def wait_for(
         self, predicate: Callable[[], Any], timeout: float = 60, what: str = "condition", interval: float = 0.25
     ) -> Any:
-        return cpboot.poll(predicate, timeout, what, interval, tick=self.check_alive, error=ClusterError)
+        return eventually_sync(predicate, timeout=timeout, what=what, interval=interval, tick=self.check_alive,
+                               error=ClusterError)
 
     def ready_nodes(self) -> set[str]:
         items = self.kc_json("get", "nodes")["items"]

@@ -22,13 +22,14 @@ import shutil
 import signal
 import subprocess
 import tarfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.waiting import eventually_sync
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "tools" / "image" / "build.sh"
@@ -150,12 +151,16 @@ def private_containerd(folder: Path) -> Iterator[Path]:
     log = (folder / "containerd.log").open("w")
     proc = subprocess.Popen(["containerd", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
+
+    def exited() -> None:
+        if proc.poll() is not None:
+            raise RuntimeError(f"containerd exited: {(folder / 'containerd.log').read_text()[-2000:]}")
+
+    def answers() -> bool:
+        return subprocess.run(["ctr", "-a", str(sock), "version"], capture_output=True, timeout=10).returncode == 0
+
     try:
-        deadline = time.monotonic() + 30
-        while subprocess.run(["ctr", "-a", str(sock), "version"], capture_output=True, timeout=10).returncode:
-            assert proc.poll() is None, f"containerd exited: {(folder / 'containerd.log').read_text()[-2000:]}"
-            assert time.monotonic() < deadline, "containerd did not answer within 30 s"
-            time.sleep(0.2)
+        eventually_sync(answers, timeout=30, interval=0.2, tick=exited, what="containerd to answer")
         yield sock
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -19,7 +19,8 @@ Contract of the `controlplane` fixture (one per tier run, package-scoped) (a `Co
 * `create_token(service_account, namespace, audiences=None, expiration_seconds=600)`
   mints a ServiceAccount token through the TokenRequest API
 * `kubeconfig_for_token(token, name)`  writes a kubeconfig for another identity
-* `wait_for(predicate, timeout, what)` polls until predicate() is truthy
+* `wait_for(predicate, timeout, what)` polls until predicate() is truthy (`tests.support.waiting`;
+  ControlPlaneError on timeout or when one of its processes exits)
 
 The function-scoped `cp_namespace` fixture gives a fresh namespace whose `default`
 ServiceAccount exists. Mark tests with `pytest.mark.controlplane`. Objects live for the whole
@@ -54,7 +55,6 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -65,6 +65,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.waiting import eventually_sync
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("DSR_CONTROLPLANE_BIN") or REPO_ROOT / ".cache" / "controlplane" / "bin")
@@ -306,27 +308,12 @@ class ControlPlane:
             for proc in self.processes:
                 proc.check_alive()
 
-        return poll(predicate, timeout, what, interval, tick=alive)
+        return eventually_sync(predicate, timeout=timeout, what=what, interval=interval, tick=alive,
+                               error=ControlPlaneError)
 
     def stop(self) -> None:
         for proc in reversed(self.processes):
             proc.stop()
-
-
-def poll(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25,
-         tick: Callable[[], None] | None = None, error: type[Exception] | None = None) -> Any:
-    """Wait until predicate() is truthy, calling `tick` between tries (it may raise, e.g. for a process
-    that died); on timeout raise `error` (ControlPlaneError by default) naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if tick is not None:
-            tick()
-        if time.monotonic() > deadline:
-            raise (error or ControlPlaneError)(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def _write_kubeconfig(path: Path, server: str, ca_file: Path, token: str, user: str) -> None:

@@ -34,7 +34,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.controlplane.conftest import ControlPlane, Proc, poll
+from tests.controlplane.conftest import ControlPlane, ControlPlaneError, Proc
+from tests.support.waiting import eventually_sync
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "dsr-operator"
@@ -154,7 +155,7 @@ class SimProcess:
             except OSError:
                 return False
 
-        poll(answers, timeout, "the NITRO simulator to answer")
+        eventually_sync(answers, timeout=timeout, what="the NITRO simulator to answer", error=ControlPlaneError)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -283,7 +284,7 @@ class OperatorProcess:
             proc.check_alive()
             return _http_ok(f"http://127.0.0.1:{self.liveness_port}/healthz")
 
-        poll(live, timeout, f"{proc.name}'s /healthz", tick=tick)
+        eventually_sync(live, timeout=timeout, what=f"{proc.name}'s /healthz", tick=tick, error=ControlPlaneError)
 
     def kill(self) -> None:
         if self.proc is not None:

@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 
 from tests.controlplane import operator_rig as rig
 from tests.controlplane.conftest import ControlPlaneError
+from tests.support.waiting import eventually_sync
 
 if TYPE_CHECKING:
     from tests.controlplane.conftest import ControlPlane
@@ -84,7 +85,7 @@ class World:
                     proc.check_alive()
             return predicate()
 
-        return rig.poll(check, timeout, what, interval=0.2)
+        return eventually_sync(check, timeout=timeout, what=what, interval=0.2, error=ControlPlaneError)
 
 
 def _records(doc: dict[str, Any]) -> dict[str, str]:

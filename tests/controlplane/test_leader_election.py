@@ -17,6 +17,7 @@ import pytest
 
 from tests.controlplane import operator_rig as rig
 from tests.controlplane.conftest import ControlPlane
+from tests.support.waiting import eventually_sync
 
 pytestmark = pytest.mark.controlplane
 
@@ -49,7 +50,7 @@ class Pair:
                 self.sim.proc.check_alive()
             return predicate()
 
-        return rig.poll(check, timeout, what, interval=0.2)
+        return eventually_sync(check, timeout=timeout, what=what, interval=0.2)
 
     def dsr(self) -> dict[str, Any]:
         status, body = self.cp.request("GET", f"{rig.DSR_PATH}/namespaces/{self.namespace}/dsrservices/web")

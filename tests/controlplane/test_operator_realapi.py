@@ -363,7 +363,7 @@ def _dsrservice(name: str, namespace: str, vip: str, service: str) -> dict[str, 
 
 
 def test_argocd_health_kubectl_columns_and_status_on_live_objects(rig: Rig, tmp_path: Path) -> None:
-    from tests.argocd import evaluate  # lupa: imported here so the module loads without it
+    from tests.support.argocd import evaluate  # lupa: imported here so the module loads without it
 
     cp, ns = rig.cp, rig.namespace
     unwatched = f"{ns}-unwatched"

@@ -21,7 +21,8 @@ from dsr_operator.agent import core
 from dsr_operator.agent import metrics as agent_metrics
 from dsr_operator.simulator import server
 from tests.conftest import KubeHandle
-from tests.integration.test_operator import Cluster, eventually, running_operator
+from tests.integration.test_operator import Cluster, running_operator
+from tests.support.waiting import eventually
 
 DASHBOARD = pathlib.Path(__file__).resolve().parents[2] / "charts" / "dsr-operator" / "dashboards" / "dsr-operator.json"
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "30s", "$__range": "6h"}

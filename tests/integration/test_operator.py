@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import aiohttp
@@ -24,28 +23,12 @@ from dsr_operator.controller import cli as operator_cli
 from dsr_operator.controller import config
 from dsr_operator.simulator import server
 from tests.conftest import KubeHandle
+from tests.support.waiting import eventually
 
 EndpointSlice = create_namespaced_resource("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices")
 Service = create_namespaced_resource("", "v1", "Service", "services")
 NodeRes = lightkube.generic_resource.create_global_resource("", "v1", "Node", "nodes")
 VIP = "192.0.2.10"
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0, interval: float = 0.05) -> Any:  # noqa: ASYNC109
-    """Poll until `check` returns something truthy (or raise its last AssertionError)."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = await check()
-            if result:
-                return result
-        except AssertionError as exc:
-            last = exc
-        await asyncio.sleep(interval)
-    if last:
-        raise last
-    raise AssertionError("condition not met in time")
 
 
 class Cluster:
@@ -317,7 +300,7 @@ async def test_drift_on_netscaler_is_repaired_by_resync(
             vs = (await cluster.nitro("lbvserver", "/dsr-shop_web_80"))[0]
             return len(await cluster.bound()) == 2 and vs["lbmethod"] == "LEASTCONNECTION"
 
-        await eventually(repaired, timeout=10)
+        await eventually(repaired)
 
 
 async def test_netscaler_outage_and_recovery(

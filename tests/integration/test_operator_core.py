@@ -18,7 +18,8 @@ from dsr_operator.controller import cli as operator_cli
 from dsr_operator.controller import config
 from dsr_operator.simulator import server
 from tests.conftest import KubeHandle
-from tests.integration.test_operator import VIP, Cluster, converged, eventually, running_operator, serving
+from tests.integration.test_operator import VIP, Cluster, converged, running_operator, serving
+from tests.support.waiting import eventually
 
 FAR = 600.0
 

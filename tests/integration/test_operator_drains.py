@@ -13,7 +13,8 @@ import pytest
 from dsr_operator import kube as kubeapi
 from dsr_operator.simulator import server
 from tests.conftest import KubeHandle
-from tests.integration.test_operator import Cluster, eventually, serving
+from tests.integration.test_operator import Cluster, serving
+from tests.support.waiting import eventually
 
 FAR = 600.0
 B2 = "dsr-198.51.100.2_80"

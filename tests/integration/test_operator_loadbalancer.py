@@ -17,7 +17,8 @@ from dsr_operator import kube as kubeapi
 from dsr_operator.controller import lbservices
 from dsr_operator.simulator import server
 from tests.conftest import KubeHandle
-from tests.integration.test_operator import Cluster, Service, eventually, running_operator
+from tests.integration.test_operator import Cluster, Service, running_operator
+from tests.support.waiting import eventually
 
 CLASS = "dsr.operators.dev/netscaler"
 

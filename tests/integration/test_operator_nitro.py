@@ -15,7 +15,8 @@ import pytest
 
 from dsr_operator.simulator import server
 from tests.conftest import KubeHandle
-from tests.integration.test_operator import Cluster, converged, eventually, nitro_config, running_operator, serving
+from tests.integration.test_operator import Cluster, converged, nitro_config, running_operator, serving
+from tests.support.waiting import eventually
 
 FAR = 600.0
 

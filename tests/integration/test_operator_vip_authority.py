@@ -12,8 +12,9 @@ from lightkube.types import PatchType
 from dsr_operator import kube as kubeapi
 from dsr_operator.simulator import server
 from tests.conftest import KubeHandle
-from tests.integration.test_operator import VIP, Cluster, converged, eventually, running_operator
+from tests.integration.test_operator import VIP, Cluster, converged, running_operator
 from tests.integration.test_operator_loadbalancer import pool
+from tests.support.waiting import eventually
 
 
 async def reason(cluster: Cluster, wanted: str) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ import pytest
 from dsr_operator import cli
 from dsr_operator.simulator import nitro as nitro_
 from dsr_operator.simulator import server
-from tests.integration.test_operator import eventually
+from tests.support.waiting import eventually
 
 AUTH = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": "nsroot"}
 DONE = {"errorcode": 0, "message": "Done", "severity": "NONE"}

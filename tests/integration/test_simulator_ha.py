@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 
 from dsr_operator.simulator import server
 from tests.integration.test_simulator import AUTH, Nitro, one
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -114,16 +114,14 @@ async def _serve(port: int, peer_port: int, state: str) -> asyncio.subprocess.Pr
 
 
 async def _up(http: aiohttp.ClientSession, url: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
+    async def answers() -> bool:
         try:
             async with http.get(f"{url}/_sim/ha") as r:
-                if r.status == 200:
-                    return
+                return r.status == 200
         except aiohttp.ClientError:
-            if time.monotonic() > deadline:
-                raise
-        await asyncio.sleep(0.1)
+            return False
+
+    await eventually(answers, timeout=30, interval=0.1, what=f"the simulator at {url} to answer")
 
 
 async def test_two_simulator_processes_form_a_pair(

@@ -16,7 +16,8 @@ from dsr_operator import cli, status
 from dsr_operator import kube as kubeapi
 from dsr_operator.simulator import server
 from tests.conftest import KubeHandle
-from tests.integration.test_operator import VIP, Cluster, eventually, running_operator
+from tests.integration.test_operator import VIP, Cluster, running_operator
+from tests.support.waiting import eventually
 
 
 async def _status(kube: KubeHandle, sim: server.Simulator, tmp_path: pathlib.Path, *argv: str) -> str:

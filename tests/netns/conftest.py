@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.netns.hostcheck import run
+from tests.support.hostcheck import run
 
 HERE = pathlib.Path(__file__).parent
 _counter = itertools.count()

@@ -18,7 +18,8 @@ from dsr_operator import kube as kubeapi
 from dsr_operator.agent import core, host, loop
 from dsr_operator.agent import sysctl as sysctl_mod
 from tests.conftest import KubeHandle
-from tests.netns.hostcheck import addresses, cidrs, poll, run, set_sysctl, sysctl
+from tests.support.hostcheck import addresses, cidrs, run, set_sysctl, sysctl
+from tests.support.waiting import eventually
 
 NODE = "node-a"
 
@@ -71,7 +72,7 @@ async def test_vips_follow_the_spec_and_status_reports_them(
     client = kube.client()
     await create_config(client, ["192.0.2.10", "2001:db8::10"])
     async with running_agent(kube, netns, tmp_path) as agent:
-        await poll(lambda: {"192.0.2.10/32", "2001:db8::10/128"} <= cidrs(netns, "lo"), what="VIPs on lo")
+        await eventually(lambda: {"192.0.2.10/32", "2001:db8::10/128"} <= cidrs(netns, "lo"), what="VIPs on lo")
         labels = {a["local"]: a.get("label") for a in addresses(netns)}
         assert labels["192.0.2.10"] == "lo:dsr"
         assert sysctl(netns, "net.ipv4.conf.all.arp_ignore") == 1
@@ -83,7 +84,7 @@ async def test_vips_follow_the_spec_and_status_reports_them(
             status = await status_of(client)
             return status if status.get("observedGeneration") == 1 else None
 
-        status = await poll(reported, what="status of generation 1")
+        status = await eventually(reported, what="status of generation 1")
         assert status["appliedVips"] == ["192.0.2.10", "2001:db8::10"]
         assert status["mode"] == "loopback" and status["interface"] == "lo"  # this kernel has no dummy type
         assert status["sysctls"]["net.ipv4.conf.all.arp_ignore"] == 1
@@ -93,7 +94,7 @@ async def test_vips_follow_the_spec_and_status_reports_them(
         assert "failedVips" not in status or status["failedVips"] == []
 
         await set_vips(client, ["192.0.2.11"])
-        await poll(
+        await eventually(
             lambda: cidrs(netns, "lo") & {"192.0.2.10/32", "192.0.2.11/32", "2001:db8::10/128"} == {"192.0.2.11/32"},
             what="VIP set replaced",
         )
@@ -102,15 +103,15 @@ async def test_vips_follow_the_spec_and_status_reports_them(
             status = await status_of(client)
             return status if status.get("observedGeneration") == 2 else None
 
-        status = await poll(second, what="status of generation 2")
+        status = await eventually(second, what="status of generation 2")
         assert status["appliedVips"] == ["192.0.2.11"]
 
         # Two passes to settle after the change, then three passes with nothing to change: no status write.
         settle = agent.passes + 2
-        await poll(lambda: agent.passes >= settle, what="two more passes")
+        await eventually(lambda: agent.passes >= settle, what="two more passes")
         status_writes = [r for r in list(kube.emulator) if r.subresource == "status"]
         quiet = agent.passes + 3
-        await poll(lambda: agent.passes >= quiet, what="three passes with nothing to change")
+        await eventually(lambda: agent.passes >= quiet, what="three passes with nothing to change")
         assert [r for r in list(kube.emulator) if r.subresource == "status"] == status_writes, "status rewritten"
 
 
@@ -120,13 +121,13 @@ async def test_invalid_vip_is_reported_and_does_not_block_the_others(
     client = kube.client()
     await create_config(client, ["192.0.2.20", "not-an-ip", "300.1.1.1", 7])
     async with running_agent(kube, netns, tmp_path, mode="loopback"):
-        await poll(lambda: "192.0.2.20/32" in cidrs(netns, "lo"), what="valid VIP applied")
+        await eventually(lambda: "192.0.2.20/32" in cidrs(netns, "lo"), what="valid VIP applied")
 
         async def reported() -> dict[str, Any] | None:
             status = await status_of(client)
             return status if status.get("failedVips") else None
 
-        status = await poll(reported, what="failedVips")
+        status = await eventually(reported, what="failedVips")
         assert status["appliedVips"] == ["192.0.2.20"]
         assert {f["address"] for f in status["failedVips"]} == {"not-an-ip", "300.1.1.1", "7"}
         assert condition(status, "Degraded")["status"] == "True"
@@ -136,7 +137,7 @@ async def test_invalid_vip_is_reported_and_does_not_block_the_others(
         }
 
         await set_vips(client, ["192.0.2.20", "192.0.2.21"])  # still alive, still applying
-        await poll(lambda: "192.0.2.21/32" in cidrs(netns, "lo"), what="agent still reconciling")
+        await eventually(lambda: "192.0.2.21/32" in cidrs(netns, "lo"), what="agent still reconciling")
 
 
 async def test_addresses_we_did_not_add_are_left_alone(kube: KubeHandle, netns: str, tmp_path: pathlib.Path) -> None:
@@ -147,10 +148,10 @@ async def test_addresses_we_did_not_add_are_left_alone(kube: KubeHandle, netns: 
     client = kube.client()
     await create_config(client, ["192.0.2.30", "192.0.2.31"])
     async with running_agent(kube, netns, tmp_path):
-        await poll(lambda: "192.0.2.31/32" in cidrs(netns, "lo"), what="VIP applied")
-        status = await poll(lambda: status_of(client), what="status")
+        await eventually(lambda: "192.0.2.31/32" in cidrs(netns, "lo"), what="VIP applied")
+        status = await eventually(lambda: status_of(client), what="status")
         await set_vips(client, [])
-        await poll(lambda: "192.0.2.31/32" not in cidrs(netns, "lo"), what="our VIP removed")
+        await eventually(lambda: "192.0.2.31/32" not in cidrs(netns, "lo"), what="our VIP removed")
         await asyncio.sleep(0.5)  # a resync later, nothing else went
     assert {"192.0.2.99/32", "192.0.2.30/32", "127.0.0.1/8"} <= cidrs(netns, "lo")
     assert "198.51.100.1/24" in cidrs(netns, "v0")
@@ -161,22 +162,22 @@ async def test_drift_is_repaired_and_reported(kube: KubeHandle, netns: str, tmp_
     client = kube.client()
     await create_config(client, ["192.0.2.40", "2001:db8::40"])
     async with running_agent(kube, netns, tmp_path, resync=0.2):
-        await poll(lambda: "192.0.2.40/32" in cidrs(netns, "lo"), what="VIP applied")
+        await eventually(lambda: "192.0.2.40/32" in cidrs(netns, "lo"), what="VIP applied")
 
         async def converged() -> bool:
             return (await status_of(client)).get("observedGeneration") == 1
 
-        await poll(converged, what="first status")
+        await eventually(converged, what="first status")
         run("ip", "-n", netns, "addr", "del", "192.0.2.40/32", "dev", "lo")
         run("ip", "-n", netns, "addr", "del", "2001:db8::40/128", "dev", "lo")
         set_sysctl(netns, "net.ipv4.conf.all.arp_ignore", 0)
-        await poll(lambda: {"192.0.2.40/32", "2001:db8::40/128"} <= cidrs(netns, "lo"), what="VIPs back")
-        await poll(lambda: sysctl(netns, "net.ipv4.conf.all.arp_ignore") == 1, what="arp_ignore back")
+        await eventually(lambda: {"192.0.2.40/32", "2001:db8::40/128"} <= cidrs(netns, "lo"), what="VIPs back")
+        await eventually(lambda: sysctl(netns, "net.ipv4.conf.all.arp_ignore") == 1, what="arp_ignore back")
 
         async def drift_reported() -> dict[str, Any] | None:
             return (await status_of(client)).get("lastDriftRepair")
 
-        drift = await poll(drift_reported, what="lastDriftRepair in status")
+        drift = await eventually(drift_reported, what="lastDriftRepair in status")
         assert drift["repaired"], drift
 
         async def events() -> list[Any]:
@@ -190,7 +191,7 @@ async def test_drift_is_repaired_and_reported(kube: KubeHandle, netns: str, tmp_
             text = " ".join(e.message for e in found)
             return found if all(x in text for x in ("192.0.2.40", "2001:db8::40", "arp_ignore")) else None
 
-        found = await poll(all_reported, what="every repair reported in DriftRepaired events")
+        found = await eventually(all_reported, what="every repair reported in DriftRepaired events")
         assert all(e.involvedObject.kind == "DsrNodeConfig" and e.involvedObject.name == NODE for e in found)
 
 
@@ -202,7 +203,7 @@ async def test_dummy_mode_where_the_kernel_has_it(kube: KubeHandle, netns: str, 
     client = kube.client()
     await create_config(client, ["192.0.2.60"])
     async with running_agent(kube, netns, tmp_path, mode="dummy"):
-        await poll(lambda: "192.0.2.60/32" in cidrs(netns, "dsr0"), what="VIP on dsr0")
+        await eventually(lambda: "192.0.2.60/32" in cidrs(netns, "dsr0"), what="VIP on dsr0")
         link = run("ip", "-n", netns, "-j", "link", "show", "dsr0").stdout
         assert "NOARP" in link and "UP" in link
 
@@ -239,7 +240,7 @@ async def test_api_errors_are_retried_with_backoff(kube: KubeHandle, netns: str,
     nodeconfigs = kmock.resource("dsr.operators.dev", "v1alpha1", "dsrnodeconfigs")
     kube.emulator[kmock.action.LIST, nodeconfigs][:2] << 503  # the first two listings fail
     async with running_agent(kube, netns, tmp_path):
-        await poll(lambda: "192.0.2.90/32" in cidrs(netns, "lo"), what="VIP applied after the API recovered")
+        await eventually(lambda: "192.0.2.90/32" in cidrs(netns, "lo"), what="VIP applied after the API recovered")
     lists = [r for r in list(kube.emulator) if r.action == kmock.action.LIST and r.resource == nodeconfigs]
     assert len(lists) >= 3
 
@@ -307,9 +308,9 @@ async def test_the_node_refuses_vips_that_would_cut_it_off(
                 status = await status_of(client)
                 return status if status.get("appliedVips") == ["192.0.2.40"] else None
 
-            status = await poll(reported, what="the harmless VIP applied, the others reported")
+            status = await eventually(reported, what="the harmless VIP applied, the others reported")
             passes = agent.passes
-            await poll(lambda: agent.passes >= passes + 3, what="three more passes")
+            await eventually(lambda: agent.passes >= passes + 3, what="three more passes")
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -341,20 +342,20 @@ async def test_vips_just_added_go_again_when_the_api_server_falls_silent(
         agent = loop.Agent(settings, the_host, kube.client("agent"))
         task = asyncio.create_task(agent.run())
         try:
-            await poll(lambda: "192.0.2.95/32" in cidrs(netns, "lo"), what="VIP added")
-            await poll(lambda: "192.0.2.95/32" not in cidrs(netns, "lo"), what="VIP removed after the grace time")
+            await eventually(lambda: "192.0.2.95/32" in cidrs(netns, "lo"), what="VIP added")
+            await eventually(lambda: "192.0.2.95/32" not in cidrs(netns, "lo"), what="VIP removed after the grace time")
 
             async def reported() -> dict[str, Any] | None:
                 status = await status_of(client)
                 return status if status.get("failedVips") else None
 
-            status = await poll(reported, what="the removal reported once the API answers")
+            status = await eventually(reported, what="the removal reported once the API answers")
             passes = agent.passes
-            await poll(lambda: agent.passes >= passes + 5, what="five more passes")
+            await eventually(lambda: agent.passes >= passes + 5, what="five more passes")
             assert "192.0.2.95/32" not in cidrs(netns, "lo")  # quarantined, not re-added in a loop
             cut_off["on"] = False
             await set_vips(client, ["192.0.2.96"])  # the rest of the spec is still served
-            await poll(lambda: "192.0.2.96/32" in cidrs(netns, "lo"), what="another VIP applied")
+            await eventually(lambda: "192.0.2.96/32" in cidrs(netns, "lo"), what="another VIP applied")
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -14,7 +14,8 @@ import aiohttp
 
 from dsr_operator import kube as kubeapi
 from tests.conftest import KubeHandle
-from tests.netns.hostcheck import addresses, cidrs, poll, sysctl
+from tests.support.hostcheck import addresses, cidrs, sysctl
+from tests.support.waiting import eventually
 
 NODE = "node-m"
 
@@ -33,7 +34,7 @@ async def test_agent_exports_held_and_refused_vips_for_its_node(
         "--metrics-port", str(unused_tcp_port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        await poll(lambda: {"192.0.2.80/32", "2001:db8::80/128"} <= cidrs(netns, "lo"), within=30, what="VIPs")
+        await eventually(lambda: {"192.0.2.80/32", "2001:db8::80/128"} <= cidrs(netns, "lo"), timeout=30, what="VIPs")
         scraped: dict[str, str] = {}
 
         async def scrape() -> bool:
@@ -46,7 +47,7 @@ async def test_agent_exports_held_and_refused_vips_for_its_node(
                 return False
             return f'dsr_agent_vips{{node="{NODE}"}} 2.0' in scraped["text"]
 
-        await poll(scrape, within=30, what="the VIP count on /metrics")
+        await eventually(scrape, timeout=30, what="the VIP count on /metrics")
         text = scraped["text"]
         assert f'dsr_agent_refused_vips{{node="{NODE}"}} 1.0' in text
         assert f'dsr_agent_host_error{{node="{NODE}"}} 0.0' in text
@@ -67,7 +68,7 @@ async def test_agent_exports_held_and_refused_vips_for_its_node(
             status = dict((await client.get(kubeapi.DsrNodeConfig, NODE)).get("status") or {})
             return status if status.get("appliedCount") == 2 else None
 
-        status = await poll(reported, within=30, what="the status with both VIPs applied")
+        status = await eventually(reported, timeout=30, what="the status with both VIPs applied")
         assert status["failedCount"] == 1
         assert status["sysctls"]["net.ipv6.conf.lo.ndisc_notify"] == 0
     finally:

@@ -15,7 +15,8 @@ import lightkube.types
 
 from dsr_operator import kube as kubeapi
 from tests.conftest import KubeHandle
-from tests.netns.hostcheck import cidrs, poll, set_sysctl, sysctl
+from tests.support.hostcheck import cidrs, set_sysctl, sysctl
+from tests.support.waiting import eventually
 
 NODE = "node-p"
 VIPS = {"192.0.2.70/32", "2001:db8::70/128"}
@@ -79,8 +80,8 @@ async def test_restart_keeps_vips_sigterm_leaves_them_uninstall_restores(
 
     first = await start_agent(kube, netns, tmp_path)
     try:
-        await poll(lambda: VIPS <= cidrs(netns, "lo"), within=15, what="VIPs from the first agent")
-        await poll(lambda: _generation(status(), 1), within=10, what="status from the first agent")
+        await eventually(lambda: VIPS <= cidrs(netns, "lo"), what="VIPs from the first agent")
+        await eventually(lambda: _generation(status(), 1), what="status from the first agent")
         assert sysctl(netns, "net.ipv4.conf.all.arp_announce") == 2
 
         with GapWatch(netns) as watch:
@@ -90,9 +91,9 @@ async def test_restart_keeps_vips_sigterm_leaves_them_uninstall_restores(
             second = await start_agent(kube, netns, tmp_path)
             more = {"spec": {"vips": ["192.0.2.70", "2001:db8::70", "192.0.2.71"]}}
             await client.patch(kubeapi.DsrNodeConfig, NODE, more, patch_type=lightkube.types.PatchType.MERGE)
-            await poll(lambda: "192.0.2.71/32" in cidrs(netns, "lo"), within=15, what="the second agent at work")
-            await poll(lambda: _generation(status(), 2), within=10, what="status from the second agent")
-            await poll(lambda: watch.samples >= 50, within=5, what="enough samples")
+            await eventually(lambda: "192.0.2.71/32" in cidrs(netns, "lo"), what="the second agent at work")
+            await eventually(lambda: _generation(status(), 2), what="status from the second agent")
+            await eventually(lambda: watch.samples >= 50, what="enough samples")
         assert watch.samples >= 50
         assert watch.missing == [], f"VIP missing in {len(watch.missing)} of {watch.samples} samples"
 

@@ -39,6 +39,7 @@ from dsr_lab.lab import Lab, Reply
 from dsr_operator.simulator import dataplane, server
 from tests.conftest import KubeHandle
 from tests.integration.test_operator import Cluster, running_operator
+from tests.support.waiting import eventually
 
 pytestmark = [
     pytest.mark.skipif(
@@ -57,17 +58,6 @@ WAIT = 90.0  # the longest any state may take to appear, on the slowest machine 
 
 def svc(lab: Lab, backend: str) -> str:
     return f"dsr-{lab.ip(backend)}_80"
-
-
-async def wait_for(check: Any, what: str, within: float = WAIT, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + within
-    last = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {within}s waiting for {what}; last: {last!r}")
 
 
 async def gets(lab: Lab, count: int, each: float = 5.0) -> list[Reply]:
@@ -195,7 +185,7 @@ class Stand:
         for node in nodes:
             self.agents.start(node)
         want = [svc(self.lab, NODES[n]) for n in nodes]
-        await wait_for(lambda: _eq(self.new_flows(), want), f"{want} bound and UP")
+        await eventually(lambda: _eq(self.new_flows(), want), timeout=WAIT, interval=0.1, what=f"{want} bound and UP")
 
     async def journal_seq(self) -> int:
         return max((j["seq"] for j in await self.sim.journal()), default=0)
@@ -305,7 +295,7 @@ async def test_nitro_stats_count_the_real_packets_and_flows(stand: Stand) -> Non
         [now] = await stat(sim, f"lbvserver/{VSERVER}")
         return int(now["curclntconnections"]) >= 30
 
-    await wait_for(flows_counted, "the connections' flows counted as clients")
+    await eventually(flows_counted, timeout=WAIT, interval=0.1, what="the connections' flows counted as clients")
 
 
 async def test_a_backend_whose_agent_is_stopped_is_never_bound_until_its_agent_runs(stand: Stand) -> None:
@@ -313,16 +303,17 @@ async def test_a_backend_whose_agent_is_stopped_is_never_bound_until_its_agent_r
     await stand.serving_on("n1", "n2")
     stand.agents.stop("n3")
     await stand.set_slice(("n1", "n2", "n3"))
-    await wait_for(lambda: cluster.nodeconfig("n3"), "the operator asks n3 for the VIP")
+    await eventually(lambda: cluster.nodeconfig("n3"),
+                     timeout=WAIT, interval=0.1, what="the operator asks n3 for the VIP")
 
     async def reported() -> bool:
         backends = ((await cluster.dsr()).get("status") or {}).get("backends") or {}
         return backends == {"desired": 3, "loopbackReady": 2, "bound": 2}
 
-    await wait_for(reported, "status: 3 desired, 2 with the VIP, 2 bound")
+    await eventually(reported, timeout=WAIT, interval=0.1, what="status: 3 desired, 2 with the VIP, 2 bound")
     # Give the operator three full re-reads of NetScaler (resyncs) in which it could go wrong.
     reads = (await sim.stats())["byResource"].get("lbvserver", 0)
-    await wait_for(lambda: _at_least(sim, "lbvserver", reads + 3), "three resyncs")
+    await eventually(lambda: _at_least(sim, "lbvserver", reads + 3), timeout=WAIT, interval=0.1, what="three resyncs")
     assert svc(lab, "b3") not in await cluster.bound()
     replies = await gets(lab, 20)
     assert all(r.ok and r.backend != "b3" for r in replies), replies
@@ -330,7 +321,8 @@ async def test_a_backend_whose_agent_is_stopped_is_never_bound_until_its_agent_r
     assert not [j for j in await sim.journal() if j["resource"] == "lbvserver_service_binding"
                 and j["key"].get("servicename") == svc(lab, "b3")]  # fmt: skip
     stand.agents.start("n3")
-    await wait_for(lambda: _eq(stand.new_flows(), [svc(lab, b) for b in ("b1", "b2", "b3")]), "b3 joins")
+    await eventually(lambda: _eq(stand.new_flows(), [svc(lab, b) for b in ("b1", "b2", "b3")]),
+                     timeout=WAIT, interval=0.1, what="b3 joins")
     replies = await gets(lab, 60)
     assert all(r.ok for r in replies), [r for r in replies if not r.ok]
     assert set(collections.Counter(r.backend for r in replies)) == {"b1", "b2", "b3"}
@@ -354,7 +346,8 @@ async def test_a_removed_backend_drains_without_a_failure_then_loses_the_vip(sta
     vip_gone_from_spec = vip_gone_from_host = None
     with Loop(lab, keepalive=keepalive, pause=0.1) as held, Loop(lab) as fresh:
         started = time.time()
-        await wait_for(lambda: _true(held.ok_since(started) >= 3 and fresh.ok_since(started) >= 3), "both loops run")
+        await eventually(lambda: held.ok_since(started) >= 3 and fresh.ok_since(started) >= 3,
+                         timeout=WAIT, interval=0.1, what="both loops run")
         removed_at = time.time()
         await stand.set_slice(("n2", "n3"))
         deadline = time.monotonic() + WAIT
@@ -372,7 +365,8 @@ async def test_a_removed_backend_drains_without_a_failure_then_loses_the_vip(sta
             if cfg is None or lab.vip not in (cfg.get("spec") or {}).get("vips", []):
                 vip_gone_from_spec = vip_gone_from_host
         gone = time.time()
-        await wait_for(lambda: _true(fresh.ok_since(gone) >= 3), "new connections after b1 left")
+        await eventually(lambda: fresh.ok_since(gone) >= 3,
+                         timeout=WAIT, interval=0.1, what="new connections after b1 left")
     keepalive.close()
     if vip_gone_from_spec is None or vip_gone_from_host is None:
         journal = [(j["resource"], j["action"], j["name"]) for j in await sim.journal(since=seq0)]
@@ -429,18 +423,20 @@ async def test_negative_controls_a_broken_dsr_path_fails_visibly(stand: Stand) -
     await stand.operator.aclose()
 
     await nitro(sim, "POST", "nsmode?action=disable", {"nsmode": {"mode": ["MBF"]}})
-    await wait_for(lambda: _not_forwarded(stand.plane(), "MBF"), "MBF off in the dataplane")
+    await eventually(lambda: _not_forwarded(stand.plane(), "MBF"),
+                     timeout=WAIT, interval=0.1, what="MBF off in the dataplane")
     replies = await gets(lab, 5, 0.5)
     assert not any(r.ok for r in replies), replies
     await nitro(sim, "POST", "nsmode?action=enable", {"nsmode": {"mode": ["MBF"]}})
-    await wait_for(lambda: _ok(lab), "forwarding again with MBF on")
+    await eventually(lambda: _ok(lab), timeout=WAIT, interval=0.1, what="forwarding again with MBF on")
 
     await nitro(sim, "PUT", "lbvserver", {"lbvserver": {"name": VSERVER, "m": "IP"}})
-    await wait_for(lambda: _not_forwarded(stand.plane(), "m=IP"), "m IP in the dataplane")
+    await eventually(lambda: _not_forwarded(stand.plane(), "m=IP"),
+                     timeout=WAIT, interval=0.1, what="m IP in the dataplane")
     replies = await gets(lab, 5, 0.5)
     assert not any(r.ok for r in replies), replies
     await nitro(sim, "PUT", "lbvserver", {"lbvserver": {"name": VSERVER, "m": "MAC"}})
-    await wait_for(lambda: _ok(lab), "forwarding again in MAC mode")
+    await eventually(lambda: _ok(lab), timeout=WAIT, interval=0.1, what="forwarding again in MAC mode")
 
     # b2 loses its VIP (its agent stopped; SIGTERM leaves VIPs, so take it away by hand).
     stand.agents.stop("n2")
@@ -456,7 +452,8 @@ async def test_negative_controls_a_broken_dsr_path_fails_visibly(stand: Stand) -
     await nitro(sim, "DELETE", f"service_lbmonitor_binding/{b2}?args=monitor_name:{monitor}")
     await nitro(sim, "POST", "service_lbmonitor_binding",
                 {"service_lbmonitor_binding": {"name": b2, "monitor_name": "ctl-plain"}})  # fmt: skip
-    await wait_for(lambda: _contains(stand.new_flows(), b2), "b2 UP under the plain monitor")
+    await eventually(lambda: _contains(stand.new_flows(), b2),
+                     timeout=WAIT, interval=0.1, what="b2 UP under the plain monitor")
     outcomes = []
     for _ in range(60):
         outcomes.append(await asyncio.to_thread(lab.get, 0.5))
@@ -467,7 +464,8 @@ async def test_negative_controls_a_broken_dsr_path_fails_visibly(stand: Stand) -
     await nitro(sim, "DELETE", f"service_lbmonitor_binding/{b2}?args=monitor_name:ctl-plain")
     await nitro(sim, "POST", "service_lbmonitor_binding",
                 {"service_lbmonitor_binding": {"name": b2, "monitor_name": monitor}})  # fmt: skip
-    await wait_for(lambda: _lacks(stand.new_flows(), b2), "b2 DOWN under the transparent monitor")
+    await eventually(lambda: _lacks(stand.new_flows(), b2),
+                     timeout=WAIT, interval=0.1, what="b2 DOWN under the transparent monitor")
     rows = await nitro(sim, "GET", f"service/{b2}")
     assert rows["service"][0]["svrstate"] == "DOWN"
     replies = await gets(lab, 20)
@@ -476,10 +474,6 @@ async def test_negative_controls_a_broken_dsr_path_fails_visibly(stand: Stand) -
 
 async def _eq(value: Any, want: Any) -> bool:
     return bool(await value == want)
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def _at_least(sim: server.Simulator, resource: str, count: int) -> bool:

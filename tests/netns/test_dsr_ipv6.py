@@ -21,8 +21,7 @@ import os
 import pathlib
 import shutil
 import subprocess
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -34,6 +33,7 @@ from dsr_operator import oneshot
 from dsr_operator.agent import core, host
 from dsr_operator.netscaler import client as nitro
 from dsr_operator.simulator import dataplane, server
+from tests.support.waiting import eventually
 
 pytestmark = [
     pytest.mark.skipif(
@@ -46,17 +46,6 @@ pytestmark = [
 NET6 = "fd78::"
 VSERVER = "dsr-shop_web6_80"
 WAIT = 90.0
-
-
-async def until(check: Callable[[], Awaitable[Any]], what: str, within: float = WAIT) -> Any:
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out after {within}s waiting for {what}; last: {last!r}")
 
 
 def _manifest(lab: Lab) -> dict[str, Any]:
@@ -131,9 +120,9 @@ async def test_backends_hold_the_ipv6_vip_without_announcing_it(stand: Stand) ->
             assert _sysctl(lab, backend, key) == 0, key
         assert _sysctl(lab, backend, "net.ipv6.conf.lo.accept_dad") in (0, -1)
     # lb holds the VIP on its interface (it alone answers neighbour discovery for it), also without DAD.
-    (on_lb,) = await until(
+    (on_lb,) = await eventually(
         lambda: asyncio.to_thread(lambda: [a for a in _addr6(lab, "lb", "eth0") if a["local"] == lab.v6vip]),
-        "the VIP on lb's eth0",
+        timeout=WAIT, interval=0.2, what="the VIP on lb's eth0",
     )
     assert on_lb["prefixlen"] == 128 and on_lb.get("nodad") is True
 
@@ -147,7 +136,8 @@ async def test_ipv6_requests_spread_over_the_backends_and_replies_bypass_lb(stan
         v = vservers.get(VSERVER)
         return view if v and len(v["newFlows"]) == 2 else None
 
-    before = await until(forwarding, "both IPv6 services UP (probed over IPv6) and forwarded")
+    before = await eventually(forwarding, timeout=WAIT, interval=0.2,
+                              what="both IPv6 services UP (probed over IPv6) and forwarded")
     assert before["address6"] == lab.ip6("lb")
     assert set(before["macs"]) >= {lab.ip6(b) for b in lab.backends}, before["macs"]
     assert all(p["up"] for p in before["probes"]), before["probes"]

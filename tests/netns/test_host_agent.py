@@ -14,8 +14,8 @@ import sys
 import pytest
 
 from dsr_operator.registry import etcd
-from tests.netns.hostcheck import run
 from tests.registry.conftest import ETCD, Etcd
+from tests.support.hostcheck import run
 
 pytestmark = pytest.mark.skipif(not os.access(ETCD, os.X_OK), reason=f"no etcd binary at {ETCD} (make controlplane)")
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from dsr_operator import cli
-from tests.netns.hostcheck import addresses, cidrs, run, set_sysctl, sysctl
+from tests.support.hostcheck import addresses, cidrs, run, set_sysctl, sysctl
 
 ARP_KEYS = (
     "net.ipv4.conf.all.arp_ignore",

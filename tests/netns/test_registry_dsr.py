@@ -25,8 +25,9 @@ import pytest
 
 from dsr_lab.lab import Lab
 from dsr_operator.simulator import dataplane, server
-from tests.netns.test_dsr_e2e import Loop, gets, wait_for
+from tests.netns.test_dsr_e2e import WAIT, Loop, gets
 from tests.registry.conftest import ETCD, Etcd
+from tests.support.waiting import eventually
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("nft") is None, reason="the dataplane needs nftables: apt-get install nftables"),
@@ -131,20 +132,21 @@ async def test_hosts_join_and_leave_through_etcd_without_a_failed_request_then_a
 
     hosts.join("b1")
     hosts.join("b2")
-    await wait_for(lambda: flows_are("b1", "b2"), "b1 and b2 bound and UP")
+    await eventually(lambda: flows_are("b1", "b2"), timeout=WAIT, interval=0.1, what="b1 and b2 bound and UP")
     assert await asyncio.to_thread(lab.has_vip, "b1")
     with Loop(lab) as fresh:
-        await wait_for(lambda: _true(len(fresh.results) >= 5), "the client loop runs")
+        await eventually(lambda: len(fresh.results) >= 5, timeout=WAIT, interval=0.1, what="the client loop runs")
         hosts.join("b3")  # joins while requests flow: VIP first, registered after, bound after that
-        await wait_for(lambda: flows_are("b1", "b2", "b3"), "b3 joins")
+        await eventually(lambda: flows_are("b1", "b2", "b3"), timeout=WAIT, interval=0.1, what="b3 joins")
         seq = max((j["seq"] for j in await sim.journal()), default=0)
         hosts.procs["b1"].send_signal(signal.SIGTERM)  # b1 leaves gracefully
-        await wait_for(lambda: flows_are("b2", "b3"), "b1 out of new connections")
+        await eventually(lambda: flows_are("b2", "b3"), timeout=WAIT, interval=0.1, what="b1 out of new connections")
         code = await asyncio.to_thread(hosts.procs["b1"].wait, 60)
         assert code == 0, hosts.log("b1")
         assert not await asyncio.to_thread(lab.has_vip, "b1"), "b1 kept the VIP after leaving"
         count = len(fresh.results)
-        await wait_for(lambda: _true(len(fresh.results) >= count + 5), "requests after b1 left")
+        await eventually(lambda: len(fresh.results) >= count + 5,
+                         timeout=WAIT, interval=0.1, what="requests after b1 left")
     failures = [r for r in fresh.results if not r.reply.ok]
     assert failures == [], failures[:5]
     assert {r.reply.backend for r in fresh.results} >= {"b1", "b2", "b3"}
@@ -155,16 +157,12 @@ async def test_hosts_join_and_leave_through_etcd_without_a_failed_request_then_a
     # b2 crashes: its agent and its web server die; the lease runs out and NetScaler unbinds it.
     hosts.procs["b2"].kill()
     lab._procs["http-b2"].kill()
-    await wait_for(lambda: flows_are("b3"), "b2 out (its monitor, then its lease)")
+    await eventually(lambda: flows_are("b3"), timeout=WAIT, interval=0.1, what="b2 out (its monitor, then its lease)")
 
     async def unbound() -> bool:
         return any(j["resource"] == "lbvserver_service_binding" and j["action"] == "unbind"
                    and j["key"].get("servicename") == svc(lab, "b2") for j in await sim.journal(since=seq))
 
-    await wait_for(unbound, "b2 unbound once its lease ran out")
+    await eventually(unbound, timeout=WAIT, interval=0.1, what="b2 unbound once its lease ran out")
     replies = await gets(lab, 20)
     assert all(r.ok and r.backend == "b3" for r in replies), replies
-
-
-async def _true(value: bool) -> bool:
-    return value

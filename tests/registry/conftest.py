@@ -15,7 +15,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from dsr_operator.registry import etcd
+from tests.support.waiting import eventually_sync
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("DSR_CONTROLPLANE_BIN") or REPO_ROOT / ".cache" / "controlplane" / "bin")
@@ -93,15 +93,16 @@ class Etcd:
         if self.tls is not None:
             context = ssl.create_default_context(cafile=str(self.tls.ca))
             context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+
+        def healthy() -> bool:
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=2, context=context) as resp:
-                    if resp.status == 200:
-                        return
+                    return resp.status == 200
             except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"etcd did not start; see {self.workdir / 'etcd.log'}")
+                return False
+
+        eventually_sync(healthy, timeout=60, interval=0.05, error=RuntimeError,
+                        what=f"etcd to start (its log: {self.workdir / 'etcd.log'})")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

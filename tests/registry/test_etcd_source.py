@@ -5,24 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from dsr_operator.registry import etcd, source
-from tests.integration.test_operator import eventually
 from tests.registry.conftest import Certificates, Etcd, Link
+from tests.support.waiting import eventually
 
 PREFIX = "/skydns/local/shop/web/"
-
-
-async def settled(check: Callable[[], bool], what: str, within: float = 30.0) -> None:
-    """Wait for `check()` on state (the time limit only stops a hung test)."""
-    try:
-        await eventually(lambda: asyncio.sleep(0, result=check()), timeout=within)
-    except AssertionError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 def record(host: str, **fields: object) -> str:
@@ -63,16 +54,17 @@ async def test_the_source_follows_puts_deletes_and_lease_expiry(etcd_server: Etc
         registry = source.Registry(etcd_server.client(), changes.append)
         try:
             registry.want([PREFIX])
-            await settled(lambda: hosts(registry) == {PREFIX + "a": "198.51.100.21"}, "the first read")
+            await eventually(lambda: hosts(registry) == {PREFIX + "a": "198.51.100.21"}, what="the first read")
             lease = await writer.grant(2)
             await writer.put(PREFIX + "b", record("198.51.100.22"), lease=lease)
             await writer.put(PREFIX + "c", "not json")
-            await settled(lambda: len(hosts(registry)) == 3, "two more keys")
+            await eventually(lambda: len(hosts(registry)) == 3, what="two more keys")
             view = registry.view(PREFIX)
             assert view is not None and view.records[PREFIX + "c"].error == "is not JSON"
             await writer.delete(PREFIX + "a")
             # The lease is never renewed: etcd deletes b when it expires (a crashed host).
-            await settled(lambda: hosts(registry) == {PREFIX + "c": None}, "a deleted and b expired", within=60)
+            await eventually(lambda: hosts(registry) == {PREFIX + "c": None}, what="a deleted and b expired",
+                             timeout=60)
             assert registry.reads(PREFIX) == 1  # watched, not read again
             assert changes and set(changes) == {PREFIX}
         finally:
@@ -86,16 +78,16 @@ async def test_a_broken_watch_keeps_the_last_records_then_resumes_without_losing
         async with etcd_server.client() as writer:
             await writer.put(PREFIX + "a", record("198.51.100.21"))
         registry.want([PREFIX])
-        await settled(lambda: bool(hosts(registry)), "the first read")
+        await eventually(lambda: bool(hosts(registry)), what="the first read")
         etcd_server.stop()
-        await settled(lambda: registry.error(PREFIX) is not None, "the watch to break")
+        await eventually(lambda: registry.error(PREFIX) is not None, what="the watch to break")
         view = registry.view(PREFIX)
         assert view is not None and view.error and view.since is not None
         assert hosts(registry) == {PREFIX + "a": "198.51.100.21"}  # the last good records stay
         etcd_server.start()
         async with etcd_server.client() as writer:
             await writer.put(PREFIX + "b", record("198.51.100.22"))
-        await settled(lambda: len(hosts(registry)) == 2 and registry.error(PREFIX) is None, "the resumed watch")
+        await eventually(lambda: len(hosts(registry)) == 2 and registry.error(PREFIX) is None, what="the resumed watch")
         assert registry.reads(PREFIX) == 1  # resumed from its revision, not read again
     finally:
         await registry.close()
@@ -107,16 +99,16 @@ async def test_a_watch_behind_a_compaction_reads_everything_again(etcd_server: E
         try:
             await writer.put(PREFIX + "a", record("198.51.100.21"))
             registry.want([PREFIX])
-            await settled(lambda: bool(hosts(registry)), "the first read")
+            await eventually(lambda: bool(hosts(registry)), what="the first read")
             link.cut()
-            await settled(lambda: registry.error(PREFIX) is not None, "the watch to break")
+            await eventually(lambda: registry.error(PREFIX) is not None, what="the watch to break")
             # While the follower is cut off: a change, then a compaction past it.
             await writer.delete(PREFIX + "a")
             revision = await writer.put(PREFIX + "b", record("198.51.100.22"))
             await writer.put("/elsewhere", "x")
             await writer.compact(revision + 1)
             link.heal()
-            await settled(lambda: hosts(registry) == {PREFIX + "b": "198.51.100.22"}, "the full re-read")
+            await eventually(lambda: hosts(registry) == {PREFIX + "b": "198.51.100.22"}, what="the full re-read")
             assert registry.reads(PREFIX) == 2
             assert registry.error(PREFIX) is None
         finally:
@@ -127,7 +119,7 @@ async def test_a_prefix_no_one_wants_is_no_longer_followed(etcd_server: Etcd) ->
     registry = source.Registry(etcd_server.client(), lambda prefix: None)
     try:
         registry.want([PREFIX])
-        await settled(lambda: registry.view(PREFIX) is not None, "the first read")
+        await eventually(lambda: registry.view(PREFIX) is not None, what="the first read")
         registry.want([])
         assert registry.view(PREFIX) is None
     finally:
@@ -138,7 +130,7 @@ async def test_an_unreachable_etcd_is_an_error_not_an_empty_prefix() -> None:
     registry = source.Registry(etcd.EtcdClient(["http://127.0.0.1:9"]), lambda prefix: None, retry_max=0.2)
     try:
         registry.want([PREFIX])
-        await settled(lambda: registry.error(PREFIX) is not None, "the error")
+        await eventually(lambda: registry.error(PREFIX) is not None, what="the error")
         assert registry.view(PREFIX) is None
         assert "no etcd endpoint answered" in (registry.error(PREFIX) or "")
     finally:
@@ -153,7 +145,7 @@ async def test_a_prefix_with_thousands_of_keys_is_read_in_one_go(etcd_server: Et
     registry = source.Registry(etcd_server.client(), lambda prefix: None)
     try:
         registry.want([PREFIX])
-        await settled(lambda: len(hosts(registry)) == count, f"{count} keys", within=120)
+        await eventually(lambda: len(hosts(registry)) == count, what=f"{count} keys", timeout=120)
     finally:
         await registry.close()
 

@@ -14,8 +14,9 @@ import pytest
 from dsr_operator.registry import etcd
 from dsr_operator.simulator import server
 from tests.conftest import KubeHandle
-from tests.integration.test_operator import Cluster, eventually, running_operator
+from tests.integration.test_operator import Cluster, running_operator
 from tests.registry.conftest import Etcd, Link
+from tests.support.waiting import eventually
 
 PREFIX = "/skydns/local/shop/web"
 VIP = "192.0.2.10"

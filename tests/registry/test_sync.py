@@ -20,8 +20,8 @@ import aiohttp
 import pytest
 
 from dsr_operator.simulator import server
-from tests.integration.test_operator import eventually
 from tests.registry.conftest import Etcd
+from tests.support.waiting import eventually
 
 PREFIX = "/skydns/local/shop/web"
 
@@ -92,8 +92,7 @@ async def test_sync_follows_registrations_and_manifests_without_kubernetes(
         return await bound(nitro_sim, vserver) == want
 
     await eventually(lambda: has(["dsr-198.51.100.99_80"], "dsr-shop_pi_80"), timeout=30)
-    await eventually(lambda: asyncio.sleep(0, result=sync_proc.said(
-        "DsrService shop/web: not ready: NoReadyBackends")), timeout=30)
+    await eventually(lambda: sync_proc.said("DsrService shop/web: not ready: NoReadyBackends"), timeout=30)
     async with etcd_server.client() as registry:
         lease = await registry.grant(3)
         await registry.put(f"{PREFIX}/pi-1", json.dumps({"host": "198.51.100.21", "port": 80}))
@@ -111,7 +110,7 @@ async def test_sync_follows_registrations_and_manifests_without_kubernetes(
     # The static DsrService leaves the manifests: SIGHUP, and its objects leave NetScaler.
     (sync_proc.manifests / "pi.yaml").unlink()  # type: ignore[attr-defined]
     sync_proc.proc.send_signal(signal.SIGHUP)
-    await eventually(lambda: asyncio.sleep(0, result=sync_proc.said("DsrService shop/pi: removed")), timeout=30)
+    await eventually(lambda: sync_proc.said("DsrService shop/pi: removed"), timeout=30)
     headers = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": "nsroot"}
     async with aiohttp.ClientSession() as http, http.get(f"{nitro_sim.url}/nitro/v1/config/lbvserver",
                                                          headers=headers) as resp:

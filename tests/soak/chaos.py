@@ -59,6 +59,7 @@ from typing import Any
 from tests.controlplane import operator_rig as rig
 from tests.controlplane.conftest import ControlPlane, ControlPlaneError
 from tests.soak import judge
+from tests.support.waiting import eventually_sync
 
 SEED_ENV = "DSR_SOAK_SEED"
 OPERATOR_ID = "soak"
@@ -970,7 +971,8 @@ class Soak:
                         or (at_generation and stalled.get("reason") == "NetScalerUnreachable"))
 
             with contextlib.suppress(ControlPlaneError):
-                rig.poll(refused_or_written, 60, "the operator to refuse or write while Secondary", tick=self._tick)
+                eventually_sync(refused_or_written, timeout=60, what="the operator to refuse or write while Secondary",
+                                tick=self._tick, error=ControlPlaneError)
             self._sim_control("POST", "/_sim/ha", {"state": "Primary"})
         # A last change whose save fails: every save refused until the operator says saving failed.
         # First NetScaler idle and saved, so that this change is the last one.
@@ -987,8 +989,9 @@ class Soak:
             edit("f-save", lambda s: s.update(lbMethod=rng.choice([m for m in LB_METHODS if m != s.get("lbMethod")])),
                  "lbMethod changed, then every save refused (503) until the operator logged that saving failed")
             try:
-                rig.poll(lambda: self.active is not None and self.active.log().count(SAVE_FAILED) > failures,
-                         90, "the operator to report a failed save", tick=self._tick)
+                eventually_sync(lambda: self.active is not None and self.active.log().count(SAVE_FAILED) > failures,
+                                timeout=90, what="the operator to report a failed save", tick=self._tick,
+                                error=ControlPlaneError)
             except ControlPlaneError:
                 self.figures.notes.append("final scenario f-save: the operator never logged a failed save")
             self._sim_control("DELETE", "/_sim/faults")
@@ -1003,8 +1006,9 @@ class Soak:
             entry.uid = body["metadata"]["uid"]
             if self._apply(entry, spec):
                 return
-        rig.poll(lambda: self._get(entry.name) is None, self.config.settle_seconds,
-                 f"the deletion of {entry.name} to finish", interval=0.5, tick=self._tick)
+        eventually_sync(lambda: self._get(entry.name) is None, timeout=self.config.settle_seconds,
+                        what=f"the deletion of {entry.name} to finish", interval=0.5, tick=self._tick,
+                        error=ControlPlaneError)
         if not self._create(entry, spec):
             raise ControlPlaneError(f"cannot create DsrService {entry.name} again")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.argocd import evaluate
+from tests.support.argocd import evaluate
 
 CAPTURED = pathlib.Path(__file__).parent / "argocd_statuses"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import lupa.lua51
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "charts" / "dsr-operator" / "argocd" / "health.lua"
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "charts" / "dsr-operator" / "argocd" / "health.lua"
 
 
 def evaluate(obj: dict[str, Any]) -> dict[str, str]:

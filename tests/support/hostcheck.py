@@ -1,15 +1,10 @@
-"""Host inspection for netns tests, with iproute2 as an independent judge of what the agent did."""
+"""Host inspection for the netns tier, with iproute2 as an independent judge of what the agent did."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -37,19 +32,3 @@ def sysctl(ns: str, key: str) -> int:
 
 def set_sysctl(ns: str, key: str, value: int) -> None:
     run("ip", "netns", "exec", ns, "sysctl", "-qw", f"{key}={value}")
-
-
-async def poll(
-    check: Callable[[], T | Awaitable[T]], *, within: float = 30.0, interval: float = 0.05, what: str = "condition"
-) -> T:
-    """Call `check` until it returns something truthy; fail with its last value after `within` seconds."""
-    deadline = time.monotonic() + within
-    last: Any = None
-    while True:
-        result = check()
-        last = await result if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future) else result
-        if last:
-            return last  # type: ignore[no-any-return]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}; last value: {last!r}")
-        await asyncio.sleep(interval)
