@@ -101,14 +101,14 @@ async def _scrape(port: int) -> str:
 
 
 async def test_every_metric_is_exported_by_a_running_operator_or_agent(
-    kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch, unused_tcp_port: int,
+    kube: KubeHandle, nitro_sim: server.Simulator, unused_tcp_port: int,
     unused_tcp_port_factory: Any,
 ) -> None:
     cluster = Cluster(kube, nitro_sim, "nsroot")
     await cluster.node("n1", "198.51.100.1")
     await cluster.service()
     await cluster.slice({"n1": "ready"})
-    async with running_operator(kube, nitro_sim, monkeypatch, metrics_port=unused_tcp_port):
+    async with running_operator(kube, nitro_sim, metrics_port=unused_tcp_port):
         await cluster.dsrservice()
         await cluster.agent_applies("n1")
 

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any
 
 import aiohttp
 import httpx2
 import lightkube
-import pytest
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.types import PatchType
 
 from dsr_operator import kube as kubeapi
+from dsr_operator import settings as settings_mod
 from dsr_operator.controller import cli as operator_cli
 from dsr_operator.controller import config
 from dsr_operator.simulator import server
@@ -114,13 +114,15 @@ class Cluster:
 
 
 @contextlib.asynccontextmanager
-async def running_operator(kube: KubeHandle, sim: server.Simulator, monkeypatch: pytest.MonkeyPatch,
-                           **overrides: Any) -> AsyncIterator[asyncio.Task[None]]:
-    monkeypatch.setenv("DSR_NETSCALER_URL", sim.url)
-    monkeypatch.setenv("DSR_NETSCALER_PASSWORD", "nsroot")
+async def running_operator(kube: KubeHandle, sim: server.Simulator, *, netscaler: Mapping[str, Any] | None = None,
+                           etcd: Mapping[str, Any] | None = None, **overrides: Any
+                           ) -> AsyncIterator[asyncio.Task[None]]:
+    """The operator in this process until the block ends; `netscaler` and `etcd` go to their settings groups."""
     settings = config.OperatorSettings(**{
         "kube_server": kube.url, "metrics_port": 0, "liveness_port": 0, "resync_seconds": 2.0,
-        "save_debounce_seconds": 0.1, "default_drain_seconds": 0, **overrides,
+        "save_debounce_seconds": 0.1, "default_drain_seconds": 0,
+        "netscaler": settings_mod.NitroSettings(**{"url": sim.url, "password": "nsroot", **(netscaler or {})}),
+        "etcd": settings_mod.EtcdSettings(**(etcd or {})), **overrides,
     })
     stop = asyncio.Event()
     ready = asyncio.Event()
@@ -135,10 +137,10 @@ async def running_operator(kube: KubeHandle, sim: server.Simulator, monkeypatch:
 
 
 async def test_create_binds_only_after_the_loopback_handshake(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     await cluster.slice({"n1": "ready", "n2": "ready"})
-    async with running_operator(kube, nitro_sim, monkeypatch):
+    async with running_operator(kube, nitro_sim):
         await cluster.dsrservice()
         # The operator asks n1 and n2 for the VIP, creates the NetScaler objects, binds nothing yet.
         for node in ("n1", "n2"):
@@ -190,20 +192,20 @@ async def converged(cluster: Cluster, nodes: tuple[str, ...]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def serving(cluster: Cluster, kube: KubeHandle, sim: server.Simulator, monkeypatch: pytest.MonkeyPatch,
+async def serving(cluster: Cluster, kube: KubeHandle, sim: server.Simulator,
                   nodes: tuple[str, ...], spec: dict[str, Any] | None = None, **settings: Any) -> AsyncIterator[None]:
     """The operator running, DsrService shop/web created, and every node in `nodes` ready and bound."""
     await cluster.slice(dict.fromkeys(nodes, "ready"))
-    async with running_operator(kube, sim, monkeypatch, **settings):
+    async with running_operator(kube, sim, **settings):
         await cluster.dsrservice(**(spec or {}))
         await converged(cluster, nodes)
         yield
 
 
 async def test_scale_up_and_down_by_endpointslice_changes(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
-    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), max_unbind_percent=100):
+    async with serving(cluster, kube, nitro_sim, ("n1",), max_unbind_percent=100):
         await cluster.slice({"n1": "ready", "n2": "ready", "n3": "ready"})
         await converged(cluster, ("n1", "n2", "n3"))
         await cluster.slice({"n3": "ready"})
@@ -222,11 +224,11 @@ async def test_scale_up_and_down_by_endpointslice_changes(
 
 
 async def test_terminating_endpoint_is_drained_then_removed_then_its_vip_released(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     # A resync far away: the end of the drain alone must bring the removal.
     async with serving(
-        cluster, kube, nitro_sim, monkeypatch, ("n1", "n2"), spec={"drainSeconds": 1}, resync_seconds=60
+        cluster, kube, nitro_sim, ("n1", "n2"), spec={"drainSeconds": 1}, resync_seconds=60
     ):
         seq = max(e["seq"] for e in await nitro_sim.journal())
         await cluster.slice({"n1": "ready", "n2": "terminating"})
@@ -250,9 +252,9 @@ async def test_terminating_endpoint_is_drained_then_removed_then_its_vip_release
 
 
 async def test_a_node_going_away_is_unbound(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
-    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1", "n2")):
+    async with serving(cluster, kube, nitro_sim, ("n1", "n2")):
         await cluster.client.delete(NodeRes, "n2")
 
         async def unbound() -> bool:
@@ -262,10 +264,10 @@ async def test_a_node_going_away_is_unbound(
 
 
 async def test_an_agent_that_never_answers_is_never_bound(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     await cluster.slice({"n1": "ready", "n2": "ready"})
-    async with running_operator(kube, nitro_sim, monkeypatch):
+    async with running_operator(kube, nitro_sim):
         await cluster.dsrservice()
         await cluster.agent_applies("n1")
         await eventually(lambda: cluster.bound())
@@ -283,9 +285,9 @@ async def test_an_agent_that_never_answers_is_never_bound(
 
 
 async def test_drift_on_netscaler_is_repaired_by_resync(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
-    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1", "n2")):
+    async with serving(cluster, kube, nitro_sim, ("n1", "n2")):
         headers = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": "nsroot"}
         async with aiohttp.ClientSession() as http:
             url = f"{nitro_sim.url}/nitro/v1/config/lbvserver_service_binding/dsr-shop_web_80"
@@ -304,9 +306,9 @@ async def test_drift_on_netscaler_is_repaired_by_resync(
 
 
 async def test_netscaler_outage_and_recovery(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
-    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",)):
+    async with serving(cluster, kube, nitro_sim, ("n1",)):
         await nitro_sim.faults(errorRate=1.0, errorStatus=503)
         await cluster.slice({"n1": "ready", "n2": "ready"})  # a change that needs NetScaler
 
@@ -320,9 +322,9 @@ async def test_netscaler_outage_and_recovery(
 
 
 async def test_vip_conflict_stalls_the_younger_and_leaves_netscaler_alone(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
-    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), max_unbind_percent=100):
+    async with serving(cluster, kube, nitro_sim, ("n1",), max_unbind_percent=100):
         await asyncio.sleep(1.1)  # creation timestamps have one-second resolution
         await cluster.dsrservice(name="web-copy")
 
@@ -345,9 +347,9 @@ async def test_vip_conflict_stalls_the_younger_and_leaves_netscaler_alone(
 
 
 async def test_deletion_removes_netscaler_objects_then_node_vips_then_the_finalizer(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
-    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1", "n2")):
+    async with serving(cluster, kube, nitro_sim, ("n1", "n2")):
         await cluster.client.delete(kubeapi.DsrService, "web", namespace="shop")
 
         async def gone() -> bool:
@@ -365,12 +367,12 @@ async def test_deletion_removes_netscaler_objects_then_node_vips_then_the_finali
 
 
 async def test_restart_adopts_without_rebuilding_and_removes_orphans(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     await cluster.slice({"n1": "ready", "n2": "ready"})
     await cluster.service("api", external_ips=("192.0.2.11",))
     await cluster.slice({"n3": "ready"}, name="api-xyz", service="api")
-    async with running_operator(kube, nitro_sim, monkeypatch):
+    async with running_operator(kube, nitro_sim):
         await cluster.dsrservice()
         await cluster.dsrservice(name="api", vip="192.0.2.11", backends={"service": "api"})
         await converged(cluster, ("n1", "n2"))
@@ -387,7 +389,7 @@ async def test_restart_adopts_without_rebuilding_and_removes_orphans(
     await cluster.client.delete(kubeapi.DsrService, "api", namespace="shop")
     await nitro_sim.clear_faults()
     seq = max(e["seq"] for e in await nitro_sim.journal())
-    async with running_operator(kube, nitro_sim, monkeypatch):
+    async with running_operator(kube, nitro_sim):
         await converged(cluster, ("n1", "n2", "n3"))
 
         async def orphans_gone() -> bool:
@@ -404,10 +406,10 @@ async def test_restart_adopts_without_rebuilding_and_removes_orphans(
 
 
 async def test_metrics_endpoint_reports_requests_bound_backends_and_stalled(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch,
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator,
     unused_tcp_port: int,
 ) -> None:
-    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), metrics_port=unused_tcp_port):
+    async with serving(cluster, kube, nitro_sim, ("n1",), metrics_port=unused_tcp_port):
         await asyncio.sleep(1.1)
         await cluster.dsrservice(name="web-copy")  # a VIP conflict: stalled
         await eventually(lambda: cluster.condition("Stalled", "web-copy"))
@@ -424,11 +426,11 @@ async def test_metrics_endpoint_reports_requests_bound_backends_and_stalled(
 
 
 async def test_writes_go_to_the_ha_primary_only_and_the_config_is_saved(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     await cluster.slice({"n1": "ready"})
     await nitro_sim.set_ha_state("Secondary")
-    async with running_operator(kube, nitro_sim, monkeypatch):
+    async with running_operator(kube, nitro_sim):
         await cluster.dsrservice()
 
         async def refused() -> bool:
@@ -456,10 +458,10 @@ async def nitro_config(cluster: Cluster) -> dict[str, Any]:
 
 
 async def test_a_port_removed_from_the_spec_loses_its_vserver(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     # One backend: the guard's share of it rounds to zero, yet the unwanted vserver must go.
-    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), spec={"ports": [80, 443]}):
+    async with serving(cluster, kube, nitro_sim, ("n1",), spec={"ports": [80, 443]}):
         assert await cluster.bound("dsr-shop_web_443") == ["dsr-198.51.100.1_443"]
         await cluster.client.patch(kubeapi.DsrService, "web", {"spec": {"ports": [80]}}, namespace="shop",
                                    patch_type=PatchType.MERGE)
@@ -477,10 +479,10 @@ async def test_a_port_removed_from_the_spec_loses_its_vserver(
 
 
 async def test_a_guard_below_half_still_removes_backends_one_at_a_time(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     # floor(3 x 30 %) = 0 and floor(2 x 30 %) = 0: one removal per pass must still be allowed.
-    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1", "n2", "n3"), spec={"maxUnbindPercent": 30}):
+    async with serving(cluster, kube, nitro_sim, ("n1", "n2", "n3"), spec={"maxUnbindPercent": 30}):
         seq = max(e["seq"] for e in await nitro_sim.journal())
         await cluster.slice({"n3": "ready"})
 
@@ -495,9 +497,9 @@ async def test_a_guard_below_half_still_removes_backends_one_at_a_time(
 
 
 async def test_monitor_fields_removed_from_the_spec_are_unset_once(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
-    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), spec={"healthCheck": {"port": 8080}}):
+    async with serving(cluster, kube, nitro_sim, ("n1",), spec={"healthCheck": {"port": 8080}}):
         [mon] = await cluster.nitro("lbmonitor")
         assert (mon.get("destip"), mon.get("destport"), mon["transparent"]) == (VIP, 8080, "YES")
         await cluster.client.patch(kubeapi.DsrService, "web",
@@ -522,10 +524,10 @@ async def test_monitor_fields_removed_from_the_spec_are_unset_once(
 
 
 async def test_a_failed_save_is_retried_until_the_box_is_saved(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
-    monkeypatch.setenv("DSR_NETSCALER_RETRIES", "0")  # one request per save attempt: attempts are countable
-    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",)):
+    # One request per save attempt: attempts are countable.
+    async with serving(cluster, kube, nitro_sim, ("n1",), netscaler={"retries": 0}):
         await eventually(lambda: saved(cluster))
         await nitro_sim.faults(errorRate=1.0, errorStatus=503, errorResources=["nsconfig"])
         before = (await nitro_sim.stats())["byResource"].get("nsconfig", 0)
@@ -542,15 +544,15 @@ async def test_a_failed_save_is_retried_until_the_box_is_saved(
 
 
 async def test_an_operator_started_against_unsaved_changes_saves_them(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     # Killed within the save debounce: the changes are on the box, unsaved.
-    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), save_debounce_seconds=3600):
+    async with serving(cluster, kube, nitro_sim, ("n1",), save_debounce_seconds=3600):
         pass
     assert (await nitro_config_raw(nitro_sim))["configchanged"] is True
     assert not [e for e in await nitro_sim.journal() if e["resource"] == "nsconfig"]
     seq = max(e["seq"] for e in await nitro_sim.journal())
-    async with running_operator(kube, nitro_sim, monkeypatch):
+    async with running_operator(kube, nitro_sim):
         await eventually(lambda: saved(cluster))
         # Saving is all the restart did: the objects were adopted, not rewritten.
         assert [(e["resource"], e["action"]) for e in await nitro_sim.journal(since=seq)] == [("nsconfig", "save")]
@@ -569,7 +571,7 @@ async def nitro_config_raw(sim: server.Simulator) -> dict[str, Any]:
 
 
 async def test_a_vip_conflict_is_not_judged_while_netscaler_is_unreachable(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     """Who holds a VIP:port is on NetScaler. The older DsrService moved onto the VIP the younger serves and
     lost; then the younger changes while NetScaler cannot take writes (an HA node turned Secondary). Its
@@ -577,7 +579,7 @@ async def test_a_vip_conflict_is_not_judged_while_netscaler_is_unreachable(
     which nothing would correct before a resync (an hour here)."""
     other = "192.0.2.11"
     nitro_sim.store.ha_peer = {"id": "1", "ipaddress": "192.0.2.254"}  # one node of a pair: asked every stage
-    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), resync_seconds=3600):
+    async with serving(cluster, kube, nitro_sim, ("n1",), resync_seconds=3600):
         await younger_on(cluster, other)
 
         async def reason(name: str) -> str | None:
@@ -621,14 +623,14 @@ async def _equals(value: Awaitable[Any], expected: Any) -> bool:
 
 
 async def test_moving_onto_a_served_vip_leaves_one_vserver_there_and_the_holder_keeps_it(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     other = "192.0.2.11"
 
     async def on(vip: str, port: int = 80) -> list[str]:
         return sorted(v["name"] for v in await cluster.nitro("lbvserver") if (v["ipv46"], v["port"]) == (vip, port))
 
-    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",)):
+    async with serving(cluster, kube, nitro_sim, ("n1",)):
         await younger_on(cluster, other)
 
         async def web2_serving() -> bool:

@@ -11,9 +11,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pydantic
 import pytest
 
 from dsr_operator import kube as kubeapi
+from dsr_operator import settings as settings_mod
 from dsr_operator.controller import cli as operator_cli
 from dsr_operator.controller import config
 from dsr_operator.simulator import server
@@ -22,6 +24,11 @@ from tests.integration.test_operator import VIP, Cluster, converged, running_ope
 from tests.support.waiting import eventually
 
 FAR = 600.0
+
+
+def box(sim: server.Simulator, password: str = "nsroot") -> settings_mod.NitroSettings:
+    """The operator's NetScaler settings for the simulator `sim`."""
+    return settings_mod.NitroSettings(url=sim.url, password=pydantic.SecretStr(password))
 
 
 async def create(cluster: Cluster, name: str, spec: dict[str, Any], namespace: str = "shop") -> None:
@@ -50,9 +57,9 @@ async def ready(cluster: Cluster, name: str, reason: str = "Converged") -> dict[
 
 
 async def test_a_deleted_dsrnodeconfig_is_written_again(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
-    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), resync_seconds=FAR):
+    async with serving(cluster, kube, nitro_sim, ("n1",), resync_seconds=FAR):
         await cluster.client.delete(kubeapi.DsrNodeConfig, "n1")
 
         async def rewritten() -> bool:
@@ -64,10 +71,10 @@ async def test_a_deleted_dsrnodeconfig_is_written_again(
 
 
 async def test_a_node_created_after_the_endpointslice_that_names_it_is_picked_up(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     await cluster.slice({"n1": "ready", "n4": "ready"})
-    async with running_operator(kube, nitro_sim, monkeypatch, resync_seconds=FAR):
+    async with running_operator(kube, nitro_sim, resync_seconds=FAR):
         await cluster.dsrservice()
         await eventually(lambda: cluster.nodeconfig("n1"), timeout=30)
         assert await cluster.nodeconfig("n4") is None
@@ -77,9 +84,9 @@ async def test_a_node_created_after_the_endpointslice_that_names_it_is_picked_up
 
 
 async def test_the_loser_of_a_vip_conflict_takes_over_when_the_winner_moves(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
-    async with running_operator(kube, nitro_sim, monkeypatch, resync_seconds=FAR):
+    async with running_operator(kube, nitro_sim, resync_seconds=FAR):
         await create(cluster, "first", {"vip": VIP, "ports": [80], "backends": static("10.0.0.1")})
         await ready(cluster, "first")
         await create(cluster, "second", {"vip": VIP, "ports": [80], "backends": static("10.0.0.2")})
@@ -92,9 +99,9 @@ async def test_the_loser_of_a_vip_conflict_takes_over_when_the_winner_moves(
 
 
 async def test_the_operators_default_drain_applies_when_the_spec_sets_none(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
-    async with running_operator(kube, nitro_sim, monkeypatch, resync_seconds=FAR, default_drain_seconds=1):
+    async with running_operator(kube, nitro_sim, resync_seconds=FAR, default_drain_seconds=1):
         await create(cluster, "web", {"vip": VIP, "ports": [80], "backends": static("10.0.0.1", "10.0.0.2")})
         await ready(cluster, "web")
         await cluster.client.patch(kubeapi.DsrService, "web", {"spec": {"backends": static("10.0.0.1")}},
@@ -112,11 +119,10 @@ async def test_the_operators_default_drain_applies_when_the_spec_sets_none(
 
 
 async def test_a_wrong_password_is_its_own_reason(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
-    monkeypatch.setenv("DSR_NETSCALER_URL", nitro_sim.url)
-    monkeypatch.setenv("DSR_NETSCALER_PASSWORD", "wrong")
-    settings = config.OperatorSettings(kube_server=kube.url, metrics_port=0, liveness_port=0, resync_seconds=FAR)
+    settings = config.OperatorSettings(kube_server=kube.url, metrics_port=0, liveness_port=0, resync_seconds=FAR,
+                                       netscaler=box(nitro_sim, password="wrong"))
     async with _operator(settings):
         await create(cluster, "web", {"vip": VIP, "ports": [80], "backends": static("10.0.0.1")})
         c = await ready(cluster, "web", "NetScalerAuthFailed")
@@ -125,10 +131,10 @@ async def test_a_wrong_password_is_its_own_reason(
 
 
 async def test_invalid_specs_missing_services_and_no_ready_backends_are_reported_and_leave_netscaler_alone(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     await cluster.slice({"n1": "notready"})
-    async with running_operator(kube, nitro_sim, monkeypatch, resync_seconds=FAR):
+    async with running_operator(kube, nitro_sim, resync_seconds=FAR):
         # The emulator does not apply the CRD schema: the operator sees what the API server would refuse.
         await create(cluster, "bad", {"vip": "not-an-ip", "ports": [80], "backends": static("10.0.0.1")})
         await create(cluster, "lost", {"vip": "192.0.2.20", "ports": [80], "backends": {"service": "nope"}})
@@ -151,9 +157,9 @@ async def test_invalid_specs_missing_services_and_no_ready_backends_are_reported
 
 
 async def test_static_backends_several_ports_the_wildcard_and_an_ipv6_vip(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
-    async with running_operator(kube, nitro_sim, monkeypatch, resync_seconds=FAR):
+    async with running_operator(kube, nitro_sim, resync_seconds=FAR):
         await create(cluster, "two", {"vip": "192.0.2.30", "ports": [80, 443], "backends": static("10.0.1.1")})
         await create(cluster, "all", {"vip": "192.0.2.31", "ports": ["*"], "backends": static("10.0.1.2"),
                                      "healthCheck": {"type": "TCP", "port": 22}})
@@ -170,13 +176,11 @@ async def test_static_backends_several_ports_the_wildcard_and_an_ipv6_vip(
 
 
 async def test_a_restart_killed_in_the_middle_of_a_batch_adopts_and_never_rebuilds(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch,
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setenv("DSR_NETSCALER_URL", nitro_sim.url)
-    monkeypatch.setenv("DSR_NETSCALER_PASSWORD", "nsroot")
     settings = config.OperatorSettings(kube_server=kube.url, metrics_port=0, liveness_port=0, resync_seconds=FAR,
-                                       save_debounce_seconds=0.1, default_drain_seconds=0)
+                                       save_debounce_seconds=0.1, default_drain_seconds=0, netscaler=box(nitro_sim))
     async with _operator(settings):
         for i in range(3):
             await create(cluster, f"s{i}", {"vip": f"192.0.2.{40 + i}", "ports": [80],
@@ -229,14 +233,14 @@ async def _operator(settings: config.OperatorSettings) -> AsyncIterator[None]:
 
 
 async def test_a_huge_dsrservice_goes_in_steps_and_a_small_change_is_not_behind_it(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     """Fair work: with `step_changes` 100, a 10-port, 30-host DsrService (about 1,000 changes) goes in
     steps, and a one-host DsrService created once the big one's first writes are on NetScaler is bound
     before the big one is done (without steps it would wait for all of it: one batch, one plan)."""
     big = {"vip": "192.0.2.60", "ports": list(range(8000, 8010)), "healthCheck": {"port": 8000},
            "backends": static(*(f"10.60.0.{i}" for i in range(1, 31)))}
-    async with running_operator(kube, nitro_sim, monkeypatch, resync_seconds=FAR, step_changes=100):
+    async with running_operator(kube, nitro_sim, resync_seconds=FAR, step_changes=100):
         start = max((e["seq"] for e in await nitro_sim.journal()), default=0)
         await create(cluster, "big", big)
 
@@ -262,23 +266,21 @@ async def _ready_reason(cluster: Cluster, name: str, reason: str) -> bool:
 
 
 async def test_asked_to_stop_the_operator_first_finishes_the_change_that_arrives_with_the_signal(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     """`kubectl drain` evicts the leader together with an app Pod: the Pod's endpoint turns terminating just
     after the operator's SIGTERM. The stopping operator still disables that node on NetScaler, instead of
     leaving it to the next leader (which needs seconds to start, while the node's Pod shuts down)."""
-    await _stopping_operator_removes_the_terminating_node(cluster, kube, nitro_sim, monkeypatch)
+    await _stopping_operator_removes_the_terminating_node(cluster, kube, nitro_sim)
 
 
 async def _stopping_operator_removes_the_terminating_node(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch,
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator,
     **overrides: Any,
 ) -> None:
     await cluster.slice({"n1": "ready", "n2": "ready"})
-    monkeypatch.setenv("DSR_NETSCALER_URL", nitro_sim.url)
-    monkeypatch.setenv("DSR_NETSCALER_PASSWORD", "nsroot")
     settings = config.OperatorSettings(kube_server=kube.url, metrics_port=0, liveness_port=0, resync_seconds=FAR,
-                                       max_unbind_percent=100, **overrides)
+                                       max_unbind_percent=100, netscaler=box(nitro_sim), **overrides)
     stop, ready_flag = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(operator_cli.run(settings, stop_flag=stop, ready_flag=ready_flag))
     try:
@@ -302,12 +304,12 @@ async def _stopping_operator_removes_the_terminating_node(
 
 
 async def test_a_new_leader_takes_back_a_vip_its_predecessor_left_on_a_node(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     """Leadership moved while a node was drained: its VIP, announced by the old leader, is needed by no
     DsrService; once every DsrService has reported, the new leader removes it."""
     await cluster.client.create(kubeapi.DsrNodeConfig(metadata={"name": "n1"}, spec={"vips": [VIP]}))
-    async with running_operator(kube, nitro_sim, monkeypatch, resync_seconds=FAR):
+    async with running_operator(kube, nitro_sim, resync_seconds=FAR):
         await create(cluster, "other", {"vip": "192.0.2.70", "ports": [80], "backends": static("10.70.0.1")})
         await ready(cluster, "other")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import aiohttp
 import httpx2
-import pytest
 
 from dsr_operator import kube as kubeapi
 from dsr_operator.simulator import server
@@ -21,10 +20,10 @@ B2 = "dsr-198.51.100.2_80"
 
 
 async def test_an_unbind_follows_the_end_of_the_drain_and_the_lag_is_a_metric(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch,
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator,
     unused_tcp_port: int,
 ) -> None:
-    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1", "n2"), spec={"drainSeconds": 1},
+    async with serving(cluster, kube, nitro_sim, ("n1", "n2"), spec={"drainSeconds": 1},
                        resync_seconds=FAR, metrics_port=unused_tcp_port):
         seq = max(e["seq"] for e in await nitro_sim.journal())
         await cluster.slice({"n1": "ready"})
@@ -40,9 +39,9 @@ async def test_an_unbind_follows_the_end_of_the_drain_and_the_lag_is_a_metric(
 
 
 async def test_deleting_a_dsrservice_waits_for_its_drains_only(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
-    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1", "n2"), spec={"drainSeconds": 1},
+    async with serving(cluster, kube, nitro_sim, ("n1", "n2"), spec={"drainSeconds": 1},
                        resync_seconds=FAR):
         await cluster.client.delete(kubeapi.DsrService, "web", namespace="shop")
 

@@ -83,12 +83,12 @@ async def events(cluster: Cluster, name: str, reason: str) -> list[dict[str, Any
 
 
 async def test_a_load_balancer_service_gets_a_vip_from_the_pool_and_its_status_once_bound(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     await cluster.client.delete(Service, "web", namespace="shop")  # the fixture's, of type ClusterIP
     await cluster.slice({"n1": "ready"})
     await pool(cluster, "lab", "192.0.2.0/30")  # .0 and .3 are never handed out: .1 and .2
-    async with running_operator(kube, nitro_sim, monkeypatch):
+    async with running_operator(kube, nitro_sim):
         await lb_service(cluster, annotations={"dsr.operators.dev/lb-method": "ROUNDROBIN"})
         dsr = await eventually(lambda: get(cluster, kubeapi.DsrService, "web"))
         assert dsr["spec"] == {"vip": "192.0.2.1", "ports": [80], "backends": {"service": "web"},
@@ -132,10 +132,10 @@ async def _not(value: Any) -> bool:
 
 
 async def test_an_exhausted_pool_is_reported_and_a_freed_vip_goes_to_the_waiting_service(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     await pool(cluster, "one", "192.0.2.7")
-    async with running_operator(kube, nitro_sim, monkeypatch):
+    async with running_operator(kube, nitro_sim):
         await lb_service(cluster, "first")
         first = await eventually(lambda: get(cluster, kubeapi.DsrService, "first"))
         assert first["spec"]["vip"] == "192.0.2.7"
@@ -157,10 +157,10 @@ async def test_an_exhausted_pool_is_reported_and_a_freed_vip_goes_to_the_waiting
 
 
 async def test_the_allocation_survives_a_restart_and_a_requested_address_is_honoured(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     await pool(cluster, "lab", "192.0.2.10-192.0.2.20")
-    async with running_operator(kube, nitro_sim, monkeypatch):
+    async with running_operator(kube, nitro_sim):
         await lb_service(cluster, "a")
         await lb_service(cluster, "b", ip="192.0.2.15")
         a = await eventually(lambda: get(cluster, kubeapi.DsrService, "a"))
@@ -169,7 +169,7 @@ async def test_the_allocation_survives_a_restart_and_a_requested_address_is_hono
     # A pool that now starts later, and a restart: the VIPs given out stay where they are.
     await cluster.client.patch(kubeapi.DsrVipPool, "lab", {"spec": {"addresses": ["192.0.2.11-192.0.2.20"]}},
                                patch_type=PatchType.MERGE)
-    async with running_operator(kube, nitro_sim, monkeypatch):
+    async with running_operator(kube, nitro_sim):
         await lb_service(cluster, "c")
         c = await eventually(lambda: get(cluster, kubeapi.DsrService, "c"))
         assert c["spec"]["vip"] == "192.0.2.11"
@@ -188,11 +188,11 @@ async def test_the_allocation_survives_a_restart_and_a_requested_address_is_hono
     ({"annotations": {"dsr.operators.dev/lb-method": "FASTEST"}}, "InvalidAnnotation"),
 ])
 async def test_a_service_we_cannot_serve_gets_a_warning_and_nothing_reaches_netscaler(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch,
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator,
     kwargs: dict[str, Any], reason: str,
 ) -> None:
     await pool(cluster, "lab", "192.0.2.0/29")
-    async with running_operator(kube, nitro_sim, monkeypatch):
+    async with running_operator(kube, nitro_sim):
         await lb_service(cluster, "bad", **kwargs)
         await lb_service(cluster, "other-class", cls="example.com/other")
         await lb_service(cluster, "good")
@@ -205,11 +205,11 @@ async def test_a_service_we_cannot_serve_gets_a_warning_and_nothing_reaches_nets
 
 
 async def test_a_udp_and_tcp_service_is_probed_on_its_tcp_port_and_overlapping_pools_are_reported(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     await pool(cluster, "a-first", "192.0.2.0/29")
     await pool(cluster, "b-overlaps", "192.0.2.4-192.0.2.9")
-    async with running_operator(kube, nitro_sim, monkeypatch):
+    async with running_operator(kube, nitro_sim):
         await lb_service(cluster, "dns", ports=((53, "UDP"), (53, "TCP"), (5353, "UDP"), (8053, "TCP")))
         dsr = await eventually(lambda: get(cluster, kubeapi.DsrService, "dns"))
         assert dsr["spec"]["ports"] == [53, 5353, 8053]

@@ -29,9 +29,9 @@ def saved(cluster: Cluster) -> Callable[[], Awaitable[bool]]:
 
 
 async def test_bulk_writes_on_an_expired_session_really_reach_netscaler(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
-    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), resync_seconds=FAR):
+    async with serving(cluster, kube, nitro_sim, ("n1",), resync_seconds=FAR):
         await eventually(saved(cluster))  # nothing in flight: the next request is the bulk write
         await nitro_sim.faults(expireSessions=True)  # the next bulk write is answered 200 / errorcode 444
         await cluster.slice({"n1": "ready", "n2": "ready"})
@@ -42,10 +42,10 @@ async def test_bulk_writes_on_an_expired_session_really_reach_netscaler(
 
 
 async def test_a_monitor_interval_of_a_minute_converges_and_stays_unchanged(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     spec = {"healthCheck": {"type": "TCP", "intervalSeconds": 60, "timeoutSeconds": 2}}
-    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1",), spec=spec, resync_seconds=0.5):
+    async with serving(cluster, kube, nitro_sim, ("n1",), spec=spec, resync_seconds=0.5):
         [monitor] = await cluster.nitro("lbmonitor")
         assert (monitor["interval"], monitor["units3"]) == (1, "MIN")  # as a real box shows it
         await eventually(saved(cluster))
@@ -61,10 +61,10 @@ async def test_a_monitor_interval_of_a_minute_converges_and_stays_unchanged(
 
 
 async def test_a_drain_ends_as_soon_as_netscaler_ends_it_and_status_shows_its_clients(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     b2 = "dsr-198.51.100.2_80"
-    async with serving(cluster, kube, nitro_sim, monkeypatch, ("n1", "n2"), spec={"drainSeconds": 600},
+    async with serving(cluster, kube, nitro_sim, ("n1", "n2"), spec={"drainSeconds": 600},
                        resync_seconds=FAR, drain_check_seconds=0.2, max_unbind_percent=100):
         await nitro_sim.set_clients({b2: 3})
         await cluster.slice({"n1": "ready"})
@@ -104,15 +104,15 @@ async def pair() -> AsyncIterator[server.Pair]:
 
 
 async def test_a_failover_in_the_middle_of_a_change_loses_and_repeats_nothing(
-    kube: KubeHandle, pair: server.Pair, monkeypatch: pytest.MonkeyPatch, unused_tcp_port: int
+    kube: KubeHandle, pair: server.Pair, unused_tcp_port: int
 ) -> None:
     a, b = pair.a, pair.b
     cluster = Cluster(kube, a, "nsroot")
     for i in (1, 2, 3):
         await cluster.node(f"n{i}", f"198.51.100.{i}")
     await cluster.service()
-    monkeypatch.setenv("DSR_NETSCALER_URLS", json.dumps([a.url, b.url]))
-    async with serving(cluster, kube, a, monkeypatch, ("n1",), resync_seconds=FAR, metrics_port=unused_tcp_port):
+    async with serving(cluster, kube, a, ("n1",), netscaler={"urls": [a.url, b.url]}, resync_seconds=FAR,
+                       metrics_port=unused_tcp_port):
         await eventually(saved(cluster))
         assert ((await cluster.dsr())["status"]["netscaler"]) == {"primary": a.url}
         start = max(e["seq"] for e in await a.journal())
@@ -158,13 +158,13 @@ async def test_a_failover_in_the_middle_of_a_change_loses_and_repeats_nothing(
 
 
 async def test_an_ha_secondary_given_alone_is_never_written(
-    kube: KubeHandle, pair: server.Pair, monkeypatch: pytest.MonkeyPatch
+    kube: KubeHandle, pair: server.Pair
 ) -> None:
     cluster = Cluster(kube, pair.b, "nsroot")
     await cluster.node("n1", "198.51.100.1")
     await cluster.service()
     await cluster.slice({"n1": "ready"})
-    async with running_operator(kube, pair.b, monkeypatch):
+    async with running_operator(kube, pair.b):
         await cluster.dsrservice()
 
         async def refused() -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from lightkube.resources.core_v1 import Namespace
 from lightkube.types import PatchType
 
@@ -23,11 +22,11 @@ async def reason(cluster: Cluster, wanted: str) -> dict[str, Any] | None:
 
 
 async def test_a_vip_is_served_only_while_a_pool_admits_its_namespace(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     await cluster.client.create(Namespace.from_dict({"metadata": {"name": "shop", "labels": {"team": "shop"}}}))
     await cluster.slice({"n1": "ready"})
-    async with running_operator(kube, nitro_sim, monkeypatch, require_vip_pool=True):
+    async with running_operator(kube, nitro_sim, require_vip_pool=True):
         # No pool holds the VIP: Stalled with the reason, nothing on NetScaler, no VIP asked of the node.
         await cluster.dsrservice()
         refused = await eventually(lambda: reason(cluster, "VipNotAllowed"))
@@ -53,10 +52,10 @@ async def test_a_vip_is_served_only_while_a_pool_admits_its_namespace(
 
 
 async def test_a_static_backend_of_another_namespace_is_refused_until_that_namespace_lets_it_go(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     static = {"backends": {"static": [{"name": "db", "address": "10.9.0.5"}]}}
-    async with running_operator(kube, nitro_sim, monkeypatch, resync_seconds=600):  # only events wake them
+    async with running_operator(kube, nitro_sim, resync_seconds=600):  # only events wake them
         await cluster.dsrservice("db", namespace="team-b", vip="192.0.2.31", **static)
         await eventually(lambda: condition_of(cluster, "db", "team-b", "True"))
         # Another tenant lists team-b's backend, with a health check that always fails.

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import pathlib
 
-import pytest
 from lightkube.types import PatchType
 
 from dsr_operator import cli, status
@@ -32,11 +31,11 @@ async def _status(kube: KubeHandle, sim: server.Simulator, tmp_path: pathlib.Pat
 
 
 async def test_status_shows_each_backend_on_netscaler_and_its_nodes_vip(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch,
+    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator,
     tmp_path: pathlib.Path,
 ) -> None:
     await cluster.slice({"n1": "ready", "n2": "ready", "n3": "ready"})
-    async with running_operator(kube, nitro_sim, monkeypatch):
+    async with running_operator(kube, nitro_sim):
         await cluster.dsrservice()
         await cluster.agent_applies("n1")
         cfg = await eventually(lambda: cluster.nodeconfig("n3"))

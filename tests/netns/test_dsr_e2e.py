@@ -210,8 +210,7 @@ async def stand(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stand
                     for node, backend in NODES.items():
                         await cluster.node(node, lab.ip(backend))
                     await cluster.service()
-                    monkeypatch = operator.enter_context(pytest.MonkeyPatch.context())
-                    await operator.enter_async_context(running_operator(kube, sim, monkeypatch, resync_seconds=1.0))
+                    await operator.enter_async_context(running_operator(kube, sim, resync_seconds=1.0))
                     stand = Stand(lab, sim, cluster, agents, operator)
                     await stand.set_slice(("n1", "n2"))
                     await cluster.dsrservice(

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
-
 from dsr_operator.registry import etcd
 from dsr_operator.simulator import server
 from tests.conftest import KubeHandle
@@ -28,11 +26,11 @@ def record(host: str, **fields: Any) -> str:
 
 
 async def test_hosts_that_register_are_bound_and_hosts_that_leave_or_crash_are_unbound(
-    kube: KubeHandle, nitro_sim: server.Simulator, etcd_server: Etcd, monkeypatch: pytest.MonkeyPatch
+    kube: KubeHandle, nitro_sim: server.Simulator, etcd_server: Etcd
 ) -> None:
     cluster = Cluster(kube, nitro_sim, "nsroot")
-    monkeypatch.setenv("DSR_ETCD_ENDPOINTS", etcd_server.url)
-    async with etcd_server.client() as registry, running_operator(kube, nitro_sim, monkeypatch):
+    async with etcd_server.client() as registry, \
+            running_operator(kube, nitro_sim, etcd={"endpoints": [etcd_server.url]}):
         await registry.put(f"{PREFIX}/pi-1", record("198.51.100.21"))
         await registry.put(f"{PREFIX}/iis-1", record("198.51.100.22", name="iis"))
         await registry.put(f"{PREFIX}/broken", "{not json")
@@ -69,14 +67,13 @@ async def test_hosts_that_register_are_bound_and_hosts_that_leave_or_crash_are_u
         assert disabled < unbound, journal  # drained first, then unbound
 
 async def test_etcd_unreachable_keeps_every_binding_and_says_so_then_changes_flow_again(
-    kube: KubeHandle, nitro_sim: server.Simulator, etcd_server: Etcd, monkeypatch: pytest.MonkeyPatch
+    kube: KubeHandle, nitro_sim: server.Simulator, etcd_server: Etcd
 ) -> None:
     cluster = Cluster(kube, nitro_sim, "nsroot")
     async with Link(etcd_server.port) as link, etcd_server.client() as registry:
-        monkeypatch.setenv("DSR_ETCD_ENDPOINTS", link.url)
         await registry.put(f"{PREFIX}/pi-1", record("198.51.100.21"))
         await registry.put(f"{PREFIX}/pi-2", record("198.51.100.22"))
-        async with running_operator(kube, nitro_sim, monkeypatch):
+        async with running_operator(kube, nitro_sim, etcd={"endpoints": [link.url]}):
             await cluster.dsrservice(backends=REGISTRY)
             both = ["dsr-198.51.100.21_80", "dsr-198.51.100.22_80"]
 
@@ -104,11 +101,10 @@ async def test_etcd_unreachable_keeps_every_binding_and_says_so_then_changes_flo
 
 
 async def test_a_registry_backed_dsrservice_without_an_etcd_is_stalled_and_touches_nothing(
-    kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch
+    kube: KubeHandle, nitro_sim: server.Simulator
 ) -> None:
     cluster = Cluster(kube, nitro_sim, "nsroot")
-    monkeypatch.delenv("DSR_ETCD_ENDPOINTS", raising=False)
-    async with running_operator(kube, nitro_sim, monkeypatch):
+    async with running_operator(kube, nitro_sim, etcd={"endpoints": []}):
         await cluster.dsrservice(backends=REGISTRY)
 
         async def stalled() -> dict[str, Any]:
@@ -122,7 +118,7 @@ async def test_a_registry_backed_dsrservice_without_an_etcd_is_stalled_and_touch
 
 
 async def test_an_etcd_that_refuses_the_password_is_an_error_in_status(
-    kube: KubeHandle, nitro_sim: server.Simulator, monkeypatch: pytest.MonkeyPatch, etcd_server: Etcd
+    kube: KubeHandle, nitro_sim: server.Simulator, etcd_server: Etcd
 ) -> None:
     async with etcd_server.client() as root:  # etcd with auth on: root, and a user for the operator
         await root._call("/v3/auth/user/add", {"name": "root", "password": "rootpw"})
@@ -131,10 +127,8 @@ async def test_an_etcd_that_refuses_the_password_is_an_error_in_status(
     async with etcd.EtcdClient([etcd_server.url], username="root", password="rootpw") as admin:
         await admin.put(f"{PREFIX}/pi-1", record("198.51.100.21"))
     cluster = Cluster(kube, nitro_sim, "nsroot")
-    monkeypatch.setenv("DSR_ETCD_ENDPOINTS", etcd_server.url)
-    monkeypatch.setenv("DSR_ETCD_USERNAME", "root")
-    monkeypatch.setenv("DSR_ETCD_PASSWORD", "wrong")
-    async with running_operator(kube, nitro_sim, monkeypatch):
+    etcd_as_root = {"endpoints": [etcd_server.url], "username": "root"}
+    async with running_operator(kube, nitro_sim, etcd={**etcd_as_root, "password": "wrong"}):
         await cluster.dsrservice(backends=REGISTRY)
 
         async def waiting() -> dict[str, Any]:
@@ -145,6 +139,5 @@ async def test_an_etcd_that_refuses_the_password_is_an_error_in_status(
         condition = await eventually(waiting, timeout=30)
         assert "wrong" not in condition["message"]  # never the password
         assert await cluster.nitro("lbvserver") == []
-    monkeypatch.setenv("DSR_ETCD_PASSWORD", "rootpw")
-    async with running_operator(kube, nitro_sim, monkeypatch):
+    async with running_operator(kube, nitro_sim, etcd={**etcd_as_root, "password": "rootpw"}):
         await eventually(lambda: cluster.bound(), timeout=30)
