@@ -153,7 +153,9 @@ class Lab:
         return self.vip6 or f"{self.net6}100"
 
     def mac(self, role: str) -> str:
-        return json.loads(sh("ip", "-n", self.ns(role), "-j", "link", "show", "dev", "eth0").stdout)[0]["address"]
+        shown = sh("ip", "-n", self.ns(role), "-j", "link", "show", "dev", "eth0").stdout
+        links: list[dict[str, Any]] = json.loads(shown)
+        return str(links[0]["address"])
 
     # -- life cycle
 

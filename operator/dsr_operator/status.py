@@ -181,7 +181,8 @@ def render(rows: Sequence[Row], out: TextIO) -> None:
 
 def _plain(obj: Any) -> dict[str, Any]:
     data = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
-    return json.loads(json.dumps(data, default=str))
+    plain: dict[str, Any] = json.loads(json.dumps(data, default=str))
+    return plain
 
 
 async def gather(

@@ -23,10 +23,10 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-import pyroute2.netns  # type: ignore[import-untyped]
-from pyroute2 import AsyncIPRoute  # type: ignore[import-untyped]
-from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
-from pyroute2.netlink.rtnl.ifinfmsg import IFF_NOARP, IFF_UP  # type: ignore[import-untyped]
+import pyroute2.netns
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_NOARP, IFF_UP
 
 from dsr_operator.agent import core, rtaddr
 

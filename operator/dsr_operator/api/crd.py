@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pydantic
 import yaml
 
 from dsr_operator.api import models, vippool
@@ -146,10 +147,11 @@ def _without_none(value: Any) -> Any:
     return value
 
 
-def _schema(model: type[models.pydantic.BaseModel]) -> dict[str, Any]:
+def _schema(model: type[pydantic.BaseModel]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.get("$defs", {})
-    return _structural(raw, defs, model.__name__)
+    schema: dict[str, Any] = _structural(raw, defs, model.__name__)
+    return schema
 
 
 def _mark_ips(schema: dict[str, Any], paths: list[list[str]]) -> None:
@@ -161,13 +163,13 @@ def _mark_ips(schema: dict[str, Any], paths: list[list[str]]) -> None:
         node["maxLength"] = 45
 
 
-def _status_schema(model: type[models.pydantic.BaseModel]) -> dict[str, Any]:
+def _status_schema(model: type[pydantic.BaseModel]) -> dict[str, Any]:
     """The status as documentation for `kubectl explain` and a type check of what is written.
 
     Unknown fields are kept (never pruned), nothing is defaulted and no CEL rule runs: the writer's
     document is what is stored (and status lists carry no maxItems that a CEL cost estimate would need).
     """
-    status = _without(_schema(model), {"default", "x-kubernetes-validations"})
+    status: dict[str, Any] = _without(_schema(model), {"default", "x-kubernetes-validations"})
     status["x-kubernetes-preserve-unknown-fields"] = True
     return status
 

@@ -1,6 +1,6 @@
 # kopf's callback protocols do not model index keyword arguments (e.g. `dsr_by_backend`) nor a
-# non-optional `namespace` for namespaced resources; the handlers' signatures are what kopf passes.
-# mypy: disable-error-code="arg-type"
+# non-optional `namespace` for namespaced resources: each registration below ignores arg-type for that
+# reason only; the handlers' signatures are what kopf passes.
 """Kopf handlers: thin. Indices gather the cluster, events mark dirty exactly the DsrServices that read
 the changed input, one reconcile loop per NetScaler takes them in batches, a finalizer cleans up, a timer
 resyncs.
@@ -27,6 +27,7 @@ from dsr_operator.controller import config, decide, lbservices, reconcile, view,
 from dsr_operator.controller.metrics import Metrics
 
 log = logging.getLogger(__name__)
+AnyIndex = kopf.Index[Any, Any]
 DSR = (models.GROUP, models.VERSION, models.SERVICE_PLURAL)
 NODECONFIGS = (models.GROUP, models.VERSION, models.NODECONFIG_PLURAL)
 SLICES = ("discovery.k8s.io", "v1", "endpointslices")
@@ -86,12 +87,12 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
 
     # --- indices: what the reconciler reads, and how inputs reach the DsrServices that read them ----
 
-    @kopf.index(*SLICES, registry=registry, id="dsr_slices")
+    @kopf.index(*SLICES, registry=registry, id="dsr_slices")  # type: ignore[arg-type]
     def dsr_slices(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
         service = labels.get(world.SERVICE_NAME_LABEL)
         return {(namespace, service): world.slice_endpoints(body)} if service else None
 
-    @kopf.index(*SLICES, registry=registry, id="dsr_slices_by_node")
+    @kopf.index(*SLICES, registry=registry, id="dsr_slices_by_node")  # type: ignore[arg-type]
     def dsr_slices_by_node(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
         service = labels.get(world.SERVICE_NAME_LABEL)
         if not service:
@@ -106,7 +107,7 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
     def dsr_nodeconfigs(name: str, body: kopf.Body, **_: Any) -> Any:
         return {name: world.nodeconfig_info(body)}
 
-    @kopf.index(*SERVICES, registry=registry, id="dsr_k8s_services")
+    @kopf.index(*SERVICES, registry=registry, id="dsr_k8s_services")  # type: ignore[arg-type]
     def dsr_k8s_services(namespace: str, name: str, spec: kopf.Spec, body: kopf.Body, **_: Any) -> Any:
         delivered = tuple(spec.get("externalIPs") or ())
         lb = lbservices.LbService.of(body)
@@ -138,16 +139,16 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         owned = lbservices.Owned.of(body)
         return dict([owned]) if owned is not None else None
 
-    @kopf.index(*DSR, registry=registry, id="dsr_services")
+    @kopf.index(*DSR, registry=registry, id="dsr_services")  # type: ignore[arg-type]
     def dsr_services(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
         return {(namespace, name): decide.Entry.of(body)}
 
-    @kopf.index(*DSR, registry=registry, id="dsr_by_backend")
+    @kopf.index(*DSR, registry=registry, id="dsr_by_backend")  # type: ignore[arg-type]
     def dsr_by_backend(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
         backend = (body.get("spec") or {}).get("backends", {}).get("service")
         return {(namespace, backend): (namespace, name)} if isinstance(backend, str) else None
 
-    @kopf.index(*DSR, registry=registry, id="dsr_by_prefix")
+    @kopf.index(*DSR, registry=registry, id="dsr_by_prefix")  # type: ignore[arg-type]
     def dsr_by_prefix(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
         registry = ((body.get("spec") or {}).get("backends") or {}).get("registry") or {}
         try:
@@ -156,11 +157,11 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
             return None
         return {prefix: (namespace, name)}
 
-    @kopf.index(*DSR, registry=registry, id="dsr_by_host")
+    @kopf.index(*DSR, registry=registry, id="dsr_by_host")  # type: ignore[arg-type]
     def dsr_by_host(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
         return dict.fromkeys(_static_hosts(body), (namespace, name)) or None
 
-    @kopf.index(*DSR, registry=registry, id="dsr_by_vip")
+    @kopf.index(*DSR, registry=registry, id="dsr_by_vip")  # type: ignore[arg-type]
     def dsr_by_vip(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
         vip = (body.get("spec") or {}).get("vip")
         return {str(vip): (namespace, name)} if vip else None
@@ -172,21 +173,21 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         rt.indexed.set()
         return rt
 
-    def readers_of_node(node: str, slices_by_node: kopf.Index, by_backend: kopf.Index) -> set[Key]:
+    def readers_of_node(node: str, slices_by_node: AnyIndex, by_backend: AnyIndex) -> set[Key]:
         keys: set[Key] = set()
         for service in slices_by_node.get(node, ()):
             keys.update(by_backend.get(service, ()))
         return keys
 
-    @kopf.on.event(*SLICES, registry=registry)
-    def slice_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, dsr_by_backend: kopf.Index,
+    @kopf.on.event(*SLICES, registry=registry)  # type: ignore[arg-type]
+    def slice_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, dsr_by_backend: AnyIndex,
                       **_: Any) -> None:
         service = labels.get(world.SERVICE_NAME_LABEL)
         if service:
             runtime(memo).batcher.mark(*dsr_by_backend.get((namespace, service), ()))
 
-    @kopf.on.event(*SERVICES, registry=registry)
-    def service_changed(namespace: str, name: str, memo: kopf.Memo, dsr_by_backend: kopf.Index, **_: Any) -> None:
+    @kopf.on.event(*SERVICES, registry=registry)  # type: ignore[arg-type]
+    def service_changed(namespace: str, name: str, memo: kopf.Memo, dsr_by_backend: AnyIndex, **_: Any) -> None:
         rt = runtime(memo)
         rt.batcher.mark(*dsr_by_backend.get((namespace, name), ()))
         rt.frontdoor.mark((namespace, name))
@@ -201,14 +202,14 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
     def namespace_changed(memo: kopf.Memo, **_: Any) -> None:
         authority_changed(runtime(memo))
 
-    @kopf.on.event(*NODES, registry=registry)
-    def node_changed(name: str, memo: kopf.Memo, dsr_slices_by_node: kopf.Index, dsr_by_backend: kopf.Index,
+    @kopf.on.event(*NODES, registry=registry)  # type: ignore[arg-type]
+    def node_changed(name: str, memo: kopf.Memo, dsr_slices_by_node: AnyIndex, dsr_by_backend: AnyIndex,
                      **_: Any) -> None:
         runtime(memo).batcher.mark(*readers_of_node(name, dsr_slices_by_node, dsr_by_backend))
 
-    @kopf.on.event(*NODECONFIGS, registry=registry)
+    @kopf.on.event(*NODECONFIGS, registry=registry)  # type: ignore[arg-type]
     def nodeconfig_changed(name: str, body: kopf.Body, type: str | None, memo: kopf.Memo,
-                           dsr_slices_by_node: kopf.Index, dsr_by_backend: kopf.Index, **_: Any) -> None:
+                           dsr_slices_by_node: AnyIndex, dsr_by_backend: AnyIndex, **_: Any) -> None:
         rt = runtime(memo)
         gone = type == "DELETED"
         reconcile.index_caught_up(rt, name, None if gone else (body.get("spec") or {}).get("vips") or [])
@@ -218,9 +219,9 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
             # Recreated by the next batch of its readers (the index no longer has it).
             log.info("DsrNodeConfig %s was deleted; it will be written again", name)
 
-    @kopf.on.event(*DSR, registry=registry)
+    @kopf.on.event(*DSR, registry=registry)  # type: ignore[arg-type]
     def dsrservice_changed(namespace: str, name: str, body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo,
-                           type: str | None, dsr_by_vip: kopf.Index, dsr_by_host: kopf.Index, **_: Any) -> None:
+                           type: str | None, dsr_by_vip: AnyIndex, dsr_by_host: AnyIndex, **_: Any) -> None:
         rt = runtime(memo)
         key = (namespace, name)
         owned = lbservices.Owned.of(body)
@@ -252,7 +253,7 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
 
     # --- the finalizer ---------------------------------------------------------------------------
 
-    @kopf.on.delete(*DSR, registry=registry)
+    @kopf.on.delete(*DSR, registry=registry)  # type: ignore[arg-type]
     async def dsrservice_deleted(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         await reconcile.finalize(runtime(memo), (namespace, name), body)
 
