@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import time
 
+from dsr_lab import simctl
 from dsr_operator.api import models
 from dsr_operator.model import ops as nsops
 from dsr_operator.model import state as ns
@@ -21,7 +22,6 @@ from dsr_operator.netscaler import client as nitro
 from dsr_operator.netscaler import executor
 from dsr_operator.planner import desired as desired_mod
 from dsr_operator.planner import plan as planner
-from dsr_operator.simulator import server
 
 USER, PASSWORD = "nsroot", "bench-password"
 OPERATOR_ID = "bench"
@@ -81,7 +81,7 @@ async def main(services: int, backends: int, latency_ms: float) -> None:
     work = intents(services, backends)
     rows = []
     for label in ("baseline", "dsr-operator"):
-        async with server.running(users={USER: PASSWORD}) as sim:
+        async with simctl.running(users={USER: PASSWORD}) as sim:
             await sim.faults(latencyMs=latency_ms)
             t0 = time.perf_counter()
             if label == "baseline":

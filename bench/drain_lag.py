@@ -42,9 +42,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from tests import conftest as kube_fixture
 
-from dsr_lab import kubeemu
+from dsr_lab import kubeemu, simctl
 from dsr_operator import kube as kubeapi
-from dsr_operator.simulator import server
 
 HEADERS = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": "bench"}
 DRAIN = 1
@@ -111,7 +110,7 @@ def start_simulator(work: Path, env: dict[str, str]) -> tuple[str, subprocess.Po
     return url, proc
 
 
-async def simulator_answers(sim: server.Simulator, latency_ms: float, work: Path) -> None:
+async def simulator_answers(sim: simctl.Simulator, latency_ms: float, work: Path) -> None:
     """Wait until the simulator process answers, and set its latency."""
     deadline = time.monotonic() + 60
     while True:
@@ -145,7 +144,7 @@ async def main(services: int, rounds: int, latency_ms: float) -> None:
         async with kubeemu.KubeEmulator() as emulator, kmock.Server(emulator) as kserver, \
                 aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
             # The simulator is another process: only its /_sim control endpoints are used from here.
-            sim = server.Simulator(url=sim_url, app=web.Application(), http=http)
+            sim = simctl.Simulator(url=sim_url, app=web.Application(), http=http)
             for resource, kind, namespaced, status in kube_fixture.RESOURCES:
                 emulator.register(resource, kind=kind, namespaced=namespaced, status=status)
             handle = kube_fixture.KubeHandle(emulator=emulator, url=str(kserver.url).rstrip("/"))
@@ -185,7 +184,7 @@ async def main(services: int, rounds: int, latency_ms: float) -> None:
               f"max {lags[-1] * 1000:.1f} ms; target p99 < 200 ms {'met' if p99 < 0.2 else 'NOT met'}")
 
 
-async def drains(client: Any, sim: server.Simulator, services: int, together: int, rounds: int) -> list[float]:
+async def drains(client: Any, sim: simctl.Simulator, services: int, together: int, rounds: int) -> list[float]:
     """`rounds` rounds of `together` DsrServices losing a backend at once; the lag of each drain."""
     lags: list[float] = []
     for r in range(rounds):

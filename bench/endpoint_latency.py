@@ -37,9 +37,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from bench.drain_lag import _stop, simulator_answers, start_operator, start_simulator
 from tests import conftest as kube_fixture
 
-from dsr_lab import kubeemu
+from dsr_lab import kubeemu, simctl
 from dsr_operator import kube as kubeapi
-from dsr_operator.simulator import server
 
 EndpointSlice = create_namespaced_resource("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices")
 Service = create_namespaced_resource("", "v1", "Service", "services")
@@ -97,7 +96,7 @@ async def main(services: int, changes: int, latency_ms: float) -> None:
     try:
         async with kubeemu.KubeEmulator() as emulator, kmock.Server(emulator) as kserver, \
                 aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
-            sim = server.Simulator(url=sim_url, app=web.Application(), http=http)  # its /_sim endpoints only
+            sim = simctl.Simulator(url=sim_url, app=web.Application(), http=http)  # its /_sim endpoints only
             for resource, kind, namespaced, status in kube_fixture.RESOURCES:
                 emulator.register(resource, kind=kind, namespaced=namespaced, status=status)
             handle = kube_fixture.KubeHandle(emulator=emulator, url=str(kserver.url).rstrip("/"))

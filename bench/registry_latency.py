@@ -31,11 +31,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from tests.registry.conftest import ETCD, Etcd
 
+from dsr_lab import simctl
 from dsr_operator import settings as settings_mod
 from dsr_operator import sync as sync_mod
 from dsr_operator.controller import view
 from dsr_operator.registry import etcd, source
-from dsr_operator.simulator import server
 
 HOSTS = [f"198.51.100.{i + 1}" for i in range(5)]
 AUTH = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": "bench"}
@@ -107,7 +107,7 @@ async def run(tmp: Path, registry_server: Etcd, services: int, changes: int, lat
             registered[i] = {HOSTS[(i + k) % len(HOSTS)] for k in range(3)}
             for host in registered[i]:
                 await writer.put(f"/skydns/bench/svc{i}/{host}", record(host))
-        async with server.running(users={"nsroot": "bench"}) as sim:
+        async with simctl.running(users={"nsroot": "bench"}) as sim:
             await sim.faults(latencyMs=latency_ms)
             base = await baseline(sim.url)
             nitro_settings = settings_mod.NitroSettings(url=sim.url, password="bench")

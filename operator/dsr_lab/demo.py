@@ -34,9 +34,10 @@ import aiohttp
 import pydantic
 
 from dsr_lab import lab as dsrlab
+from dsr_lab import simctl
 from dsr_operator import aio
 from dsr_operator.api import models
-from dsr_operator.simulator import dataplane, server
+from dsr_operator.simulator import dataplane
 
 NAMESPACE = "demo"
 SERVICE = "web"
@@ -201,7 +202,7 @@ def ready_condition(status: Mapping[str, Any]) -> dict[str, Any]:
 class Narrator:
     """Polls the Kubernetes API and NetScaler's write journal, and prints each step as it happens."""
 
-    def __init__(self, kube: Kube, sim: server.Simulator, lab: dsrlab.Lab, nodes: Mapping[str, str], out: TextIO):
+    def __init__(self, kube: Kube, sim: simctl.Simulator, lab: dsrlab.Lab, nodes: Mapping[str, str], out: TextIO):
         self.kube, self.sim, self.lab, self.nodes, self.out = kube, sim, lab, nodes, out
         self.started = time.monotonic()
         self.seq = 0
@@ -352,7 +353,7 @@ async def _demo(lab: dsrlab.Lab, requests: int, out: TextIO) -> int:
         try:
             async with (
                 kubeemu.serve() as (_, kube_url),
-                server.running(users={"nsroot": PASSWORD}, dataplane=plane) as sim,
+                simctl.running(users={"nsroot": PASSWORD}, dataplane=plane) as sim,
                 aiohttp.ClientSession() as http,
             ):
                 print(f"# Kubernetes API (in-memory emulator) on {kube_url}", file=out)
@@ -381,7 +382,7 @@ async def _demo(lab: dsrlab.Lab, requests: int, out: TextIO) -> int:
 
 
 async def _acts(
-    lab: dsrlab.Lab, kube: Kube, sim: server.Simulator, narrator: Narrator, agents: Agents,
+    lab: dsrlab.Lab, kube: Kube, sim: simctl.Simulator, narrator: Narrator, agents: Agents,
     operator: asyncio.Task[None], nodes: Mapping[str, str], requests: int, out: TextIO,
 ) -> int:  # fmt: skip
     print(f"\n## Create DsrService {NAMESPACE}/{SERVICE}: VIP {lab.vip}:80, backends from Service {SERVICE}, "
@@ -455,7 +456,7 @@ async def _acts(
     return 0 if ok else 1
 
 
-async def _traffic(lab: dsrlab.Lab, sim: server.Simulator, requests: int, out: TextIO) -> int:
+async def _traffic(lab: dsrlab.Lab, sim: simctl.Simulator, requests: int, out: TextIO) -> int:
     before = {b: await asyncio.to_thread(lab.vip_packets, b) for b in lab.backends}
     lb_rx_before, lb_tx_before = await asyncio.to_thread(lab.link_packets, "lb")
     counters_before = (await sim.dataplane())["counters"]

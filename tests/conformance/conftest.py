@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
+from dsr_lab import simctl
 from dsr_operator.netscaler import client as nitro
-from dsr_operator.simulator import server
 
 SIM_PASSWORD = "conformance-Pa55"
 
@@ -42,7 +42,7 @@ class Target:
     password: str
     verify_tls: bool = True
     ca_file: str | None = None
-    sim: server.Simulator | None = None
+    sim: simctl.Simulator | None = None
     run: str = dataclasses.field(default_factory=lambda: secrets.token_hex(4))
 
     @property
@@ -73,7 +73,7 @@ def _env(name: str) -> str | None:
 async def target() -> AsyncIterator[Target]:
     url = _env("NETSCALER_URL")
     if url is None:
-        async with server.running(users={"nsroot": SIM_PASSWORD}) as sim:
+        async with simctl.running(users={"nsroot": SIM_PASSWORD}) as sim:
             yield Target(sim.url, "nsroot", SIM_PASSWORD, sim=sim)
         return
     password_file = _env("NETSCALER_PASSWORD_FILE")

@@ -17,9 +17,9 @@ import prometheus_client.parser
 import promql_parser
 import pytest
 
+from dsr_lab import simctl
 from dsr_operator.agent import core
 from dsr_operator.agent import metrics as agent_metrics
-from dsr_operator.simulator import server
 from tests.conftest import KubeHandle
 from tests.integration.test_operator import Cluster, running_operator
 from tests.support.waiting import eventually
@@ -101,7 +101,7 @@ async def _scrape(port: int) -> str:
 
 
 async def test_every_metric_is_exported_by_a_running_operator_or_agent(
-    kube: KubeHandle, nitro_sim: server.Simulator, unused_tcp_port: int,
+    kube: KubeHandle, nitro_sim: simctl.Simulator, unused_tcp_port: int,
     unused_tcp_port_factory: Any,
 ) -> None:
     cluster = Cluster(kube, nitro_sim, "nsroot")

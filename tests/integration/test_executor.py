@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from dsr_lab import simctl
 from dsr_operator.model import ops as nsops
 from dsr_operator.model import state as ns
 from dsr_operator.netscaler import client as nitro
@@ -17,7 +18,7 @@ OP_ID = "test"
 MARK = ns.marker(OP_ID, "uid-web")
 
 
-async def test_bindings_are_read_in_bulk_and_filtered_on_our_side(nitro_sim: server.Simulator) -> None:
+async def test_bindings_are_read_in_bulk_and_filtered_on_our_side(nitro_sim: simctl.Simulator) -> None:
     async with nitro.NitroClient(nitro_sim.url, username="nsroot", password="nsroot") as ns_client:
         await ns_client.add("server", [{"name": "dsr-h1", "ipaddress": "10.0.0.1", "comment": MARK},
                                        {"name": "manual", "ipaddress": "10.0.0.2"}])

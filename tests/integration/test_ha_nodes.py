@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from dsr_lab import simctl
 from dsr_operator.netscaler import client as nitro
 from dsr_operator.netscaler import ha
-from dsr_operator.simulator import server
 
 
 def factory(url: str) -> nitro.NitroClient:
@@ -16,12 +16,12 @@ def factory(url: str) -> nitro.NitroClient:
 
 
 @pytest.fixture
-async def pair() -> AsyncIterator[server.Pair]:
-    async with server.running_pair(users={"nsroot": "nsroot"}) as p:
+async def pair() -> AsyncIterator[simctl.Pair]:
+    async with simctl.running_pair(users={"nsroot": "nsroot"}) as p:
         yield p
 
 
-async def test_the_primary_is_found_whichever_nsip_comes_first(pair: server.Pair) -> None:
+async def test_the_primary_is_found_whichever_nsip_comes_first(pair: simctl.Pair) -> None:
     seen: list[str | None] = []
     nodes = ha.Nodes([pair.b.url, pair.a.url], factory, on_primary=seen.append)
     try:
@@ -36,7 +36,7 @@ async def test_the_primary_is_found_whichever_nsip_comes_first(pair: server.Pair
         await nodes.close()
 
 
-async def test_an_unreachable_nsip_is_passed_over(pair: server.Pair) -> None:
+async def test_an_unreachable_nsip_is_passed_over(pair: simctl.Pair) -> None:
     nodes = ha.Nodes(["http://127.0.0.1:9", pair.a.url], factory)
     try:
         await nodes.primary()
@@ -45,7 +45,7 @@ async def test_an_unreachable_nsip_is_passed_over(pair: server.Pair) -> None:
         await nodes.close()
 
 
-async def test_one_url_of_a_pair_is_asked_before_every_write_stage(pair: server.Pair) -> None:
+async def test_one_url_of_a_pair_is_asked_before_every_write_stage(pair: simctl.Pair) -> None:
     nodes = ha.Nodes([pair.a.url], factory)
     try:
         await nodes.primary()
@@ -62,7 +62,7 @@ async def test_one_url_of_a_pair_is_asked_before_every_write_stage(pair: server.
 
 
 async def test_a_standalone_box_is_asked_at_most_every_few_seconds_until_it_lists_a_peer(
-    nitro_sim: server.Simulator,
+    nitro_sim: simctl.Simulator,
 ) -> None:
     now = [1000.0]
     alone = ha.Nodes([nitro_sim.url], factory, clock=lambda: now[0])
@@ -91,7 +91,7 @@ async def test_a_standalone_box_is_asked_at_most_every_few_seconds_until_it_list
         await alone.close()
 
 
-async def test_a_box_whose_node_list_cannot_be_read_is_asked_before_every_stage(nitro_sim: server.Simulator) -> None:
+async def test_a_box_whose_node_list_cannot_be_read_is_asked_before_every_stage(nitro_sim: simctl.Simulator) -> None:
     """Only a `hanode` list that was read and shows no peer makes a box stand-alone; a failed read does not."""
     now = [1000.0]
     alone = ha.Nodes([nitro_sim.url], factory, clock=lambda: now[0])

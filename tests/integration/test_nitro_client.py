@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from dsr_lab import simctl
 from dsr_operator.netscaler import client as nitro
 from dsr_operator.netscaler import errors
 from dsr_operator.simulator import server
@@ -35,7 +36,7 @@ def nitro_credentials() -> tuple[str, str]:
 
 
 @pytest.fixture
-def connect(nitro_sim: server.Simulator, nitro_credentials: tuple[str, str]) -> Callable[..., nitro.NitroClient]:
+def connect(nitro_sim: simctl.Simulator, nitro_credentials: tuple[str, str]) -> Callable[..., nitro.NitroClient]:
     """A factory of (unopened) clients aimed at the simulator, with fast backoff."""
     user, password = nitro_credentials
 
@@ -57,7 +58,7 @@ def servers(*names: str) -> list[dict[str, Any]]:
     return [{"name": name, "ipaddress": f"10.{zlib.crc32(name.encode()) % 250}.{len(name)}.1"} for name in names]
 
 
-def live_sessions(sim: server.Simulator) -> int:
+def live_sessions(sim: simctl.Simulator) -> int:
     return len(sim.app[server.SESSIONS])
 
 
@@ -65,7 +66,7 @@ def live_sessions(sim: server.Simulator) -> int:
 
 
 async def test_login_sends_the_token_and_logout_ends_the_session(
-    nitro_sim: server.Simulator, connect: Callable[..., nitro.NitroClient]
+    nitro_sim: simctl.Simulator, connect: Callable[..., nitro.NitroClient]
 ) -> None:
     async with connect() as ns:
         assert ns.state.value == "opened"
@@ -79,7 +80,7 @@ async def test_login_sends_the_token_and_logout_ends_the_session(
 
 
 async def test_logout_happens_even_when_the_block_raises(
-    nitro_sim: server.Simulator, connect: Callable[..., nitro.NitroClient]
+    nitro_sim: simctl.Simulator, connect: Callable[..., nitro.NitroClient]
 ) -> None:
     with pytest.raises(errors.NitroNotFound):
         async with connect() as ns:
@@ -89,7 +90,7 @@ async def test_logout_happens_even_when_the_block_raises(
 
 
 async def test_expired_session_is_renewed_once_for_concurrent_requests(
-    nitro_sim: server.Simulator, ns: nitro.NitroClient
+    nitro_sim: simctl.Simulator, ns: nitro.NitroClient
 ) -> None:
     await ns.add("server", servers("web-1"))
     await nitro_sim.faults(expireSessions=True)
@@ -104,7 +105,7 @@ async def test_expired_session_is_renewed_once_for_concurrent_requests(
 
 
 async def test_session_expiring_again_after_the_relogin_raises(
-    nitro_sim: server.Simulator, ns: nitro.NitroClient
+    nitro_sim: simctl.Simulator, ns: nitro.NitroClient
 ) -> None:
     def expire_every_session(method: str, rtype: str, status: int, errorcode: int, seconds: float) -> None:
         nitro_sim.app[server.SESSIONS].expire_all()  # in-process, so it happens before the next request
@@ -120,7 +121,7 @@ async def test_session_expiring_again_after_the_relogin_raises(
 
 
 async def test_bulk_write_on_an_expired_session_is_sent_again_after_a_relogin(
-    nitro_sim: server.Simulator, ns: nitro.NitroClient
+    nitro_sim: simctl.Simulator, ns: nitro.NitroClient
 ) -> None:
     # A real box answers a bulk request on an expired session with HTTP 200 and errorcode 444.
     await nitro_sim.faults(expireSessions=True)
@@ -133,7 +134,7 @@ async def test_bulk_write_on_an_expired_session_is_sent_again_after_a_relogin(
     assert [(c["resource"], c["action"]) for c in await nitro_sim.journal()] == [("server", "add")] * 2
 
 
-async def test_a_2xx_answer_with_an_errorcode_is_an_error(nitro_sim: server.Simulator, ns: nitro.NitroClient) -> None:
+async def test_a_2xx_answer_with_an_errorcode_is_an_error(nitro_sim: simctl.Simulator, ns: nitro.NitroClient) -> None:
     def expire_every_session(method: str, rtype: str, status: int, errorcode: int, seconds: float) -> None:
         nitro_sim.app[server.SESSIONS].expire_all()
 
@@ -147,7 +148,7 @@ async def test_a_2xx_answer_with_an_errorcode_is_an_error(nitro_sim: server.Simu
 
 
 async def test_bad_credentials_fail_at_once_without_retry(
-    nitro_sim: server.Simulator, nitro_credentials: tuple[str, str]
+    nitro_sim: simctl.Simulator, nitro_credentials: tuple[str, str]
 ) -> None:
     ns = nitro.NitroClient(nitro_sim.url, username=nitro_credentials[0], password="wrong", **FAST)
     with pytest.raises(errors.NitroAuthenticationFailed) as raised:
@@ -164,7 +165,7 @@ async def test_bad_credentials_fail_at_once_without_retry(
 
 
 async def test_bulk_add_reports_the_duplicate_on_its_own_item(
-    nitro_sim: server.Simulator, ns: nitro.NitroClient
+    nitro_sim: simctl.Simulator, ns: nitro.NitroClient
 ) -> None:
     assert [r.ok for r in await ns.add("server", servers("web-1"))] == [True]
     batch = [*servers("web-2"), {"name": "web-1", "ipaddress": "198.51.100.99"}, *servers("web-3")]
@@ -182,7 +183,7 @@ async def test_bulk_add_reports_the_duplicate_on_its_own_item(
     assert (await nitro_sim.stats())["byResource"]["server"] == 3  # one request per call, no retry
 
 
-async def test_onerror_exit_stops_at_the_failing_item(nitro_sim: server.Simulator, ns: nitro.NitroClient) -> None:
+async def test_onerror_exit_stops_at_the_failing_item(nitro_sim: simctl.Simulator, ns: nitro.NitroClient) -> None:
     await ns.add("server", servers("web-1"))
     batch = [*servers("a", "web-1", "c")]
 
@@ -196,7 +197,7 @@ async def test_onerror_exit_stops_at_the_failing_item(nitro_sim: server.Simulato
         await ns.get("server", "c")
 
 
-async def test_onerror_continue_is_sent_by_default(nitro_sim: server.Simulator, ns: nitro.NitroClient) -> None:
+async def test_onerror_continue_is_sent_by_default(nitro_sim: simctl.Simulator, ns: nitro.NitroClient) -> None:
     results = await ns.add("server", [{"name": "-bad", "ipaddress": "198.51.100.1"}, *servers("ok")])
     assert [r.ok for r in results] == [False, True]
     assert isinstance(results[0].error, errors.NitroInvalidArgument)
@@ -206,7 +207,7 @@ async def test_onerror_continue_is_sent_by_default(nitro_sim: server.Simulator, 
     assert await ns.add("server", []) == []
 
 
-async def test_bulk_unbind_and_delete(nitro_sim: server.Simulator, ns: nitro.NitroClient) -> None:
+async def test_bulk_unbind_and_delete(nitro_sim: simctl.Simulator, ns: nitro.NitroClient) -> None:
     await ns.add("server", servers("h1", "h2"))
     services = [
         {"name": f"svc-{h}", "servername": h, "servicetype": "ANY", "port": 65535, "usip": "YES"} for h in ("h1", "h2")
@@ -275,7 +276,7 @@ async def test_names_with_odd_characters_survive_the_path(ns: nitro.NitroClient)
     assert record["ipaddress"] == "198.51.100.7"
 
 
-async def test_modes_config_and_ha(nitro_sim: server.Simulator, ns: nitro.NitroClient) -> None:
+async def test_modes_config_and_ha(nitro_sim: simctl.Simulator, ns: nitro.NitroClient) -> None:
     await ns.enable_modes(["MBF"])
     modes = await ns.get_modes()
     assert modes["mbf"] is True
@@ -300,7 +301,7 @@ async def test_as_int_coerces_nitro_numbers() -> None:
 # Retries: transient faults only
 
 
-async def test_validation_error_599_is_not_retried(nitro_sim: server.Simulator, ns: nitro.NitroClient) -> None:
+async def test_validation_error_599_is_not_retried(nitro_sim: simctl.Simulator, ns: nitro.NitroClient) -> None:
     with pytest.raises(errors.NitroInvalidArgument) as raised:
         await ns.enable_modes(["NOT-A-MODE"])
     assert raised.value.status == 599
@@ -309,7 +310,7 @@ async def test_validation_error_599_is_not_retried(nitro_sim: server.Simulator, 
     assert (await nitro_sim.stats())["byResource"]["nsmode"] == 1
 
 
-async def test_server_errors_are_retried_until_success(nitro_sim: server.Simulator, ns: nitro.NitroClient) -> None:
+async def test_server_errors_are_retried_until_success(nitro_sim: simctl.Simulator, ns: nitro.NitroClient) -> None:
     seen: list[int] = []
 
     def heal_after_two(method: str, rtype: str, status: int, errorcode: int, seconds: float) -> None:
@@ -326,7 +327,7 @@ async def test_server_errors_are_retried_until_success(nitro_sim: server.Simulat
     assert (await nitro_sim.stats())["byResource"]["server"] == 3
 
 
-async def test_server_errors_exhaust_the_retries(nitro_sim: server.Simulator, connect: Any) -> None:
+async def test_server_errors_exhaust_the_retries(nitro_sim: simctl.Simulator, connect: Any) -> None:
     async with connect(retries=2) as ns:
         await nitro_sim.faults(errorRate=1.0, errorStatus=502)
         with pytest.raises(errors.NitroServerError) as raised:
@@ -337,14 +338,14 @@ async def test_server_errors_exhaust_the_retries(nitro_sim: server.Simulator, co
     assert (await nitro_sim.stats())["byResource"]["server"] == 3
 
 
-async def test_dropped_connections_are_retried(nitro_sim: server.Simulator, ns: nitro.NitroClient) -> None:
+async def test_dropped_connections_are_retried(nitro_sim: simctl.Simulator, ns: nitro.NitroClient) -> None:
     await nitro_sim.faults(dropConnections=2)
     assert await ns.add("server", servers("web-1")) == [nitro.ItemResult(0, servers("web-1")[0], ok=True)]
     assert ns.stats.retries == 2
     assert (await nitro_sim.stats())["byResource"]["server"] == 3
 
 
-async def test_timeouts_are_retried_then_raised_as_timeout_errors(nitro_sim: server.Simulator, connect: Any) -> None:
+async def test_timeouts_are_retried_then_raised_as_timeout_errors(nitro_sim: simctl.Simulator, connect: Any) -> None:
     async with connect(retries=1, timeout=aiohttp.ClientTimeout(total=0.1)) as ns:
         await nitro_sim.faults(latencyMs=300)
         with pytest.raises(errors.NitroTimeoutError) as raised:
@@ -368,7 +369,7 @@ async def test_unreachable_box_is_a_transport_error() -> None:
 # Concurrency
 
 
-async def test_concurrency_stays_within_the_bound(nitro_sim: server.Simulator, connect: Any) -> None:
+async def test_concurrency_stays_within_the_bound(nitro_sim: simctl.Simulator, connect: Any) -> None:
     in_flight = 0
     peak = 0
 
@@ -401,7 +402,7 @@ async def test_concurrency_stays_within_the_bound(nitro_sim: server.Simulator, c
 
 
 async def test_password_never_appears_in_repr_str_errors_or_logs(
-    nitro_sim: server.Simulator, connect: Any, caplog: pytest.LogCaptureFixture
+    nitro_sim: simctl.Simulator, connect: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     ns = connect(retries=1)

@@ -11,7 +11,7 @@ import textwrap
 import aiohttp
 import pytest
 
-from dsr_operator.simulator import server
+from dsr_lab import simctl
 
 PASSWORD = "s3cret-Pa55"
 
@@ -63,7 +63,7 @@ async def cli(*args: str, url: str | None = None, pw: pathlib.Path | None = None
     return proc.returncode or 0, out.decode(), err.decode()
 
 
-async def nitro_get(sim: server.Simulator, rtype: str, query: str = "") -> list[dict]:
+async def nitro_get(sim: simctl.Simulator, rtype: str, query: str = "") -> list[dict]:
     headers = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": PASSWORD}
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{sim.url}/nitro/v1/config/{rtype}{query}", headers=headers) as resp:
@@ -72,7 +72,7 @@ async def nitro_get(sim: server.Simulator, rtype: str, query: str = "") -> list[
 
 
 async def test_plan_prints_the_seed_procedure_and_writes_nothing(
-    nitro_sim: server.Simulator, tmp_path: pathlib.Path, password_file: pathlib.Path
+    nitro_sim: simctl.Simulator, tmp_path: pathlib.Path, password_file: pathlib.Path
 ) -> None:
     path = manifest(tmp_path, STATIC % {"drain": 0})
     code, out, err = await cli("plan", "-f", str(path), url=nitro_sim.url, pw=password_file)
@@ -98,7 +98,7 @@ async def test_plan_prints_the_seed_procedure_and_writes_nothing(
 
 
 async def test_apply_converges_then_plan_says_no_changes_and_delete_removes_exactly_ours(
-    nitro_sim: server.Simulator, tmp_path: pathlib.Path, password_file: pathlib.Path
+    nitro_sim: simctl.Simulator, tmp_path: pathlib.Path, password_file: pathlib.Path
 ) -> None:
     # Hand-made objects on the same box, one even with our prefix: never touched.
     headers = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": PASSWORD}
@@ -139,7 +139,7 @@ async def test_apply_converges_then_plan_says_no_changes_and_delete_removes_exac
 
 
 async def test_delete_drains_before_unbinding(
-    nitro_sim: server.Simulator, tmp_path: pathlib.Path, password_file: pathlib.Path
+    nitro_sim: simctl.Simulator, tmp_path: pathlib.Path, password_file: pathlib.Path
 ) -> None:
     path = manifest(tmp_path, STATIC % {"drain": 1})
     assert (await cli("apply", "-f", str(path), url=nitro_sim.url, pw=password_file))[0] == 0
@@ -165,7 +165,7 @@ async def test_delete_drains_before_unbinding(
     ],
 )
 async def test_invalid_manifest_is_one_line_exit_2_and_nothing_sent(
-    nitro_sim: server.Simulator, tmp_path: pathlib.Path, password_file: pathlib.Path, spec: str, expected: str
+    nitro_sim: simctl.Simulator, tmp_path: pathlib.Path, password_file: pathlib.Path, spec: str, expected: str
 ) -> None:
     body = (
         "apiVersion: dsr.operators.dev/v1alpha1\nkind: DsrService\nmetadata: {name: bad, namespace: shop}\n"
@@ -180,7 +180,7 @@ async def test_invalid_manifest_is_one_line_exit_2_and_nothing_sent(
 
 
 async def test_two_dsrservices_on_one_vip_port_are_refused(
-    nitro_sim: server.Simulator, tmp_path: pathlib.Path, password_file: pathlib.Path
+    nitro_sim: simctl.Simulator, tmp_path: pathlib.Path, password_file: pathlib.Path
 ) -> None:
     first = manifest(tmp_path, STATIC % {"drain": 0}, "a.yaml")
     second = manifest(tmp_path, (STATIC % {"drain": 0}).replace("name: web,", "name: web2,"), "b.yaml")
@@ -193,7 +193,7 @@ async def test_two_dsrservices_on_one_vip_port_are_refused(
 
 
 async def test_netscaler_errors_are_reported_and_a_rerun_completes(
-    nitro_sim: server.Simulator, tmp_path: pathlib.Path, password_file: pathlib.Path
+    nitro_sim: simctl.Simulator, tmp_path: pathlib.Path, password_file: pathlib.Path
 ) -> None:
     # A hand-made service occupies one of our names: that object fails alone, the rest is applied.
     headers = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": PASSWORD}
@@ -228,7 +228,7 @@ async def test_demo_runs_against_its_embedded_simulator() -> None:
 
 
 async def test_apply_refuses_an_ha_secondary(
-    nitro_sim: server.Simulator, tmp_path: pathlib.Path, password_file: pathlib.Path
+    nitro_sim: simctl.Simulator, tmp_path: pathlib.Path, password_file: pathlib.Path
 ) -> None:
     await nitro_sim.set_ha_state("Secondary")
     path = manifest(tmp_path, STATIC % {"drain": 0})
@@ -242,7 +242,7 @@ async def test_apply_to_an_ha_pair_writes_to_the_primary_only_and_follows_a_fail
     tmp_path: pathlib.Path, password_file: pathlib.Path
 ) -> None:
     path = manifest(tmp_path, STATIC % {"drain": 0})
-    async with server.running_pair(users={"nsroot": PASSWORD}) as pair:
+    async with simctl.running_pair(users={"nsroot": PASSWORD}) as pair:
         a, b = pair.a, pair.b
         await a.failover(after_writes=1)  # right after the first write stage, b takes over
         code, out, err = await cli("apply", "-f", str(path), "--netscaler", a.url, "--netscaler", b.url,

@@ -17,11 +17,11 @@ import lightkube
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.types import PatchType
 
+from dsr_lab import simctl
 from dsr_operator import kube as kubeapi
 from dsr_operator import settings as settings_mod
 from dsr_operator.controller import cli as operator_cli
 from dsr_operator.controller import config
-from dsr_operator.simulator import server
 from tests.conftest import KubeHandle
 from tests.support.waiting import eventually
 
@@ -32,7 +32,7 @@ VIP = "192.0.2.10"
 
 
 class Cluster:
-    def __init__(self, kube: KubeHandle, sim: server.Simulator, password: str) -> None:
+    def __init__(self, kube: KubeHandle, sim: simctl.Simulator, password: str) -> None:
         self.kube = kube
         self.client = kube.client()
         self.sim = sim
@@ -114,7 +114,7 @@ class Cluster:
 
 
 @contextlib.asynccontextmanager
-async def running_operator(kube: KubeHandle, sim: server.Simulator, *, netscaler: Mapping[str, Any] | None = None,
+async def running_operator(kube: KubeHandle, sim: simctl.Simulator, *, netscaler: Mapping[str, Any] | None = None,
                            etcd: Mapping[str, Any] | None = None, **overrides: Any
                            ) -> AsyncIterator[asyncio.Task[None]]:
     """The operator in this process until the block ends; `netscaler` and `etcd` go to their settings groups."""
@@ -137,7 +137,7 @@ async def running_operator(kube: KubeHandle, sim: server.Simulator, *, netscaler
 
 
 async def test_create_binds_only_after_the_loopback_handshake(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     await cluster.slice({"n1": "ready", "n2": "ready"})
     async with running_operator(kube, nitro_sim):
@@ -192,7 +192,7 @@ async def converged(cluster: Cluster, nodes: tuple[str, ...]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def serving(cluster: Cluster, kube: KubeHandle, sim: server.Simulator,
+async def serving(cluster: Cluster, kube: KubeHandle, sim: simctl.Simulator,
                   nodes: tuple[str, ...], spec: dict[str, Any] | None = None, **settings: Any) -> AsyncIterator[None]:
     """The operator running, DsrService shop/web created, and every node in `nodes` ready and bound."""
     await cluster.slice(dict.fromkeys(nodes, "ready"))
@@ -203,7 +203,7 @@ async def serving(cluster: Cluster, kube: KubeHandle, sim: server.Simulator,
 
 
 async def test_scale_up_and_down_by_endpointslice_changes(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     async with serving(cluster, kube, nitro_sim, ("n1",), max_unbind_percent=100):
         await cluster.slice({"n1": "ready", "n2": "ready", "n3": "ready"})
@@ -224,7 +224,7 @@ async def test_scale_up_and_down_by_endpointslice_changes(
 
 
 async def test_terminating_endpoint_is_drained_then_removed_then_its_vip_released(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     # A resync far away: the end of the drain alone must bring the removal.
     async with serving(
@@ -252,7 +252,7 @@ async def test_terminating_endpoint_is_drained_then_removed_then_its_vip_release
 
 
 async def test_a_node_going_away_is_unbound(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     async with serving(cluster, kube, nitro_sim, ("n1", "n2")):
         await cluster.client.delete(NodeRes, "n2")
@@ -264,7 +264,7 @@ async def test_a_node_going_away_is_unbound(
 
 
 async def test_an_agent_that_never_answers_is_never_bound(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     await cluster.slice({"n1": "ready", "n2": "ready"})
     async with running_operator(kube, nitro_sim):
@@ -285,7 +285,7 @@ async def test_an_agent_that_never_answers_is_never_bound(
 
 
 async def test_drift_on_netscaler_is_repaired_by_resync(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     async with serving(cluster, kube, nitro_sim, ("n1", "n2")):
         headers = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": "nsroot"}
@@ -306,7 +306,7 @@ async def test_drift_on_netscaler_is_repaired_by_resync(
 
 
 async def test_netscaler_outage_and_recovery(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     async with serving(cluster, kube, nitro_sim, ("n1",)):
         await nitro_sim.faults(errorRate=1.0, errorStatus=503)
@@ -322,7 +322,7 @@ async def test_netscaler_outage_and_recovery(
 
 
 async def test_vip_conflict_stalls_the_younger_and_leaves_netscaler_alone(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     async with serving(cluster, kube, nitro_sim, ("n1",), max_unbind_percent=100):
         await asyncio.sleep(1.1)  # creation timestamps have one-second resolution
@@ -347,7 +347,7 @@ async def test_vip_conflict_stalls_the_younger_and_leaves_netscaler_alone(
 
 
 async def test_deletion_removes_netscaler_objects_then_node_vips_then_the_finalizer(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     async with serving(cluster, kube, nitro_sim, ("n1", "n2")):
         await cluster.client.delete(kubeapi.DsrService, "web", namespace="shop")
@@ -367,7 +367,7 @@ async def test_deletion_removes_netscaler_objects_then_node_vips_then_the_finali
 
 
 async def test_restart_adopts_without_rebuilding_and_removes_orphans(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     await cluster.slice({"n1": "ready", "n2": "ready"})
     await cluster.service("api", external_ips=("192.0.2.11",))
@@ -406,7 +406,7 @@ async def test_restart_adopts_without_rebuilding_and_removes_orphans(
 
 
 async def test_metrics_endpoint_reports_requests_bound_backends_and_stalled(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator,
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator,
     unused_tcp_port: int,
 ) -> None:
     async with serving(cluster, kube, nitro_sim, ("n1",), metrics_port=unused_tcp_port):
@@ -426,7 +426,7 @@ async def test_metrics_endpoint_reports_requests_bound_backends_and_stalled(
 
 
 async def test_writes_go_to_the_ha_primary_only_and_the_config_is_saved(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     await cluster.slice({"n1": "ready"})
     await nitro_sim.set_ha_state("Secondary")
@@ -458,7 +458,7 @@ async def nitro_config(cluster: Cluster) -> dict[str, Any]:
 
 
 async def test_a_port_removed_from_the_spec_loses_its_vserver(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     # One backend: the guard's share of it rounds to zero, yet the unwanted vserver must go.
     async with serving(cluster, kube, nitro_sim, ("n1",), spec={"ports": [80, 443]}):
@@ -479,7 +479,7 @@ async def test_a_port_removed_from_the_spec_loses_its_vserver(
 
 
 async def test_a_guard_below_half_still_removes_backends_one_at_a_time(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     # floor(3 x 30 %) = 0 and floor(2 x 30 %) = 0: one removal per pass must still be allowed.
     async with serving(cluster, kube, nitro_sim, ("n1", "n2", "n3"), spec={"maxUnbindPercent": 30}):
@@ -497,7 +497,7 @@ async def test_a_guard_below_half_still_removes_backends_one_at_a_time(
 
 
 async def test_monitor_fields_removed_from_the_spec_are_unset_once(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     async with serving(cluster, kube, nitro_sim, ("n1",), spec={"healthCheck": {"port": 8080}}):
         [mon] = await cluster.nitro("lbmonitor")
@@ -524,7 +524,7 @@ async def test_monitor_fields_removed_from_the_spec_are_unset_once(
 
 
 async def test_a_failed_save_is_retried_until_the_box_is_saved(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     # One request per save attempt: attempts are countable.
     async with serving(cluster, kube, nitro_sim, ("n1",), netscaler={"retries": 0}):
@@ -544,7 +544,7 @@ async def test_a_failed_save_is_retried_until_the_box_is_saved(
 
 
 async def test_an_operator_started_against_unsaved_changes_saves_them(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     # Killed within the save debounce: the changes are on the box, unsaved.
     async with serving(cluster, kube, nitro_sim, ("n1",), save_debounce_seconds=3600):
@@ -563,7 +563,7 @@ async def saved(cluster: Cluster) -> bool:
     return bool(saves) and (await nitro_config_raw(cluster.sim))["configchanged"] is False
 
 
-async def nitro_config_raw(sim: server.Simulator) -> dict[str, Any]:
+async def nitro_config_raw(sim: simctl.Simulator) -> dict[str, Any]:
     """nsconfig as the store has it (not over NITRO: a fault on nsconfig must not hide it)."""
     record = sim.store.records("nsconfig")
     assert isinstance(record, dict)
@@ -571,7 +571,7 @@ async def nitro_config_raw(sim: server.Simulator) -> dict[str, Any]:
 
 
 async def test_a_vip_conflict_is_not_judged_while_netscaler_is_unreachable(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     """Who holds a VIP:port is on NetScaler. The older DsrService moved onto the VIP the younger serves and
     lost; then the younger changes while NetScaler cannot take writes (an HA node turned Secondary). Its
@@ -623,7 +623,7 @@ async def _equals(value: Awaitable[Any], expected: Any) -> bool:
 
 
 async def test_moving_onto_a_served_vip_leaves_one_vserver_there_and_the_holder_keeps_it(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     other = "192.0.2.11"
 

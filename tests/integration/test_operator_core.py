@@ -14,11 +14,11 @@ from typing import Any
 import pydantic
 import pytest
 
+from dsr_lab import simctl
 from dsr_operator import kube as kubeapi
 from dsr_operator import settings as settings_mod
 from dsr_operator.controller import cli as operator_cli
 from dsr_operator.controller import config
-from dsr_operator.simulator import server
 from tests.conftest import KubeHandle
 from tests.integration.test_operator import VIP, Cluster, converged, running_operator, serving
 from tests.support.waiting import eventually
@@ -26,7 +26,7 @@ from tests.support.waiting import eventually
 FAR = 600.0
 
 
-def box(sim: server.Simulator, password: str = "nsroot") -> settings_mod.NitroSettings:
+def box(sim: simctl.Simulator, password: str = "nsroot") -> settings_mod.NitroSettings:
     """The operator's NetScaler settings for the simulator `sim`."""
     return settings_mod.NitroSettings(url=sim.url, password=pydantic.SecretStr(password))
 
@@ -57,7 +57,7 @@ async def ready(cluster: Cluster, name: str, reason: str = "Converged") -> dict[
 
 
 async def test_a_deleted_dsrnodeconfig_is_written_again(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     async with serving(cluster, kube, nitro_sim, ("n1",), resync_seconds=FAR):
         await cluster.client.delete(kubeapi.DsrNodeConfig, "n1")
@@ -71,7 +71,7 @@ async def test_a_deleted_dsrnodeconfig_is_written_again(
 
 
 async def test_a_node_created_after_the_endpointslice_that_names_it_is_picked_up(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     await cluster.slice({"n1": "ready", "n4": "ready"})
     async with running_operator(kube, nitro_sim, resync_seconds=FAR):
@@ -84,7 +84,7 @@ async def test_a_node_created_after_the_endpointslice_that_names_it_is_picked_up
 
 
 async def test_the_loser_of_a_vip_conflict_takes_over_when_the_winner_moves(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     async with running_operator(kube, nitro_sim, resync_seconds=FAR):
         await create(cluster, "first", {"vip": VIP, "ports": [80], "backends": static("10.0.0.1")})
@@ -99,7 +99,7 @@ async def test_the_loser_of_a_vip_conflict_takes_over_when_the_winner_moves(
 
 
 async def test_the_operators_default_drain_applies_when_the_spec_sets_none(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     async with running_operator(kube, nitro_sim, resync_seconds=FAR, default_drain_seconds=1):
         await create(cluster, "web", {"vip": VIP, "ports": [80], "backends": static("10.0.0.1", "10.0.0.2")})
@@ -119,7 +119,7 @@ async def test_the_operators_default_drain_applies_when_the_spec_sets_none(
 
 
 async def test_a_wrong_password_is_its_own_reason(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     settings = config.OperatorSettings(kube_server=kube.url, metrics_port=0, liveness_port=0, resync_seconds=FAR,
                                        netscaler=box(nitro_sim, password="wrong"))
@@ -131,7 +131,7 @@ async def test_a_wrong_password_is_its_own_reason(
 
 
 async def test_invalid_specs_missing_services_and_no_ready_backends_are_reported_and_leave_netscaler_alone(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     await cluster.slice({"n1": "notready"})
     async with running_operator(kube, nitro_sim, resync_seconds=FAR):
@@ -157,7 +157,7 @@ async def test_invalid_specs_missing_services_and_no_ready_backends_are_reported
 
 
 async def test_static_backends_several_ports_the_wildcard_and_an_ipv6_vip(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     async with running_operator(kube, nitro_sim, resync_seconds=FAR):
         await create(cluster, "two", {"vip": "192.0.2.30", "ports": [80, 443], "backends": static("10.0.1.1")})
@@ -176,7 +176,7 @@ async def test_static_backends_several_ports_the_wildcard_and_an_ipv6_vip(
 
 
 async def test_a_restart_killed_in_the_middle_of_a_batch_adopts_and_never_rebuilds(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator,
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings = config.OperatorSettings(kube_server=kube.url, metrics_port=0, liveness_port=0, resync_seconds=FAR,
@@ -233,7 +233,7 @@ async def _operator(settings: config.OperatorSettings) -> AsyncIterator[None]:
 
 
 async def test_a_huge_dsrservice_goes_in_steps_and_a_small_change_is_not_behind_it(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     """Fair work: with `step_changes` 100, a 10-port, 30-host DsrService (about 1,000 changes) goes in
     steps, and a one-host DsrService created once the big one's first writes are on NetScaler is bound
@@ -266,7 +266,7 @@ async def _ready_reason(cluster: Cluster, name: str, reason: str) -> bool:
 
 
 async def test_asked_to_stop_the_operator_first_finishes_the_change_that_arrives_with_the_signal(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     """`kubectl drain` evicts the leader together with an app Pod: the Pod's endpoint turns terminating just
     after the operator's SIGTERM. The stopping operator still disables that node on NetScaler, instead of
@@ -275,7 +275,7 @@ async def test_asked_to_stop_the_operator_first_finishes_the_change_that_arrives
 
 
 async def _stopping_operator_removes_the_terminating_node(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator,
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator,
     **overrides: Any,
 ) -> None:
     await cluster.slice({"n1": "ready", "n2": "ready"})
@@ -304,7 +304,7 @@ async def _stopping_operator_removes_the_terminating_node(
 
 
 async def test_a_new_leader_takes_back_a_vip_its_predecessor_left_on_a_node(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     """Leadership moved while a node was drained: its VIP, announced by the old leader, is needed by no
     DsrService; once every DsrService has reported, the new leader removes it."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 import aiohttp
 import httpx2
 
+from dsr_lab import simctl
 from dsr_operator import kube as kubeapi
-from dsr_operator.simulator import server
 from tests.conftest import KubeHandle
 from tests.integration.test_operator import Cluster, serving
 from tests.support.waiting import eventually
@@ -20,7 +20,7 @@ B2 = "dsr-198.51.100.2_80"
 
 
 async def test_an_unbind_follows_the_end_of_the_drain_and_the_lag_is_a_metric(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator,
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator,
     unused_tcp_port: int,
 ) -> None:
     async with serving(cluster, kube, nitro_sim, ("n1", "n2"), spec={"drainSeconds": 1},
@@ -39,7 +39,7 @@ async def test_an_unbind_follows_the_end_of_the_drain_and_the_lag_is_a_metric(
 
 
 async def test_deleting_a_dsrservice_waits_for_its_drains_only(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     async with serving(cluster, kube, nitro_sim, ("n1", "n2"), spec={"drainSeconds": 1},
                        resync_seconds=FAR):

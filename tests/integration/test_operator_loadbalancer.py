@@ -13,9 +13,9 @@ import pytest
 from lightkube.resources.core_v1 import Event
 from lightkube.types import PatchType
 
+from dsr_lab import simctl
 from dsr_operator import kube as kubeapi
 from dsr_operator.controller import lbservices
-from dsr_operator.simulator import server
 from tests.conftest import KubeHandle
 from tests.integration.test_operator import Cluster, Service, running_operator
 from tests.support.waiting import eventually
@@ -83,7 +83,7 @@ async def events(cluster: Cluster, name: str, reason: str) -> list[dict[str, Any
 
 
 async def test_a_load_balancer_service_gets_a_vip_from_the_pool_and_its_status_once_bound(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     await cluster.client.delete(Service, "web", namespace="shop")  # the fixture's, of type ClusterIP
     await cluster.slice({"n1": "ready"})
@@ -132,7 +132,7 @@ async def _not(value: Any) -> bool:
 
 
 async def test_an_exhausted_pool_is_reported_and_a_freed_vip_goes_to_the_waiting_service(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     await pool(cluster, "one", "192.0.2.7")
     async with running_operator(kube, nitro_sim):
@@ -157,7 +157,7 @@ async def test_an_exhausted_pool_is_reported_and_a_freed_vip_goes_to_the_waiting
 
 
 async def test_the_allocation_survives_a_restart_and_a_requested_address_is_honoured(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     await pool(cluster, "lab", "192.0.2.10-192.0.2.20")
     async with running_operator(kube, nitro_sim):
@@ -188,7 +188,7 @@ async def test_the_allocation_survives_a_restart_and_a_requested_address_is_hono
     ({"annotations": {"dsr.operators.dev/lb-method": "FASTEST"}}, "InvalidAnnotation"),
 ])
 async def test_a_service_we_cannot_serve_gets_a_warning_and_nothing_reaches_netscaler(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator,
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator,
     kwargs: dict[str, Any], reason: str,
 ) -> None:
     await pool(cluster, "lab", "192.0.2.0/29")
@@ -205,7 +205,7 @@ async def test_a_service_we_cannot_serve_gets_a_warning_and_nothing_reaches_nets
 
 
 async def test_a_udp_and_tcp_service_is_probed_on_its_tcp_port_and_overlapping_pools_are_reported(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     await pool(cluster, "a-first", "192.0.2.0/29")
     await pool(cluster, "b-overlaps", "192.0.2.4-192.0.2.9")

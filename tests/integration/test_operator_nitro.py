@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from dsr_operator.simulator import server
+from dsr_lab import simctl
 from tests.conftest import KubeHandle
 from tests.integration.test_operator import Cluster, converged, nitro_config, running_operator, serving
 from tests.support.waiting import eventually
@@ -29,7 +29,7 @@ def saved(cluster: Cluster) -> Callable[[], Awaitable[bool]]:
 
 
 async def test_bulk_writes_on_an_expired_session_really_reach_netscaler(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     async with serving(cluster, kube, nitro_sim, ("n1",), resync_seconds=FAR):
         await eventually(saved(cluster))  # nothing in flight: the next request is the bulk write
@@ -42,7 +42,7 @@ async def test_bulk_writes_on_an_expired_session_really_reach_netscaler(
 
 
 async def test_a_monitor_interval_of_a_minute_converges_and_stays_unchanged(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     spec = {"healthCheck": {"type": "TCP", "intervalSeconds": 60, "timeoutSeconds": 2}}
     async with serving(cluster, kube, nitro_sim, ("n1",), spec=spec, resync_seconds=0.5):
@@ -61,7 +61,7 @@ async def test_a_monitor_interval_of_a_minute_converges_and_stays_unchanged(
 
 
 async def test_a_drain_ends_as_soon_as_netscaler_ends_it_and_status_shows_its_clients(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     b2 = "dsr-198.51.100.2_80"
     async with serving(cluster, kube, nitro_sim, ("n1", "n2"), spec={"drainSeconds": 600},
@@ -98,13 +98,13 @@ async def _no_drains(cluster: Cluster) -> bool:
 
 
 @pytest.fixture
-async def pair() -> AsyncIterator[server.Pair]:
-    async with server.running_pair(users={"nsroot": "nsroot"}) as p:
+async def pair() -> AsyncIterator[simctl.Pair]:
+    async with simctl.running_pair(users={"nsroot": "nsroot"}) as p:
         yield p
 
 
 async def test_a_failover_in_the_middle_of_a_change_loses_and_repeats_nothing(
-    kube: KubeHandle, pair: server.Pair, unused_tcp_port: int
+    kube: KubeHandle, pair: simctl.Pair, unused_tcp_port: int
 ) -> None:
     a, b = pair.a, pair.b
     cluster = Cluster(kube, a, "nsroot")
@@ -158,7 +158,7 @@ async def test_a_failover_in_the_middle_of_a_change_loses_and_repeats_nothing(
 
 
 async def test_an_ha_secondary_given_alone_is_never_written(
-    kube: KubeHandle, pair: server.Pair
+    kube: KubeHandle, pair: simctl.Pair
 ) -> None:
     cluster = Cluster(kube, pair.b, "nsroot")
     await cluster.node("n1", "198.51.100.1")

@@ -8,8 +8,8 @@ from typing import Any
 from lightkube.resources.core_v1 import Namespace
 from lightkube.types import PatchType
 
+from dsr_lab import simctl
 from dsr_operator import kube as kubeapi
-from dsr_operator.simulator import server
 from tests.conftest import KubeHandle
 from tests.integration.test_operator import VIP, Cluster, converged, running_operator
 from tests.integration.test_operator_loadbalancer import pool
@@ -22,7 +22,7 @@ async def reason(cluster: Cluster, wanted: str) -> dict[str, Any] | None:
 
 
 async def test_a_vip_is_served_only_while_a_pool_admits_its_namespace(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     await cluster.client.create(Namespace.from_dict({"metadata": {"name": "shop", "labels": {"team": "shop"}}}))
     await cluster.slice({"n1": "ready"})
@@ -52,7 +52,7 @@ async def test_a_vip_is_served_only_while_a_pool_admits_its_namespace(
 
 
 async def test_a_static_backend_of_another_namespace_is_refused_until_that_namespace_lets_it_go(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     static = {"backends": {"static": [{"name": "db", "address": "10.9.0.5"}]}}
     async with running_operator(kube, nitro_sim, resync_seconds=600):  # only events wake them

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from dsr_lab import simctl
 from dsr_operator import cli
 from dsr_operator.simulator import nitro as nitro_
 from dsr_operator.simulator import server
@@ -61,7 +62,7 @@ class Nitro:
 
 
 @pytest.fixture
-async def nitro(nitro_sim: server.Simulator) -> AsyncIterator[Nitro]:
+async def nitro(nitro_sim: simctl.Simulator) -> AsyncIterator[Nitro]:
     async with aiohttp.ClientSession() as http:
         yield Nitro(nitro_sim.url, http)
 
@@ -113,7 +114,7 @@ async def one(nitro: Nitro, path: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- sessions and auth
 
 
-async def test_login_cookie_session_and_logout(nitro_sim: server.Simulator) -> None:
+async def test_login_cookie_session_and_logout(nitro_sim: simctl.Simulator) -> None:
     jar = aiohttp.CookieJar(unsafe=True)  # the simulator listens on an IP address
     async with aiohttp.ClientSession(cookie_jar=jar) as http:
         nitro = Nitro(nitro_sim.url, http, headers={})
@@ -149,7 +150,7 @@ async def test_bad_credentials_and_missing_auth(nitro: Nitro) -> None:
 
 
 async def test_idle_sessions_expire_and_login_timeout_is_honoured() -> None:
-    async with server.running(session_timeout=0.3) as sim, aiohttp.ClientSession() as http:
+    async with simctl.running(session_timeout=0.3) as sim, aiohttp.ClientSession() as http:
         nitro = Nitro(sim.url, http, headers={})
         tokens = []
         for extra in ({}, {"timeout": 60}):
@@ -161,7 +162,7 @@ async def test_idle_sessions_expire_and_login_timeout_is_honoured() -> None:
         assert await nitro.get("server", headers=tokens[1]) == (200, DONE)
 
 
-async def test_expire_sessions_fault(nitro_sim: server.Simulator, nitro: Nitro) -> None:
+async def test_expire_sessions_fault(nitro_sim: simctl.Simulator, nitro: Nitro) -> None:
     _, doc = await nitro.post("login", {"login": {"username": "nsroot", "password": "nsroot"}}, headers={})
     cookie = {"Cookie": f"NITRO_AUTH_TOKEN={doc['sessionid']}"}  # an unencoded token is accepted too
     assert (await nitro.get("server", headers=cookie))[0] == 200
@@ -172,7 +173,7 @@ async def test_expire_sessions_fault(nitro_sim: server.Simulator, nitro: Nitro) 
 
 
 async def test_bulk_write_on_an_expired_session_answers_200_with_errorcode_444(
-    nitro_sim: server.Simulator, nitro: Nitro
+    nitro_sim: simctl.Simulator, nitro: Nitro
 ) -> None:
     _, doc = await nitro.post("login", {"login": {"username": "nsroot", "password": "nsroot"}}, headers={})
     cookie = {"Cookie": f"NITRO_AUTH_TOKEN={doc['sessionid']}"}
@@ -429,7 +430,7 @@ async def test_monitors_are_keyed_by_name_and_type(nitro: Nitro) -> None:
     assert (await one(nitro, "lbmonitor/m?args=type:PING"))["interval"] == 10
 
 
-async def test_unset_resets_fields_to_their_defaults(nitro_sim: server.Simulator, nitro: Nitro) -> None:
+async def test_unset_resets_fields_to_their_defaults(nitro_sim: simctl.Simulator, nitro: Nitro) -> None:
     mon = {"monitorname": "m", "type": "TCP", "destip": "192.0.2.10", "destport": 8080, "transparent": "YES"}
     await nitro.ok("POST", "lbmonitor", {"lbmonitor": mon})
     await nitro.ok("POST", "nsconfig?action=save", {"nsconfig": {}})
@@ -531,7 +532,7 @@ async def test_filter_attrs_count_and_bulkbindings(nitro: Nitro) -> None:
     assert (await nitro.get("lbvserver_service_binding/ghost"))[0] == 404
 
 
-async def test_nsmode_nsconfig_and_hanode(nitro_sim: server.Simulator, nitro: Nitro) -> None:
+async def test_nsmode_nsconfig_and_hanode(nitro_sim: simctl.Simulator, nitro: Nitro) -> None:
     _, doc = await nitro.get("nsmode")
     assert isinstance(doc["nsmode"], dict) and doc["nsmode"]["mbf"] is False and "MBF" not in doc["nsmode"]["mode"]
     _, doc = await nitro.get("nsconfig")
@@ -559,7 +560,7 @@ async def test_nsmode_nsconfig_and_hanode(nitro_sim: server.Simulator, nitro: Ni
 # ---------------------------------------------------------------------------- runtime state
 
 
-async def test_health_follows_hosts_and_disable(nitro_sim: server.Simulator, nitro: Nitro) -> None:
+async def test_health_follows_hosts_and_disable(nitro_sim: simctl.Simulator, nitro: Nitro) -> None:
     await dsr_setup(nitro)
     await nitro_sim.set_hosts({"10.0.0.1": "DOWN"})
     assert (await one(nitro, "service/svc1"))["svrstate"] == "DOWN"
@@ -589,7 +590,7 @@ async def test_health_follows_hosts_and_disable(nitro_sim: server.Simulator, nit
     assert (status, doc["errorcode"]) == (599, 278)
 
 
-async def test_graceful_disable_goes_out_of_service_after_delay(nitro_sim: server.Simulator, nitro: Nitro) -> None:
+async def test_graceful_disable_goes_out_of_service_after_delay(nitro_sim: simctl.Simulator, nitro: Nitro) -> None:
     await dsr_setup(nitro)
     await nitro_sim.set_clients({"svc1": 2})
     body = {"service": {"name": "svc1", "delay": 0.4, "graceful": "YES"}}
@@ -601,7 +602,7 @@ async def test_graceful_disable_goes_out_of_service_after_delay(nitro_sim: serve
 
 
 async def test_graceful_disable_ends_early_when_the_last_client_leaves(
-    nitro_sim: server.Simulator, nitro: Nitro
+    nitro_sim: simctl.Simulator, nitro: Nitro
 ) -> None:
     await dsr_setup(nitro)
     await nitro.ok("POST", "service?action=disable", {"service": {"name": "svc2", "delay": 60, "graceful": "YES"}})
@@ -630,7 +631,7 @@ async def stat(nitro: Nitro, path: str) -> Any:
         return doc[path.split("/")[0]]
 
 
-async def test_stat_endpoints_serve_what_monitoring_tools_read(nitro_sim: server.Simulator, nitro: Nitro) -> None:
+async def test_stat_endpoints_serve_what_monitoring_tools_read(nitro_sim: simctl.Simulator, nitro: Nitro) -> None:
     await dsr_setup(nitro)
     await nitro_sim.set_clients({"svc1": 3})
     await nitro_sim.set_hosts({"10.0.0.2": "DOWN"})
@@ -708,7 +709,7 @@ async def test_bulk_continue_and_rollback(nitro: Nitro) -> None:
     assert (status, doc["errorcode"]) == (599, 1242)
 
 
-async def test_bulk_update_actions_bind_unbind_and_rm(nitro_sim: server.Simulator, nitro: Nitro) -> None:
+async def test_bulk_update_actions_bind_unbind_and_rm(nitro_sim: simctl.Simulator, nitro: Nitro) -> None:
     await dsr_setup(nitro)
     await nitro.ok(
         "PUT", "service", {"service": [{"name": "svc1", "comment": "c1"}, {"name": "svc2", "comment": "c2"}]}
@@ -752,7 +753,7 @@ async def test_bulk_update_actions_bind_unbind_and_rm(nitro_sim: server.Simulato
 # ---------------------------------------------------------------------------- control endpoints
 
 
-async def test_journal_orders_successful_writes(nitro_sim: server.Simulator, nitro: Nitro) -> None:
+async def test_journal_orders_successful_writes(nitro_sim: simctl.Simulator, nitro: Nitro) -> None:
     await dsr_setup(nitro)
     await nitro.post("server", {"server": {"name": "web1", "ipaddress": "10.0.0.1"}})  # fails: not journaled
     await nitro.post("server", _servers("x", "web1"), headers=AUTH | {"X-NITRO-ONERROR": "rollback"})
@@ -773,7 +774,7 @@ async def test_journal_orders_successful_writes(nitro_sim: server.Simulator, nit
     assert await nitro_sim.journal(since=seqs[-2]) == journal[-1:]
 
 
-async def test_stats_count_nitro_requests(nitro_sim: server.Simulator, nitro: Nitro) -> None:
+async def test_stats_count_nitro_requests(nitro_sim: simctl.Simulator, nitro: Nitro) -> None:
     await nitro.get("server")
     await nitro.post("server", _servers("a"))
     await nitro.post("login", {"login": {"username": "nsroot", "password": "nsroot"}})
@@ -789,7 +790,7 @@ async def test_stats_count_nitro_requests(nitro_sim: server.Simulator, nitro: Ni
     assert (await nitro_sim.stats())["requests"] == 0
 
 
-async def test_latency_error_rate_and_dropped_connections(nitro_sim: server.Simulator, nitro: Nitro) -> None:
+async def test_latency_error_rate_and_dropped_connections(nitro_sim: simctl.Simulator, nitro: Nitro) -> None:
     settings = await nitro_sim.faults(latencyMs=150)
     assert settings == {
         "latencyMs": 150, "errorRate": 0.0, "errorStatus": 503, "errorResources": [], "dropConnections": 0
@@ -825,7 +826,7 @@ async def test_latency_error_rate_and_dropped_connections(nitro_sim: server.Simu
 
 
 async def test_a_client_that_gives_up_mid_request_is_not_an_error(
-    nitro_sim: server.Simulator, nitro: Nitro, caplog: pytest.LogCaptureFixture
+    nitro_sim: simctl.Simulator, nitro: Nitro, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     await nitro_sim.faults(latencyMs=300)
@@ -853,7 +854,7 @@ async def test_a_client_that_gives_up_mid_request_is_not_an_error(
     assert await _server_names(nitro) == ["b"]  # the request nobody waited for was not carried out
 
 
-async def test_error_rate_limited_to_some_resources(nitro_sim: server.Simulator, nitro: Nitro) -> None:
+async def test_error_rate_limited_to_some_resources(nitro_sim: simctl.Simulator, nitro: Nitro) -> None:
     settings = await nitro_sim.faults(errorRate=1.0, errorResources=["nsconfig"])
     assert settings["errorResources"] == ["nsconfig"]
     await nitro.ok("POST", "server", _servers("a"))  # other resources are untouched
@@ -870,7 +871,7 @@ async def test_error_rate_limited_to_some_resources(nitro_sim: server.Simulator,
         assert r.status == 400
 
 
-async def test_journal_records_the_ha_state_of_each_write(nitro_sim: server.Simulator, nitro: Nitro) -> None:
+async def test_journal_records_the_ha_state_of_each_write(nitro_sim: simctl.Simulator, nitro: Nitro) -> None:
     await nitro.ok("POST", "server", _servers("a"))
     await nitro_sim.set_ha_state("Secondary")
     await nitro.ok("POST", "server", {"server": {"name": "b", "ipaddress": "10.9.0.2"}})
@@ -881,7 +882,7 @@ async def test_journal_records_the_ha_state_of_each_write(nitro_sim: server.Simu
     ]
 
 
-async def test_sim_reset_and_hosts_endpoints(nitro_sim: server.Simulator, nitro: Nitro) -> None:
+async def test_sim_reset_and_hosts_endpoints(nitro_sim: simctl.Simulator, nitro: Nitro) -> None:
     await dsr_setup(nitro)
     await nitro_sim.set_hosts({"10.0.0.1": "DOWN"})
     async with nitro.http.get(f"{nitro_sim.url}/_sim/hosts") as r:
@@ -896,7 +897,7 @@ async def test_sim_reset_and_hosts_endpoints(nitro_sim: server.Simulator, nitro:
     assert (await nitro.get("server"))[0] == 200  # users kept
 
 
-async def test_change_listeners_see_each_write(nitro_sim: server.Simulator, nitro: Nitro) -> None:
+async def test_change_listeners_see_each_write(nitro_sim: simctl.Simulator, nitro: Nitro) -> None:
     seen: list[nitro_.Change] = []
     nitro_sim.store.listeners.append(seen.append)
     await nitro.post("server", _servers("a", "b"))
@@ -904,7 +905,7 @@ async def test_change_listeners_see_each_write(nitro_sim: server.Simulator, nitr
     assert [(c.resource, c.action, c.name) for c in seen] == [("server", "add", "a"), ("server", "add", "b")]
 
 
-async def test_status_lines_onerror_in_the_query_and_double_slashes(nitro_sim: server.Simulator) -> None:
+async def test_status_lines_onerror_in_the_query_and_double_slashes(nitro_sim: simctl.Simulator) -> None:
     async with aiohttp.ClientSession() as http:
         base = f"{nitro_sim.url}/nitro/v1/config"
         async with http.post(f"{base}/server", json={"server": {"name": "-bad", "ipaddress": "10.0.0.1"}},
@@ -932,7 +933,7 @@ def _files(directory: pathlib.Path) -> list[str]:
 
 async def test_state_survives_restart(tmp_path: pathlib.Path) -> None:
     state = tmp_path / "sim.state.json"
-    async with server.running(state_path=state) as sim, aiohttp.ClientSession() as http:
+    async with simctl.running(state_path=state) as sim, aiohttp.ClientSession() as http:
         nitro = Nitro(sim.url, http)
         await dsr_setup(nitro)
         await nitro.ok("POST", "nsconfig?action=save", {"nsconfig": {}})
@@ -942,7 +943,7 @@ async def test_state_survives_restart(tmp_path: pathlib.Path) -> None:
         assert [s["name"] for s in saved["objects"]["service"]] == ["svc1", "svc2"]
     assert await asyncio.to_thread(_files, tmp_path) == [state.name]  # no temp file left behind
 
-    async with server.running(state_path=state) as sim, aiohttp.ClientSession() as http:
+    async with simctl.running(state_path=state) as sim, aiohttp.ClientSession() as http:
         nitro = Nitro(sim.url, http)
         vs = await one(nitro, "lbvserver/vs")
         assert (vs["m"], vs["totalservices"], vs["activeservices"]) == ("MAC", "2", "1")

@@ -11,14 +11,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from dsr_operator.simulator import server
+from dsr_lab import simctl
 from tests.integration.test_simulator import AUTH, Nitro, one
 from tests.support.waiting import eventually
 
 
 @pytest.fixture
-async def pair() -> AsyncIterator[server.Pair]:
-    async with server.running_pair(users={"nsroot": "nsroot"}) as p:
+async def pair() -> AsyncIterator[simctl.Pair]:
+    async with simctl.running_pair(users={"nsroot": "nsroot"}) as p:
         yield p
 
 
@@ -36,7 +36,7 @@ async def names(nitro: Nitro) -> list[str]:
     return [s["name"] for s in (await nitro.get("server"))[1].get("server", [])]
 
 
-async def test_each_node_knows_its_role_and_its_peer(pair: server.Pair, http: aiohttp.ClientSession) -> None:
+async def test_each_node_knows_its_role_and_its_peer(pair: simctl.Pair, http: aiohttp.ClientSession) -> None:
     a, b = Nitro(pair.a.url, http), Nitro(pair.b.url, http)
     _, doc = await a.get("hanode")
     assert [(n["id"], n["ipaddress"], n["state"]) for n in doc["hanode"]] == [
@@ -51,7 +51,7 @@ async def test_each_node_knows_its_role_and_its_peer(pair: server.Pair, http: ai
 
 
 async def test_the_primary_propagates_and_the_secondary_keeps_its_own_writes_until_the_next_sync(
-    pair: server.Pair, http: aiohttp.ClientSession
+    pair: simctl.Pair, http: aiohttp.ClientSession
 ) -> None:
     a, b = Nitro(pair.a.url, http), Nitro(pair.b.url, http)
     await a.ok("POST", "server", server_body("web-1", "10.0.0.1"))
@@ -71,7 +71,7 @@ async def test_the_primary_propagates_and_the_secondary_keeps_its_own_writes_unt
 
 
 async def test_failover_swaps_the_roles_and_the_new_primary_propagates(
-    pair: server.Pair, http: aiohttp.ClientSession
+    pair: simctl.Pair, http: aiohttp.ClientSession
 ) -> None:
     a, b = Nitro(pair.a.url, http), Nitro(pair.b.url, http)
     await a.ok("POST", "server", server_body("web-1", "10.0.0.1"))
@@ -87,7 +87,7 @@ async def test_failover_swaps_the_roles_and_the_new_primary_propagates(
     assert [t["state"] for t in (await pair.b.ha())["transitions"]] == ["Secondary", "Primary"]
 
 
-async def test_failover_after_a_number_of_writes(pair: server.Pair, http: aiohttp.ClientSession) -> None:
+async def test_failover_after_a_number_of_writes(pair: simctl.Pair, http: aiohttp.ClientSession) -> None:
     a = Nitro(pair.a.url, http)
     await pair.a.failover(after_writes=2)
     await a.ok("POST", "server", server_body("web-1", "10.0.0.1"))
@@ -100,7 +100,7 @@ async def test_failover_after_a_number_of_writes(pair: server.Pair, http: aiohtt
     assert sorted(pair.b.store.objects["server"]) == [("web-1",), ("web-2",)]
     async with http.post(f"{pair.a.url}/_sim/failover", json={"afterWrites": 0}) as r:
         assert r.status == 400
-    async with server.running() as alone, http.post(f"{alone.url}/_sim/failover", json={}) as r:
+    async with simctl.running() as alone, http.post(f"{alone.url}/_sim/failover", json={}) as r:
         assert r.status == 404
 
 

@@ -11,15 +11,15 @@ import pathlib
 
 from lightkube.types import PatchType
 
+from dsr_lab import simctl
 from dsr_operator import cli, status
 from dsr_operator import kube as kubeapi
-from dsr_operator.simulator import server
 from tests.conftest import KubeHandle
 from tests.integration.test_operator import VIP, Cluster, running_operator
 from tests.support.waiting import eventually
 
 
-async def _status(kube: KubeHandle, sim: server.Simulator, tmp_path: pathlib.Path, *argv: str) -> str:
+async def _status(kube: KubeHandle, sim: simctl.Simulator, tmp_path: pathlib.Path, *argv: str) -> str:
     password = tmp_path / "password"
     password.write_text("nsroot\n")
     args = cli.build_parser().parse_args(
@@ -31,7 +31,7 @@ async def _status(kube: KubeHandle, sim: server.Simulator, tmp_path: pathlib.Pat
 
 
 async def test_status_shows_each_backend_on_netscaler_and_its_nodes_vip(
-    cluster: Cluster, kube: KubeHandle, nitro_sim: server.Simulator,
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator,
     tmp_path: pathlib.Path,
 ) -> None:
     await cluster.slice({"n1": "ready", "n2": "ready", "n3": "ready"})

@@ -34,9 +34,9 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from dsr_lab import kubeemu
+from dsr_lab import kubeemu, simctl
 from dsr_lab.lab import Lab, Reply
-from dsr_operator.simulator import dataplane, server
+from dsr_operator.simulator import dataplane
 from tests.conftest import KubeHandle
 from tests.integration.test_operator import Cluster, running_operator
 from tests.support.waiting import eventually
@@ -145,7 +145,7 @@ class Loop:
         self._thread.join(timeout=30)
 
 
-async def nitro(sim: server.Simulator, method: str, path: str, body: Any = None) -> dict[str, Any]:
+async def nitro(sim: simctl.Simulator, method: str, path: str, body: Any = None) -> dict[str, Any]:
     async with (
         aiohttp.ClientSession() as http,
         http.request(method, f"{sim.url}/nitro/v1/config/{path}", json=body, headers=AUTH) as resp,
@@ -160,7 +160,7 @@ class Stand:
     """The shared lab: namespaces, simulator with dataplane, Kubernetes emulator, agents and the operator."""
 
     lab: Lab
-    sim: server.Simulator
+    sim: simctl.Simulator
     cluster: Cluster
     agents: Agents
     operator: contextlib.AsyncExitStack
@@ -203,7 +203,7 @@ async def stand(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stand
             plane = dataplane.Dataplane(lab.ns("lb"), "eth0")
             try:
                 async with (
-                    server.running(users={"nsroot": "nsroot"}, dataplane=plane) as sim,
+                    simctl.running(users={"nsroot": "nsroot"}, dataplane=plane) as sim,
                     contextlib.AsyncExitStack() as operator,
                 ):
                     cluster = Cluster(kube, sim, "nsroot")
@@ -264,7 +264,7 @@ async def test_requests_spread_over_the_backends_and_replies_bypass_lb(stand: St
     assert forwarded <= tx < forwarded + sent_by_backends // 4, (tx, forwarded, sent_by_backends)
 
 
-async def stat(sim: server.Simulator, path: str) -> Any:
+async def stat(sim: simctl.Simulator, path: str) -> Any:
     async with aiohttp.ClientSession() as http, http.get(f"{sim.url}/nitro/v1/stat/{path}", headers=AUTH) as resp:
         doc = await resp.json()
         assert resp.status == 200, doc
@@ -475,7 +475,7 @@ async def _eq(value: Any, want: Any) -> bool:
     return bool(await value == want)
 
 
-async def _at_least(sim: server.Simulator, resource: str, count: int) -> bool:
+async def _at_least(sim: simctl.Simulator, resource: str, count: int) -> bool:
     return int((await sim.stats())["byResource"].get(resource, 0)) >= count
 
 

@@ -28,11 +28,12 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from dsr_lab import simctl
 from dsr_lab.lab import Lab, Reply
 from dsr_operator import oneshot
 from dsr_operator.agent import core, host
 from dsr_operator.netscaler import client as nitro
-from dsr_operator.simulator import dataplane, server
+from dsr_operator.simulator import dataplane
 from tests.support.waiting import eventually
 
 pytestmark = [
@@ -61,7 +62,7 @@ def _manifest(lab: Lab) -> dict[str, Any]:
 
 
 class Stand:
-    def __init__(self, lab: Lab, sim: server.Simulator, plane: dataplane.Dataplane) -> None:
+    def __init__(self, lab: Lab, sim: simctl.Simulator, plane: dataplane.Dataplane) -> None:
         self.lab, self.sim, self.plane = lab, sim, plane
 
 
@@ -78,7 +79,7 @@ async def stand(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stand
                 outcome = await the_host.apply(vips)
             assert outcome.applied == (lab.v6vip,) and outcome.error is None, outcome
         plane = dataplane.Dataplane(lab.ns("lb"), "eth0")
-        async with server.running(users={"nsroot": "nsroot"}, dataplane=plane) as sim:
+        async with simctl.running(users={"nsroot": "nsroot"}, dataplane=plane) as sim:
             manifest = tmp / "web6.yaml"
             manifest.write_text(yaml.safe_dump(_manifest(lab)))
             loaded, problems, _ = oneshot.load_manifests([manifest])

@@ -23,8 +23,9 @@ from typing import Any
 
 import pytest
 
+from dsr_lab import simctl
 from dsr_lab.lab import Lab
-from dsr_operator.simulator import dataplane, server
+from dsr_operator.simulator import dataplane
 from tests.netns.test_dsr_e2e import WAIT, Loop, gets
 from tests.registry.conftest import ETCD, Etcd
 from tests.support.waiting import eventually
@@ -88,7 +89,7 @@ async def rig(tmp_path: pathlib.Path) -> AsyncIterator[dict[str, Any]]:
         await asyncio.to_thread(lab.up)
         await asyncio.to_thread(etcd.start)
         plane = dataplane.Dataplane(lab.ns("lb"), "eth0")
-        async with server.running(users={"nsroot": "nsroot"}, dataplane=plane) as sim:
+        async with simctl.running(users={"nsroot": "nsroot"}, dataplane=plane) as sim:
             manifest = {"apiVersion": "dsr.operators.dev/v1alpha1", "kind": "DsrService",
                         "metadata": {"name": "web", "namespace": "shop"},
                         "spec": {"vip": lab.vip, "ports": [80], "backends": {"registry": {"etcd": {"prefix": PREFIX}}},
@@ -118,7 +119,7 @@ def stop(sync: subprocess.Popen[bytes] | None, hosts: Hosts) -> None:
             sync.wait()
 
 
-async def new_flows(sim: server.Simulator) -> list[str]:
+async def new_flows(sim: simctl.Simulator) -> list[str]:
     vservers = (await sim.dataplane())["vservers"]
     return sorted(vservers[0]["newFlows"]) if vservers else []
 

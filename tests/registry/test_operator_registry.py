@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from dsr_lab import simctl
 from dsr_operator.registry import etcd
-from dsr_operator.simulator import server
 from tests.conftest import KubeHandle
 from tests.integration.test_operator import Cluster, running_operator
 from tests.registry.conftest import Etcd, Link
@@ -26,7 +26,7 @@ def record(host: str, **fields: Any) -> str:
 
 
 async def test_hosts_that_register_are_bound_and_hosts_that_leave_or_crash_are_unbound(
-    kube: KubeHandle, nitro_sim: server.Simulator, etcd_server: Etcd
+    kube: KubeHandle, nitro_sim: simctl.Simulator, etcd_server: Etcd
 ) -> None:
     cluster = Cluster(kube, nitro_sim, "nsroot")
     async with etcd_server.client() as registry, \
@@ -67,7 +67,7 @@ async def test_hosts_that_register_are_bound_and_hosts_that_leave_or_crash_are_u
         assert disabled < unbound, journal  # drained first, then unbound
 
 async def test_etcd_unreachable_keeps_every_binding_and_says_so_then_changes_flow_again(
-    kube: KubeHandle, nitro_sim: server.Simulator, etcd_server: Etcd
+    kube: KubeHandle, nitro_sim: simctl.Simulator, etcd_server: Etcd
 ) -> None:
     cluster = Cluster(kube, nitro_sim, "nsroot")
     async with Link(etcd_server.port) as link, etcd_server.client() as registry:
@@ -101,7 +101,7 @@ async def test_etcd_unreachable_keeps_every_binding_and_says_so_then_changes_flo
 
 
 async def test_a_registry_backed_dsrservice_without_an_etcd_is_stalled_and_touches_nothing(
-    kube: KubeHandle, nitro_sim: server.Simulator
+    kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
     cluster = Cluster(kube, nitro_sim, "nsroot")
     async with running_operator(kube, nitro_sim, etcd={"endpoints": []}):
@@ -118,7 +118,7 @@ async def test_a_registry_backed_dsrservice_without_an_etcd_is_stalled_and_touch
 
 
 async def test_an_etcd_that_refuses_the_password_is_an_error_in_status(
-    kube: KubeHandle, nitro_sim: server.Simulator, etcd_server: Etcd
+    kube: KubeHandle, nitro_sim: simctl.Simulator, etcd_server: Etcd
 ) -> None:
     async with etcd_server.client() as root:  # etcd with auth on: root, and a user for the operator
         await root._call("/v3/auth/user/add", {"name": "root", "password": "rootpw"})

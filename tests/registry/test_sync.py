@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from dsr_operator.simulator import server
+from dsr_lab import simctl
 from tests.registry.conftest import Etcd
 from tests.support.waiting import eventually
 
@@ -54,7 +54,7 @@ class SyncProcess:
 
 
 @pytest.fixture
-async def sync_proc(tmp_path: Path, nitro_sim: server.Simulator, etcd_server: Etcd) -> AsyncIterator[SyncProcess]:
+async def sync_proc(tmp_path: Path, nitro_sim: simctl.Simulator, etcd_server: Etcd) -> AsyncIterator[SyncProcess]:
     manifests = tmp_path / "manifests"
     manifests.mkdir()
     (manifests / "web.yaml").write_text(json.dumps(manifest("web", "192.0.2.10",
@@ -79,7 +79,7 @@ async def sync_proc(tmp_path: Path, nitro_sim: server.Simulator, etcd_server: Et
         print("\n".join(handle.lines))
 
 
-async def bound(sim: server.Simulator, vserver: str = "dsr-shop_web_80") -> list[str]:
+async def bound(sim: simctl.Simulator, vserver: str = "dsr-shop_web_80") -> list[str]:
     headers = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": "nsroot"}
     async with aiohttp.ClientSession() as http, http.get(
             f"{sim.url}/nitro/v1/config/lbvserver_service_binding/{vserver}", headers=headers) as resp:
@@ -87,7 +87,7 @@ async def bound(sim: server.Simulator, vserver: str = "dsr-shop_web_80") -> list
 
 
 async def test_sync_follows_registrations_and_manifests_without_kubernetes(
-        sync_proc: SyncProcess, nitro_sim: server.Simulator, etcd_server: Etcd) -> None:
+        sync_proc: SyncProcess, nitro_sim: simctl.Simulator, etcd_server: Etcd) -> None:
     async def has(want: list[str], vserver: str = "dsr-shop_web_80") -> bool:
         return await bound(nitro_sim, vserver) == want
 

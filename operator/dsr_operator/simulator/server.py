@@ -80,7 +80,6 @@ import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-import aiohttp
 import yarl
 from aiohttp import web
 
@@ -806,72 +805,14 @@ def make_app(
 
 @dataclasses.dataclass
 class Simulator:
-    """A running simulator: its base URL, its app, and helpers that call the `/_sim` endpoints."""
+    """A running simulator: its base URL and its app (`dsr_lab.simctl` adds the `/_sim/` control calls)."""
 
     url: str
     app: web.Application
-    http: aiohttp.ClientSession
 
     @property
     def store(self) -> nitro.Store:
         return self.app[STORE]
-
-    async def _call(self, method: str, path: str, doc: Any = None) -> Any:
-        async with self.http.request(method, self.url + path, json=doc) as response:
-            payload = await response.json()
-            if response.status != 200:
-                raise RuntimeError(f"{method} {path} failed: {payload}")
-            return payload
-
-    async def faults(self, **settings: Any) -> dict[str, Any]:
-        """Merge fault settings, e.g. `await sim.faults(latencyMs=5, errorRate=0.1)`."""
-        result: dict[str, Any] = await self._call("POST", "/_sim/faults", settings)
-        return result
-
-    async def clear_faults(self) -> None:
-        await self._call("DELETE", "/_sim/faults")
-
-    async def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call("GET", "/_sim/stats")
-        return result
-
-    async def reset_stats(self) -> None:
-        await self._call("POST", "/_sim/stats/reset")
-
-    async def journal(self, since: int = 0) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = await self._call("GET", f"/_sim/journal?since={since}")
-        return result
-
-    async def set_hosts(self, states: Mapping[str, str]) -> None:
-        """Mark hosts reachable or not: `await sim.set_hosts({"10.0.0.1": "DOWN"})`."""
-        await self._call("POST", "/_sim/hosts", dict(states))
-
-    async def set_ha_state(self, state: str) -> None:
-        await self._call("POST", "/_sim/ha", {"state": state})
-
-    async def ha(self) -> dict[str, Any]:
-        """This node's HA state, peer and role transitions (`transitions[i].seq`: journal at that moment)."""
-        result: dict[str, Any] = await self._call("GET", "/_sim/ha")
-        return result
-
-    async def failover(self, after_writes: int | None = None) -> dict[str, Any]:
-        """Swap the pair's roles now, or right after this node applied `after_writes` more write requests."""
-        result: dict[str, Any] = await self._call(
-            "POST", "/_sim/failover", {} if after_writes is None else {"afterWrites": after_writes}
-        )
-        return result
-
-    async def set_clients(self, counts: Mapping[str, int]) -> None:
-        """Current client connections per service: `await sim.set_clients({"svc1": 3})` (0 ends a drain)."""
-        await self._call("POST", "/_sim/clients", dict(counts))
-
-    async def reset(self) -> None:
-        await self._call("POST", "/_sim/reset")
-
-    async def dataplane(self) -> dict[str, Any]:
-        """The dataplane's view and counters (only when started with one)."""
-        result: dict[str, Any] = await self._call("GET", "/_sim/dataplane")
-        return result
 
 
 @contextlib.asynccontextmanager
@@ -918,9 +859,6 @@ async def serving(app: web.Application, host: str = "127.0.0.1", port: int = 0) 
         bound = runner.addresses[0]
         bound_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
         url = f"http://{bound_host}:{bound[1]}"
-        # One connection per control call: a pooled keep-alive connection can outlive what a test
-        # tore down around it (a stopped operator sharing the loop) and then never be answered.
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
-            yield Simulator(url=url, app=app, http=http)
+        yield Simulator(url=url, app=app)
     finally:
         await runner.cleanup()
