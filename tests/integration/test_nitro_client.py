@@ -293,9 +293,9 @@ async def test_as_int_coerces_nitro_numbers() -> None:
     assert nitro.as_int("536936451") == 536936451
     assert nitro.as_int(80) == 80
     assert nitro.as_int("1.0") == 1
-    assert nitro.as_int(None, 0) == 0
-    with pytest.raises(ValueError):
-        nitro.as_int("")
+    for nothing in (None, "", " "):
+        with pytest.raises(ValueError):
+            nitro.as_int(nothing)
 
 
 # Retries: transient faults only

@@ -60,11 +60,11 @@ RequestHook = Callable[[str, str, int, int, float], None]
 SessionFactory = Callable[..., aiohttp.ClientSession]
 
 
-def as_int(value: Any, default: int | None = None) -> int:
+def as_int(value: Any) -> int:
     """Coerce a NITRO numeric value (``80``, ``"536936451"``, ``"1.0"``) to ``int``.
 
     NITRO sends many numbers as strings; the client returns raw values and callers coerce what
-    they use. ``None``/empty values give ``default`` if one is given, else ``ValueError``.
+    they use. ``None`` or an empty value is a ``ValueError``.
     """
     if isinstance(value, bool):
         return int(value)
@@ -78,8 +78,6 @@ def as_int(value: Any, default: int | None = None) -> int:
             return int(text)
         except ValueError:
             return int(float(text))
-    if default is not None:
-        return default
     raise ValueError(f"not a NITRO number: {value!r}")
 
 
