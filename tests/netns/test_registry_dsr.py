@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 
 from dsr_lab.lab import Lab
+from dsr_lab.scenario import Loop
 from dsr_operator.simulator import dataplane, server
-from tests.netns.test_dsr_e2e import WAIT, Loop, gets
+from tests.netns.test_dsr_e2e import WAIT, gets
 from tests.registry.conftest import ETCD, Etcd
 from tests.support.waiting import eventually
 
