@@ -249,9 +249,8 @@ async def _demo(lab: dsrlab.Lab, requests: int, out: TextIO) -> int:
 
 
 async def _acts(stack: scenario.Stack, narrator: Narrator, requests: int, out: TextIO) -> int:
-    lab, kube, sim, agents, operator, nodes = (
-        stack.lab, stack.kube, stack.sim, stack.agents, stack.operator, scenario.NODES
-    )  # fmt: skip
+    lab, kube, sim, agents, operator = stack.lab, stack.kube, stack.sim, stack.agents, stack.operator
+    nodes = scenario.NODES
     print(f"\n## Create DsrService {NAMESPACE}/{SERVICE}: VIP {lab.vip}:80, backends from Service {SERVICE}, "
           f"drainSeconds {DRAIN_SECONDS}", file=out)  # fmt: skip
     await kube.dsrservice(lab.vip)
