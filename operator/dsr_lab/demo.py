@@ -22,29 +22,20 @@ import contextlib
 import logging
 import pathlib
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TextIO
 
 import aiohttp
-import pydantic
 
 from dsr_lab import lab as dsrlab
-from dsr_lab import simctl
+from dsr_lab import scenario, simctl
 from dsr_operator import aio
-from dsr_operator.api import models
-from dsr_operator.simulator import dataplane
 
-NAMESPACE = "demo"
-SERVICE = "web"
-PASSWORD = "demo-password"
-DRAIN_SECONDS = 2
-HEALTH_CHECK = {"type": "TCP", "intervalSeconds": 2, "timeoutSeconds": 1, "retries": 1}
-DSR_API = f"/apis/{models.GROUP}/{models.VERSION}"
+NAMESPACE, SERVICE, DRAIN_SECONDS = scenario.NAMESPACE, scenario.SERVICE, scenario.DRAIN_SECONDS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -138,63 +129,6 @@ def _in_thread(demo: Callable[[], Coroutine[Any, Any, int]]) -> int:
     return int(box["result"])
 
 
-class Kube:
-    """Plain JSON calls to the Kubernetes API (the emulator): enough to play the cluster's other actors."""
-
-    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
-        self.http, self.url = http, url
-
-    async def call(self, method: str, path: str, body: Any = None, merge: bool = False) -> Any:
-        headers = {"Content-Type": "application/merge-patch+json"} if merge else None
-        async with self.http.request(method, self.url + path, json=body, headers=headers) as resp:
-            doc = await resp.json(content_type=None)
-            if resp.status == 404 and method == "GET":
-                return None
-            if resp.status >= 300:
-                raise RuntimeError(f"{method} {path}: {resp.status} {doc}")
-            return doc
-
-    async def node(self, name: str, address: str) -> None:
-        await self.call("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
-        status = {"status": {"addresses": [{"type": "InternalIP", "address": address}]}}
-        await self.call("PATCH", f"/api/v1/nodes/{name}/status", status, merge=True)
-
-    async def service(self, vip: str) -> None:
-        body = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": SERVICE, "namespace": NAMESPACE},
-                "spec": {"ports": [{"port": 80}], "externalIPs": [vip]}}  # fmt: skip
-        await self.call("POST", f"/api/v1/namespaces/{NAMESPACE}/services", body)
-
-    async def endpoints(self, nodes: list[str], create: bool = False) -> None:
-        """The Service's EndpointSlice: one ready pod endpoint on each of these nodes."""
-        eps = [{"addresses": [f"10.244.{i}.5"], "nodeName": node,
-                "conditions": {"ready": True, "serving": True, "terminating": False}}
-               for i, node in enumerate(nodes, start=1)]  # fmt: skip
-        path = f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices"
-        if create:
-            body = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
-                    "metadata": {"name": f"{SERVICE}-abc", "namespace": NAMESPACE,
-                                 "labels": {"kubernetes.io/service-name": SERVICE}},
-                    "endpoints": eps, "ports": [{"port": 80}]}  # fmt: skip
-            await self.call("POST", path, body)
-        else:
-            await self.call("PATCH", f"{path}/{SERVICE}-abc", {"endpoints": eps}, merge=True)
-
-    async def dsrservice(self, vip: str) -> None:
-        body = {"apiVersion": f"{models.GROUP}/{models.VERSION}", "kind": models.SERVICE_KIND,
-                "metadata": {"name": SERVICE, "namespace": NAMESPACE},
-                "spec": {"vip": vip, "ports": [80], "backends": {"service": SERVICE},
-                         "healthCheck": HEALTH_CHECK, "drainSeconds": DRAIN_SECONDS}}  # fmt: skip
-        await self.call("POST", f"{DSR_API}/namespaces/{NAMESPACE}/{models.SERVICE_PLURAL}", body)
-
-    async def dsr_status(self) -> dict[str, Any]:
-        doc = await self.call("GET", f"{DSR_API}/namespaces/{NAMESPACE}/{models.SERVICE_PLURAL}/{SERVICE}")
-        return dict((doc or {}).get("status") or {})
-
-    async def nodeconfigs(self) -> dict[str, dict[str, Any]]:
-        doc = await self.call("GET", f"{DSR_API}/{models.NODECONFIG_PLURAL}")
-        return {item["metadata"]["name"]: item for item in (doc or {}).get("items", [])}
-
-
 def ready_condition(status: Mapping[str, Any]) -> dict[str, Any]:
     return next((c for c in status.get("conditions", ()) if c.get("type") == "Ready"), {})
 
@@ -202,7 +136,9 @@ def ready_condition(status: Mapping[str, Any]) -> dict[str, Any]:
 class Narrator:
     """Polls the Kubernetes API and NetScaler's write journal, and prints each step as it happens."""
 
-    def __init__(self, kube: Kube, sim: simctl.Simulator, lab: dsrlab.Lab, nodes: Mapping[str, str], out: TextIO):
+    def __init__(
+        self, kube: scenario.Kube, sim: simctl.Simulator, lab: dsrlab.Lab, nodes: Mapping[str, str], out: TextIO
+    ) -> None:
         self.kube, self.sim, self.lab, self.nodes, self.out = kube, sim, lab, nodes, out
         self.started = time.monotonic()
         self.seq = 0
@@ -275,64 +211,6 @@ def _cli(change: Mapping[str, Any]) -> str:
     return f"{change['action']} {change['resource']} {name}".strip()
 
 
-class Agents:
-    """One `dsr-operator agent` process per node, in its backend's namespace; logs under `tmp`."""
-
-    def __init__(self, lab: dsrlab.Lab, tmp: pathlib.Path) -> None:
-        self.lab, self.tmp = lab, tmp
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, node: str, backend: str, kube_url: str) -> None:
-        with (self.tmp / f"agent-{node}.log").open("ab") as log:
-            self.procs[node] = subprocess.Popen(
-                [sys.executable, "-m", "dsr_operator.cli", "agent", "--node-name", node,
-                 "--netns", self.lab.ns(backend), "--interface-mode", "loopback", "--server", kube_url,
-                 "--state-dir", str(self.tmp / node), "--resync-seconds", "1"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-
-    def stop_all(self) -> None:
-        dsrlab.stop_processes(self.procs.values(), timeout=10)
-        self.procs.clear()
-
-    def logs(self) -> str:
-        parts = []
-        for log in sorted(self.tmp.glob("agent-*.log")):
-            lines = log.read_text(errors="replace").splitlines()[-8:]
-            parts.append(f"--- {log.name} (last lines)\n" + "\n".join(lines))
-        return "\n".join(parts)
-
-
-@contextlib.asynccontextmanager
-async def running_operator(kube_url: str, sim_url: str) -> AsyncIterator[asyncio.Task[None]]:
-    """The operator (kopf) in this process, against the emulator and the simulator, until the block ends."""
-    from dsr_operator import settings as settings_mod
-    from dsr_operator.controller import cli as operator_cli
-    from dsr_operator.controller import config
-
-    settings = config.OperatorSettings(
-        kube_server=kube_url, metrics_port=0, liveness_port=0, resync_seconds=1.0,
-        save_debounce_seconds=0.5, namespaces=[],
-        netscaler=settings_mod.NitroSettings(url=sim_url, password=pydantic.SecretStr(PASSWORD)),
-    )  # fmt: skip
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(operator_cli.run(settings, stop_flag=stop, ready_flag=ready))
-    waiter = asyncio.create_task(ready.wait())
-    try:
-        done, _ = await asyncio.wait([task, waiter], timeout=15, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if task in done:
-            task.result()
-            raise RuntimeError("the operator stopped while starting")
-        if not ready.is_set():
-            raise RuntimeError("the operator did not start within 15 s")
-        yield task
-    finally:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):
-            await asyncio.wait_for(task, timeout=15)
-
-
 async def wait_for(check: Callable[[], Any], within: float, interval: float = 0.2) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -343,48 +221,35 @@ async def wait_for(check: Callable[[], Any], within: float, interval: float = 0.
 
 
 async def _demo(lab: dsrlab.Lab, requests: int, out: TextIO) -> int:
-    from dsr_lab import kubeemu
-
-    nodes = {f"n{i}": backend for i, backend in enumerate(lab.backends, start=1)}
-    plane = dataplane.Dataplane(lab.ns("lb"), "eth0")
+    nodes = scenario.NODES
     stop_narrator = asyncio.Event()
     with tempfile.TemporaryDirectory(prefix="dsr-demo-") as tmp:
-        agents = Agents(lab, pathlib.Path(tmp))
-        try:
-            async with (
-                kubeemu.serve() as (_, kube_url),
-                simctl.running(users={"nsroot": PASSWORD}, dataplane=plane) as sim,
-                aiohttp.ClientSession() as http,
-            ):
-                print(f"# Kubernetes API (in-memory emulator) on {kube_url}", file=out)
-                print(f"# NITRO simulator on {sim.url}, dataplane in {lab.ns('lb')} (MAC {plane.mac})", file=out)
-                kube = Kube(http, kube_url)
-                async with running_operator(kube_url, sim.url) as operator:
-                    print("# Operator (kopf) running in this process; one agent process per node:", file=out)
-                    for node, backend in nodes.items():
-                        agents.start(node, backend, kube_url)
-                        print(f"#   node {node}: InternalIP {lab.ip(backend)}, "
-                              f"`dsr-operator agent --netns {lab.ns(backend)} --interface-mode loopback`", file=out)
-                        await kube.node(node, lab.ip(backend))
-                    await kube.service(lab.vip)
-                    await kube.endpoints(list(nodes), create=True)
-                    print(f"# Service {NAMESPACE}/{SERVICE} (externalIPs [{lab.vip}]) with one ready endpoint on "
-                          f"each of {', '.join(nodes)}", file=out)  # fmt: skip
-                    narrator = Narrator(kube, sim, lab, nodes, out)
-                    watcher = asyncio.create_task(narrator.run(stop_narrator))
-                    try:
-                        return await _acts(lab, kube, sim, narrator, agents, operator, nodes, requests, out)
-                    finally:
-                        stop_narrator.set()
-                        await watcher
-        finally:
-            agents.stop_all()
+        async with scenario.running(lab, pathlib.Path(tmp)) as stack:
+            kube, sim = stack.kube, stack.sim
+            print(f"# Kubernetes API (in-memory emulator) on {stack.kube_url}", file=out)
+            print(f"# NITRO simulator on {sim.url}, dataplane in {lab.ns('lb')} (MAC {stack.plane.mac})", file=out)
+            print("# Operator (kopf) running in this process; one agent process per node:", file=out)
+            for node, backend in nodes.items():
+                stack.agents.start(node)
+                print(f"#   node {node}: InternalIP {lab.ip(backend)}, "
+                      f"`dsr-operator agent --netns {lab.ns(backend)} --interface-mode loopback`", file=out)
+                await stack.node(node)
+            await kube.service(lab.vip)
+            await kube.endpoints(nodes)
+            print(f"# Service {NAMESPACE}/{SERVICE} (externalIPs [{lab.vip}]) with one ready endpoint on "
+                  f"each of {', '.join(nodes)}", file=out)  # fmt: skip
+            narrator = Narrator(kube, sim, lab, nodes, out)
+            watcher = asyncio.create_task(narrator.run(stop_narrator))
+            try:
+                return await _acts(stack, narrator, requests, out)
+            finally:
+                stop_narrator.set()
+                await watcher
 
 
-async def _acts(
-    lab: dsrlab.Lab, kube: Kube, sim: simctl.Simulator, narrator: Narrator, agents: Agents,
-    operator: asyncio.Task[None], nodes: Mapping[str, str], requests: int, out: TextIO,
-) -> int:  # fmt: skip
+async def _acts(stack: scenario.Stack, narrator: Narrator, requests: int, out: TextIO) -> int:
+    lab, kube, sim, agents, operator = stack.lab, stack.kube, stack.sim, stack.agents, stack.operator
+    nodes = scenario.NODES
     print(f"\n## Create DsrService {NAMESPACE}/{SERVICE}: VIP {lab.vip}:80, backends from Service {SERVICE}, "
           f"drainSeconds {DRAIN_SECONDS}", file=out)  # fmt: skip
     await kube.dsrservice(lab.vip)
@@ -412,10 +277,10 @@ async def _acts(
     # Act 2: the last node's endpoint goes away.
     gone_node, gone = list(nodes.items())[-1]
     stay = [n for n in nodes if n != gone_node]
-    service = f"dsr-{lab.ip(gone)}_80"
+    service = scenario.service_name(lab, gone)
     print(f"\n## Act 2: node {gone_node}'s endpoint leaves the EndpointSlice; {gone} is drained "
           f"({DRAIN_SECONDS} s), unbound, and releases the VIP while the client keeps sending requests", file=out)
-    with _Loop(lab) as during:
+    with scenario.Loop(lab, pause=0.05, timeout=2.0) as during:
         await asyncio.sleep(0.3)
         removed = time.time()
         await kube.endpoints(stay)
@@ -434,9 +299,9 @@ async def _acts(
         print(f"# {gone} was not drained and released in time: {await kube.dsr_status()}", file=out)
         print(agents.logs(), file=out)
         return 1
-    by = collections.Counter(r.backend for _, r in during.results if r.ok)
-    late = sum(1 for t, r in during.results if r.ok and r.backend == gone and t > disabled + 1.0)
-    bad = [r for _, r in during.results if not r.ok]
+    by = collections.Counter(r.reply.backend for r in during.results if r.reply.ok)
+    late = sum(1 for r in during.results if r.reply.ok and r.reply.backend == gone and r.started > disabled + 1.0)
+    bad = [r for r in during.results if not r.reply.ok]
     print(f"# {gone} drained: disabled {disabled - removed:.1f} s after the EndpointSlice change, unbound "
           f"{unbound - disabled:.1f} s later (drainSeconds {DRAIN_SECONDS}), then its VIP was released", file=out)
     print(f"# requests during the change: {len(during.results)}, failed {len(bad)}; answered by "
@@ -494,26 +359,3 @@ async def _traffic(lab: dsrlab.Lab, sim: simctl.Simulator, requests: int, out: T
           f"(lb's eth0 counted only what it received and forwarded).", file=out)  # fmt: skip
     return failed
 
-
-class _Loop:
-    """Requests from the client on new connections, in a thread, until the block ends."""
-
-    def __init__(self, lab: dsrlab.Lab, pause: float = 0.05) -> None:
-        self.lab, self.pause = lab, pause
-        self.results: list[tuple[float, dsrlab.Reply]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set() and len(self.results) < 5000:
-            started = time.time()
-            self.results.append((started, self.lab.get(timeout=2.0)))
-            self._stop.wait(self.pause)
-
-    def __enter__(self) -> _Loop:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)

@@ -4,7 +4,8 @@ Topology (`dsr_lab.lab.Lab`): namespaces client, lb and b1..b3 on one bridge, 10
 10.77.0.100. The NITRO simulator runs with its dataplane in lb; the operator runs in-process against
 the Kubernetes emulator; one real node agent process per backend puts the VIP on the backend's `lo`.
 Everything is configured from one DsrService and its EndpointSlice; Node InternalIPs are the
-backend namespaces' addresses.
+backend namespaces' addresses. That scenario, and what serves it, is `dsr_lab.scenario`: the one
+`dsr-operator demo-dsr` plays.
 
 One lab serves every test of the module (it takes seconds to build); each test is one act and first
 brings the lab to the state it starts from, so any one of them can run alone. Assertions are on order
@@ -17,15 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import os
-import pathlib
 import shutil
-import signal
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -34,11 +30,9 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from dsr_lab import kubeemu, simctl
+from dsr_lab import scenario, simctl
 from dsr_lab.lab import Lab, Reply
-from dsr_operator.simulator import dataplane
-from tests.conftest import KubeHandle
-from tests.integration.test_operator import Cluster, running_operator
+from dsr_lab.scenario import NODES, VSERVER, Loop
 from tests.support.waiting import eventually
 
 pytestmark = [
@@ -49,100 +43,14 @@ pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
 ]
 
-VSERVER = "dsr-shop_web_80"
-NODES = {"n1": "b1", "n2": "b2", "n3": "b3"}
-AUTH = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": "nsroot"}
-DRAIN = 4
+AUTH = {"X-NITRO-USER": scenario.USER, "X-NITRO-PASS": scenario.PASSWORD}
+DRAIN = 4  # this module's drainSeconds (the scenario's default is 2): the drain test holds a connection through it
 WAIT = 90.0  # the longest any state may take to appear, on the slowest machine we run on
-
-
-def svc(lab: Lab, backend: str) -> str:
-    return f"dsr-{lab.ip(backend)}_80"
+svc = scenario.service_name
 
 
 async def gets(lab: Lab, count: int, each: float = 5.0) -> list[Reply]:
     return [await asyncio.to_thread(lab.get, each) for _ in range(count)]
-
-
-class Agents:
-    """One `dsr-operator agent` process per node, each in its backend's namespace."""
-
-    def __init__(self, kube: KubeHandle, lab: Lab, tmp: pathlib.Path) -> None:
-        self.kube, self.lab, self.tmp = kube, lab, tmp
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, node: str) -> None:
-        if node in self.procs:
-            return
-        backend = NODES[node]
-        log = (self.tmp / f"agent-{node}.log").open("ab")
-        self.procs[node] = subprocess.Popen(
-            [sys.executable, "-m", "dsr_operator.cli", "agent", "--node-name", node, "--netns", self.lab.ns(backend),
-             "--interface-mode", "loopback", "--server", self.kube.url, "--state-dir", str(self.tmp / node),
-             "--resync-seconds", "1"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-    def stop(self, node: str) -> None:
-        proc = self.procs.pop(node, None)
-        if proc is None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-    def stop_all(self) -> None:
-        for node in list(self.procs):
-            self.stop(node)
-
-
-@dataclasses.dataclass(frozen=True)
-class Result:
-    started: float
-    finished: float
-    reply: Reply
-
-
-class Loop:
-    """A client making requests in a thread until stopped: new connections, or one keep-alive connection."""
-
-    def __init__(self, lab: Lab, keepalive: Any = None, pause: float = 0.0) -> None:
-        self.lab, self.keepalive, self.pause = lab, keepalive, pause
-        self.results: list[Result] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        # The cap only bounds memory: an idle machine makes 5,000 requests before a drain ends.
-        while not self._stop.is_set() and len(self.results) < 200_000:
-            started = time.time()
-            if self.keepalive is None:
-                reply = self.lab.get(timeout=5.0)
-            else:
-                try:
-                    self.keepalive.request("GET", "/")
-                    reply = Reply(True, self.keepalive.getresponse().read().decode().strip())
-                except OSError as exc:
-                    reply = Reply(False, f"{type(exc).__name__}: {exc}")
-                except Exception as exc:  # http.client protocol errors after a reset
-                    reply = Reply(False, f"{type(exc).__name__}: {exc}")
-            self.results.append(Result(started, time.time(), reply))
-            if self.pause:
-                self._stop.wait(self.pause)
-
-    def ok_since(self, since: float) -> int:
-        return sum(1 for r in self.results if r.started >= since and r.reply.ok)
-
-    def __enter__(self) -> Loop:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
 
 
 async def nitro(sim: simctl.Simulator, method: str, path: str, body: Any = None) -> dict[str, Any]:
@@ -155,16 +63,33 @@ async def nitro(sim: simctl.Simulator, method: str, path: str, body: Any = None)
         return doc
 
 
+async def bound(sim: simctl.Simulator) -> list[str]:
+    """The services bound to the scenario's lbvserver."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{sim.url}/nitro/v1/config/lbvserver_service_binding/{VSERVER}", headers=AUTH) as resp,
+    ):
+        return sorted(r["servicename"] for r in (await resp.json()).get("lbvserver_service_binding", []))
+
+
 @dataclasses.dataclass
 class Stand:
-    """The shared lab: namespaces, simulator with dataplane, Kubernetes emulator, agents and the operator."""
+    """The shared lab and the scenario running on it (`dsr_lab.scenario`), agents started per test."""
 
     lab: Lab
-    sim: simctl.Simulator
-    cluster: Cluster
-    agents: Agents
-    operator: contextlib.AsyncExitStack
-    slice: dict[str, str] = dataclasses.field(default_factory=dict)
+    stack: scenario.Stack
+
+    @property
+    def sim(self) -> simctl.Simulator:
+        return self.stack.sim
+
+    @property
+    def kube(self) -> scenario.Kube:
+        return self.stack.kube
+
+    @property
+    def agents(self) -> scenario.Agents:
+        return self.stack.agents
 
     async def plane(self) -> dict[str, Any]:
         return await self.sim.dataplane()
@@ -174,10 +99,8 @@ class Stand:
         return list(vservers[0]["newFlows"]) if vservers else []
 
     async def set_slice(self, nodes: tuple[str, ...]) -> None:
-        want = dict.fromkeys(nodes, "ready")
-        if want != self.slice:
-            await self.cluster.slice(want)
-            self.slice = want
+        if self.kube.slice is None or set(nodes) != set(self.kube.slice):
+            await self.kube.endpoints(sorted(nodes))
 
     async def serving_on(self, *nodes: str) -> None:
         """Bring the lab to: exactly `nodes` in the EndpointSlice, their agents running, bound and UP."""
@@ -197,31 +120,14 @@ async def stand(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stand
     tmp = tmp_path_factory.mktemp("dsr-e2e")
     try:
         await asyncio.to_thread(lab.up)
-        async with kubeemu.serve() as (emulator, url):
-            kube = KubeHandle(emulator=emulator, url=url)
-            agents = Agents(kube, lab, tmp)
-            plane = dataplane.Dataplane(lab.ns("lb"), "eth0")
-            try:
-                async with (
-                    simctl.running(users={"nsroot": "nsroot"}, dataplane=plane) as sim,
-                    contextlib.AsyncExitStack() as operator,
-                ):
-                    cluster = Cluster(kube, sim, "nsroot")
-                    for node, backend in NODES.items():
-                        await cluster.node(node, lab.ip(backend))
-                    await cluster.service()
-                    await operator.enter_async_context(running_operator(kube, sim, resync_seconds=1.0))
-                    stand = Stand(lab, sim, cluster, agents, operator)
-                    await stand.set_slice(("n1", "n2"))
-                    await cluster.dsrservice(
-                        vip=lab.vip, drainSeconds=DRAIN,
-                        healthCheck={"type": "TCP", "intervalSeconds": 2, "timeoutSeconds": 1, "retries": 1},
-                    )  # fmt: skip
-                    yield stand
-            finally:
-                agents.stop_all()
-                for client in kube._clients:
-                    await client.close()
+        async with scenario.running(lab, tmp) as stack:
+            for node in NODES:
+                await stack.node(node)
+            await stack.kube.service(lab.vip)
+            stand = Stand(lab, stack)
+            await stand.set_slice(("n1", "n2"))
+            await stack.kube.dsrservice(lab.vip, drain_seconds=DRAIN)
+            yield stand
     finally:
         await asyncio.to_thread(lab.down)
     assert not any(ns.startswith(lab.prefix) for ns in os.listdir("/run/netns")), "namespaces left behind"
@@ -298,22 +204,22 @@ async def test_nitro_stats_count_the_real_packets_and_flows(stand: Stand) -> Non
 
 
 async def test_a_backend_whose_agent_is_stopped_is_never_bound_until_its_agent_runs(stand: Stand) -> None:
-    lab, sim, cluster = stand.lab, stand.sim, stand.cluster
+    lab, sim, kube = stand.lab, stand.sim, stand.kube
     await stand.serving_on("n1", "n2")
     stand.agents.stop("n3")
     await stand.set_slice(("n1", "n2", "n3"))
-    await eventually(lambda: cluster.nodeconfig("n3"),
+    await eventually(lambda: kube.nodeconfig("n3"),
                      timeout=WAIT, interval=0.1, what="the operator asks n3 for the VIP")
 
     async def reported() -> bool:
-        backends = ((await cluster.dsr()).get("status") or {}).get("backends") or {}
+        backends = (await kube.dsr_status()).get("backends") or {}
         return backends == {"desired": 3, "loopbackReady": 2, "bound": 2}
 
     await eventually(reported, timeout=WAIT, interval=0.1, what="status: 3 desired, 2 with the VIP, 2 bound")
     # Give the operator three full re-reads of NetScaler (resyncs) in which it could go wrong.
     reads = (await sim.stats())["byResource"].get("lbvserver", 0)
     await eventually(lambda: _at_least(sim, "lbvserver", reads + 3), timeout=WAIT, interval=0.1, what="three resyncs")
-    assert svc(lab, "b3") not in await cluster.bound()
+    assert svc(lab, "b3") not in await bound(sim)
     replies = await gets(lab, 20)
     assert all(r.ok and r.backend != "b3" for r in replies), replies
     assert (await asyncio.to_thread(lab.vip_packets, "b3"))[0] == 0
@@ -330,7 +236,7 @@ async def test_a_backend_whose_agent_is_stopped_is_never_bound_until_its_agent_r
 async def test_a_removed_backend_drains_without_a_failure_then_loses_the_vip(stand: Stand) -> None:
     """Remove b1 while clients loop: connections held on b1 stay there for the whole drain, new ones go
     elsewhere, nothing fails; b1 is unbound only once NetScaler ended the drain, and loses the VIP after."""
-    lab, sim, cluster = stand.lab, stand.sim, stand.cluster
+    lab, sim, kube = stand.lab, stand.sim, stand.kube
     await stand.serving_on("n1", "n2", "n3")
     keepalive = None
     for _ in range(60):
@@ -352,7 +258,7 @@ async def test_a_removed_backend_drains_without_a_failure_then_loses_the_vip(sta
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline and vip_gone_from_host is None:
             if vip_gone_from_spec is None:
-                cfg = await cluster.nodeconfig("n1")
+                cfg = await kube.nodeconfig("n1")
                 if cfg is None or lab.vip not in (cfg.get("spec") or {}).get("vips", []):
                     vip_gone_from_spec = time.time()
             if not await asyncio.to_thread(lab.has_vip, "b1"):
@@ -360,7 +266,7 @@ async def test_a_removed_backend_drains_without_a_failure_then_loses_the_vip(sta
             await asyncio.sleep(0.05)
         if vip_gone_from_spec is None and vip_gone_from_host is not None:
             # Spec and host changed between this loop's two looks: the spec left no later than the host did.
-            cfg = await cluster.nodeconfig("n1")
+            cfg = await kube.nodeconfig("n1")
             if cfg is None or lab.vip not in (cfg.get("spec") or {}).get("vips", []):
                 vip_gone_from_spec = vip_gone_from_host
         gone = time.time()
@@ -369,10 +275,10 @@ async def test_a_removed_backend_drains_without_a_failure_then_loses_the_vip(sta
     keepalive.close()
     if vip_gone_from_spec is None or vip_gone_from_host is None:
         journal = [(j["resource"], j["action"], j["name"]) for j in await sim.journal(since=seq0)]
-        log = (stand.agents.tmp / "agent-n1.log").read_text(errors="replace").splitlines()[-25:]
+        log = stand.agents.log("n1", 25)
         raise AssertionError(
             f"b1 kept the VIP: gone from the spec at {vip_gone_from_spec}, from the host at {vip_gone_from_host}; "
-            f"n1: {await cluster.nodeconfig('n1')}; journal: {journal}; agent n1:\n" + "\n".join(log)
+            f"n1: {await kube.nodeconfig('n1')}; journal: {journal}; agent n1:\n" + "\n".join(log)
         )
     journal = await sim.journal(since=seq0)
     b1 = svc(lab, "b1")
@@ -419,7 +325,7 @@ async def test_negative_controls_a_broken_dsr_path_fails_visibly(stand: Stand) -
     monitor takes such a backend out."""
     lab, sim = stand.lab, stand.sim
     await stand.serving_on("n2", "n3")
-    await stand.operator.aclose()
+    await stand.stack.stop_operator()
 
     await nitro(sim, "POST", "nsmode?action=disable", {"nsmode": {"mode": ["MBF"]}})
     await eventually(lambda: _not_forwarded(stand.plane(), "MBF"),

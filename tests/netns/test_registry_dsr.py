@@ -25,8 +25,9 @@ import pytest
 
 from dsr_lab import simctl
 from dsr_lab.lab import Lab
+from dsr_lab.scenario import Loop
 from dsr_operator.simulator import dataplane
-from tests.netns.test_dsr_e2e import WAIT, Loop, gets
+from tests.netns.test_dsr_e2e import WAIT, gets
 from tests.registry.conftest import ETCD, Etcd
 from tests.support.waiting import eventually
 
