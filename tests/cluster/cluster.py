@@ -1,6 +1,7 @@
 """A real Kubernetes cluster on this machine: the control plane in the host's network namespace,
 nodes n1.. as network namespaces on the DSR lab's bridge, each with its own containerd, kubelet and
-kube-proxy. See /work/shared/reference/real-cluster.md for why each setting is what it is.
+kube-proxy. The comments at each setting say why it is what it is on this kind of machine (a
+container without systemd, cgroup v1 hybrid, no CAP_SYS_RESOURCE).
 
     host netns:  etcd, kube-apiserver (on <net>.1, the host's veth into the lab bridge),
                  kube-controller-manager (all controllers), kube-scheduler
@@ -46,7 +47,7 @@ from tests.support.waiting import eventually_sync
 REPO_ROOT = cpboot.REPO_ROOT
 BIN_DIR = cpboot.BIN_DIR
 NODE_BINARIES = ("kubelet", "kube-proxy", "kube-scheduler")
-# command -> Debian package (reference/real-cluster.md), plus the CNI plugins as files.
+# command -> Debian package, plus the CNI plugins as files.
 COMMANDS = {
     "containerd": "containerd",
     "ctr": "containerd",
@@ -529,7 +530,7 @@ def _kubelet_config(node: Node, client_ca: Path) -> str:
     config = {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
-        # Required here (reference/real-cluster.md): cgroup v1 hybrid, no CAP_SYS_RESOURCE, no fixed paths.
+        # Required on this machine: cgroup v1 hybrid, no CAP_SYS_RESOURCE, no fixed paths.
         "failCgroupV1": False,
         "cgroupDriver": "cgroupfs",
         "cgroupRoot": node.cgroup_root,  # one per node: a kubelet removes pod cgroups it does not know

@@ -379,7 +379,7 @@ def test_rollout_restart_and_a_node_drain_fail_no_request(stand: Stand) -> None:
                     f"around it: {around}; EndpointSlice and Pod changes: {sorted(changes)}")
 
     # The drained node: disabled gracefully, then unbound, and only then did it lose the VIP.
-    service = f"dsr-{lab_nodes[drained].ip}_80"  # the service of node address and port (names in DESIGN.md)
+    service = f"dsr-{lab_nodes[drained].ip}_80"  # the service of node address and port (model/names.py)
     steps = [(e["resource"], e["action"], e["name"], float(e["time"]), e.get("key", {})) for e in _journal(stand, seq)]
     disabled = [t for r, a, n, t, _ in steps if r == "service" and a == "disable" and n == service]
     unbound = [t for r, a, n, t, k in steps if r == "lbvserver_service_binding" and a == "unbind"

@@ -1,7 +1,7 @@
 """Conformance: what dsr-operator relies on, checked against a real NetScaler (or the simulator).
 
 The NITRO client's behaviours (sessions, bulk per-item results, errors by errorcode, reads, stats,
-HA state, the real-box quirks of `reference/nitro-api.md` §11) and one full DSR apply / verify /
+HA state, the real-box behaviours README "The NITRO simulator" lists) and one full DSR apply / verify /
 delete of a throwaway DsrService. See `conftest.py` for the variables; README "Check against your
 own NetScaler" for what is created. Every test removes what it created, also when it fails.
 """

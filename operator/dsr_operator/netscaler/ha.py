@@ -3,7 +3,7 @@
 `Nodes` holds one NITRO client per NSIP (opened when first needed), finds the primary by asking
 each node for `hanode/0`, and answers `still_primary()` before every write stage: the old
 primary's NSIP keeps answering after a failover, and writes made on a secondary are neither
-propagated nor kept (`reference/nitro-api.md` §6.3, §11). Whether a box is one node of a pair is
+propagated to the primary nor kept after the next synchronisation. Whether a box is one node of a pair is
 known from the URLs given (two) or from the box itself (`hanode` lists a peer).
 
 A node of a pair is asked before every write stage. A stand-alone box cannot fail over: it turns
