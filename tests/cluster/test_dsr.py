@@ -252,6 +252,20 @@ def vip_watch(stand: Stand, nodes: list[cl.Node]) -> Iterator[dict[str, list[tup
         yield seen
 
 
+def _why_failed(stand: Stand, loop: Loop, changes: list[tuple[float, str]], what: str) -> str:
+    """What NetScaler was told, what the other requests got, and what Kubernetes changed around the first
+    failed request (seconds from it): enough to tell which node refused and why."""
+    first = loop.failed[0][0]
+    near = [(round(float(e["time"]) - first, 2), e["resource"], e["action"], e["name"],
+             e.get("key", {}).get("servicename")) for e in stand.sim.journal()
+            if abs(float(e["time"]) - first) < 10 and e.get("resource") != "nsconfig"]
+    around = [(round(t - first, 2), ok, who) for t, ok, who in loop.replies if abs(t - first) < 1.5]
+    seen = sorted((round(t - first, 2), line) for t, line in changes if abs(t - first) < 10)
+    return (f"{len(loop.failed)} of {len(loop.replies)} requests failed: {loop.failed[:3]}; {what}; NetScaler "
+            f"writes within 10 s of the first: {near}; replies around it: {around}; EndpointSlice and Pod "
+            f"changes: {seen}")
+
+
 def _journal(stand: Stand, since: int) -> list[dict[str, Any]]:
     return [e for e in stand.sim.journal(since) if e.get("resource") != "nsconfig"]
 
@@ -366,17 +380,8 @@ def test_rollout_restart_and_a_node_drain_fail_no_request(stand: Stand) -> None:
     stand.figures["drain_requests_sent"] = len(loop.replies) - rollout_sent
     stand.figures["drain_requests_failed"] = len(loop.failed) - rollout_failed
     assert len(loop.replies) > 40
-    if loop.failed:  # what NetScaler was told around each failure, to tell which node refused
-        near = [(round(float(e["time"]) - loop.failed[0][0], 2), e["resource"], e["action"], e["name"],
-                 e.get("key", {}).get("servicename")) for e in stand.sim.journal()
-                if abs(float(e["time"]) - loop.failed[0][0]) < 10 and e.get("resource") != "nsconfig"]
-        around = [(round(t - loop.failed[0][0], 2), ok, who) for t, ok, who in loop.replies
-                  if abs(t - loop.failed[0][0]) < 1.5]
-        changes = [(round(t - loop.failed[0][0], 2), line) for t, line in [*slices, *pods]
-                   if abs(t - loop.failed[0][0]) < 10]
-        pytest.fail(f"{len(loop.failed)} of {len(loop.replies)} requests failed: {loop.failed[:3]}; drained "
-                    f"{drained}; NetScaler writes within 10 s of the first (s from it): {near}; replies "
-                    f"around it: {around}; EndpointSlice and Pod changes: {sorted(changes)}")
+    if loop.failed:
+        pytest.fail(_why_failed(stand, loop, [*slices, *pods], f"drained {drained}"))
 
     # The drained node: disabled gracefully, then unbound, and only then did it lose the VIP.
     service = f"dsr-{lab_nodes[drained].ip}_80"  # the service of node address and port (model/names.py)
@@ -499,20 +504,27 @@ def test_a_load_balancer_service_gets_a_pool_vip_serves_dsr_and_rolls_out_withou
         replies = [lab.get(timeout=3, vip=LB_VIP) for _ in range(20)]
     assert [r for r in replies if not r.ok] == []
     assert not [f for f in through_lb if f["dst_mac"] == lab.mac("lb")], "replies went back through lb"
-    with client_loop(stand, LB_VIP) as loop:
-        stand.kc("rollout", "restart", "deployment/web", "-n", APP)
-        stand.kc("rollout", "status", "deployment/web", "-n", APP, "--timeout=180s")
-        stand.wait(lambda: stand.bound_nodes() == _web_nodes(stand), 90, "the new Pods' nodes bound, the old ones not")
-        time.sleep(1)  # a few more requests with the new Pods alone
-    stand.figures["lb_rollout_requests_sent"] = len(loop.replies)
-    stand.figures["lb_rollout_requests_failed"] = len(loop.failed)
-    assert len(loop.replies) > 20
-    assert not loop.failed, loop.failed[:5]
-    # Deleting the Service: the garbage collector deletes its DsrService, the finalizer its NetScaler objects.
-    stand.kc("delete", "service", "web-lb", "-n", APP, "--wait=true", "--timeout=60s")
-    stand.wait(lambda: not [v for v in stand.objects("lbvserver") if v.get("ipv46") == LB_VIP], 120,
-               "the LoadBalancer Service's vserver gone from NetScaler")
-    stand.kc("delete", "dsrvippool", "lab")
+    try:
+        with client_loop(stand, LB_VIP) as loop, \
+                kubectl_watch(stand, "endpointslices", "-n", APP, "-o", SLICE_STATES) as slices, \
+                kubectl_watch(stand, "pods", "-n", APP, "-o", POD_STATES) as pods:
+            stand.kc("rollout", "restart", "deployment/web", "-n", APP)
+            stand.kc("rollout", "status", "deployment/web", "-n", APP, "--timeout=180s")
+            stand.wait(lambda: stand.bound_nodes() == _web_nodes(stand), 90,
+                       "the new Pods' nodes bound, the old ones not")
+            time.sleep(1)  # a few more requests with the new Pods alone
+        stand.figures["lb_rollout_requests_sent"] = len(loop.replies)
+        stand.figures["lb_rollout_requests_failed"] = len(loop.failed)
+        assert len(loop.replies) > 20
+        if loop.failed:
+            pytest.fail(_why_failed(stand, loop, [*slices, *pods], "LoadBalancer Service web-lb"))
+    finally:
+        # Deleting the Service: the garbage collector deletes its DsrService, the finalizer its NetScaler
+        # objects (also after a failure above, so that the uninstall test judges the uninstall alone).
+        stand.kc("delete", "service", "web-lb", "-n", APP, "--wait=true", "--timeout=60s")
+        stand.wait(lambda: not [v for v in stand.objects("lbvserver") if v.get("ipv46") == LB_VIP], 120,
+                   "the LoadBalancer Service's vserver gone from NetScaler")
+        stand.kc("delete", "dsrvippool", "lab")
 
 
 def test_uninstall_after_deleting_the_dsrservices_leaves_netscaler_as_it_was(stand: Stand) -> None:
