@@ -265,23 +265,23 @@ class Lab:
 
     def vip_packets(self, backend: str) -> tuple[int, int]:
         """(client packets to the VIP received, packets from the VIP to the client sent) by this backend."""
-        out = sh("ip", "netns", "exec", self.ns(backend), "nft", "-j", "list", "table", "inet", "dsrlab").stdout
-        counts = {}
-        for item in json.loads(out)["nftables"]:
-            rule = item.get("rule")
-            if rule:
-                counts[rule["chain"]] = next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
+        counts = self._chain_packets(backend)
         return counts.get("pre", 0), counts.get("out", 0)
 
     def vip6_packets(self, backend: str) -> tuple[int, int]:
         """As `vip_packets`, for the IPv6 VIP and the client's IPv6 address."""
+        counts = self._chain_packets(backend)
+        return counts.get("pre6", 0), counts.get("out6", 0)
+
+    def _chain_packets(self, backend: str) -> dict[str, int]:
+        """Packets counted by each chain of the backend's `dsrlab` table."""
         out = sh("ip", "netns", "exec", self.ns(backend), "nft", "-j", "list", "table", "inet", "dsrlab").stdout
-        counts = {}
+        counts: dict[str, int] = {}
         for item in json.loads(out)["nftables"]:
             rule = item.get("rule")
             if rule:
                 counts[rule["chain"]] = next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
-        return counts.get("pre6", 0), counts.get("out6", 0)
+        return counts
 
     def link_packets(self, role: str) -> tuple[int, int]:
         """(rx, tx) packets of the role's eth0."""

@@ -12,25 +12,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, TypeAlias
 
 import aiohttp
 from aiohttp import web
 
-from dsr_operator.simulator import ha, nitro, server
+from dsr_operator.simulator import server
 
 
 @dataclasses.dataclass
-class Simulator:
-    """A running simulator: its base URL, its app (in this process), and its `/_sim/` control calls."""
+class Simulator(server.Simulator):
+    """A running simulator (its base URL, its app in this process) with its `/_sim/` control calls."""
 
-    url: str
-    app: web.Application
     http: aiohttp.ClientSession
-
-    @property
-    def store(self) -> nitro.Store:
-        return self.app[server.STORE]
 
     async def _call(self, method: str, path: str, doc: Any = None) -> Any:
         async with self.http.request(method, self.url + path, json=doc) as response:
@@ -90,19 +84,8 @@ class Simulator:
         return result
 
 
-@dataclasses.dataclass
-class Pair:
-    """Two running simulators that form an HA pair: `a` starts as primary, `b` as secondary."""
-
-    a: Simulator
-    b: Simulator
-
-    @property
-    def nodes(self) -> tuple[Simulator, Simulator]:
-        return self.a, self.b
-
-    def primary(self) -> Simulator:
-        return next(n for n in self.nodes if n.store.ha_state == ha.PRIMARY)
+Pair: TypeAlias = server.Pair[Simulator]
+"""An HA pair of simulators with their control calls."""
 
 
 @contextlib.asynccontextmanager
@@ -136,4 +119,4 @@ async def running_pair(hosts: tuple[str, str] = ("127.0.0.1", "127.0.0.2"), **ma
                        ) -> AsyncIterator[Pair]:
     """`server.running_pair`: an HA pair in this process, with the control calls."""
     async with server.running_pair(hosts, **make_app_kwargs) as pair, _control() as http:
-        yield Pair(_with(pair.a, http), _with(pair.b, http))
+        yield server.Pair(_with(pair.a, http), _with(pair.b, http))

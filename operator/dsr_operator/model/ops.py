@@ -74,11 +74,6 @@ class Stage:
     ops: tuple[Op, ...]
 
 
-def rank(verb: str, kind: str) -> int:
-    """Where a (verb, kind) stage runs in `ORDER`."""
-    return _RANK[(verb, kind)]
-
-
 def stages(ops: Iterable[Op]) -> tuple[Stage, ...]:
     """Operations grouped into stages (one verb on one kind each), in the safe order."""
     grouped: dict[tuple[str, str], list[Op]] = defaultdict(list)

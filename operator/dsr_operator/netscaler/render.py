@@ -6,7 +6,7 @@ import shlex
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from dsr_operator.model.ops import NITRO_WILDCARD_PORT
+from dsr_operator.model.ops import spec_port
 
 _OBJECT_WORDS = {
     "server": "server",
@@ -26,7 +26,7 @@ _OPTION_NAMES = {
 
 
 def _port(value: Any) -> str:
-    return "*" if int(value) == NITRO_WILDCARD_PORT else str(value)
+    return str(spec_port(value))
 
 
 def _quote(value: Any) -> str:

@@ -28,7 +28,7 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from dsr_operator.model import state as ns
-from dsr_operator.model.ops import NITRO_WILDCARD_PORT, NSMODE, Op, Stage, stages
+from dsr_operator.model.ops import NSMODE, Op, Stage, spec_port, stages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +183,7 @@ def diff(
         others = [n for n in spots.get(spot, ()) if n != want.name]
         if others and want.name not in blocked_names:
             blocked_names.add(want.name)
-            port = "*" if spot[1] == NITRO_WILDCARD_PORT else spot[1]
+            port = spec_port(spot[1])
             holds.append(
                 Hold(
                     want.owner,

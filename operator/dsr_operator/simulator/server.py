@@ -78,7 +78,7 @@ import pathlib
 import re
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import yarl
 from aiohttp import web
@@ -822,24 +822,27 @@ async def running(host: str = "127.0.0.1", port: int = 0, **make_app_kwargs: Any
         yield sim
 
 
+S = TypeVar("S", bound=Simulator)
+
+
 @dataclasses.dataclass
-class Pair:
+class Pair(Generic[S]):
     """Two running simulators that form an HA pair: `a` starts as primary, `b` as secondary."""
 
-    a: Simulator
-    b: Simulator
+    a: S
+    b: S
 
     @property
-    def nodes(self) -> tuple[Simulator, Simulator]:
+    def nodes(self) -> tuple[S, S]:
         return self.a, self.b
 
-    def primary(self) -> Simulator:
+    def primary(self) -> S:
         return next(n for n in self.nodes if n.store.ha_state == ha_.PRIMARY)
 
 
 @contextlib.asynccontextmanager
 async def running_pair(hosts: tuple[str, str] = ("127.0.0.1", "127.0.0.2"), **make_app_kwargs: Any
-                       ) -> AsyncIterator[Pair]:
+                       ) -> AsyncIterator[Pair[Simulator]]:
     """An HA pair of simulators in this process, on two loopback addresses (their NSIPs)."""
     apps = [make_app(nsip=host, **make_app_kwargs) for host in hosts]
     first, second = ha_.pair(apps[0][STORE], apps[1][STORE], *hosts)
