@@ -208,9 +208,11 @@ async def main(scenarios: list[tuple[int, int]], latency_ms: float) -> None:
                                 stderr=subprocess.STDOUT)
     sim_url = f"http://127.0.0.1:{sim_port}"
     try:
-        cp.kc("apply", "--server-side", "-f", str(REPO / "crds" / "dsrservice.yaml"), "-f",
-              str(REPO / "crds" / "dsrnodeconfig.yaml"))
-        cp.kc("wait", "--for=condition=Established", "--timeout=60s", f"crd/dsrservices.{models.GROUP}")
+        cp.kc("apply", "--server-side", "-f", str(REPO / "crds"))
+        cp.kc("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        # Established is not served: a new CRD's storage answers 429 for a moment, and kopf then waits
+        # a second before its next attempt. Users install CRDs long before they start an operator.
+        cp.wait_for(lambda: _served(cp), 30, "the CRDs' storage")
         cp.wait_for(lambda: _answers(sim_url), 30, "the simulator")
         results = [await scenario(cp, work, sim_url, n, m, latency_ms) for n, m in scenarios]
     finally:
@@ -226,6 +228,15 @@ async def main(scenarios: list[tuple[int, int]], latency_ms: float) -> None:
         print(f"   restart: SIGTERM to exit {r['stop_seconds']:.2f} s; every DsrService reconciled in "
               f"{r['restart_seconds']:.1f} s with {r['restart_writes']} NITRO writes "
               f"({r['restart_requests']} requests); RSS {r['rss_restart']:.0f} MiB")
+
+
+def _served(cp: cpfix.ControlPlane) -> bool:
+    try:
+        for plural in (models.SERVICE_PLURAL, models.NODECONFIG_PLURAL, "dsrvippools"):
+            cp.kc("get", f"{plural}.{models.GROUP}", "--all-namespaces")
+        return True
+    except cpfix.ControlPlaneError:
+        return False
 
 
 def _answers(url: str) -> bool:

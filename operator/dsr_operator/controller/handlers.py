@@ -18,6 +18,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
 import kopf
 import pydantic
 
@@ -43,16 +44,25 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
-    async def login(**_: Any) -> kopf.ConnectionInfo:
+    async def login(**_: Any) -> kopf.AiohttpSession:
         # The same resolution as the lightkube client: explicit server, kubeconfig, in-cluster, KUBECONFIG.
         conn = connection(settings)
         creds = await asyncio.to_thread(lambda: kube.credentials(kube.load_config(conn), conn))
-        return kopf.ConnectionInfo(
+        info = kopf.ConnectionInfo(
             server=creds.server, token=creds.token, insecure=creds.insecure,
             ca_path=creds.ca_path, ca_data=creds.ca_data,
             certificate_path=creds.certificate_path, certificate_data=creds.certificate_data,
             private_key_path=creds.private_key_path, private_key_data=creds.private_key_data,
         )
+        # kopf's own session opens a connection per concurrent request (no limit): at 1,000 new
+        # DsrServices its finalizer patches opened ~1,800 TLS connections at once (a 256 KiB buffer
+        # each). Ours has room for every watch stream plus a bounded pool for requests; kopf owns and
+        # closes it like its own.
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connection_limit(settings), ssl=info.as_ssl_context()),
+            headers=info.as_http_headers(),
+        )
+        return kopf.AiohttpSession(server=creds.server, aiohttp_session=session)
 
     @kopf.on.startup(registry=registry)
     async def startup(memo: kopf.Memo, **kwargs: Any) -> None:
@@ -88,27 +98,27 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
     # --- indices: what the reconciler reads, and how inputs reach the DsrServices that read them ----
 
     @kopf.index(*SLICES, registry=registry, id="dsr_slices")  # type: ignore[arg-type]
-    def dsr_slices(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+    async def dsr_slices(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
         service = labels.get(world.SERVICE_NAME_LABEL)
         return {(namespace, service): world.slice_endpoints(body)} if service else None
 
     @kopf.index(*SLICES, registry=registry, id="dsr_slices_by_node")  # type: ignore[arg-type]
-    def dsr_slices_by_node(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
+    async def dsr_slices_by_node(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> Any:
         service = labels.get(world.SERVICE_NAME_LABEL)
         if not service:
             return None
         return {ep.node: (namespace, service) for ep in world.slice_endpoints(body) if ep.node}
 
     @kopf.index(*NODES, registry=registry, id="dsr_nodes")
-    def dsr_nodes(name: str, body: kopf.Body, **_: Any) -> Any:
+    async def dsr_nodes(name: str, body: kopf.Body, **_: Any) -> Any:
         return {name: world.node_info(body)}
 
     @kopf.index(*NODECONFIGS, registry=registry, id="dsr_nodeconfigs")
-    def dsr_nodeconfigs(name: str, body: kopf.Body, **_: Any) -> Any:
+    async def dsr_nodeconfigs(name: str, body: kopf.Body, **_: Any) -> Any:
         return {name: world.nodeconfig_info(body)}
 
     @kopf.index(*SERVICES, registry=registry, id="dsr_k8s_services")  # type: ignore[arg-type]
-    def dsr_k8s_services(namespace: str, name: str, spec: kopf.Spec, body: kopf.Body, **_: Any) -> Any:
+    async def dsr_k8s_services(namespace: str, name: str, spec: kopf.Spec, body: kopf.Body, **_: Any) -> Any:
         delivered = tuple(spec.get("externalIPs") or ())
         lb = lbservices.LbService.of(body)
         if lb is not None and lbservices.serves(lb, settings.load_balancer_class, settings.default_load_balancer):
@@ -116,40 +126,40 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         return {(namespace, name): delivered}
 
     @kopf.index(*SERVICES, registry=registry, id="dsr_lb_services")
-    def dsr_lb_services(body: kopf.Body, **_: Any) -> Any:
+    async def dsr_lb_services(body: kopf.Body, **_: Any) -> Any:
         lb = lbservices.LbService.of(body)
         return {lb.key: lb} if lb is not None else None
 
     @kopf.index(*NAMESPACES, registry=registry, id="dsr_namespaces")
-    def dsr_namespaces(name: str, labels: kopf.Labels, **_: Any) -> Any:
+    async def dsr_namespaces(name: str, labels: kopf.Labels, **_: Any) -> Any:
         return {name: dict(labels)}
 
     if settings.reads_pools:  # else the operator has no right to read pools
 
         @kopf.index(*POOLS, registry=registry, id="dsr_vippools")
-        def dsr_vippools(name: str, body: kopf.Body, **_: Any) -> Any:
+        async def dsr_vippools(name: str, body: kopf.Body, **_: Any) -> Any:
             return {name: lbservices.PoolEntry.of(body)}
 
         @kopf.on.event(*POOLS, registry=registry)
-        def pool_changed(memo: kopf.Memo, **_: Any) -> None:
+        async def pool_changed(memo: kopf.Memo, **_: Any) -> None:
             authority_changed(runtime(memo))
 
     @kopf.index(*DSR, registry=registry, id="dsr_owned")
-    def dsr_owned(body: kopf.Body, **_: Any) -> Any:
+    async def dsr_owned(body: kopf.Body, **_: Any) -> Any:
         owned = lbservices.Owned.of(body)
         return dict([owned]) if owned is not None else None
 
     @kopf.index(*DSR, registry=registry, id="dsr_services")  # type: ignore[arg-type]
-    def dsr_services(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+    async def dsr_services(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
         return {(namespace, name): decide.Entry.of(body)}
 
     @kopf.index(*DSR, registry=registry, id="dsr_by_backend")  # type: ignore[arg-type]
-    def dsr_by_backend(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+    async def dsr_by_backend(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
         backend = (body.get("spec") or {}).get("backends", {}).get("service")
         return {(namespace, backend): (namespace, name)} if isinstance(backend, str) else None
 
     @kopf.index(*DSR, registry=registry, id="dsr_by_prefix")  # type: ignore[arg-type]
-    def dsr_by_prefix(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+    async def dsr_by_prefix(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
         registry = ((body.get("spec") or {}).get("backends") or {}).get("registry") or {}
         try:
             prefix = models.EtcdRegistry.model_validate(registry.get("etcd")).key_prefix
@@ -158,11 +168,11 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         return {prefix: (namespace, name)}
 
     @kopf.index(*DSR, registry=registry, id="dsr_by_host")  # type: ignore[arg-type]
-    def dsr_by_host(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+    async def dsr_by_host(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
         return dict.fromkeys(_static_hosts(body), (namespace, name)) or None
 
     @kopf.index(*DSR, registry=registry, id="dsr_by_vip")  # type: ignore[arg-type]
-    def dsr_by_vip(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
+    async def dsr_by_vip(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
         vip = (body.get("spec") or {}).get("vip")
         return {str(vip): (namespace, name)} if vip else None
 
@@ -180,14 +190,14 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         return keys
 
     @kopf.on.event(*SLICES, registry=registry)  # type: ignore[arg-type]
-    def slice_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, dsr_by_backend: AnyIndex,
+    async def slice_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, dsr_by_backend: AnyIndex,
                       **_: Any) -> None:
         service = labels.get(world.SERVICE_NAME_LABEL)
         if service:
             runtime(memo).batcher.mark(*dsr_by_backend.get((namespace, service), ()))
 
     @kopf.on.event(*SERVICES, registry=registry)  # type: ignore[arg-type]
-    def service_changed(namespace: str, name: str, memo: kopf.Memo, dsr_by_backend: AnyIndex, **_: Any) -> None:
+    async def service_changed(namespace: str, name: str, memo: kopf.Memo, dsr_by_backend: AnyIndex, **_: Any) -> None:
         rt = runtime(memo)
         rt.batcher.mark(*dsr_by_backend.get((namespace, name), ()))
         rt.frontdoor.mark((namespace, name))
@@ -199,16 +209,16 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
             rt.batcher.mark_all(reconcile.entries(rt))
 
     @kopf.on.event(*NAMESPACES, registry=registry)
-    def namespace_changed(memo: kopf.Memo, **_: Any) -> None:
+    async def namespace_changed(memo: kopf.Memo, **_: Any) -> None:
         authority_changed(runtime(memo))
 
     @kopf.on.event(*NODES, registry=registry)  # type: ignore[arg-type]
-    def node_changed(name: str, memo: kopf.Memo, dsr_slices_by_node: AnyIndex, dsr_by_backend: AnyIndex,
+    async def node_changed(name: str, memo: kopf.Memo, dsr_slices_by_node: AnyIndex, dsr_by_backend: AnyIndex,
                      **_: Any) -> None:
         runtime(memo).batcher.mark(*readers_of_node(name, dsr_slices_by_node, dsr_by_backend))
 
     @kopf.on.event(*NODECONFIGS, registry=registry)  # type: ignore[arg-type]
-    def nodeconfig_changed(name: str, body: kopf.Body, type: str | None, memo: kopf.Memo,
+    async def nodeconfig_changed(name: str, body: kopf.Body, type: str | None, memo: kopf.Memo,
                            dsr_slices_by_node: AnyIndex, dsr_by_backend: AnyIndex, **_: Any) -> None:
         rt = runtime(memo)
         gone = type == "DELETED"
@@ -220,7 +230,7 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
             log.info("DsrNodeConfig %s was deleted; it will be written again", name)
 
     @kopf.on.event(*DSR, registry=registry)  # type: ignore[arg-type]
-    def dsrservice_changed(namespace: str, name: str, body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo,
+    async def dsrservice_changed(namespace: str, name: str, body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo,
                            type: str | None, dsr_by_vip: AnyIndex, dsr_by_host: AnyIndex, **_: Any) -> None:
         rt = runtime(memo)
         key = (namespace, name)
@@ -265,6 +275,22 @@ def _static_hosts(body: Mapping[str, Any]) -> set[str]:
     static = (((body.get("spec") or {}).get("backends") or {}).get("static")) or ()
     found = (models.canonical_ip(h.get("address")) for h in static if isinstance(h, Mapping))
     return {a for a in found if a is not None}
+
+
+#: Kinds of object the operator watches (kopf holds one stream per kind, per namespace when namespaced).
+WATCHED = (DSR, NODECONFIGS, SLICES, NODES, SERVICES, NAMESPACES, POOLS)
+#: Connections for requests besides the watch streams (finalizers, kopf's events).
+REQUEST_CONNECTIONS = 16
+#: Namespaces assumed when a pattern selects them (kopf then opens streams per namespace it finds).
+PATTERN_NAMESPACES = 64
+
+
+def connection_limit(settings: config.OperatorSettings) -> int:
+    """Connections kopf's session may hold: one per watch stream, plus `REQUEST_CONNECTIONS`."""
+    names = settings.namespaces
+    patterns = any(any(c in n for c in "*?[!") for n in names)
+    per_kind = PATTERN_NAMESPACES if patterns else max(1, len(names))
+    return len(WATCHED) * per_kind + REQUEST_CONNECTIONS
 
 
 def connection(settings: config.OperatorSettings) -> kube.Connection:
