@@ -345,3 +345,23 @@ def test_a_static_backend_address_belongs_to_one_namespace_at_a_time() -> None:
     # Nobody holds it yet: the older claim wins.
     fresh = decide.decide(dataclasses.replace(snap, actual=EMPTY))
     assert reasons(fresh) == {"web": "BackendNotAllowed", "thief": None, "api": None}
+
+
+def test_a_spec_is_parsed_once_per_generation_and_again_when_it_changes() -> None:
+    specs = decide.Specs()
+
+    def body(generation: int, spec: dict[str, Any], **status: Any) -> dict[str, Any]:
+        return {"metadata": {"namespace": "shop", "name": "web", "uid": "uid-web", "generation": generation},
+                "spec": spec, "status": status}
+
+    first = decide.Entry.of(body(1, static("10.0.0.1", "10.1.0.1")), specs)
+    # A status write (same generation) keeps the parsed spec; the status is read afresh.
+    again = decide.Entry.of(body(1, static("10.0.0.1", "10.1.0.1"), observedGeneration=1), specs)
+    assert again.spec is first.spec
+    assert again.status == {"observedGeneration": 1}
+    changed = decide.Entry.of(body(2, static("10.0.0.2", "10.1.0.1")), specs)
+    assert changed.spec is not None and changed.spec.vip == "10.0.0.2"
+    broken = decide.Entry.of(body(3, {"vip": "10.0.0.2", "ports": [65535]}), specs)
+    assert broken.spec is None and broken.error and "65534" in broken.error
+    specs.forget("uid-web")
+    assert decide.Entry.of(body(3, static("10.0.0.3", "10.1.0.1")), specs).spec is not None

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 def kopf_settings(settings: config.OperatorSettings) -> kopf.OperatorSettings:
     s = kopf.OperatorSettings()
-    s.persistence.finalizer = "dsr.operators.dev/finalizer"
+    # The DsrService finalizer is the operator's own (`controller.finalizer`); kopf's is a name no object
+    # carries, so kopf, which has no deletion handler of ours, never adds or removes one.
     # kopf's bookkeeping lives in the status (which has room), never in annotations: the API allows 256 KiB
     # of annotations in all, and a user's own may take nearly all of it. The essence kopf compares is the
     # spec only (no copy of the user's labels and annotations).

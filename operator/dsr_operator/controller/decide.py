@@ -35,6 +35,33 @@ LOAD_BALANCER_STATUS = "status.loadBalancer"
 """In `Snapshot.services`: a Service of type LoadBalancer of ours, whose status will name the VIP."""
 
 
+Parsed = tuple[models.DsrServiceSpec | None, str | None]
+"""A DsrService's spec as a model, or why it is invalid."""
+
+
+class Specs:
+    """Parsed specs by DsrService uid and generation: a DsrService's status writes and metadata changes
+    (most of its events) leave its generation alone, so they do not parse and validate its spec again."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, tuple[int | None, Parsed]] = {}
+
+    def parse(self, uid: str, generation: int | None, raw: Any) -> Parsed:
+        known = self._parsed.get(uid)
+        if known is not None and generation is not None and known[0] == generation:
+            return known[1]
+        parsed: Parsed
+        try:
+            parsed = models.DsrServiceSpec.model_validate(dict(raw or {})), None
+        except pydantic.ValidationError as exc:
+            parsed = None, models.validation_message(exc)
+        self._parsed[uid] = (generation, parsed)
+        return parsed
+
+    def forget(self, uid: str) -> None:
+        self._parsed.pop(uid, None)
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """A DsrService as the index keeps it: parsed once, with what status decisions need."""
@@ -46,21 +73,25 @@ class Entry:
     error: str | None
     deleting: bool
     status: Mapping[str, Any]
+    finalizers: tuple[str, ...] = (models.FINALIZER,)
+    resource_version: str = ""
+    """What the finalizer's write needs (see `controller.finalizer`)."""
+
+    @property
+    def finalized(self) -> bool:
+        """It carries the operator's finalizer."""
+        return models.FINALIZER in self.finalizers
 
     @classmethod
-    def of(cls, body: Mapping[str, Any]) -> Entry:
+    def of(cls, body: Mapping[str, Any], specs: Specs | None = None) -> Entry:
         meta = body.get("metadata") or {}
         namespace, name = meta.get("namespace") or "default", meta.get("name") or ""
         ref = models.ObjectRef(namespace=namespace, name=name, uid=meta.get("uid") or f"{namespace}/{name}")
-        spec: models.DsrServiceSpec | None = None
-        error: str | None = None
-        try:
-            spec = models.DsrServiceSpec.model_validate(dict(body.get("spec") or {}))
-        except pydantic.ValidationError as exc:
-            error = models.validation_message(exc)
+        spec, error = (specs or Specs()).parse(ref.uid, meta.get("generation"), body.get("spec"))
         return cls(ref=ref, generation=meta.get("generation"), created=meta.get("creationTimestamp") or "",
                    spec=spec, error=error, deleting=bool(meta.get("deletionTimestamp")),
-                   status=dict(body.get("status") or {}))
+                   status=dict(body.get("status") or {}),
+                   finalizers=tuple(meta.get("finalizers") or ()), resource_version=meta.get("resourceVersion") or "")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ import pydantic
 
 from dsr_operator import kube
 from dsr_operator.api import models
-from dsr_operator.controller import config, decide, lbservices, reconcile, view, world
+from dsr_operator.controller import config, decide, finalizer, lbservices, reconcile, view, world
 from dsr_operator.controller.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ Key = tuple[str, str]
 def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
     """A fresh registry with every handler of the operator (tests get their own)."""
     registry = kopf.OperatorRegistry()
+    specs = decide.Specs()  # parsed once per generation, shared by the index and the finalizer
 
     @kopf.on.login(registry=registry)
     async def login(**_: Any) -> kopf.AiohttpSession:
@@ -55,9 +56,9 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
             private_key_path=creds.private_key_path, private_key_data=creds.private_key_data,
         )
         # kopf's own session opens a connection per concurrent request (no limit): at 1,000 new
-        # DsrServices its finalizer patches opened ~1,800 TLS connections at once (a 256 KiB buffer
-        # each). Ours has room for every watch stream plus a bounded pool for requests; kopf owns and
-        # closes it like its own.
+        # DsrServices, when kopf kept the finalizer, its patches opened ~1,800 TLS connections at once
+        # (a 256 KiB buffer each). Ours has room for every watch stream plus a bounded pool for
+        # requests; kopf owns and closes it like its own.
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=connection_limit(settings), ssl=info.as_ssl_context()),
             headers=info.as_http_headers(),
@@ -87,6 +88,7 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         for task in rt.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await rt.finalizers.close()
         await rt.view.close()
         if rt.registry is not None:
             await rt.registry.close()
@@ -151,7 +153,7 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
 
     @kopf.index(*DSR, registry=registry, id="dsr_services")  # type: ignore[arg-type]
     async def dsr_services(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
-        return {(namespace, name): decide.Entry.of(body)}
+        return {(namespace, name): decide.Entry.of(body, specs)}
 
     @kopf.index(*DSR, registry=registry, id="dsr_by_backend")  # type: ignore[arg-type]
     async def dsr_by_backend(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
@@ -234,13 +236,19 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
                            type: str | None, dsr_by_vip: AnyIndex, dsr_by_host: AnyIndex, **_: Any) -> None:
         rt = runtime(memo)
         key = (namespace, name)
+        if type == "DELETED":
+            rt.finalizers.gone(key)
+        else:
+            rt.finalizers.seen(key, body)
         owned = lbservices.Owned.of(body)
         if owned is not None:
             rt.frontdoor.mark(owned[0])  # its Ready state is its Service's status.loadBalancer
-        generation = meta.get("generation")
-        if type not in ("ADDED", "DELETED") and rt.generations.get(key) == generation:
-            return  # our own status write, or metadata only: nothing to reconcile
-        rt.generations[key] = generation
+        generation, holds = meta.get("generation"), finalizer.holds(body)
+        before = rt.generations.get(key)
+        rt.generations[key] = (generation, holds)
+        if type not in ("ADDED", "DELETED") and before is not None and before[0] == generation \
+                and (holds or not before[1]):
+            return  # our own status or finalizer write, or metadata only; a finalizer taken away is given back
         vip = str((body.get("spec") or {}).get("vip") or "")
         old = rt.vips.get(key)
         rt.vips[key] = vip
@@ -248,6 +256,7 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         old_hosts = rt.hosts.get(key, frozenset())
         rt.hosts[key] = hosts
         if type == "DELETED":
+            specs.forget(str(meta.get("uid") or ""))
             rt.generations.pop(key, None)
             rt.vips.pop(key, None)
             rt.hosts.pop(key, None)
@@ -261,12 +270,6 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
             keys.update(dsr_by_host.get(host, ()))
         rt.batcher.mark(*keys)
 
-    # --- the finalizer ---------------------------------------------------------------------------
-
-    @kopf.on.delete(*DSR, registry=registry)  # type: ignore[arg-type]
-    async def dsrservice_deleted(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        await reconcile.finalize(runtime(memo), (namespace, name), body)
-
     return registry
 
 
@@ -279,7 +282,7 @@ def _static_hosts(body: Mapping[str, Any]) -> set[str]:
 
 #: Kinds of object the operator watches (kopf holds one stream per kind, per namespace when namespaced).
 WATCHED = (DSR, NODECONFIGS, SLICES, NODES, SERVICES, NAMESPACES, POOLS)
-#: Connections for requests besides the watch streams (finalizers, kopf's events).
+#: Connections for requests besides the watch streams (kopf writes nothing to our objects; a margin).
 REQUEST_CONNECTIONS = 16
 #: Namespaces assumed when a pattern selects them (kopf then opens streams per namespace it finds).
 PATTERN_NAMESPACES = 64

@@ -32,7 +32,7 @@ from lightkube.types import PatchType
 from dsr_operator import clock as clock_
 from dsr_operator import kube
 from dsr_operator.api import models, vippool
-from dsr_operator.controller import config, decide, frontdoor, loop, nodes, view, world
+from dsr_operator.controller import config, decide, finalizer, frontdoor, loop, nodes, view, world
 from dsr_operator.controller.metrics import Metrics
 from dsr_operator.model import ops as nsops
 from dsr_operator.model import state as ns
@@ -61,12 +61,14 @@ class Runtime:
     metrics: Metrics
     batcher: loop.Batcher
     frontdoor: frontdoor.FrontDoor
+    finalizers: finalizer.Finalizers = dataclasses.field(init=False)
     book: nodes.NodeVipBook = dataclasses.field(default_factory=nodes.NodeVipBook)
     written: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    """node → VIPs we wrote that the DsrNodeConfig index has not shown yet."""
     swept: bool = False
     """Every node's DsrNodeConfig compared with the book once it was complete (see `sync_nodes`)."""
-    """node → VIPs we wrote that the DsrNodeConfig index has not shown yet."""
-    generations: dict[Key, int | None] = dataclasses.field(default_factory=dict)
+    generations: dict[Key, tuple[int | None, bool]] = dataclasses.field(default_factory=dict)
+    """The generation each DsrService had when last seen, and whether it held the finalizer."""
     vips: dict[Key, str] = dataclasses.field(default_factory=dict)
     """The VIP each DsrService had when last seen (a change frees the old one)."""
     hosts: dict[Key, frozenset[str]] = dataclasses.field(default_factory=dict)
@@ -286,6 +288,18 @@ async def run(rt: Runtime) -> None:
 
 async def reconcile_batch(rt: Runtime, keys: set[Key]) -> asyncio.Task[None] | None:
     """One batch up to NetScaler and the nodes; returns the task that writes its statuses and events."""
+    # Nothing goes to NetScaler or a node for a DsrService whose deletion the operator might not see:
+    # first the finalizer, for all that lack it together; one it could not be added to waits.
+    known = entries(rt)
+    lacking = {k: known[k] for k in keys if k in known and not known[k].finalized and not known[k].deleting}
+    if lacking:
+        added = await rt.finalizers.add({k: {"finalizers": list(e.finalizers), "resourceVersion": e.resource_version}
+                                         for k, e in lacking.items()})
+        for key in set(lacking) - added:
+            rt.batcher.failed(key)
+        keys = keys - (set(lacking) - added)
+        if not keys:
+            return None
     now = clock_.utcnow()
     clock = [time.monotonic()]
     took: dict[str, float] = {}
@@ -356,8 +370,9 @@ async def reconcile_batch(rt: Runtime, keys: set[Key]) -> asyncio.Task[None] | N
 async def _report(rt: Runtime, keys: set[Key], reports: list[decide.Report],
                   earlier: Mapping[Key, asyncio.Task[None]], outcome: executor.Outcome, took: dict[str, float],
                   lap: Callable[[str], None]) -> None:
-    """A batch's statuses, events and metrics, each after the DsrService's previous batch wrote its own
-    (when each comes back was scheduled before, in `reconcile_batch`)."""
+    """A batch's statuses, then its events, and metrics, each after the DsrService's previous batch wrote
+    its own (when each comes back was scheduled before, in `reconcile_batch`). Every status goes before
+    any event: Ready is what users and GitOps tools wait for, the events are its history."""
     semaphore = asyncio.Semaphore(STATUS_WRITERS)
     written = [0]
 
@@ -369,7 +384,6 @@ async def _report(rt: Runtime, keys: set[Key], reports: list[decide.Report],
         async with semaphore:
             done = await write_status(rt, r.entry, r.status)
             written[0] += done
-            await _post_events(rt, r.entry, r.applied, r.failures)
         rt.metrics.reconciled.inc()
         if r.verdict.reason not in ("InvalidSpec", "VipConflict", "ServiceNotFound"):
             rt.metrics.bound_backends.labels(r.key[0], r.key[1]).set(r.bound)
@@ -378,8 +392,13 @@ async def _report(rt: Runtime, keys: set[Key], reports: list[decide.Report],
                 rt.metrics.desired_backends.labels(r.key[0], r.key[1]).set(desired)
             rt.metrics.draining_backends.labels(r.key[0], r.key[1]).set(len(r.draining_services))
 
+    async def tell(r: decide.Report) -> None:
+        async with semaphore:
+            await _post_events(rt, r.entry, r.applied, r.failures)
+
     try:
         await asyncio.gather(*(finish(r) for r in reports))
+        await asyncio.gather(*(tell(r) for r in reports))
     except Exception:
         log.exception("Writing the statuses of %d DsrServices failed", len(reports))
         for r in reports:
@@ -408,8 +427,11 @@ async def _unreachable(rt: Runtime, keys: set[Key], exc: errors.NitroError, now:
             rt.batcher.later(r.key, delay)
 
 
-async def finalize(rt: Runtime, key: Key, body: kopf.Body) -> None:
-    """Deletion: drain and remove the NetScaler objects, then the node VIPs; then kopf releases."""
+async def finalize(rt: Runtime, key: Key, body: Mapping[str, Any]) -> None:
+    """Deletion: drain and remove the NetScaler objects, then the node VIPs; then the finalizer goes.
+
+    Raises `kopf.TemporaryError` with the delay to try again after (a drain running, NetScaler refusing).
+    """
     entry = decide.Entry.of(body)
     uid = entry.ref.uid
     drain = entry.spec.drain_seconds if entry.spec is not None else None
@@ -472,6 +494,7 @@ def make_runtime(settings: config.OperatorSettings, view_: view.NetScalerView, c
                                default_class=settings.default_load_balancer)
     rt = Runtime(settings=settings, view=view_, kube=client, metrics=metrics,
                  batcher=loop.Batcher(settings.debounce_seconds), frontdoor=door, indices=indices)
+    rt.finalizers = finalizer.Finalizers(client, lambda key, body: finalize(rt, key, body))
     etcd_settings = settings.etcd
     if etcd_settings.configured:
         rt.registry = source.Registry(etcd.EtcdClient.of(etcd_settings), lambda prefix: registry_changed(rt, prefix))
