@@ -2,8 +2,9 @@
 
 Per scenario (N DsrServices x M static backends, simulator at 5 ms per request):
 - baseline, in the same run: the one-shot planner (`planner.diff` + `executor.execute`, what
-  `dsr-operator apply` does) configures the same work on an empty simulator; its NITRO requests and
-  wall time;
+  `dsr-operator apply` does) configures the same work on an empty simulator, in this process and as
+  users run it (`dsr-operator apply -f`, a process of its own, like the operator); its NITRO requests
+  and wall time;
 - from scratch: N DsrServices exist, the operator starts; time until every one is Ready at its
   generation, the NITRO requests it sent, and its RSS once converged;
 - restart: SIGTERM (time to exit), start again; time until every DsrService was reconciled once
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import lightkube
+import yaml
 from lightkube.config.kubeconfig import KubeConfig
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -92,6 +94,23 @@ async def baseline(url: str, services: int, backends: int) -> tuple[int, float]:
         assert not outcome.failures, outcome.failures[:3]
         requests = client.stats.requests - before
     return requests, time.perf_counter() - start
+
+
+def baseline_process(url: str, work: Path, services: int, backends: int) -> tuple[int, float]:
+    """The same one-shot work as users run it: `dsr-operator apply -f FILE` as a process of its own."""
+    manifests = work / f"manifests-{services}x{backends}.yaml"
+    manifests.write_text(yaml.safe_dump_all(
+        {"apiVersion": models.API_VERSION, "kind": models.SERVICE_KIND,
+         "metadata": {"name": f"svc{i}", "namespace": "bench"}, "spec": spec(i, backends)}
+        for i in range(services)))
+    (work / "password").write_text(PASSWORD)
+    sim(url, "POST", "/_sim/stats/reset")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "dsr_operator.cli", "apply", "-f", str(manifests), "--netscaler", url,
+                    "--user", USER, "--password-file", str(work / "password"), "--operator-id", "baseline"],
+                   check=True, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    return sim(url, "GET", "/_sim/stats")["requests"], seconds
 
 
 async def create_all(client: lightkube.AsyncClient, namespace: str, services: int, backends: int) -> None:
@@ -157,6 +176,9 @@ async def scenario(cp: cpfix.ControlPlane, work: Path, sim_url: str, services: i
     sim(sim_url, "POST", "/_sim/faults", {"latencyMs": latency_ms})
     base_requests, base_seconds = await baseline(sim_url, services, backends)
     sim(sim_url, "POST", "/_sim/reset")
+    sim(sim_url, "POST", "/_sim/faults", {"latencyMs": latency_ms})
+    process_requests, process_seconds = baseline_process(sim_url, work, services, backends)
+    sim(sim_url, "POST", "/_sim/reset")
     config = KubeConfig.from_file(str(cp.kubeconfig))
     client = lightkube.AsyncClient(config=config, field_manager="bench")
     await create_all(client, namespace, services, backends)
@@ -192,7 +214,8 @@ async def scenario(cp: cpfix.ControlPlane, work: Path, sim_url: str, services: i
     op.stop()
     await client.close()
     return {"services": services, "backends": backends, "baseline_requests": base_requests,
-            "baseline_seconds": base_seconds, "requests": requests, "seconds": converged, "rss": rss,
+            "baseline_seconds": base_seconds, "process_requests": process_requests,
+            "process_seconds": process_seconds, "requests": requests, "seconds": converged, "rss": rss,
             "stop_seconds": stop_seconds, "restart_seconds": restart_seconds, "restart_writes": stats["writes"],
             "restart_requests": stats["requests"], "rss_restart": rss_restart}
 
@@ -225,6 +248,9 @@ async def main(scenarios: list[tuple[int, int]], latency_ms: float) -> None:
               f"{r['requests']} NITRO requests; one-shot planner: {r['baseline_requests']} requests in "
               f"{r['baseline_seconds']:.1f} s -> {r['requests'] / r['baseline_requests']:.2f}x its requests, "
               f"{r['seconds'] / r['baseline_seconds']:.2f}x its wall time; RSS {r['rss']:.0f} MiB converged")
+        print(f"   one-shot as a process (`dsr-operator apply -f`, as users run it): {r['process_requests']} "
+              f"requests in {r['process_seconds']:.1f} s -> {r['requests'] / r['process_requests']:.2f}x its "
+              f"requests, {r['seconds'] / r['process_seconds']:.2f}x its wall time")
         print(f"   restart: SIGTERM to exit {r['stop_seconds']:.2f} s; every DsrService reconciled in "
               f"{r['restart_seconds']:.1f} s with {r['restart_writes']} NITRO writes "
               f"({r['restart_requests']} requests); RSS {r['rss_restart']:.0f} MiB")

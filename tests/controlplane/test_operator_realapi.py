@@ -302,9 +302,14 @@ def test_full_reconcile_then_deletion_through_the_finalizer(rig: Rig) -> None:
     waited = cp.kc("wait", "--for=condition=Ready", "dsrsvc/web", "-n", ns, "--timeout=60s", check=False,
                    timeout=90)
     assert waited.returncode == 0, waited.stderr
-    obj = cp.kc_json("get", "dsrsvc", "web", "-n", ns)
+    obj = cp.kc_json("get", "dsrsvc", "web", "-n", ns, "--show-managed-fields")
     assert "dsr.operators.dev/finalizer" in obj["metadata"]["finalizers"]
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+    # The finalizer is the operator's own: kopf writes nothing to a DsrService (no finalizer of its own,
+    # no status.kopf), so a new DsrService costs one finalizer write and its status.
+    writers = {(f["manager"], f.get("subresource", "")) for f in obj["metadata"]["managedFields"]}
+    assert writers == {("kubectl-client-side-apply", ""), ("dsr-operator", ""), ("dsr-operator", "status")}, writers
+    assert "kopf" not in obj["status"]
     events = cp.kc_json("get", "events", "-n", ns, "--field-selector", "involvedObject.name=web")["items"]
     assert any(e["reason"] == "Applied" for e in events), [e["reason"] for e in events]
 

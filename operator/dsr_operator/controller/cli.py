@@ -26,10 +26,9 @@ log = logging.getLogger(__name__)
 def kopf_settings(settings: config.OperatorSettings) -> kopf.OperatorSettings:
     s = kopf.OperatorSettings()
     # The DsrService finalizer is the operator's own (`controller.finalizer`); kopf's is a name no object
-    # carries, so kopf, which has no deletion handler of ours, never adds or removes one.
-    # kopf's bookkeeping lives in the status (which has room), never in annotations: the API allows 256 KiB
-    # of annotations in all, and a user's own may take nearly all of it. The essence kopf compares is the
-    # spec only (no copy of the user's labels and annotations).
+    # carries, so kopf, which has no deletion handler of ours, never adds or removes one. Kopf has no
+    # handler whose state it keeps, so it stores nothing; should one come, its bookkeeping goes to the
+    # status (which has room), never to annotations, where a user's own may take nearly all 256 KiB.
     s.persistence.progress_storage = kopf.StatusProgressStorage(name="kopf")
     s.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(name="kopf", ignored_fields=["metadata"])
     s.posting.level = 20

@@ -2,12 +2,13 @@
 # non-optional `namespace` for namespaced resources: each registration below ignores arg-type for that
 # reason only; the handlers' signatures are what kopf passes.
 """Kopf handlers: thin. Indices gather the cluster, events mark dirty exactly the DsrServices that read
-the changed input, one reconcile loop per NetScaler takes them in batches, a finalizer cleans up, a timer
-resyncs.
+the changed input, one reconcile loop per NetScaler takes them in batches, the operator's own finalizer
+(`finalizer`) cleans up, a timer resyncs.
 
 Routing goes from inputs to the DsrServices that read them (kopf indices): EndpointSlices by Service
 and by node, DsrServices by backend Service and by VIP (old and new), never through the operator's
-own last output. Handlers hold no logic: they route to `reconcile` and keep `Runtime` current.
+own last output. Handlers hold no logic: they route to `reconcile` and keep `Runtime` current. They
+are coroutines: kopf runs plain functions in threads, and these touch the loop's state.
 """
 
 from __future__ import annotations
