@@ -57,7 +57,8 @@ class Finalizers:
         """The latest event of a DsrService whose task was still running: looked at when it ends."""
 
     def seen(self, key: Key, body: Mapping[str, Any]) -> None:
-        """A DsrService event: add the finalizer to a live one, or start cleaning up a deleted one."""
+        """A DsrService event: once it is being deleted and holds the finalizer, clean up and release it.
+        (The finalizer is added by the batch that first takes a DsrService: `add`.)"""
         meta = body.get("metadata") or {}
         deleting = bool(meta.get("deletionTimestamp"))
         running = self._tasks.get(key)

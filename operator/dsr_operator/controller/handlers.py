@@ -43,7 +43,7 @@ Key = tuple[str, str]
 def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
     """A fresh registry with every handler of the operator (tests get their own)."""
     registry = kopf.OperatorRegistry()
-    specs = decide.Specs()  # parsed once per generation, shared by the index and the finalizer
+    specs = decide.Specs()  # the DsrService index parses a spec once per generation
 
     @kopf.on.login(registry=registry)
     async def login(**_: Any) -> kopf.AiohttpSession:
