@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx2
 import pydantic
 import pytest
 
@@ -54,6 +55,46 @@ async def ready(cluster: Cluster, name: str, reason: str = "Converged") -> dict[
         return await eventually(check, timeout=30)
     except AssertionError:
         raise AssertionError(f"{name} never {reason}: last {seen}") from None
+
+
+async def test_a_huge_dsrservice_is_removed_in_steps_and_a_small_change_is_not_behind_it(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
+) -> None:
+    """Fair work on deletion too: with `step_changes` 100, deleting a 10-port, 30-host DsrService (about
+    1,000 removals) goes in steps, and a DsrService created once the removal has begun is bound before
+    the last of it (in one step, it would wait for all of it)."""
+    big = {"vip": "192.0.2.62", "ports": list(range(8000, 8010)), "healthCheck": {"port": 8000},
+           "backends": static(*(f"10.62.0.{i}" for i in range(1, 31))), "drainSeconds": 0}
+    async with running_operator(kube, nitro_sim, resync_seconds=FAR, step_changes=100):
+        await create(cluster, "big", big)
+        await eventually(lambda: _ready_reason(cluster, "big", "Converged"), timeout=120)
+        start = max(e["seq"] for e in await nitro_sim.journal())
+        await cluster.client.delete(kubeapi.DsrService, "big", namespace="shop")
+
+        async def removal_started() -> bool:
+            return any("shop_big" in str(e["name"]) or "shop_big" in str(e.get("key"))
+                       for e in await nitro_sim.journal(since=start) if e["action"] not in ("get", "stat"))
+
+        await eventually(removal_started, timeout=60)
+        await create(cluster, "small", {"vip": "192.0.2.63", "ports": [80], "backends": static("10.63.0.1")})
+        await ready(cluster, "small")
+
+        async def big_gone() -> bool:
+            try:
+                await cluster.dsr("big")
+            except httpx2.HTTPStatusError as exc:
+                return exc.response.status_code == 404
+            return False
+
+        await eventually(big_gone, timeout=120)
+        journal = await nitro_sim.journal(since=start)
+    writes = [e for e in journal if e["action"] not in ("get", "stat")]
+    small_bound = next(i for i, e in enumerate(writes)
+                       if "shop_small_80" in str(e["name"]) and "binding" in e["resource"])
+    big_last = max(i for i, e in enumerate(writes) if "10.62.0." in str(e) or "shop_big" in str(e))
+    assert small_bound < big_last, "the small DsrService waited for all of the big one's removal"
+    assert [v for v in await cluster.nitro("lbvserver") if v.get("ipv46") == "192.0.2.62"] == []
+    assert not [s for s in await cluster.nitro("server") if str(s.get("ipaddress", "")).startswith("10.62.0.")]
 
 
 async def test_a_deleted_dsrnodeconfig_is_written_again(

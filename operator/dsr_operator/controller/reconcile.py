@@ -437,18 +437,24 @@ async def finalize(rt: Runtime, key: Key, body: Mapping[str, Any]) -> None:
     drain = entry.spec.drain_seconds if entry.spec is not None else None
     policy = planner.Policy(rt.settings.operator_id, drain_seconds={uid: drain} if drain is not None else {},
                             default_drain_seconds=rt.settings.default_drain_seconds, default_guard_percent=100)
+    nothing = ns.NetScalerState()
+
+    def removal(now: ns.NetScalerState) -> planner.Plan:
+        """Everything of `uid` goes, at most `step_changes` changes at a time (the lock is let go in
+        between, so other DsrServices' batches are not behind all of a huge one)."""
+        plan = planner.diff(nothing, planner.relevant(now, nothing, {uid}), policy, frozenset({uid}))
+        return decide.bounded(plan, _users_in(now, uid), rt.settings.step_changes)
+
     async with rt.view.lock:
         try:
             actual = await rt.view.actual()
-            nothing = ns.NetScalerState()
-            plan, outcome = await rt.view.apply(
-                lambda now: planner.diff(nothing, planner.relevant(now, nothing, {uid}), policy, frozenset({uid})),
-                actual,
-            )
+            plan, outcome = await rt.view.apply(removal, actual)
         except errors.NitroError as exc:
             raise kopf.TemporaryError(f"NetScaler: {exc}", delay=5) from exc
     if outcome.failures:
         raise kopf.TemporaryError("; ".join(str(f) for f in outcome.failures), delay=10)
+    if any(h.reason == "Applying" for h in plan.holds):
+        raise kopf.TemporaryError(plan.holds[0].message, delay=0.0)  # the next step, once others had a turn
     if plan.holds:
         _, owned = actual.owned_by(uid)
         again = rt.view.drain_wait({b.child for b in owned if b.kind == ns.VSERVER_BINDING})
@@ -461,6 +467,18 @@ async def finalize(rt: Runtime, key: Key, body: Mapping[str, Any]) -> None:
     for gauge in (rt.metrics.bound_backends, rt.metrics.desired_backends, rt.metrics.draining_backends):
         with contextlib.suppress(KeyError):
             gauge.remove(*key)
+
+
+def _users_in(state: ns.NetScalerState, uid: str) -> dict[str, frozenset[str]]:
+    """Shared objects `uid` uses on NetScaler (its services, their servers) -> {uid}: what its removal's
+    changes count against (see `decide.bounded`)."""
+    _, bindings = state.owned_by(uid)
+    names = {name for b in bindings for name in (b.parent, b.child)}
+    for name in list(names):
+        service = state.get(ns.SERVICE.rtype, name)
+        if service is not None and service.get("servername"):
+            names.add(str(service.get("servername")))
+    return dict.fromkeys(names, frozenset({uid}))
 
 
 async def remove_orphans(rt: Runtime) -> int:
