@@ -18,7 +18,7 @@ import pydantic
 from aiohttp import web
 
 from dsr_operator import kube
-from dsr_operator.controller import config, election, handlers, metrics
+from dsr_operator.controller import config, election, handlers, kopf_fixes, metrics
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ async def _settle(memo: kopf.Memo, settings: config.OperatorSettings, holding: a
 
 
 async def _kopf(settings: config.OperatorSettings, stop: asyncio.Event, ready_flag: Any, memo: kopf.Memo) -> None:
+    kopf_fixes.install()
     await kopf.operator(
         registry=handlers.make_registry(settings),
         settings=kopf_settings(settings),
