@@ -14,6 +14,7 @@ from typing import Any
 import httpx2
 import pydantic
 import pytest
+from lightkube.types import PatchType
 
 from dsr_lab import simctl
 from dsr_operator import kube as kubeapi
@@ -95,6 +96,29 @@ async def test_a_huge_dsrservice_is_removed_in_steps_and_a_small_change_is_not_b
     assert small_bound < big_last, "the small DsrService waited for all of the big one's removal"
     assert [v for v in await cluster.nitro("lbvserver") if v.get("ipv46") == "192.0.2.62"] == []
     assert not [s for s in await cluster.nitro("server") if str(s.get("ipaddress", "")).startswith("10.62.0.")]
+
+
+async def test_an_older_versions_kopf_bookkeeping_leaves_the_status_with_the_next_write(
+    cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
+) -> None:
+    """An upgrade from a version whose kopf kept its finalizer and `status.kopf`: the finalizer is the
+    same name (the object is still cleaned up on deletion), and `status.kopf` goes at the first status
+    write, so the status carries only the operator's own fields."""
+    await create(cluster, "old", {"vip": "192.0.2.64", "ports": [80], "backends": static("10.64.0.1")})
+    await cluster.client.patch(kubeapi.DsrService, "old", {"metadata": {"finalizers": ["dsr.operators.dev/finalizer"]}},
+                               namespace="shop", patch_type=PatchType.MERGE)
+    await cluster.client.patch(kubeapi.DsrService.Status, "old",
+                               {"status": {"kopf": {"dsr.operators.dev/last-handled-configuration": "{}"}}},
+                               namespace="shop", patch_type=PatchType.MERGE)
+    async with running_operator(kube, nitro_sim, resync_seconds=FAR):
+        await ready(cluster, "old")
+        await eventually(lambda: _status_without_kopf(cluster, "old"), timeout=30)
+        body = await cluster.dsr("old")
+        assert body["metadata"]["finalizers"] == ["dsr.operators.dev/finalizer"]
+
+
+async def _status_without_kopf(cluster: Cluster, name: str) -> bool:
+    return "kopf" not in ((await cluster.dsr(name)).get("status") or {})
 
 
 async def test_a_deleted_dsrnodeconfig_is_written_again(

@@ -35,6 +35,9 @@ LOAD_BALANCER_STATUS = "status.loadBalancer"
 """In `Snapshot.services`: a Service of type LoadBalancer of ours, whose status will name the VIP."""
 
 
+KOPF_STATUS = "kopf"
+"""Where kopf kept its bookkeeping in a DsrService's status before the operator kept its own finalizer."""
+
 Parsed = tuple[models.DsrServiceSpec | None, str | None]
 """A DsrService's spec as a model, or why it is invalid."""
 
@@ -73,6 +76,9 @@ class Entry:
     error: str | None
     deleting: bool
     status: Mapping[str, Any]
+    kopf_leftover: bool = False
+    """Its status still holds what an older version's kopf kept there (`status.kopf`): the next status
+    write removes it."""
     finalizers: tuple[str, ...] = (models.FINALIZER,)
     resource_version: str = ""
     """What the finalizer's write needs (see `controller.finalizer`)."""
@@ -90,7 +96,8 @@ class Entry:
         spec, error = (specs or Specs()).parse(ref.uid, meta.get("generation"), body.get("spec"))
         return cls(ref=ref, generation=meta.get("generation"), created=meta.get("creationTimestamp") or "",
                    spec=spec, error=error, deleting=bool(meta.get("deletionTimestamp")),
-                   status=dict(body.get("status") or {}),
+                   status={k: v for k, v in (body.get("status") or {}).items() if k != KOPF_STATUS},
+                   kopf_leftover=KOPF_STATUS in (body.get("status") or {}),
                    finalizers=tuple(meta.get("finalizers") or ()), resource_version=meta.get("resourceVersion") or "")
 
 

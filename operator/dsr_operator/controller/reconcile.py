@@ -200,10 +200,11 @@ async def write_status(rt: Runtime, entry: decide.Entry, status: Mapping[str, An
     stalled = any(c["type"] == "Stalled" and c["status"] == "True" for c in status.get("conditions", ()))
     (rt.stalled.add if stalled else rt.stalled.discard)(key)
     rt.metrics.stalled.set(len(rt.stalled))
-    if all(entry.status.get(k) == v for k, v in status.items()):
+    if all(entry.status.get(k) == v for k, v in status.items()) and not entry.kopf_leftover:
         return False
+    patch = {**status, decide.KOPF_STATUS: None} if entry.kopf_leftover else dict(status)
     try:
-        await rt.kube.patch(kube.DsrService.Status, entry.ref.name, {"status": dict(status)},
+        await rt.kube.patch(kube.DsrService.Status, entry.ref.name, {"status": patch},
                             namespace=entry.ref.namespace, patch_type=PatchType.MERGE)
     except Exception as exc:  # the object went away meanwhile, or the API is down: the next pass retries
         log.warning("Status of %s/%s not written: %s", entry.ref.namespace, entry.ref.name, exc)
