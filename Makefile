@@ -57,6 +57,7 @@ bench: setup controlplane
 	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES)
 	$(BIN)/python bench/drain_lag.py
 	$(BIN)/python bench/registry_latency.py
+	$(BIN)/python bench/operator_scale.py
 
 ## promtool (Prometheus, pinned in tools/promtool/go.mod) for the chart's alert tests; cached in .cache/promtool.
 promtool:
