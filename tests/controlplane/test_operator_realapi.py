@@ -310,8 +310,9 @@ def test_full_reconcile_then_deletion_through_the_finalizer(rig: Rig) -> None:
     writers = {(f["manager"], f.get("subresource", "")) for f in obj["metadata"]["managedFields"]}
     assert writers == {("kubectl-client-side-apply", ""), ("dsr-operator", ""), ("dsr-operator", "status")}, writers
     assert "kopf" not in obj["status"]
-    events = cp.kc_json("get", "events", "-n", ns, "--field-selector", "involvedObject.name=web")["items"]
-    assert any(e["reason"] == "Applied" for e in events), [e["reason"] for e in events]
+    # A batch's events follow all of its statuses: Ready may show before them.
+    rig.wait(lambda: any(e["reason"] == "Applied" for e in cp.kc_json(
+        "get", "events", "-n", ns, "--field-selector", "involvedObject.name=web")["items"]), 30, "the Applied events")
 
     # Deletion: NetScaler objects go, the node's VIP goes, then the finalizer and the object.
     cp.kc("delete", "dsrsvc", "web", "-n", ns, "--wait=false")

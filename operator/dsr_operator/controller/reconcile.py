@@ -78,6 +78,8 @@ class Runtime:
     indices: dict[str, Any] = dataclasses.field(default_factory=dict)
     tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
     reporting: dict[Key, asyncio.Task[None]] = dataclasses.field(default_factory=dict)
+    events: asyncio.Task[None] | None = None
+    """The latest batch's Events being posted (each batch's after the previous one's)."""
     """DsrService → the task writing its latest batch's status (a later batch writes after it)."""
     unreachable_since: float | None = None
     registry: source.Registry | None = None
@@ -282,9 +284,10 @@ async def run(rt: Runtime) -> None:
                 if len(batch) >= LARGE_BATCH:
                     release_memory()
     finally:
-        for task in list(reporting):
+        pending = [*reporting, *([rt.events] if rt.events is not None else [])]
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*reporting, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def reconcile_batch(rt: Runtime, keys: set[Key]) -> asyncio.Task[None] | None:
@@ -371,9 +374,9 @@ async def reconcile_batch(rt: Runtime, keys: set[Key]) -> asyncio.Task[None] | N
 async def _report(rt: Runtime, keys: set[Key], reports: list[decide.Report],
                   earlier: Mapping[Key, asyncio.Task[None]], outcome: executor.Outcome, took: dict[str, float],
                   lap: Callable[[str], None]) -> None:
-    """A batch's statuses, then its events, and metrics, each after the DsrService's previous batch wrote
-    its own (when each comes back was scheduled before, in `reconcile_batch`). Every status goes before
-    any event: Ready is what users and GitOps tools wait for, the events are its history."""
+    """A batch's statuses and metrics, each after the DsrService's previous batch wrote its own (when each
+    comes back was scheduled before, in `reconcile_batch`); then its events (`_tell`), once every status
+    is written: Ready is what users and GitOps tools wait for, the events are its history."""
     semaphore = asyncio.Semaphore(STATUS_WRITERS)
     written = [0]
 
@@ -393,13 +396,11 @@ async def _report(rt: Runtime, keys: set[Key], reports: list[decide.Report],
                 rt.metrics.desired_backends.labels(r.key[0], r.key[1]).set(desired)
             rt.metrics.draining_backends.labels(r.key[0], r.key[1]).set(len(r.draining_services))
 
-    async def tell(r: decide.Report) -> None:
-        async with semaphore:
-            await _post_events(rt, r.entry, r.applied, r.failures)
-
     try:
         await asyncio.gather(*(finish(r) for r in reports))
-        await asyncio.gather(*(tell(r) for r in reports))
+        if rt.events is not None:  # one batch's events at most are posted outside the work in hand
+            await asyncio.wait({rt.events})
+        rt.events = asyncio.create_task(_tell(rt, reports), name="dsr-events")
     except Exception:
         log.exception("Writing the statuses of %d DsrServices failed", len(reports))
         for r in reports:
@@ -409,6 +410,22 @@ async def _report(rt: Runtime, keys: set[Key], reports: list[decide.Report],
     log.info("Batch of %d DsrService(s): %d NetScaler changes, %d refused, %d statuses written; seconds: %s",
              len(keys), len(outcome.applied), len(outcome.failures), written[0],
              ", ".join(f"{k} {v:.3f}" for k, v in took.items()))
+
+
+async def _tell(rt: Runtime, reports: list[decide.Report]) -> None:
+    """A batch's events, after the previous batch's (the next batch's report waits for them). Not work in
+    hand: a stopping operator does not wait for them (at 10,000 new DsrServices they take a minute), and
+    the next leader does not post them again."""
+    semaphore = asyncio.Semaphore(STATUS_WRITERS)
+
+    async def tell(r: decide.Report) -> None:
+        async with semaphore:
+            await _post_events(rt, r.entry, r.applied, r.failures)
+
+    results = await asyncio.gather(*(tell(r) for r in reports), return_exceptions=True)
+    failed = [r for r in results if isinstance(r, Exception)]
+    if failed:
+        log.warning("%d of %d Events not posted: %s", len(failed), len(reports), failed[0])
 
 
 async def _unreachable(rt: Runtime, keys: set[Key], exc: errors.NitroError, now: datetime.datetime) -> None:
