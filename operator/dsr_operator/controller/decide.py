@@ -349,16 +349,23 @@ def decide(snapshot: Snapshot) -> Decision:
     sweep = unwanted_leftovers(snapshot, want)
     plan = planner.diff(want, planner.relevant(snapshot.actual, want, scope, sweep),
                         policy(snapshot.defaults, [*intents, *drains], leaving(judgements.values())), scope)
-    users: dict[str, set[str]] = {}
-    for binding in want.bindings:
-        for name in (binding.parent, binding.child):
-            users.setdefault(name, set()).add(binding.owner)
-    for service in want.of_kind("service"):
-        server = service.get("servername")
-        if server:
-            users.setdefault(str(server), set()).update(users.get(service.name, ()))
-    frozen = {k: frozenset(v) for k, v in users.items()}
+    frozen = users(want, want.bindings)
     return Decision(judgements, needs, bounded(plan, frozen, snapshot.defaults.step_ops), scope, frozen)
+
+
+def users(state: ns.NetScalerState, bindings: Iterable[ns.Binding]) -> dict[str, frozenset[str]]:
+    """Object name -> the DsrServices that use it through `bindings` (a service's server is used by
+    those of the service): what a change to a shared object counts against in `bounded`."""
+    found: dict[str, set[str]] = {}
+    for binding in bindings:
+        for name in (binding.parent, binding.child):
+            found.setdefault(name, set()).add(binding.owner)
+    for name, owners in list(found.items()):
+        service = state.get(ns.SERVICE.rtype, name)
+        server = service.get("servername") if service is not None else None
+        if server:
+            found.setdefault(str(server), set()).update(owners)
+    return {k: frozenset(v) for k, v in found.items()}
 
 
 def leaving(judgements: Iterable[Judgement]) -> set[str]:

@@ -78,9 +78,9 @@ class Runtime:
     indices: dict[str, Any] = dataclasses.field(default_factory=dict)
     tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
     reporting: dict[Key, asyncio.Task[None]] = dataclasses.field(default_factory=dict)
+    """DsrService → the task writing its latest batch's status (a later batch writes after it)."""
     events: asyncio.Task[None] | None = None
     """The latest batch's Events being posted (each batch's after the previous one's)."""
-    """DsrService → the task writing its latest batch's status (a later batch writes after it)."""
     unreachable_since: float | None = None
     registry: source.Registry | None = None
     """The etcd registry's followed prefixes (None: no etcd configured)."""
@@ -461,7 +461,7 @@ async def finalize(rt: Runtime, key: Key, body: Mapping[str, Any]) -> None:
         """Everything of `uid` goes, at most `step_changes` changes at a time (the lock is let go in
         between, so other DsrServices' batches are not behind all of a huge one)."""
         plan = planner.diff(nothing, planner.relevant(now, nothing, {uid}), policy, frozenset({uid}))
-        return decide.bounded(plan, _users_in(now, uid), rt.settings.step_changes)
+        return decide.bounded(plan, decide.users(now, now.owned_by(uid)[1]), rt.settings.step_changes)
 
     async with rt.view.lock:
         try:
@@ -485,18 +485,6 @@ async def finalize(rt: Runtime, key: Key, body: Mapping[str, Any]) -> None:
     for gauge in (rt.metrics.bound_backends, rt.metrics.desired_backends, rt.metrics.draining_backends):
         with contextlib.suppress(KeyError):
             gauge.remove(*key)
-
-
-def _users_in(state: ns.NetScalerState, uid: str) -> dict[str, frozenset[str]]:
-    """Shared objects `uid` uses on NetScaler (its services, their servers) -> {uid}: what its removal's
-    changes count against (see `decide.bounded`)."""
-    _, bindings = state.owned_by(uid)
-    names = {name for b in bindings for name in (b.parent, b.child)}
-    for name in list(names):
-        service = state.get(ns.SERVICE.rtype, name)
-        if service is not None and service.get("servername"):
-            names.add(str(service.get("servername")))
-    return dict.fromkeys(names, frozenset({uid}))
 
 
 async def remove_orphans(rt: Runtime) -> int:
