@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -35,6 +36,11 @@ class Kind:
     """(field, value) pairs NetScaler may report for an unset optional field: read as absent."""
     units: tuple[tuple[str, str], ...] = ()
     """(time field, its unit field): we keep times in seconds; the box may answer in other units."""
+
+    @functools.cached_property
+    def order(self) -> tuple[str, ...]:
+        """The managed fields sorted by name: the order of an `NsObject`'s values and of its bodies."""
+        return tuple(sorted(self.managed))
 
 
 SERVER = Kind("server", "name", ("ipaddress", "comment"))
@@ -82,7 +88,7 @@ def parse_marker(comment: object, operator_id: str) -> str | None:
     head = f"{MARKER_PREFIX}:{operator_id}:"
     if not comment.startswith(head) or len(comment) == len(head):
         return None
-    return comment[len(head) :]
+    return sys.intern(comment[len(head) :])  # one string per owner, not one per object it owns
 
 
 #: Seconds per NITRO time unit (lbmonitor `units3`, `units4`, ...).
@@ -108,33 +114,41 @@ def _normalise(value: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class NsObject:
-    """One configured NetScaler object: kind, name, the managed fields, and its owner."""
+    """One configured NetScaler object: kind, name, the managed fields, and its owner.
+
+    The managed fields are kept as one tuple of values in its kind's `order` (None: not set): the cache
+    holds tens of thousands of these, and a tuple of (field, value) pairs per object took four times the
+    memory.
+    """
 
     kind: str
     name: str
-    fields: tuple[tuple[str, Any], ...]
+    values: tuple[Any, ...]
     owner: str
     state: str | None = None  # runtime state read from the box (svrstate / curstate); never written
 
     @classmethod
     def make(cls, kind: str, name: str, owner: str, state: str | None = None, **fields: Any) -> NsObject:
-        managed = KINDS[kind].managed
-        unknown = set(fields) - set(managed)
+        order = KINDS[kind].order
+        unknown = set(fields) - set(order)
         if unknown:
             raise ValueError(f"{kind} has no managed fields {sorted(unknown)}")
-        items = tuple(sorted((k, _normalise(v)) for k, v in fields.items() if v is not None))
-        return cls(kind=kind, name=name, fields=items, owner=owner, state=state)
+        values = tuple(None if (v := fields.get(k)) is None else _normalise(v) for k in order)
+        return cls(kind=kind, name=name, values=values, owner=owner, state=state)
+
+    @property
+    def fields(self) -> tuple[tuple[str, Any], ...]:
+        """The managed fields that are set, as sorted (field, value) pairs."""
+        return tuple((k, v) for k, v in zip(KINDS[self.kind].order, self.values, strict=True) if v is not None)
 
     @property
     def data(self) -> dict[str, Any]:
-        """The managed fields as a new dict."""
-        return dict(self.fields)
+        """The managed fields that are set, as a new dict."""
+        return {k: v for k, v in zip(KINDS[self.kind].order, self.values, strict=True) if v is not None}
 
     def get(self, field: str) -> Any:
-        for key, value in self.fields:  # a handful of fields: a scan beats building a dict
-            if key == field:
-                return value
-        return None
+        order = KINDS[self.kind].order
+        return self.values[order.index(field)] if field in order else None
 
     def payload(self, operator_id: str) -> dict[str, Any]:
         """The NITRO add body for this object, including our ownership marker."""
