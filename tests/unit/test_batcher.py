@@ -34,3 +34,21 @@ async def test_an_event_during_a_due_keys_wait_is_debounced_with_it() -> None:
     await asyncio.sleep(0)
     batcher.mark(("shop", "api"))
     assert await task == {("shop", "api")}  # the one due in an hour is not due yet
+
+
+async def test_a_batch_takes_at_most_its_limit_and_the_rest_follow_at_once_oldest_first() -> None:
+    batcher = loop.Batcher(debounce=0.01, limit=2)
+    batcher.mark(("shop", "a"), ("shop", "b"), ("shop", "c"), ("shop", "d"))
+    assert await asyncio.wait_for(batcher.next_batch(), 30) == {("shop", "a"), ("shop", "b")}
+    batcher.debounce = HOUR  # were the backlog debounced, the next batch would take an hour
+    batcher.mark(("shop", "a"), ("shop", "d"))  # marked again: d keeps its place, a goes after the others
+    assert await asyncio.wait_for(batcher.next_batch(), 30) == {("shop", "c"), ("shop", "d")}
+    assert await asyncio.wait_for(batcher.next_batch(), 30) == {("shop", "a")}
+
+
+async def test_keys_due_go_before_dirty_ones_when_a_batch_is_full() -> None:
+    batcher = loop.Batcher(debounce=0, limit=1)
+    batcher.mark(("shop", "web"))
+    batcher.later(("shop", "db"), 0)  # a drain's end: it waited already
+    assert await asyncio.wait_for(batcher.next_batch(), 30) == {("shop", "db")}
+    assert await asyncio.wait_for(batcher.next_batch(), 30) == {("shop", "web")}

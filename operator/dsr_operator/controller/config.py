@@ -51,6 +51,9 @@ class OperatorSettings(pydantic_settings.BaseSettings):
     step_changes: int = pydantic.Field(default=1000, ge=1)
     """Most NetScaler changes one DsrService gets per batch; a bigger change goes in steps, so that other
     DsrServices' changes never wait for all of it."""
+    batch_limit: int = pydantic.Field(default=250, ge=1)
+    """Most DsrServices one batch reconciles; the rest go in the next batch at once. A batch's plan,
+    request bodies and replies are in memory together, so this bounds the operator's peak memory."""
     load_balancer_class: str = pydantic.Field(default="dsr.operators.dev/netscaler", max_length=63)
     """Services of type LoadBalancer with this `spec.loadBalancerClass` get an owned DsrService; empty (and
     `default_load_balancer` false): the operator serves no Services of type LoadBalancer."""

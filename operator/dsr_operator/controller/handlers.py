@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -170,10 +169,6 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
             return None
         return {prefix: (namespace, name)}
 
-    @kopf.index(*DSR, registry=registry, id="dsr_by_host")  # type: ignore[arg-type]
-    async def dsr_by_host(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
-        return dict.fromkeys(_static_hosts(body), (namespace, name)) or None
-
     @kopf.index(*DSR, registry=registry, id="dsr_by_vip")  # type: ignore[arg-type]
     async def dsr_by_vip(namespace: str, name: str, body: kopf.Body, **_: Any) -> Any:
         vip = (body.get("spec") or {}).get("vip")
@@ -234,7 +229,7 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
 
     @kopf.on.event(*DSR, registry=registry)  # type: ignore[arg-type]
     async def dsrservice_changed(namespace: str, name: str, body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo,
-                           type: str | None, dsr_by_vip: AnyIndex, dsr_by_host: AnyIndex, **_: Any) -> None:
+                           type: str | None, dsr_by_vip: AnyIndex, **_: Any) -> None:
         rt = runtime(memo)
         key = (namespace, name)
         if type == "DELETED":
@@ -253,32 +248,23 @@ def make_registry(settings: config.OperatorSettings) -> kopf.OperatorRegistry:
         vip = str((body.get("spec") or {}).get("vip") or "")
         old = rt.vips.get(key)
         rt.vips[key] = vip
-        hosts = frozenset(_static_hosts(body))
-        old_hosts = rt.hosts.get(key, frozenset())
-        rt.hosts[key] = hosts
+        # The same for a static backend address (one namespace at a time): wake all that list an old or new one.
+        uid = str(meta.get("uid") or f"{namespace}/{name}")
+        spec = specs.parse(uid, generation, body.get("spec"))[0] if type != "DELETED" else None  # the index's
+        static = (spec.backends.static if spec is not None else None) or ()
+        keys = rt.hosts.record(key, [b.address for b in static])
         if type == "DELETED":
-            specs.forget(str(meta.get("uid") or ""))
+            specs.forget(uid)
             rt.generations.pop(key, None)
             rt.vips.pop(key, None)
-            rt.hosts.pop(key, None)
         if type == "DELETED" or (old is not None and old != vip):
             rt.frontdoor.mark(*rt.frontdoor.refusals)  # a VIP was freed: a Service waiting for one may get it
         # A VIP freed or claimed may settle another DsrService's conflict: wake those of the old and new VIP.
-        keys = {key}
         for address in {vip, old or vip}:
             keys.update(dsr_by_vip.get(address, ()))
-        for host in hosts | old_hosts:  # the same for a static backend address (one namespace at a time)
-            keys.update(dsr_by_host.get(host, ()))
         rt.batcher.mark(*keys)
 
     return registry
-
-
-def _static_hosts(body: Mapping[str, Any]) -> set[str]:
-    """The static backend addresses of a DsrService's manifest, canonical (unparseable ones left out)."""
-    static = (((body.get("spec") or {}).get("backends") or {}).get("static")) or ()
-    found = (models.canonical_ip(h.get("address")) for h in static if isinstance(h, Mapping))
-    return {a for a in found if a is not None}
 
 
 #: Kinds of object the operator watches (kopf holds one stream per kind, per namespace when namespaced).

@@ -3,12 +3,15 @@
 Events mark keys dirty; outcomes schedule a key again (a drain's end, a hold, a backoff after a
 failure). `next_batch()` waits until something is due, lets a burst of events settle for the debounce
 (only events: a key that comes back at its time, say at a drain's end, goes at once), then hands
-out every dirty or due key at once: one batch, one plan.
+out the due and dirty keys at once, at most `limit` of them: one batch, one plan. The rest go in the
+next batch, without a debounce: the keys due first, then the dirty ones in the order they became
+dirty, so that a key marked again and again never pushes out one that waits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable, Iterable
 
@@ -21,10 +24,14 @@ MAX_BACKOFF_SECONDS = 60.0
 
 
 class Batcher:
-    def __init__(self, debounce: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, debounce: float, clock: Callable[[], float] = time.monotonic, *,
+                 limit: int | None = None) -> None:
         self.debounce = debounce
         self.clock = clock
-        self._dirty: set[Key] = set()
+        self.limit = limit
+        """Most keys per batch (None: all): a batch's plan, bodies and replies are in memory at once."""
+        self._dirty: dict[Key, None] = {}  # insertion-ordered: the oldest first
+        self._backlog = False
         self._due: dict[Key, float] = {}
         self._failures: dict[Key, int] = {}
         self._event = asyncio.Event()
@@ -33,7 +40,7 @@ class Batcher:
 
     def mark(self, *keys: Key) -> None:
         if keys:
-            self._dirty.update(keys)
+            self._dirty.update(dict.fromkeys(keys))
             self._event.set()
 
     def mark_all(self, keys: Iterable[Key]) -> None:
@@ -58,7 +65,7 @@ class Batcher:
         self._failures.pop(key, None)
 
     def forget(self, key: Key) -> None:
-        self._dirty.discard(key)
+        self._dirty.pop(key, None)
         self._due.pop(key, None)
         self._failures.pop(key, None)
 
@@ -67,20 +74,25 @@ class Batcher:
         now = self.clock()
         return not self.busy and not self._dirty and not any(when <= now + horizon for when in self._due.values())
 
-    def _ready(self) -> bool:
+    def ready(self) -> bool:
+        """Something is dirty or due now (the next batch would not wait)."""
         now = self.clock()
         return bool(self._dirty) or any(when <= now for when in self._due.values())
 
     async def next_batch(self) -> set[Key]:
-        while not self._ready():
+        while not self.ready():
             self._event.clear()
             timeout = max(0.0, min(self._due.values()) - self.clock()) if self._due else None
             await aio.wait(self._event, timeout)
-        if self.debounce and self._dirty:
+        if self.debounce and self._dirty and not self._backlog:
             await asyncio.sleep(self.debounce)
         now = self.clock()
-        batch = set(self._dirty) | {key for key, when in self._due.items() if when <= now}
-        self._dirty.clear()
+        due = sorted((when, key) for key, when in self._due.items() if when <= now)
+        order = dict.fromkeys(key for _, key in due)
+        order.update(self._dirty)
+        batch = set(itertools.islice(order, self.limit))
+        self._backlog = len(order) > len(batch)
         for key in batch:
+            self._dirty.pop(key, None)
             self._due.pop(key, None)
         return batch
