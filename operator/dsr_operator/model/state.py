@@ -106,9 +106,17 @@ def in_seconds(value: Any, unit: Any) -> Any:
 
 
 def _normalise(value: Any) -> Any:
-    """NITRO returns many numbers as strings; compare them as numbers."""
+    """NITRO returns many numbers as strings; compare them as numbers. Its enumerated values (`ANY`,
+    `YES`, `UP`) are shared strings, not one copy per object read."""
     if isinstance(value, str) and value.isdigit():
         return int(value)
+    return _shared(value)
+
+
+def _shared(value: Any) -> Any:
+    """An enumerated NITRO value (upper case, short) as the one string of its text."""
+    if isinstance(value, str) and len(value) <= 20 and value.isupper():
+        return sys.intern(value)
     return value
 
 
@@ -308,6 +316,12 @@ def parse_actual(
     """
     objects: list[NsObject] = []
     foreign: list[tuple[str, str]] = []
+    names: dict[str, str] = {}  # one string per object name, shared by what refers to it (servers first)
+
+    def same(value: Any) -> str:
+        text = str(value)
+        return names.get(text, text)
+
     for kind_name, kind in KINDS.items():
         for rec in records.get(kind_name, ()):
             name = str(rec.get(kind.key, ""))
@@ -327,8 +341,11 @@ def parse_actual(
                     fields[field] = in_seconds(fields[field], rec.get(unit))
             if kind is SERVICE and "servername" not in fields and rec.get("servername"):
                 fields["servername"] = rec["servername"]
+            if "servername" in fields:
+                fields["servername"] = same(fields["servername"])
             state = rec.get("svrstate") if kind is SERVICE else rec.get("curstate")
-            objects.append(NsObject.make(kind_name, name, owner, state=state, **fields))
+            names[name] = name
+            objects.append(NsObject.make(kind_name, name, owner, state=_shared(state), **fields))
     ours = {(o.kind, o.name): o for o in objects}
     bindings: list[Binding] = []
     for rec in records.get(VSERVER_BINDING, ()):
@@ -338,13 +355,13 @@ def parse_actual(
                 Binding(
                     VSERVER_BINDING,
                     parent.name,
-                    str(rec.get("servicename")),
+                    same(rec.get("servicename")),
                     parent.owner,
-                    rec.get("curstate"),
+                    _shared(rec.get("curstate")),
                 )
             )
     for rec in records.get(MONITOR_BINDING, ()):
         monitor = ours.get((LBMONITOR.rtype, str(rec.get("monitor_name"))))
         if monitor is not None and (SERVICE.rtype, str(rec.get("name"))) in ours:
-            bindings.append(Binding(MONITOR_BINDING, str(rec.get("name")), monitor.name, monitor.owner))
+            bindings.append(Binding(MONITOR_BINDING, same(rec.get("name")), monitor.name, monitor.owner))
     return NetScalerState.build(objects, bindings, mbf=mbf, foreign=foreign)
