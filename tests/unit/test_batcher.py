@@ -52,3 +52,14 @@ async def test_keys_due_go_before_dirty_ones_when_a_batch_is_full() -> None:
     batcher.later(("shop", "db"), 0)  # a drain's end: it waited already
     assert await asyncio.wait_for(batcher.next_batch(), 30) == {("shop", "db")}
     assert await asyncio.wait_for(batcher.next_batch(), 30) == {("shop", "web")}
+
+
+async def test_a_long_backlog_goes_in_at_most_four_batches_whatever_the_limit() -> None:
+    batcher = loop.Batcher(debounce=0, limit=1)
+    batcher.mark(*((("shop", f"s{i}")) for i in range(10)))
+    sizes = [len(await asyncio.wait_for(batcher.next_batch(), 30)) for _ in range(4)]
+    assert sizes == [3, 3, 3, 1]  # a quarter of the backlog (rounded up), never fewer than the limit
+    assert not batcher.ready()
+    batcher.mark(("shop", "s0"))  # a new backlog of one: the limit again
+    batcher.mark(("shop", "s1"))
+    assert len(await asyncio.wait_for(batcher.next_batch(), 30)) == 1

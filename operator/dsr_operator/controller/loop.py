@@ -3,9 +3,10 @@
 Events mark keys dirty; outcomes schedule a key again (a drain's end, a hold, a backoff after a
 failure). `next_batch()` waits until something is due, lets a burst of events settle for the debounce
 (only events: a key that comes back at its time, say at a drain's end, goes at once), then hands
-out the due and dirty keys at once, at most `limit` of them: one batch, one plan. The rest go in the
-next batch, without a debounce: the keys due first, then the dirty ones in the order they became
-dirty, so that a key marked again and again never pushes out one that waits.
+out the due and dirty keys at once, at most `limit` of them (or a quarter of a longer backlog): one
+batch, one plan. The rest go in the next batch, without a debounce: the keys due first, then the dirty
+ones in the order they became dirty, so that a key marked again and again never pushes out one that
+waits.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from dsr_operator import aio
 
 Key = tuple[str, str]
 
+#: A backlog goes in at most this many batches, whatever the limit: each batch reads every DsrService
+#: once (who claims which VIP and address), so more, smaller batches would cost the square of the backlog.
+MAX_PASSES = 4
+
 #: Longest back-off after repeated failures of one DsrService (seconds).
 MAX_BACKOFF_SECONDS = 60.0
 
@@ -29,9 +34,11 @@ class Batcher:
         self.debounce = debounce
         self.clock = clock
         self.limit = limit
-        """Most keys per batch (None: all): a batch's plan, bodies and replies are in memory at once."""
+        """Most keys per batch (None: all) unless a quarter of the waiting keys is more: a batch's plan,
+        bodies and replies are in memory at once."""
         self._dirty: dict[Key, None] = {}  # insertion-ordered: the oldest first
         self._backlog = False
+        self._size: int | None = None
         self._due: dict[Key, float] = {}
         self._failures: dict[Key, int] = {}
         self._event = asyncio.Event()
@@ -90,7 +97,9 @@ class Batcher:
         due = sorted((when, key) for key, when in self._due.items() if when <= now)
         order = dict.fromkeys(key for _, key in due)
         order.update(self._dirty)
-        batch = set(itertools.islice(order, self.limit))
+        if not self._backlog:  # a new backlog: its batches' size, kept until it is done
+            self._size = None if self.limit is None else max(self.limit, -(-len(order) // MAX_PASSES))
+        batch = set(itertools.islice(order, self._size))
         self._backlog = len(order) > len(batch)
         for key in batch:
             self._dirty.pop(key, None)
