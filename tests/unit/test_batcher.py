@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from dsr_operator.controller import loop
 
@@ -63,3 +64,20 @@ async def test_a_long_backlog_goes_in_at_most_four_batches_whatever_the_limit() 
     batcher.mark(("shop", "s0"))  # a new backlog of one: the limit again
     batcher.mark(("shop", "s1"))
     assert len(await asyncio.wait_for(batcher.next_batch(), 30)) == 1
+
+
+async def test_a_backlog_whose_keys_were_forgotten_leaves_the_next_burst_its_debounce() -> None:
+    batcher = loop.Batcher(debounce=0, limit=1)
+    batcher.mark(("shop", "a"), ("shop", "b"))
+    assert await asyncio.wait_for(batcher.next_batch(), 30) == {("shop", "a")}
+    batcher.forget(("shop", "b"))  # deleted meanwhile: the backlog is gone
+    batcher.debounce = HOUR
+    task = asyncio.create_task(batcher.next_batch())
+    await asyncio.sleep(0)
+    batcher.mark(("shop", "c"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not task.done()  # settling, as any new burst does
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -12,15 +12,14 @@ def test_a_change_wakes_those_that_list_its_old_or_new_addresses() -> None:
     assert book.record(B, ["10.9.0.5", "10.9.0.6"]) == {B}
     assert book.record(C, ["10.9.0.7"]) == {C}
     assert book.record(A, ["10.9.0.5"]) == {A, B}  # claims team-b's address: team-b is woken too
-    assert book.users("10.9.0.5") == (B, A)
     assert book.record(A, ["10.9.0.7"]) == {A, B, C}  # lets 10.9.0.5 go (B may hold it alone) and takes C's
-    assert book.users("10.9.0.5") == (B,)
+    assert book.record(B, ["10.9.0.5"]) == {B}  # nobody else lists 10.9.0.5 or 10.9.0.6 any more
     assert book.record(A, []) == {A, C}  # deleted
-    assert book.of(A) == () and book.users("10.9.0.7") == (C,)
+    assert book.record(C, ["10.9.0.7"]) == {C}
 
 
 def test_an_address_nobody_lists_is_forgotten() -> None:
     book = reconcile.HostBook()
     book.record(A, ["10.9.0.5"])
     book.record(A, [])
-    assert book.users("10.9.0.5") == () and book._users == {} and book._of == {}
+    assert book._users == {} and book._of == {}  # no memory left behind by a deleted DsrService

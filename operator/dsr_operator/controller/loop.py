@@ -88,6 +88,7 @@ class Batcher:
 
     async def next_batch(self) -> set[Key]:
         while not self.ready():
+            self._backlog = False  # whatever was left was forgotten: what comes next is a new backlog
             self._event.clear()
             timeout = max(0.0, min(self._due.values()) - self.clock()) if self._due else None
             await aio.wait(self._event, timeout)

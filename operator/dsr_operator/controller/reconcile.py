@@ -62,12 +62,6 @@ class HostBook:
         self._of: dict[Key, tuple[str, ...]] = {}
         self._users: dict[str, tuple[Key, ...]] = {}
 
-    def of(self, key: Key) -> tuple[str, ...]:
-        return self._of.get(key, ())
-
-    def users(self, host: str) -> tuple[Key, ...]:
-        return self._users.get(host, ())
-
     def record(self, key: Key, hosts: Iterable[str]) -> set[Key]:
         """Record the addresses `key` lists now; returns every DsrService that lists one of its old or new
         addresses, `key` included (a change may settle who holds them)."""
