@@ -49,6 +49,8 @@ class Resource:
     actions: frozenset[str] = frozenset()
     binding: bool = False
     renamable: bool = False
+    parent: str = ""
+    """For a binding: the type of the object its first key names (a GET by name needs that object)."""
 
     def key_of(self, obj: Mapping[str, Any]) -> tuple[str, ...]:
         return tuple(str(obj[k]) for k in self.keys)
@@ -249,6 +251,7 @@ LBVSERVER_SERVICE_BINDING = Resource(
     name="lbvserver_service_binding",
     keys=("name", "servicename"),
     binding=True,
+    parent="lbvserver",
     mutex=(("servicename", "servicegroupname"),),
     fields={
         "name": Field("name", required=True),
@@ -262,6 +265,7 @@ SERVICE_LBMONITOR_BINDING = Resource(
     name="service_lbmonitor_binding",
     keys=("name", "monitor_name"),
     binding=True,
+    parent="service",
     fields={
         "name": Field("name", required=True),
         "monitor_name": Field("name", required=True),
@@ -271,9 +275,87 @@ SERVICE_LBMONITOR_BINDING = Resource(
     },
 )
 
+#: A service group: the service's settings without an address; its members are (server, port) bindings.
+SERVICEGROUP = Resource(
+    name="servicegroup",
+    keys=("servicegroupname",),
+    actions=STATE_ACTIONS,
+    fields={
+        "servicegroupname": Field("name", required=True),
+        "servicetype": _e(*SERVICE_TYPES, required=True),
+        "usip": _e(*YES_NO, update=True),
+        "useproxyport": _e(*YES_NO, update=True),
+        "healthmonitor": _e(*YES_NO, default="YES", update=True),
+        "maxclient": _d(0, 4294967294, default=0, update=True),
+        "maxreq": _d(0, 65535, update=True),
+        "cip": _e(*ENABLED_DISABLED, update=True),
+        "cipheader": _s(update=True),
+        "cka": _e(*YES_NO, update=True),
+        "tcpb": _e(*YES_NO, update=True),
+        "cmp": _e(*YES_NO, update=True),
+        "sp": _e(*ON_OFF, update=True),
+        "sc": _e(*ON_OFF, update=True),
+        "clttimeout": _i(0, 31536000, update=True),
+        "svrtimeout": _i(0, 31536000, update=True),
+        "downstateflush": _e(*ENABLED_DISABLED, update=True),
+        "monthreshold": _d(0, 65535, update=True),
+        "comment": _s(update=True),
+        "state": _e(*ENABLED_DISABLED, default="ENABLED"),
+        "td": _d(0, 4094),
+    },
+)
+
+#: A member of a service group: a server (by name, or by `ip`, which names a new server after itself)
+#: and a port. Stored with the server's name and IP; `ip` selects the member on unbind too.
+SERVICEGROUP_SERVICEGROUPMEMBER_BINDING = Resource(
+    name="servicegroup_servicegroupmember_binding",
+    keys=("servicegroupname", "servername", "port"),
+    binding=True,
+    parent="servicegroup",
+    mutex=(("ip", "servername"),),
+    fields={
+        "servicegroupname": Field("name", required=True),
+        "ip": Field("ip"),
+        "servername": Field("name"),
+        "port": _i(1, 65535, required=True),
+        "weight": _d(1, 100, default=1),
+        "state": _e(*ENABLED_DISABLED, default="ENABLED"),
+    },
+)
+
+SERVICEGROUP_LBMONITOR_BINDING = Resource(
+    name="servicegroup_lbmonitor_binding",
+    keys=("servicegroupname", "monitor_name"),
+    binding=True,
+    parent="servicegroup",
+    fields={
+        "servicegroupname": Field("name", required=True),
+        "monitor_name": Field("name", required=True),
+        "weight": _d(1, 100, default=1),
+        "monstate": _e(*ENABLED_DISABLED, default="ENABLED"),
+        "passive": Field("bool"),
+    },
+)
+
+LBVSERVER_SERVICEGROUP_BINDING = Resource(
+    name="lbvserver_servicegroup_binding",
+    keys=("name", "servicegroupname"),
+    binding=True,
+    parent="lbvserver",
+    fields={
+        "name": Field("name", required=True),
+        "servicegroupname": Field("name", required=True),
+    },
+)
+
 RESOURCES: Mapping[str, Resource] = {
-    r.name: r for r in (SERVER, SERVICE, LBVSERVER, LBMONITOR, LBVSERVER_SERVICE_BINDING, SERVICE_LBMONITOR_BINDING)
-}
+    r.name: r
+    for r in (
+        SERVER, SERVICE, LBVSERVER, LBMONITOR, LBVSERVER_SERVICE_BINDING, SERVICE_LBMONITOR_BINDING,
+        SERVICEGROUP, SERVICEGROUP_SERVICEGROUPMEMBER_BINDING, SERVICEGROUP_LBMONITOR_BINDING,
+        LBVSERVER_SERVICEGROUP_BINDING,
+    )
+}  # fmt: skip
 #: Singletons and read-mostly types handled by the store outside the table.
 SPECIAL_TYPES = frozenset({"nsmode", "nsconfig", "hanode"})
 
@@ -296,4 +378,11 @@ NOT_UNSETTABLE: Mapping[str, frozenset[str]] = {
 DISABLE_FIELDS: Mapping[str, Field] = {
     "delay": _d(0, 4294967294),
     "graceful": _e(*YES_NO),
+}
+
+#: Extra arguments of `servicegroup?action=enable|disable`: `servername` and `port` pick one member
+#: (both or neither); disable also takes `delay` and `graceful`, for a member or the whole group.
+MEMBER_FIELDS: Mapping[str, Field] = {
+    "servername": Field("name"),
+    "port": _i(1, 65535),
 }

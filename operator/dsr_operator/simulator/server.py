@@ -21,7 +21,8 @@ NITRO behaviour worth knowing:
   1243 and a per-item `response` list.
 * status lines as the appliance sends them: `599 Netscaler specific error`, `207 Multi Status`.
 * `//` in a path counts as `/` (`/nitro/v1//config/lbvserver`), as on the appliance's web server.
-* statistics: `GET /nitro/v1/stat/lbvserver[/name]`, `/stat/service[/name]`, `/stat/hanode` with the
+* statistics: `GET /nitro/v1/stat/lbvserver[/name]`, `/stat/service[/name]`, `/stat/servicegroup[/name]`,
+  `/stat/servicegroupmember?args=servicegroupname:G,servername:S,port:P`, `/stat/hanode` with the
   reference's field names (see `stats.py`); packets and flows are counted for real with a dataplane.
 * `POST /config/<type>?idempotent=yes` adds, or updates an existing object (200).
 * A client that disconnects before its request is read (it timed out, say, under injected latency)
@@ -55,7 +56,8 @@ Simulator control endpoints, outside `/nitro/`, without auth, JSON in and out (4
   `/_sim/peer/role` are how the two processes talk.
 * `GET /_sim/clients` → `{"clients": {service: n}}`; `POST /_sim/clients` `{"<service>": n, ...}` sets
   a service's current client connections (what `/stat/service` shows as `curclntconnections`; a
-  graceful disable lasts while they are above 0). With a dataplane they are its live flows.
+  graceful disable lasts while they are above 0); a service-group member is named
+  `<servicegroup>/<servername>:<port>`. With a dataplane they are its live flows.
 * `GET /_sim/dataplane` (only with a dataplane, else 404): the forwarding choices per vserver, the
   learnt backend MACs, the probe verdicts, the nft and interface packet counters, and `history`: the
   last 1,000 applied rulesets as `{"applying", "time", "vservers": {name: {"newFlows", "serving"}}}`:
@@ -517,7 +519,8 @@ async def _stat(request: web.Request) -> web.StreamResponse:
             traffic = await plane.traffic()
         except (dataplane_.CommandError, ValueError) as exc:
             logger.warning("Cannot read the dataplane's counters: %s", exc)
-    found = stats.records(request.app[STORE], resource, name, traffic, ha_since=_ha_since(request.app))
+    args = _pairs(request.query.get("args"), "args")
+    found = stats.records(request.app[STORE], resource, name, traffic, ha_since=_ha_since(request.app), args=args)
     if isinstance(found, dict):
         return _reply(200, {resource: found})
     return _reply(200, {resource: found} if found else None)

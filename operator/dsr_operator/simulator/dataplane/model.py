@@ -1,8 +1,11 @@
 """The forwarding model: what the dataplane should do for a configuration (pure).
 
 `desired_state` turns the store's `ConfigView` and the learnt backend MACs into the vservers that
-forward and the services each may send to; `probe_specs` into the monitor probes to run. Both read
-the store only through `nitro.queries`.
+forward and the backends each may send to: its bound services and the members of its bound service
+groups, each member named `<servicegroup>/<servername>:<port>` (`GroupMemberInfo.name`) where a
+service is named by its own name (`Member.service`, `newFlows`, probe keys, flow and client counts);
+`probe_specs` into the monitor probes to run: each service's monitors against it, each group's
+monitors against each of its members. Both read the store only through `nitro.queries`.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ SERVING_STATES = ("UP", "GOING OUT OF SERVICE")
 
 @dataclasses.dataclass(frozen=True)
 class Member:
-    """A bound service as the dataplane sees it."""
+    """A bound backend as the dataplane sees it: a service, or a service-group member."""
 
-    service: str
+    service: str  # the service's name, or the member's `<servicegroup>/<servername>:<port>`
     ip: str
     mac: str
     weight: int
@@ -54,6 +57,8 @@ def desired_state(view: queries.ConfigView, macs: Mapping[str, str]) -> Desired:
     mbf = view.mbf()
     bindings = view.service_bindings()
     services = {svc.name: svc for svc in view.services()}
+    group_bindings = view.group_bindings()
+    members = view.group_members()
     for vs in view.vservers():
         name = vs.name
         try:
@@ -77,7 +82,7 @@ def desired_state(view: queries.ConfigView, macs: Mapping[str, str]) -> Desired:
         if why:
             skipped.append((name, why))
             continue
-        members: list[Member] = []
+        backends: list[Member] = []
         for binding in bindings:
             if binding.vserver != name:
                 continue
@@ -87,16 +92,23 @@ def desired_state(view: queries.ConfigView, macs: Mapping[str, str]) -> Desired:
             mac = macs.get(svc.ip)
             if mac is None:
                 continue
-            members.append(Member(svc.name, svc.ip, mac, binding.weight, svc.svrstate))
-        active = tuple(m for m in members if m.state == "UP")
-        serving = tuple(m for m in members if m.state in SERVING_STATES)
+            backends.append(Member(svc.name, svc.ip, mac, binding.weight, svc.svrstate))
+        for group_binding in group_bindings:
+            if group_binding.vserver != name:
+                continue
+            for member in members:
+                mac = macs.get(member.ip) if member.group == group_binding.group else None
+                if mac is not None:
+                    backends.append(Member(member.name, member.ip, mac, member.weight, member.svrstate))
+        active = tuple(m for m in backends if m.state == "UP")
+        serving = tuple(m for m in backends if m.state in SERVING_STATES)
         vservers.append(Vserver(name, vip, vs.port, active, serving, parsed.version))
     return Desired(tuple(vservers), frozenset(vips), tuple(skipped))
 
 
 @dataclasses.dataclass(frozen=True)
 class ProbeSpec:
-    service: str
+    service: str  # the backend probed: a service, or a member by its `<servicegroup>/<servername>:<port>`
     monitor: str
     type: str
     service_ip: str
@@ -110,7 +122,8 @@ class ProbeSpec:
 
 
 def probe_specs(view: queries.ConfigView) -> dict[tuple[str, str], ProbeSpec]:
-    """The probes the configuration asks for: one per enabled service-monitor binding."""
+    """The probes the configuration asks for: one per enabled service-monitor binding, and one per
+    member of a group for each enabled monitor bound to the group."""
     specs: dict[tuple[str, str], ProbeSpec] = {}
     services = {svc.name: svc for svc in view.services()}
     monitors = view.monitors()
@@ -134,4 +147,27 @@ def probe_specs(view: queries.ConfigView) -> dict[tuple[str, str], ProbeSpec]:
             retries=monitor.retries,
             successretries=monitor.successretries,
         )
+    members = view.group_members()
+    for group_binding in view.group_monitor_bindings():
+        if not group_binding.enabled:
+            continue
+        monitor = next((m for m in monitors if m.name == group_binding.monitor and m.enabled), None)
+        if monitor is None:
+            continue
+        for member in members:
+            if member.group != group_binding.group:
+                continue
+            specs[(member.name, group_binding.monitor)] = ProbeSpec(
+                service=member.name,
+                monitor=group_binding.monitor,
+                type=monitor.type,
+                service_ip=member.ip,
+                dst_ip=monitor.destip or member.ip,
+                dst_port=monitor.destport or member.port,
+                transparent=monitor.transparent,
+                interval=monitor.interval,
+                timeout=monitor.resptimeout,
+                retries=monitor.retries,
+                successretries=monitor.successretries,
+            )
     return specs

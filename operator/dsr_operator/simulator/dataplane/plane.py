@@ -1,5 +1,8 @@
 """The dataplane's process: it follows the store (through `nitro.queries`), applies the ruleset, runs
 the probes and publishes what it sees (probe verdicts, live flows, packet counters).
+
+Backends are named as `model.py` names them: a service by its name, a service-group member as
+`<servicegroup>/<servername>:<port>`, in `newFlows`, `serving`, probes, flows and counters alike.
 """
 
 from __future__ import annotations
@@ -145,7 +148,7 @@ class Dataplane:
             specs = self._sync_probes()
             self._neighbours.wanted = {s.service_ip for s in specs.values()} | {
                 svc.ip for svc in self.store.services()
-            }
+            } | {member.ip for member in self.store.group_members()}
             desired = desired_state(self.store, self.macs)
             if desired == self.applied:
                 continue
@@ -272,7 +275,9 @@ class Dataplane:
                 self.store.set_clients(flows(await self._table(), self.names), replace=True, live=True)
             except (CommandError, ValueError) as exc:
                 logger.debug("Cannot count the dataplane's flows: %s", exc)
-            draining = any(not svc.enabled for svc in self.store.services())
+            draining = any(not svc.enabled for svc in self.store.services()) or any(
+                not member.enabled for member in self.store.group_members()
+            )
             await asyncio.sleep(FLOWS_POLL_DRAINING_SECONDS if draining else FLOWS_POLL_SECONDS)
 
     # -- reporting

@@ -21,6 +21,7 @@ from dsr_operator.simulator.nitro.errors import (
 )
 from dsr_operator.simulator.nitro.persistence import STATE_VERSION
 from dsr_operator.simulator.nitro.reads import filter_records, select_attrs
+from dsr_operator.simulator.nitro.runtime import member_name
 from dsr_operator.simulator.nitro.state import Addresses, BulkOutcome, Change, Listener, Record
 from dsr_operator.simulator.nitro.store import ONERROR_MODES, ROLLBACK_ACTIONS, Store
 from dsr_operator.simulator.nitro.validation import (
@@ -48,6 +49,7 @@ __all__ = [
     "coerce",
     "filter_records",
     "invalid_argument",
+    "member_name",
     "not_found",
     "select_attrs",
     "validate_add",

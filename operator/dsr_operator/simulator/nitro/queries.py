@@ -1,9 +1,10 @@
 """The store as the dataplane sees it: a small read-only query API, and the observations it reports back.
 
-`ConfigView` answers what forwarding and probing need (vservers, services with their state, bindings,
-monitors, whether MBF is on) with frozen dataclasses, so a reader never holds the store's own
-records and cannot change them. `RuntimeFeed` is the other direction: what a dataplane observes on
-the network (probe verdicts, live client flows) — runtime inputs, never configuration.
+`ConfigView` answers what forwarding and probing need (vservers, services and service-group members
+with their state, bindings, monitors, whether MBF is on) with frozen dataclasses, so a reader never
+holds the store's own records and cannot change them. `RuntimeFeed` is the other direction: what a
+dataplane observes on the network (probe verdicts, live client flows) — runtime inputs, never
+configuration.
 
 `Traffic` is what it counted, for the NITRO stat endpoints. `Store` implements both protocols.
 This module imports nothing else of the store, so depending on it does not tie a reader to how
@@ -50,13 +51,44 @@ class BindingInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class GroupMemberInfo:
+    """A service-group member: a backend like a service, named `<servicegroup>/<servername>:<port>`."""
+
+    name: str
+    group: str
+    server: str
+    ip: str
+    port: int
+    weight: int
+    enabled: bool  # the member's and its group's configured state; a disabled member may still be draining
+    svrstate: str  # UP, DOWN, GOING OUT OF SERVICE, OUT OF SERVICE, ... in this group
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupBindingInfo:
+    """A service group bound to a vserver (its members' weights are their own)."""
+
+    vserver: str
+    group: str
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupMonitorBindingInfo:
+    """A monitor bound to a service group: it probes each member of the group."""
+
+    group: str
+    monitor: str
+    enabled: bool  # the binding's `monstate`
+
+
+@dataclasses.dataclass(frozen=True)
 class MonitorInfo:
     """An lbmonitor, its times in seconds."""
 
     name: str
     type: str
     enabled: bool
-    destip: str  # "" when it probes the service's own IP
+    destip: str  # "" when it probes the service's (member's) own IP
     destport: int  # 0 when it probes the service's own port
     transparent: bool
     interval: float
@@ -76,7 +108,8 @@ class MonitorBindingInfo:
 
 @dataclasses.dataclass(frozen=True)
 class Traffic:
-    """What the dataplane counted: packets in per vserver, packets forwarded and new flows per service."""
+    """What the dataplane counted: packets in per vserver, packets forwarded and new flows per backend
+    (a service, or a group member by its `<servicegroup>/<servername>:<port>` name)."""
 
     vserver_packets: Mapping[str, int] = dataclasses.field(default_factory=dict)
     forwarded_packets: Mapping[str, int] = dataclasses.field(default_factory=dict)
@@ -100,6 +133,12 @@ class ConfigView(Protocol):
 
     def monitor_bindings(self) -> tuple[MonitorBindingInfo, ...]: ...
 
+    def group_members(self) -> tuple[GroupMemberInfo, ...]: ...
+
+    def group_bindings(self) -> tuple[GroupBindingInfo, ...]: ...
+
+    def group_monitor_bindings(self) -> tuple[GroupMonitorBindingInfo, ...]: ...
+
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call `callback` after every change (configuration or runtime); returns how to stop."""
         ...
@@ -109,11 +148,11 @@ class RuntimeFeed(Protocol):
     """What a dataplane reports: observations, which change runtime state and never configuration."""
 
     def set_probe_results(self, results: Mapping[tuple[str, str], bool]) -> None:
-        """Real monitor verdicts per (service, monitor)."""
+        """Real monitor verdicts per (backend, monitor): a service's name, or a member's (`GroupMemberInfo.name`)."""
         ...
 
     def set_clients(self, counts: Mapping[str, int], *, replace: bool = False, live: bool = False) -> None:
-        """Current client connections per service."""
+        """Current client connections per backend (service, or member by its name)."""
         ...
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from dsr_operator.simulator import schema
 from dsr_operator.simulator.nitro import queries
 from dsr_operator.simulator.nitro.errors import NitroError, argument_missing, invalid_argument, not_found
-from dsr_operator.simulator.nitro.runtime import RuntimeState
+from dsr_operator.simulator.nitro.runtime import RuntimeState, member_name
 from dsr_operator.simulator.nitro.state import Change, Record
 
 _TIME_UNIT_S = {"SEC": 1.0, "MSEC": 0.001, "MIN": 60.0}
@@ -43,6 +43,14 @@ class Reads(RuntimeState):
             }
         elif resource == "service_lbmonitor_binding":
             out["monitor_state"] = self._monitor_state(obj)
+        elif resource == "servicegroup":
+            out["servicegroupeffectivestate"] = self.group_state(obj)
+            out["numofconnections"] = self.client_count(obj)
+        elif resource == "servicegroup_servicegroupmember_binding":
+            out["svrstate"] = self.member_state(obj)
+        elif resource == "lbvserver_servicegroup_binding":
+            group = self.objects["servicegroup"][(obj["servicegroupname"],)]
+            out["servicetype"] = group["servicetype"]
         return out
 
     def records(
@@ -76,8 +84,7 @@ class Reads(RuntimeState):
             if parent is None and not bulkbindings:
                 raise argument_missing(res.keys[0])
             if parent is not None:
-                parent_type = "lbvserver" if resource == "lbvserver_service_binding" else "service"
-                if (parent,) not in self.objects[parent_type]:
+                if (parent,) not in self.objects[res.parent]:
                     raise not_found(res.keys[0], parent)
         selected = [obj for obj in self.objects[resource].values() if _matches(obj, args)]
         if not res.binding and res.keys[0] in args and not selected:
@@ -159,6 +166,36 @@ class Reads(RuntimeState):
             for (vserver, service), binding in sorted(self.objects["lbvserver_service_binding"].items())
         )
 
+    def group_members(self) -> tuple[queries.GroupMemberInfo, ...]:
+        return tuple(
+            queries.GroupMemberInfo(
+                name=member_name(m),
+                group=group,
+                server=server,
+                ip=m["ip"],
+                port=int(m["port"]),
+                weight=int(m.get("weight", 1) or 1),
+                enabled=m.get("state") != "DISABLED"
+                and self.objects["servicegroup"].get((group,), {}).get("state") != "DISABLED",
+                svrstate=self.member_state(m),
+            )
+            for (group, server, _), m in sorted(
+                self.objects["servicegroup_servicegroupmember_binding"].items(), key=lambda kv: _member_order(kv[0])
+            )
+        )
+
+    def group_bindings(self) -> tuple[queries.GroupBindingInfo, ...]:
+        return tuple(
+            queries.GroupBindingInfo(vserver, group)
+            for (vserver, group) in sorted(self.objects["lbvserver_servicegroup_binding"])
+        )
+
+    def group_monitor_bindings(self) -> tuple[queries.GroupMonitorBindingInfo, ...]:
+        return tuple(
+            queries.GroupMonitorBindingInfo(group, monitor, binding.get("monstate") != "DISABLED")
+            for (group, monitor), binding in sorted(self.objects["servicegroup_lbmonitor_binding"].items())
+        )
+
     def monitors(self) -> tuple[queries.MonitorInfo, ...]:
         return tuple(
             queries.MonitorInfo(
@@ -193,6 +230,10 @@ class Reads(RuntimeState):
                 self.listeners.remove(listener)
 
         return unsubscribe
+
+
+def _member_order(key: tuple[str, ...]) -> tuple[str, str, int]:
+    return key[0], key[1], int(key[2])
 
 
 def _matches(obj: Record, args: Mapping[str, str]) -> bool:

@@ -16,6 +16,14 @@ Choices where the NITRO reference is silent:
 * `?action=unset` takes the key and each field to reset as `true`: the field returns to its default,
   or is removed when it has none; a field that cannot be updated (or is an object's address) → 599 / 278.
 * monitor binding errors (2133 already bound, 2170 not bound, 2171 no such monitor) use HTTP 599.
+* service groups: a member is a (server, port) binding; the same server and port may be a member
+  of any number of groups, and also the address of a standalone service. A member given by `ip`
+  uses the server that holds the IP, or creates one named after it, as a service does. Deleting a
+  server that is a member → 1070, as for a service; deleting a group drops its members, its monitor
+  bindings and its vserver bindings. Unbinding a member that is not one → 404 / 258; a group that
+  is not bound to the vserver → 599 / 1303, as for a service.
+* `servicegroup?action=enable|disable` with `servername` and `port` acts on that member only
+  (its `state`, and for disable `delay` and `graceful` as for a service); without them, on the group.
 
 Behaviours of real boxes reproduced on purpose:
 * an lbmonitor `interval` (`resptimeout`) of whole minutes given in seconds is stored in minutes:
@@ -101,6 +109,8 @@ class ConfigRules(StoreState):
         elif res.name == "lbmonitor":
             check_monitor(obj)
             normalise_monitor_units(obj)
+        elif res.name == "servicegroup":
+            obj.setdefault("usip", "YES" if "usip" in self.modes else "NO")
         self.objects[res.name][key] = obj
         return dict(zip(res.keys, key, strict=True))
 
@@ -185,6 +195,9 @@ class ConfigRules(StoreState):
             for svc in self.objects["service"].values():
                 if svc["servername"] == obj["name"]:
                     svc["ipaddress"] = changes["ipaddress"]
+            for member in self.objects["servicegroup_servicegroupmember_binding"].values():
+                if member["servername"] == obj["name"]:
+                    member["ip"] = changes["ipaddress"]
             self._addr = None
         if res.name == "lbvserver" and self._addr is not None:
             before = (obj["ipv46"], obj["port"], obj["servicetype"])
@@ -229,10 +242,13 @@ class ConfigRules(StoreState):
         obj = self._find(res, key)
         name = obj[res.keys[0]]
         if res.name == "server":
-            if any(s["servername"] == name for s in self.objects["service"].values()):
+            if any(s["servername"] == name for s in self.objects["service"].values()) or any(
+                m["servername"] == name for m in self.objects["servicegroup_servicegroupmember_binding"].values()
+            ):
                 raise NitroError(599, 1070, "Object in use, cannot delete")
         elif res.name == "lbmonitor":
-            bound = [b for b in self.objects["service_lbmonitor_binding"].values() if b["monitor_name"] == name]
+            bound = [b for binding in ("service_lbmonitor_binding", "servicegroup_lbmonitor_binding")
+                     for b in self.objects[binding].values() if b["monitor_name"] == name]  # fmt: skip
             if bound and len(self._monitors_named(name)) == 1:
                 raise NitroError(599, 1070, "Object in use, cannot delete")
         elif res.name == "service":
@@ -240,6 +256,11 @@ class ConfigRules(StoreState):
             self._drop_where("service_lbmonitor_binding", lambda k: k[0] == name)
         elif res.name == "lbvserver":
             self._drop_where("lbvserver_service_binding", lambda k: k[0] == name)
+            self._drop_where("lbvserver_servicegroup_binding", lambda k: k[0] == name)
+        elif res.name == "servicegroup":
+            self._drop_where("lbvserver_servicegroup_binding", lambda k: k[1] == name)
+            self._drop_where("servicegroup_servicegroupmember_binding", lambda k: k[0] == name)
+            self._drop_where("servicegroup_lbmonitor_binding", lambda k: k[0] == name)
         del self.objects[res.name][key]
         return dict(zip(res.keys, key, strict=True))
 
@@ -253,13 +274,28 @@ class ConfigRules(StoreState):
     def _set_state(self, res: schema.Resource, payload: Any, *, enable: bool) -> dict[str, str]:
         data = require_mapping(payload, res.name)
         extra = {k: v for k, v in data.items() if k not in res.keys}
-        allowed = schema.DISABLE_FIELDS if (not enable and res.name in ("server", "service")) else {}
+        allowed: dict[str, schema.Field] = {}
+        if not enable and res.name in ("server", "service", "servicegroup"):
+            allowed |= schema.DISABLE_FIELDS
+        if res.name == "servicegroup":
+            allowed |= schema.MEMBER_FIELDS
         for name in extra:
             if name not in allowed:
                 raise invalid_argument(name)
         args = {k: coerce(k, allowed[k], v) for k, v in extra.items()}
         key = validate_key(res, data)
         obj = self._find(res, key)
+        done = dict(zip(res.keys, key, strict=True))
+        if res.name == "servicegroup" and ("servername" in args or "port" in args):
+            for name in ("servername", "port"):
+                if name not in args:
+                    raise argument_missing(name)
+            member_key = (key[0], args["servername"], str(args["port"]))
+            member = self.objects["servicegroup_servicegroupmember_binding"].get(member_key)
+            if member is None:
+                raise not_found("servername", args["servername"])
+            obj = member
+            done |= {"servername": member_key[1], "port": member_key[2]}
         obj.pop("_until", None)
         obj.pop("_graceful", None)
         obj["state"] = "ENABLED" if enable else "DISABLED"
@@ -268,7 +304,7 @@ class ConfigRules(StoreState):
             obj["_until"] = self.clock() + float(delay)
         if not enable and args.get("graceful") == "YES":
             obj["_graceful"] = self.clock()  # ends when its clients reach 0 or the delay passes (0: no deadline)
-        return dict(zip(res.keys, key, strict=True))
+        return done
 
     def _rename(self, res: schema.Resource, payload: Any) -> dict[str, str]:
         data = require_mapping(payload, res.name)
@@ -290,11 +326,13 @@ class ConfigRules(StoreState):
             for svc in self.objects["service"].values():
                 if svc["servername"] == old:
                     svc["servername"] = new
+            self._rekey("servicegroup_servicegroupmember_binding", 1, "servername", old, new)
         elif res.name == "service":
             self._rekey("lbvserver_service_binding", 1, "servicename", old, new)
             self._rekey("service_lbmonitor_binding", 0, "name", old, new)
         elif res.name == "lbvserver":
             self._rekey("lbvserver_service_binding", 0, "name", old, new)
+            self._rekey("lbvserver_servicegroup_binding", 0, "name", old, new)
         return {"name": new}
 
     def _rekey(self, resource: str, index: int, field: str, old: str, new: str) -> None:
@@ -336,6 +374,12 @@ class ConfigRules(StoreState):
     # -- bindings
 
     def _bind(self, res: schema.Resource, payload: Any) -> dict[str, str]:
+        if res.name == "servicegroup_servicegroupmember_binding":
+            return self._bind_member(res, payload)
+        if res.name == "lbvserver_servicegroup_binding":
+            return self._bind_group(res, payload)
+        if res.name == "servicegroup_lbmonitor_binding":
+            return self._bind_group_monitor(res, payload)
         if res.name == "lbvserver_service_binding":
             data = require_mapping(payload, res.name)
             if "servicegroupname" in data and "servicename" not in data:
@@ -365,8 +409,21 @@ class ConfigRules(StoreState):
     def _unbind(self, res: schema.Resource, payload: Any) -> dict[str, str]:
         data = require_mapping(payload, res.name)
         validate_fields(res, data, lambda f: True)
+        if res.name == "servicegroup_servicegroupmember_binding":
+            return self._unbind_member(res, data)
         key = validate_key(res, data)
-        if res.name == "lbvserver_service_binding":
+        if res.name == "lbvserver_servicegroup_binding":
+            self._find(schema.LBVSERVER, (key[0],))
+            self._find(schema.SERVICEGROUP, (key[1],))
+            if key not in self.objects[res.name]:
+                raise NitroError(599, 1303, "Service not bound to Vserver")
+        elif res.name == "servicegroup_lbmonitor_binding":
+            self._find(schema.SERVICEGROUP, (key[0],))
+            if not self._monitors_named(key[1]):
+                raise NitroError(599, 2171, f"Monitor does not exist [{key[1]}]")
+            if key not in self.objects[res.name]:
+                raise NitroError(599, 2170, "Monitor not bound to service")
+        elif res.name == "lbvserver_service_binding":
             self._find(schema.LBVSERVER, (key[0],))
             if (key[1],) not in self.objects["service"]:
                 raise not_found("servicename", key[1])
@@ -379,4 +436,85 @@ class ConfigRules(StoreState):
             if key not in self.objects[res.name]:
                 raise NitroError(599, 2170, "Monitor not bound to service")
         del self.objects[res.name][key]
+        return dict(zip(res.keys, key, strict=True))
+
+    # -- service groups
+
+    def _bind_member(self, res: schema.Resource, payload: Any) -> dict[str, str]:
+        obj = validate_add(res, payload)
+        self._find(schema.SERVICEGROUP, (obj["servicegroupname"],))
+        if "ip" in obj:
+            ip = obj.pop("ip")
+            held = self._addresses().servers.get(ip)
+            server = self.objects["server"].get((held,)) if held is not None else None
+            servername = server["name"] if server is not None else ip
+            create_server = server is None and (ip,) not in self.objects["server"]
+        elif "servername" in obj:
+            server = self.objects["server"].get((obj["servername"],))
+            if server is None:
+                raise not_found("servername", obj["servername"])
+            ip, servername, create_server = server.get("ipaddress", "0.0.0.0"), server["name"], False
+        else:
+            raise argument_missing("servername")
+        key = (obj["servicegroupname"], servername, str(obj["port"]))
+        if key in self.objects[res.name]:
+            raise already_exists()
+        if create_server:
+            self.objects["server"][(ip,)] = {"name": ip, "ipaddress": ip, "state": "ENABLED"}
+            self._addresses().servers[ip] = ip
+        head = {"servicegroupname": obj.pop("servicegroupname"), "ip": ip, "port": obj.pop("port"),
+                "servername": servername}  # fmt: skip
+        obj.pop("servername", None)
+        self.objects[res.name][key] = head | obj
+        return dict(zip(res.keys, key, strict=True))
+
+    def _unbind_member(self, res: schema.Resource, data: dict[str, Any]) -> dict[str, str]:
+        """Unbind by `servername` and `port`, or by `ip` and `port`."""
+        for name in ("servicegroupname", "port"):
+            if name not in data:
+                raise argument_missing(name)
+        group = str(data["servicegroupname"])
+        self._find(schema.SERVICEGROUP, (group,))
+        port = str(coerce("port", res.fields["port"], data["port"]))
+        key: tuple[str, ...]
+        if "servername" in data:
+            key = (group, str(data["servername"]), port)
+            if key not in self.objects[res.name]:
+                raise not_found("servername", data["servername"])
+        elif "ip" in data:
+            ip = coerce("ip", res.fields["ip"], data["ip"])
+            found = [k for k, m in self.objects[res.name].items() if k[0] == group and k[2] == port and m["ip"] == ip]
+            if not found:
+                raise not_found("ip", ip)
+            key = found[0]
+        else:
+            raise argument_missing("servername")
+        del self.objects[res.name][key]
+        return dict(zip(res.keys, key, strict=True))
+
+    def _bind_group(self, res: schema.Resource, payload: Any) -> dict[str, str]:
+        obj = validate_add(res, payload)
+        key = res.key_of(obj)
+        vserver = self._find(schema.LBVSERVER, (obj["name"],))
+        group = self.objects["servicegroup"].get((obj["servicegroupname"],))
+        if group is None:
+            raise not_found("servicegroupname", obj["servicegroupname"])
+        if key in self.objects[res.name]:
+            raise already_exists()
+        if group["servicetype"] != vserver["servicetype"]:
+            raise NitroError(599, 1304, "Service type mismatch between the vserver and service")
+        if vserver.get("sessionless") == "ENABLED" and group.get("usip") != "YES":
+            raise NitroError(599, 1284, "Service bound to a sessionless vserver must have UseSourceIP mode enabled")
+        self.objects[res.name][key] = obj
+        return dict(zip(res.keys, key, strict=True))
+
+    def _bind_group_monitor(self, res: schema.Resource, payload: Any) -> dict[str, str]:
+        obj = validate_add(res, payload)
+        key = res.key_of(obj)
+        self._find(schema.SERVICEGROUP, (obj["servicegroupname"],))
+        if not self._monitors_named(obj["monitor_name"]):
+            raise NitroError(599, 2171, f"Monitor does not exist [{obj['monitor_name']}]")
+        if key in self.objects[res.name]:
+            raise NitroError(599, 2133, "The monitor is already bound to the service")
+        self.objects[res.name][key] = obj
         return dict(zip(res.keys, key, strict=True))

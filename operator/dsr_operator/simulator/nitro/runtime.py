@@ -7,6 +7,14 @@ clients (`clients`, from `/_sim/clients` or the dataplane's live flows): it ends
 the delay passes, whichever comes first, as on a real box. A vserver is UP when any bound service is UP.
 When a dataplane probes for real (`probe_results` is not None), a bound, enabled monitor must also
 have passed.
+
+A service-group member is a backend of its own, named `<servicegroup>/<servername>:<port>`
+(`member_name`) wherever a backend is named by a string: in probe verdicts (keyed by that name and
+the monitor), in client counts, and in the dataplane. Its state is derived as a service's is, from
+its own state, its group's and its server's (enable/disable), its group's `healthmonitor`, and the
+verdicts of the monitors bound to its group (and only those): the same server and port may be UP
+in one group and DOWN in another. A vserver's backends are its bound services and the members of
+its bound groups.
 """
 
 from __future__ import annotations
@@ -84,11 +92,19 @@ class RuntimeState(StoreState):
         return "OUT OF SERVICE"
 
     def client_count(self, obj: Record) -> int:
-        """Current client connections of a service, or of every service of a server."""
+        """Current client connections of a service or a group member, or of every backend of a server or
+        a group."""
+        members = self.objects["servicegroup_servicegroupmember_binding"].values()
+        if "servicegroupname" in obj:
+            if "servername" in obj:
+                return self.clients.get(member_name(obj), 0)
+            return sum(self.clients.get(member_name(m), 0) for m in members
+                       if m["servicegroupname"] == obj["servicegroupname"])  # fmt: skip
         if "servername" in obj:
             return self.clients.get(obj["name"], 0)
         return sum(self.clients.get(s["name"], 0) for s in self.objects["service"].values()
-                   if s["servername"] == obj["name"])
+                   if s["servername"] == obj["name"]) + sum(
+            self.clients.get(member_name(m), 0) for m in members if m["servername"] == obj["name"])
 
     def svrstate(self, service: Record) -> str:
         server = self.objects["server"].get((service["servername"],))
@@ -101,6 +117,40 @@ class RuntimeState(StoreState):
         if disabled is not None:
             return disabled if healthy else "DOWN WHEN GOING OUT OF SERVICE"
         return "UP" if healthy else "DOWN"
+
+    def member_state(self, member: Record) -> str:
+        """A service-group member's `svrstate`, derived as a service's is (see the module docstring)."""
+        group = self.objects["servicegroup"].get((member["servicegroupname"],))
+        server = self.objects["server"].get((member["servername"],))
+        disabled = self._disabled_state(member) or self._disabled_state(group) or self._disabled_state(server)
+        if disabled == "OUT OF SERVICE":
+            return disabled
+        healthy = (group is not None and group.get("healthmonitor") == "NO") or (
+            member["ip"] not in self.hosts_down and self._member_probes_pass(member)
+        )
+        if disabled is not None:
+            return disabled if healthy else "DOWN WHEN GOING OUT OF SERVICE"
+        return "UP" if healthy else "DOWN"
+
+    def _member_probes_pass(self, member: Record) -> bool:
+        if self.probe_results is None:
+            return True
+        name = member_name(member)
+        bindings = self._bindings_of("servicegroup_lbmonitor_binding", member["servicegroupname"])
+        results = self.probe_results
+        return all(results.get((name, b["monitor_name"]), False) for b in bindings if self._monitor_enabled(b))
+
+    def members_of(self, group: str) -> list[Record]:
+        return self._bindings_of("servicegroup_servicegroupmember_binding", group)
+
+    def group_state(self, group: Record) -> str:
+        """`servicegroupeffectivestate`: UP when every enabled member is UP, DOWN when none is, else PARTIAL-UP."""
+        states = [self.member_state(m) for m in self.members_of(group["servicegroupname"])
+                  if m.get("state") != "DISABLED"]  # fmt: skip
+        up = sum(1 for state in states if state == "UP")
+        if states and up == len(states):
+            return "UP"
+        return "PARTIAL-UP" if up else "DOWN"
 
     def _monitor_enabled(self, binding: Record) -> bool:
         monitors = self._monitors_named(binding["monitor_name"])
@@ -125,14 +175,26 @@ class RuntimeState(StoreState):
             return "DOWN"
         return "UP"
 
+    def vserver_backends(self, vserver: str) -> list[tuple[str, Record, int, str]]:
+        """A vserver's backends: (name, record, weight, svrstate) of each bound service and of each
+        member of each bound group."""
+        out: list[tuple[str, Record, int, str]] = []
+        for b in self._bindings_of("lbvserver_service_binding", vserver):
+            svc = self.objects["service"][(b["servicename"],)]
+            out.append((svc["name"], svc, b["weight"], self.svrstate(svc)))
+        for g in self._bindings_of("lbvserver_servicegroup_binding", vserver):
+            for m in self.members_of(g["servicegroupname"]):
+                out.append((member_name(m), m, m["weight"], self.member_state(m)))
+        return out
+
     def _vserver_runtime(self, vserver: Record) -> Record:
-        bindings = self._bindings_of("lbvserver_service_binding", vserver["name"])
+        bindings = self.vserver_backends(vserver["name"])
         total_weight = active_weight = active = 0
-        for b in bindings:
-            total_weight += b["weight"]
-            if self.svrstate(self.objects["service"][(b["servicename"],)]) == "UP":
+        for _, _, weight, state in bindings:
+            total_weight += weight
+            if state == "UP":
                 active += 1
-                active_weight += b["weight"]
+                active_weight += weight
         if vserver.get("state") == "DISABLED":
             state = "OUT OF SERVICE"
         else:
@@ -146,3 +208,8 @@ class RuntimeState(StoreState):
             "activeservices": str(active),
             "type": "ADDRESS",
         }
+
+
+def member_name(member: Record) -> str:
+    """How a service-group member is named as a backend: `<servicegroup>/<servername>:<port>`."""
+    return f"{member['servicegroupname']}/{member['servername']}:{member['port']}"
