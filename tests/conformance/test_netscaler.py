@@ -156,6 +156,43 @@ async def test_a_monitor_interval_of_a_minute_is_sixty_seconds(ns: nitro.NitroCl
     assert nsmodels.in_seconds(raw["interval"], raw.get("units3")) == 60
 
 
+async def test_service_groups_members_monitors_and_vserver_bindings(ns: nitro.NitroClient, mine: str) -> None:
+    """One server and port may be a member of two groups; a duplicate member is 273 (ISS-376)."""
+    ip = addresses(1)[0]
+    groups = [f"{mine}sg1", f"{mine}sg2"]
+    await ns.add("server", [{"name": f"{mine}h", "ipaddress": ip}])
+    await ns.add("lbmonitor", [{"monitorname": f"{mine}mon", "type": "TCP"}])
+    await ns.add("lbvserver", [{"name": f"{mine}vs", "servicetype": "ANY", "ipv46": addresses(1, VIPS)[0],
+                                "port": 80, "m": "MAC"}])
+    try:
+        results = await ns.add("servicegroup", [{"servicegroupname": g, "servicetype": "ANY", "usip": "YES"}
+                                                for g in groups])  # fmt: skip
+        assert all(r.ok for r in results), results
+        [record] = await ns.get("servicegroup", groups[0])
+        assert (record["servicegroupname"], record["servicetype"]) == (groups[0], "ANY")
+        members = [{"servicegroupname": g, "servername": f"{mine}h", "port": 80} for g in groups]
+        assert all(r.ok for r in await ns.bind("servicegroup_servicegroupmember_binding", members))
+        again = await ns.bind("servicegroup_servicegroupmember_binding", members[:1])
+        assert isinstance(again[0].error, errors.NitroAlreadyExists) and again[0].error.errorcode == 273, again
+        [bound] = await ns.get("servicegroup_servicegroupmember_binding", groups[1])
+        assert (bound["servername"], nitro.as_int(bound["port"])) == (f"{mine}h", 80)
+        monitor = [{"servicegroupname": groups[0], "monitor_name": f"{mine}mon"}]
+        assert (await ns.bind("servicegroup_lbmonitor_binding", monitor))[0].ok
+        assert [b["monitor_name"] for b in await ns.get("servicegroup_lbmonitor_binding", groups[0])] == [
+            f"{mine}mon"]
+        assert (await ns.bind("lbvserver_servicegroup_binding", [{"name": f"{mine}vs",
+                                                                  "servicegroupname": groups[0]}]))[0].ok
+        assert [b["servicegroupname"] for b in await ns.get("lbvserver_servicegroup_binding", f"{mine}vs")] == [
+            groups[0]]
+        assert (await ns.unbind("servicegroup_servicegroupmember_binding", members[1:]))[0].ok
+        assert await ns.get("servicegroup_servicegroupmember_binding", groups[1]) == []
+    finally:
+        await ns.delete("servicegroup", [{"servicegroupname": g} for g in groups])
+    assert await ns.get("lbvserver_servicegroup_binding", f"{mine}vs") == []  # the group took its binding along
+    with pytest.raises(errors.NitroNotFound):
+        await ns.get("servicegroup", groups[0])
+
+
 # ---------------------------------------------------------------------------- statistics and HA
 
 
