@@ -248,7 +248,8 @@ async def test_vserver_binding_type_match_get_and_unbind(nitro: Nitro) -> None:
     await dsr_setup(nitro)
     await group(nitro, "any", usip="YES")
     await group(nitro, "http", "HTTP")
-    await nitro.ok("PUT", VSB, {VSB: {"name": "vs", "servicegroupname": "any"}}, 201)
+    await nitro.ok("PUT", VSB, {VSB: {"name": "vs", "servicegroupname": "any", "weight": 2}}, 201)
+    await expect(nitro, "PUT", VSB, {VSB: {"name": "vs", "servicegroupname": "http", "weight": 101}}, 599, 1108)
     doc = await expect(nitro, "PUT", VSB, {VSB: {"name": "vs", "servicegroupname": "http"}}, 599, 1304)
     assert doc["message"] == "Service type mismatch between the vserver and service"
     await expect(nitro, "PUT", VSB, {VSB: {"name": "vs", "servicegroupname": "any"}}, 409, 273)
@@ -260,8 +261,8 @@ async def test_vserver_binding_type_match_get_and_unbind(nitro: Nitro) -> None:
     b = "lbvserver_service_binding"
     await expect(nitro, "PUT", b, {b: {"name": "vs", "servicegroupname": "any"}}, 404, 258)
 
-    assert [(r["name"], r["servicegroupname"], r["servicetype"]) for r in await records(nitro, f"{VSB}/vs")] == [
-        ("vs", "any", "ANY")]
+    assert [(r["name"], r["servicegroupname"], r["weight"], r["servicetype"])
+            for r in await records(nitro, f"{VSB}/vs")] == [("vs", "any", "2", "ANY")]  # fmt: skip
     assert len(await records(nitro, f"{VSB}?bulkbindings=yes")) == 1
     assert [r["servicename"] for r in await records(nitro, f"{b}/vs")] == ["svc1", "svc2"]  # apart
     doc = await expect(nitro, "DELETE", f"{VSB}/vs?args=servicegroupname:http", None, 599, 1303)
@@ -294,6 +295,11 @@ async def test_vserver_state_counts_group_members(nitro_sim: simctl.Simulator, n
     await nitro_sim.set_hosts({"10.0.0.1": "DOWN"})
     assert (await one(nitro, "lbvserver/vs"))["curstate"] == "DOWN"
     assert (await one(nitro, f"{SG}/sg"))["servicegroupeffectivestate"] == "DOWN"
+    await nitro.ok("POST", f"{SG}?action=disable", {SG: {"servicegroupname": "sg", "servername": "10.0.0.1",
+                                                         "port": 65535}})  # fmt: skip
+    assert (await one(nitro, f"{SG}/sg"))["servicegroupeffectivestate"] == "PARTIAL-DOWN"
+    await nitro.ok("POST", f"{SG}?action=enable", {SG: {"servicegroupname": "sg", "servername": "10.0.0.1",
+                                                        "port": 65535}})  # fmt: skip
     await nitro.ok("PUT", f"{SG}/sg", {SG: {"servicegroupname": "sg", "healthmonitor": "NO"}})
     assert (await one(nitro, f"{SG}/sg"))["servicegroupeffectivestate"] == "UP"
     assert (await one(nitro, "lbvserver/vs"))["activeservices"] == "2"
@@ -310,6 +316,18 @@ async def test_deleting_a_group_or_vserver_drops_their_bindings(nitro_sim: simct
     await nitro.ok("DELETE", "lbvserver/vs")
     assert await records(nitro, f"{VSB}?bulkbindings=yes") == []
     assert len(await records(nitro, f"{MEMBER}?bulkbindings=yes")) == 2  # the group keeps its members
+
+
+async def test_rename_keeps_members_monitors_and_vserver_bindings(nitro: Nitro) -> None:
+    await two_groups(nitro)
+    await nitro.ok("POST", f"{SG}?action=rename", {SG: {"servicegroupname": "a", "newname": "z"}})
+    assert [g["servicegroupname"] for g in await records(nitro, SG)] == ["z", "b"]
+    assert sorted(await members(nitro, "z")) == [("web1", 65535), ("web2", 65535)]
+    assert [b["monitor_name"] for b in await records(nitro, f"{MON}/z")] == ["tcp"]
+    assert sorted(b["servicegroupname"] for b in await records(nitro, f"{VSB}/vs")) == ["b", "z"]
+    await expect(nitro, "POST", f"{SG}?action=rename", {SG: {"servicegroupname": "z", "newname": "b"}}, 409, 273)
+    await expect(nitro, "POST", f"{SG}?action=rename", {SG: {"servicegroupname": "a", "newname": "y"}}, 404, 258)
+    await expect(nitro, "POST", f"{SG}?action=rename", {SG: {"name": "z", "newname": "y"}}, 599, 278)
 
 
 # ---------------------------------------------------------------------------- runtime
@@ -352,7 +370,8 @@ async def test_member_and_group_disable_and_enable(nitro_sim: simctl.Simulator, 
     assert (await members(nitro, "a"))[("web1", 65535)]["svrstate"] == "UP"
 
     await nitro.ok("POST", f"{SG}?action=disable", {SG: {"servicegroupname": "b"}})
-    assert (await one(nitro, f"{SG}/b"))["state"] == "DISABLED"
+    rec = await one(nitro, f"{SG}/b")
+    assert (rec["state"], rec["servicegroupeffectivestate"]) == ("DISABLED", "OUT OF SERVICE")
     assert {m["svrstate"] for m in await records(nitro, f"{MEMBER}/b")} == {"OUT OF SERVICE"}
     assert (await one(nitro, "lbvserver/vs"))["activeservices"] == "4"
     await nitro.ok("POST", f"{SG}?action=enable", {SG: {"servicegroupname": "b"}})

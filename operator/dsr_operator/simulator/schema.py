@@ -279,7 +279,8 @@ SERVICE_LBMONITOR_BINDING = Resource(
 SERVICEGROUP = Resource(
     name="servicegroup",
     keys=("servicegroupname",),
-    actions=STATE_ACTIONS,
+    renamable=True,
+    actions=STATE_ACTIONS | {"rename"},
     fields={
         "servicegroupname": Field("name", required=True),
         "servicetype": _e(*SERVICE_TYPES, required=True),
@@ -345,6 +346,7 @@ LBVSERVER_SERVICEGROUP_BINDING = Resource(
     fields={
         "name": Field("name", required=True),
         "servicegroupname": Field("name", required=True),
+        "weight": _d(1, 100),  # accepted and shown; each member's own weight is what the choice uses
     },
 )
 

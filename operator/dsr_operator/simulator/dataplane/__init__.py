@@ -28,6 +28,11 @@ configuration into forwarding in the namespace that plays the NetScaler, the way
   back to the hash (they were going to break anyway). A SYN first deletes its key from every set of
   the vserver, so a reused client port never sticks to an old choice. Sets, not maps: this kernel
   can add and update map elements from the packet path but not delete them.
+* **Backends.** A vserver's backends are its bound services and the members of its bound service
+  groups. A member is named `<servicegroup>/<servername>:<port>` wherever a service is named by its
+  own name: `newFlows` and `serving` (in `/_sim/dataplane` and its `history`), probes, flow sets,
+  live flows and the per-backend counters. The same server and port in two groups are two backends,
+  each with its own state.
 * **Atomic updates.** Every change in the store (`ConfigView.subscribe`), a state that changes with time
   (a drain that ends) or a learnt MAC re-renders the ruleset; when it differs from the applied one it
   is applied as one `nft -f -` transaction (asyncio subprocess) that flushes and refills the chains
@@ -36,9 +41,11 @@ configuration into forwarding in the namespace that plays the NetScaler, the way
   by sending it a datagram from the namespace (the kernel ARPs), as the appliance learns MACs from
   its monitors.
 * **Monitors probe for real.** Each enabled service-monitor binding is probed every `interval`, with
-  `resptimeout`, from the namespace's own address on DEV, with hand-made frames on an AF_PACKET
-  socket: PING sends an ICMP echo, every other type a TCP SYN (SYN-ACK = success, then a RST).
-  The probe goes to `destip` (default the service IP) and `destport` (default the service port).
+  `resptimeout`, and so is each member of a group for each enabled monitor bound to the group (a
+  member gets its own group's monitors only), from the namespace's own address on DEV, with
+  hand-made frames on an AF_PACKET socket: PING sends an ICMP echo, every other type a TCP SYN
+  (SYN-ACK = success, then a RST). The probe goes to `destip` (default the service or member IP)
+  and `destport` (default its port).
   A transparent monitor sends it to the *backend's* MAC whatever the destination IP, so a probe to
   the VIP reaches the backend through the DSR path and fails where the backend lacks the VIP. A
   service goes DOWN after `retries` failed probes in a row and UP after `successretries` good ones;

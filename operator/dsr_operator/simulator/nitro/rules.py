@@ -308,8 +308,9 @@ class ConfigRules(StoreState):
 
     def _rename(self, res: schema.Resource, payload: Any) -> dict[str, str]:
         data = require_mapping(payload, res.name)
+        field = res.keys[0]
         for name in data:
-            if name not in ("name", "newname"):
+            if name not in (field, "newname"):
                 raise invalid_argument(name)
         old = validate_key(res, data)[0]
         if "newname" not in data:
@@ -319,7 +320,7 @@ class ConfigRules(StoreState):
         if (new,) in self.objects[res.name]:
             raise already_exists()
         self.objects[res.name] = {
-            ((new,) if k == (old,) else k): (obj | {"name": new} if k == (old,) else v)
+            ((new,) if k == (old,) else k): (obj | {field: new} if k == (old,) else v)
             for k, v in self.objects[res.name].items()
         }
         if res.name == "server":
@@ -333,7 +334,11 @@ class ConfigRules(StoreState):
         elif res.name == "lbvserver":
             self._rekey("lbvserver_service_binding", 0, "name", old, new)
             self._rekey("lbvserver_servicegroup_binding", 0, "name", old, new)
-        return {"name": new}
+        elif res.name == "servicegroup":
+            self._rekey("servicegroup_servicegroupmember_binding", 0, "servicegroupname", old, new)
+            self._rekey("servicegroup_lbmonitor_binding", 0, "servicegroupname", old, new)
+            self._rekey("lbvserver_servicegroup_binding", 1, "servicegroupname", old, new)
+        return {field: new}
 
     def _rekey(self, resource: str, index: int, field: str, old: str, new: str) -> None:
         rebuilt: dict[tuple[str, ...], Record] = {}

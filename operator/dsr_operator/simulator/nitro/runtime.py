@@ -144,13 +144,18 @@ class RuntimeState(StoreState):
         return self._bindings_of("servicegroup_servicegroupmember_binding", group)
 
     def group_state(self, group: Record) -> str:
-        """`servicegroupeffectivestate`: UP when every enabled member is UP, DOWN when none is, else PARTIAL-UP."""
-        states = [self.member_state(m) for m in self.members_of(group["servicegroupname"])
-                  if m.get("state") != "DISABLED"]  # fmt: skip
-        up = sum(1 for state in states if state == "UP")
-        if states and up == len(states):
-            return "UP"
-        return "PARTIAL-UP" if up else "DOWN"
+        """`servicegroupeffectivestate`, from its members' states as D-REF:servicegroup puts it: all UP → UP,
+        all DOWN → DOWN, all out of service → OUT OF SERVICE; some UP → PARTIAL-UP; else some DOWN and
+        the rest out of service → PARTIAL-DOWN. A draining member counts as out of service; no member: DOWN."""
+        kinds = set()
+        for m in self.members_of(group["servicegroupname"]):
+            state = self.member_state(m)
+            kinds.add("UP" if state == "UP" else "OUT OF SERVICE" if state.endswith("OUT OF SERVICE") else "DOWN")
+        if len(kinds) == 1:
+            return kinds.pop()
+        if "UP" in kinds:
+            return "PARTIAL-UP"
+        return "PARTIAL-DOWN" if kinds else "DOWN"
 
     def _monitor_enabled(self, binding: Record) -> bool:
         monitors = self._monitors_named(binding["monitor_name"])
