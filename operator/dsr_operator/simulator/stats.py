@@ -30,6 +30,20 @@ def _zeros(*names: str) -> Record:
     return dict.fromkeys(names, "0")
 
 
+def _backend(name: str, ip: str, port: Any, clients: int, traffic: Traffic) -> Record:
+    """The figures a service and a service-group member share: address, connections, hits."""
+    return {
+        "primaryipaddress": ip,
+        "primaryport": port,
+        "curclntconnections": str(clients),
+        "cursrvrconnections": str(clients),  # DSR: one server-side flow per client flow
+        "svrestablishedconn": str(clients),
+        "vsvrservicehits": str(traffic.new_flows.get(name, 0)),
+        "totalrequests": "0", "requestsrate": 0, "totalresponses": "0", "responsesrate": 0,
+        "throughputrate": 0,
+    }  # fmt: skip
+
+
 def service(model: nitro.Store, obj: Record, traffic: Traffic) -> Record:
     name = obj["name"]
     clients = model.clients.get(name, 0)
@@ -37,14 +51,7 @@ def service(model: nitro.Store, obj: Record, traffic: Traffic) -> Record:
         "name": name,
         "state": model.svrstate(obj),
         "servicetype": obj["servicetype"],
-        "primaryipaddress": obj["ipaddress"],
-        "primaryport": obj["port"],
-        "curclntconnections": str(clients),
-        "cursrvrconnections": str(clients),  # DSR: one server-side flow per client flow
-        "svrestablishedconn": str(clients),
-        "vsvrservicehits": str(traffic.new_flows.get(name, 0)),
-        "totalrequests": "0", "requestsrate": 0, "totalresponses": "0", "responsesrate": 0,
-        "throughputrate": 0,
+        **_backend(name, obj["ipaddress"], obj["port"], clients, traffic),
         "maxclients": str(int(obj.get("maxclient", 0) or 0)),
         **_zeros("throughput", "avgsvrttfb", "totalrequestbytes", "totalresponsebytes", "curload", "surgecount",
                  "activetransactions"),
@@ -61,14 +68,7 @@ def servicegroupmember(model: nitro.Store, obj: Record, traffic: Traffic) -> Rec
         "port": obj["port"],
         "state": model.member_state(obj),
         "servicetype": group["servicetype"],
-        "primaryipaddress": obj["ip"],
-        "primaryport": obj["port"],
-        "curclntconnections": str(clients),
-        "cursrvrconnections": str(clients),  # DSR: one server-side flow per client flow
-        "svrestablishedconn": str(clients),
-        "vsvrservicehits": str(traffic.new_flows.get(name, 0)),
-        "totalrequests": "0", "requestsrate": 0, "totalresponses": "0", "responsesrate": 0,
-        "throughputrate": 0,
+        **_backend(name, obj["ip"], obj["port"], clients, traffic),
         **_zeros("throughput", "avgsvrttfb", "totalrequestbytes", "totalresponsebytes", "surgecount"),
     }  # fmt: skip
 

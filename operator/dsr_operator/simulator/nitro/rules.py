@@ -135,27 +135,35 @@ class ConfigRules(StoreState):
         if "ipaddress" in obj:
             self._addresses().servers[obj["ipaddress"]] = obj["name"]
 
-    def _prepare_service(self, obj: Record) -> Record:
+    def _backend_server(self, obj: Record, missing: str) -> tuple[str, str, bool]:
+        """(ip, server name, whether that server must be created) of a service or member being added:
+        given by `ip` (the server holding it, else a new one named after it) or by `servername`."""
         if "ip" in obj:
             ip = obj.pop("ip")
             held = self._addresses().servers.get(ip)
             server = self.objects["server"].get((held,)) if held is not None else None
             servername = server["name"] if server is not None else ip
-            create_server = server is None and (ip,) not in self.objects["server"]
-        elif "servername" in obj:
+            return ip, servername, server is None and (ip,) not in self.objects["server"]
+        if "servername" in obj:
             server = self.objects["server"].get((obj["servername"],))
             if server is None:
                 raise not_found("servername", obj["servername"])
-            ip, servername, create_server = server.get("ipaddress", "0.0.0.0"), server["name"], False
-        else:
-            raise argument_missing("ip")
+            return server.get("ipaddress", "0.0.0.0"), server["name"], False
+        raise argument_missing(missing)
+
+    def _create_server(self, ip: str) -> None:
+        """The server a bare `ip` names, named after it."""
+        self.objects["server"][(ip,)] = {"name": ip, "ipaddress": ip, "state": "ENABLED"}
+        self._addresses().servers[ip] = ip
+
+    def _prepare_service(self, obj: Record) -> Record:
+        ip, servername, create_server = self._backend_server(obj, "ip")
         addresses = self._addresses()
         if (ip, obj["port"], obj["servicetype"]) in addresses.services:
             raise already_exists()
         addresses.services[(ip, obj["port"], obj["servicetype"])] = obj["name"]
         if create_server:
-            self.objects["server"][(ip,)] = {"name": ip, "ipaddress": ip, "state": "ENABLED"}
-            addresses.servers[ip] = ip
+            self._create_server(ip)
         obj.setdefault("usip", "YES" if "usip" in self.modes else "NO")
         head = {"name": obj.pop("name"), "servername": servername, "ipaddress": ip}
         return head | obj
@@ -448,25 +456,12 @@ class ConfigRules(StoreState):
     def _bind_member(self, res: schema.Resource, payload: Any) -> dict[str, str]:
         obj = validate_add(res, payload)
         self._find(schema.SERVICEGROUP, (obj["servicegroupname"],))
-        if "ip" in obj:
-            ip = obj.pop("ip")
-            held = self._addresses().servers.get(ip)
-            server = self.objects["server"].get((held,)) if held is not None else None
-            servername = server["name"] if server is not None else ip
-            create_server = server is None and (ip,) not in self.objects["server"]
-        elif "servername" in obj:
-            server = self.objects["server"].get((obj["servername"],))
-            if server is None:
-                raise not_found("servername", obj["servername"])
-            ip, servername, create_server = server.get("ipaddress", "0.0.0.0"), server["name"], False
-        else:
-            raise argument_missing("servername")
+        ip, servername, create_server = self._backend_server(obj, "servername")
         key = (obj["servicegroupname"], servername, str(obj["port"]))
         if key in self.objects[res.name]:
             raise already_exists()
         if create_server:
-            self.objects["server"][(ip,)] = {"name": ip, "ipaddress": ip, "state": "ENABLED"}
-            self._addresses().servers[ip] = ip
+            self._create_server(ip)
         head = {"servicegroupname": obj.pop("servicegroupname"), "ip": ip, "port": obj.pop("port"),
                 "servername": servername}  # fmt: skip
         obj.pop("servername", None)
