@@ -6,7 +6,11 @@ from dsr_operator.model import state as ns
 from dsr_operator.planner import effects
 from dsr_operator.planner import plan as planner
 
-elapse = effects.elapse
+
+
+def elapse(state: ns.NetScalerState) -> ns.NetScalerState:
+    """Drains end, and every new member has had its first probe (UP)."""
+    return effects.probed(effects.elapse(state))
 
 
 def apply(state: ns.NetScalerState, plan: planner.Plan, operator_id: str) -> ns.NetScalerState:

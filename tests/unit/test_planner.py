@@ -62,17 +62,18 @@ def test_from_scratch_follows_the_seed_procedure_in_dependency_order() -> None:
         ("enable", "nsmode"),
         ("add", "server"),
         ("add", "lbmonitor"),
-        ("add", "service"),
-        ("bind", ns.MONITOR_BINDING),
+        ("add", "servicegroup"),
+        ("bind", ns.GROUP_MONITOR_BINDING),
+        ("bind", ns.MEMBER_BINDING),
         ("add", "lbvserver"),
-        ("bind", ns.VSERVER_BINDING),
+        ("bind", ns.GROUP_BINDING),
     ]
     cmds = commands(plan)
     assert cmds[0] == "enable ns mode MBF"
-    assert (
-        "add service dsr-198.51.100.21_80 dsr-198.51.100.21 ANY 80 -healthMonitor YES -usip YES"
-        " -comment dsr-operator:test:shared" in cmds
-    )
+    assert "add servicegroup dsr-shop_web_80_sg ANY -healthMonitor YES -usip YES -comment dsr-operator:test:uid-web" in cmds
+    assert "bind servicegroup dsr-shop_web_80_sg -monitorName dsr-shop_web_tcp" in cmds
+    assert "bind servicegroup dsr-shop_web_80_sg dsr-198.51.100.21 80" in cmds
+    assert "bind lb vserver dsr-shop_web_80 dsr-shop_web_80_sg" in cmds
     assert any(
         c.startswith("add lb vserver dsr-shop_web_80 ANY 192.0.2.10 80 -lbMethod LEASTCONNECTION -m MAC") for c in cmds
     )
@@ -85,13 +86,29 @@ def test_a_binding_operation_names_its_parent_and_child_as_fields() -> None:
     plan = planner.diff(d.desired([intent(backends=hosts(21, 22))]), EMPTY, planner.Policy(OP_ID))
     binds = [(op.kind, op.name, op.child) for op in plan.ops if op.verb == "bind"]
     assert binds == [
-        (ns.MONITOR_BINDING, "dsr-198.51.100.21_80", "dsr-shop_web_tcp"),
-        (ns.MONITOR_BINDING, "dsr-198.51.100.22_80", "dsr-shop_web_tcp"),
-        (ns.VSERVER_BINDING, "dsr-shop_web_80", "dsr-198.51.100.21_80"),
-        (ns.VSERVER_BINDING, "dsr-shop_web_80", "dsr-198.51.100.22_80"),
+        (ns.GROUP_MONITOR_BINDING, "dsr-shop_web_80_sg", "dsr-shop_web_tcp"),
+        (ns.MEMBER_BINDING, "dsr-shop_web_80_sg", "dsr-198.51.100.21"),
+        (ns.MEMBER_BINDING, "dsr-shop_web_80_sg", "dsr-198.51.100.22"),
+        (ns.GROUP_BINDING, "dsr-shop_web_80", "dsr-shop_web_80_sg"),
     ]
     objects = [op for op in plan.ops if op.verb != "bind"]
     assert all(op.child == "" and " " not in op.name for op in objects)
+
+
+def test_two_dsrservices_on_one_host_and_port_have_their_own_members_judged_by_their_own_monitors() -> None:
+    """The tenant isolation: a host both use is a member of each one's servicegroup, and each servicegroup
+    has only its own DsrService's monitor (a shared service would carry both monitors: either one failing
+    would take the host out for both)."""
+    a = models.ObjectRef(namespace="team-a", name="web", uid="uid-a")
+    b = models.ObjectRef(namespace="team-b", name="web", uid="uid-b")
+    want = d.desired([d.Intent(a, spec(vip="192.0.2.1"), hosts(21)), d.Intent(b, spec(vip="192.0.2.2"), hosts(21))])
+    assert want.of_kind("service") == []
+    monitors = {(x.parent, x.child) for x in want.bindings if x.kind == ns.GROUP_MONITOR_BINDING}
+    assert monitors == {("dsr-team-a_web_80_sg", "dsr-team-a_web_tcp"), ("dsr-team-b_web_80_sg", "dsr-team-b_web_tcp")}
+    members = {(x.parent, x.child, x.owner) for x in want.bindings if x.kind == ns.MEMBER_BINDING}
+    assert members == {("dsr-team-a_web_80_sg", "dsr-198.51.100.21", "uid-a"),
+                       ("dsr-team-b_web_80_sg", "dsr-198.51.100.21", "uid-b")}
+    assert [s.name for s in want.of_kind("server")] == ["dsr-198.51.100.21"]  # the server alone is shared
 
 
 def test_wildcard_port_is_65535_and_rendered_as_star() -> None:
@@ -105,10 +122,10 @@ def test_wildcard_port_is_65535_and_rendered_as_star() -> None:
     assert "add lb vserver dsr-shop_web_any ANY 192.0.2.10 * " in render.command(vs.verb, vs.kind, vs.body)
 
 
-def test_backend_without_loopback_gets_a_service_but_no_binding() -> None:
+def test_backend_without_loopback_gets_a_server_but_is_no_member() -> None:
     plan = planner.diff(d.desired([intent(backends=hosts(21, ready=False))]), EMPTY, planner.Policy(OP_ID))
-    assert [op for op in plan.ops if op.kind == "service"]
-    assert not [op for op in plan.ops if op.kind == ns.VSERVER_BINDING]
+    assert [op.name for op in plan.ops if op.kind == "server"] == ["dsr-198.51.100.21"]
+    assert not [op for op in plan.ops if op.kind == ns.MEMBER_BINDING]
 
 
 def test_converged_state_plans_nothing() -> None:
@@ -124,16 +141,23 @@ def test_removed_backend_is_drained_then_unbound_then_deleted() -> None:
     first = planner.diff(
         smaller, actual, planner.Policy(OP_ID, drain_seconds={"uid-web": 30}, default_guard_percent=100)
     )
-    assert commands(first) == ["disable service dsr-198.51.100.22_80 30 -graceful YES"]
+    assert commands(first) == ["disable servicegroup dsr-shop_web_80_sg dsr-198.51.100.22 80 -delay 30 -graceful YES"]
     assert [h.reason for h in first.holds] == ["Draining"] and first.retry_after == 30
     draining = nsmodel.apply(actual, first, OP_ID)
     assert planner.diff(smaller, draining, policy).ops == []  # still draining: nothing else moves
     done = nsmodel.elapse(draining)
     assert commands(planner.diff(smaller, done, policy)) == [
-        "unbind lb vserver dsr-shop_web_80 dsr-198.51.100.22_80",
-        "unbind service dsr-198.51.100.22_80 -monitorName dsr-shop_web_tcp",
-        "rm service dsr-198.51.100.22_80",
+        "unbind servicegroup dsr-shop_web_80_sg dsr-198.51.100.22 80",
         "rm server dsr-198.51.100.22",
+    ]
+
+
+def test_a_draining_member_wanted_again_is_enabled() -> None:
+    policy = planner.Policy(OP_ID, default_guard_percent=100, default_drain_seconds=30)
+    actual = converge(EMPTY, [intent(backends=hosts(21, 22))], policy)
+    draining = nsmodel.apply(actual, planner.diff(d.desired([intent(backends=hosts(21))]), actual, policy), OP_ID)
+    assert commands(planner.diff(d.desired([intent(backends=hosts(21, 22))]), draining, policy)) == [
+        "enable servicegroup dsr-shop_web_80_sg dsr-198.51.100.22 80"
     ]
 
 
@@ -141,38 +165,37 @@ def test_blast_radius_guard_keeps_half_of_the_bound_backends() -> None:
     policy = planner.Policy(OP_ID, default_drain_seconds=0)
     actual = converge(EMPTY, [intent(backends=hosts(1, 2, 3, 4))], policy)
     plan = planner.diff(d.desired([intent(backends=())]), actual, policy)
-    unbinds = [op for op in plan.ops if op.verb == "unbind" and op.kind == ns.VSERVER_BINDING]
-    assert len(unbinds) == 2
+    assert len(member_unbinds(plan, "dsr-shop_web_80_sg")) == 2
     assert [h.reason for h in plan.holds] == ["BlastRadiusGuard"]
+
+
+def member_id(address: str, group: str = "dsr-shop_web_80_sg", port: int = 80) -> str:
+    return ns.member_key(group, names.server(address), port)
 
 
 def test_backends_that_asked_to_leave_are_not_held_by_the_guard_but_others_still_are() -> None:
     """A registry host's `drain: true` is its own request: even the last one leaves (it drops its VIP next)."""
     actual = converge(EMPTY, [intent(backends=hosts(1, 2, 3, 4))], planner.Policy(OP_ID, default_drain_seconds=0))
-    leaving = frozenset(names.service(80, b.address) for b in hosts(1, 2, 3))
+    leaving = frozenset(member_id(b.address) for b in hosts(1, 2, 3))
     policy = planner.Policy(OP_ID, default_drain_seconds=0, leaving=leaving)
     plan = planner.diff(d.desired([intent(backends=hosts(4))]), actual, policy)
-    assert len(vserver_unbinds(plan, "dsr-shop_web_80")) == 3
+    assert len(member_unbinds(plan, "dsr-shop_web_80_sg")) == 3
     assert plan.holds == ()
     alone = converge(EMPTY, [intent(backends=hosts(1))], policy)
     plan = planner.diff(d.desired([intent(backends=())]), alone, dataclasses.replace(
-        policy, leaving=frozenset({names.service(80, hosts(1)[0].address)})))
-    assert len(vserver_unbinds(plan, "dsr-shop_web_80")) == 1 and plan.holds == ()
+        policy, leaving=frozenset({member_id(hosts(1)[0].address)})))
+    assert len(member_unbinds(plan, "dsr-shop_web_80_sg")) == 1 and plan.holds == ()
     # Without the request, the last backend stays (the guard), and a crowd leaving goes by half.
-    assert vserver_unbinds(planner.diff(d.desired([intent(backends=())]), alone,
-                                        planner.Policy(OP_ID, default_drain_seconds=0)), "dsr-shop_web_80") == []
-    one_asked = dataclasses.replace(policy, leaving=frozenset({names.service(80, hosts(1)[0].address)}))
+    assert member_unbinds(planner.diff(d.desired([intent(backends=())]), alone,
+                                       planner.Policy(OP_ID, default_drain_seconds=0)), "dsr-shop_web_80_sg") == []
+    one_asked = dataclasses.replace(policy, leaving=frozenset({member_id(hosts(1)[0].address)}))
     plan = planner.diff(d.desired([intent(backends=())]), actual, one_asked)
-    assert len(vserver_unbinds(plan, "dsr-shop_web_80")) == 1 + 2  # the one that asked, and half the others
+    assert len(member_unbinds(plan, "dsr-shop_web_80_sg")) == 1 + 2  # the one that asked, and half the others
     assert [h.reason for h in plan.holds] == ["BlastRadiusGuard"]
 
 
-def vserver_unbinds(plan: planner.Plan, vserver: str) -> list[nsops.Op]:
-    return [
-        op
-        for op in plan.ops
-        if op.verb == "unbind" and op.kind == ns.VSERVER_BINDING and op.name == vserver
-    ]
+def member_unbinds(plan: planner.Plan, group: str) -> list[nsops.Op]:
+    return [op for op in plan.ops if op.verb == "unbind" and op.kind == ns.MEMBER_BINDING and op.name == group]
 
 
 @pytest.mark.parametrize("percent", [30, 50, 100])
@@ -184,9 +207,10 @@ def test_a_port_removed_from_the_spec_loses_its_vserver_and_every_binding_at_onc
     after = intent(backends=hosts(*range(1, count + 1)), ports=[80])
     actual = converge(EMPTY, [before], policy)
     plan = planner.diff(d.desired([after]), actual, policy)
-    assert len(vserver_unbinds(plan, "dsr-shop_web_443")) == count
+    assert len(member_unbinds(plan, "dsr-shop_web_443_sg")) == count
     assert "rm lb vserver dsr-shop_web_443" in commands(plan)
-    assert not vserver_unbinds(plan, "dsr-shop_web_80")
+    assert "rm servicegroup dsr-shop_web_443_sg" in commands(plan)
+    assert not member_unbinds(plan, "dsr-shop_web_80_sg")
     assert [h.reason for h in plan.holds] == []
     done = nsmodel.apply(actual, plan, OP_ID)
     assert nsmodel.ours(done) == nsmodel.ours(d.desired([after]))
@@ -197,13 +221,14 @@ def test_a_removed_port_is_drained_before_its_vserver_goes() -> None:
     actual = converge(EMPTY, [intent(backends=hosts(21), ports=[80, 443])], policy)
     want = d.desired([intent(backends=hosts(21), ports=[80])])
     first = planner.diff(want, actual, policy)
-    assert commands(first) == ["disable service dsr-198.51.100.21_443 30 -graceful YES"]
+    assert commands(first) == ["disable servicegroup dsr-shop_web_443_sg dsr-198.51.100.21 443 -delay 30 -graceful YES"]
     assert [h.reason for h in first.holds] == ["Draining"]
     done = nsmodel.elapse(nsmodel.apply(actual, first, OP_ID))
     assert commands(planner.diff(want, done, policy)) == [
-        "unbind lb vserver dsr-shop_web_443 dsr-198.51.100.21_443",
-        "unbind service dsr-198.51.100.21_443 -monitorName dsr-shop_web_tcp",
-        "rm service dsr-198.51.100.21_443",
+        "unbind servicegroup dsr-shop_web_443_sg dsr-198.51.100.21 443",
+        "unbind lb vserver dsr-shop_web_443 dsr-shop_web_443_sg",
+        "unbind servicegroup dsr-shop_web_443_sg -monitorName dsr-shop_web_tcp",
+        "rm servicegroup dsr-shop_web_443_sg",
         "rm lb vserver dsr-shop_web_443",
     ]
 
@@ -232,7 +257,7 @@ def test_blast_radius_guard_removals_per_pass(bound: int, removing: int, percent
     actual = converge(EMPTY, [intent(backends=hosts(*range(1, bound + 1)))], policy)
     want = d.desired([intent(backends=hosts(*range(removing + 1, bound + 1)))])
     plan = planner.diff(want, actual, policy)
-    assert len(vserver_unbinds(plan, "dsr-shop_web_80")) == removed_now
+    assert len(member_unbinds(plan, "dsr-shop_web_80_sg")) == removed_now
     held = removing - removed_now
     assert [h.reason for h in plan.holds] == (["BlastRadiusGuard"] if held else [])
 
@@ -243,7 +268,7 @@ def test_guard_below_half_with_few_backends_removes_them_over_several_passes() -
     want = d.desired([intent(backends=hosts(3))])
     passes = 0
     while not (plan := planner.diff(want, actual, policy)).empty:
-        assert len(vserver_unbinds(plan, "dsr-shop_web_80")) == 1
+        assert len(member_unbinds(plan, "dsr-shop_web_80_sg")) == 1
         actual = nsmodel.apply(actual, plan, OP_ID)
         passes += 1
     assert passes == 2
@@ -257,21 +282,21 @@ def test_deleting_the_dsrservice_is_not_limited_by_the_guard() -> None:
     assert after.objects == {} and after.bindings == frozenset()
 
 
-def test_a_shared_server_and_service_stay_while_another_dsrservice_uses_them() -> None:
+def test_a_shared_server_stays_while_another_dsrservice_uses_it() -> None:
     policy = planner.Policy(OP_ID, default_drain_seconds=30, default_guard_percent=100)
     both = [intent("web", hosts(21)), intent("api", hosts(21), vip="192.0.2.11")]
     actual = converge(EMPTY, both, policy)
     assert [s.name for s in actual.of_kind("server")] == ["dsr-198.51.100.21"]
-    assert [s.name for s in actual.of_kind("service")] == ["dsr-198.51.100.21_80"]
-    # web drops the host: its binding goes at once (api still uses the service, so no drain of it).
+    # web drops the host: its own member drains (api's member of the same host is not touched) ...
     plan = planner.diff(d.desired([intent("web", ()), both[1]]), actual, policy, scope=frozenset({"uid-web"}))
-    assert commands(plan) == [
-        "unbind lb vserver dsr-shop_web_80 dsr-198.51.100.21_80",
-        "unbind service dsr-198.51.100.21_80 -monitorName dsr-shop_web_tcp",
-    ]
-    after = converge(actual, both[1:], policy, scope=frozenset({"uid-web"}))
-    assert [s.name for s in after.of_kind("service")] == ["dsr-198.51.100.21_80"]
-    assert {o.owner for o in after.objects.values()} == {"uid-api", ns.SHARED_OWNER}
+    assert commands(plan) == ["disable servicegroup dsr-shop_web_80_sg dsr-198.51.100.21 80 -delay 30 -graceful YES"]
+    # ... and goes; the server stays for api.
+    after = converge(actual, [intent("web", ()), both[1]], policy, scope=frozenset({"uid-web"}))
+    assert [s.name for s in after.of_kind("server")] == ["dsr-198.51.100.21"]
+    assert {(b.parent, b.child) for b in after.bindings if b.kind == ns.MEMBER_BINDING} == {
+        ("dsr-shop_api_80_sg", "dsr-198.51.100.21")}
+    gone = converge(after, [intent("web", ())], policy, scope=frozenset({"uid-api"}))
+    assert gone.of_kind("server") == []
 
 
 @pytest.mark.parametrize(
@@ -451,16 +476,17 @@ def test_a_conflict_loser_drains_and_removes_only_its_vserver_on_the_contested_v
     assert planner.diff(d.desired([web]), actual, policy, frozenset({"uid-web"})) == planner.Plan(stages=())
     keep = d.released(actual, "uid-web2", {("192.0.2.10", 80)})
     first = planner.diff(keep, actual, policy, frozenset({"uid-web2"}))
-    assert commands(first) == ["disable service dsr-198.51.100.22_80 30 -graceful YES"]
+    assert commands(first) == ["disable servicegroup dsr-shop_web2_80_sg dsr-198.51.100.22 80 -delay 30 -graceful YES"]
     done = nsmodel.elapse(nsmodel.apply(actual, first, OP_ID))
     assert commands(planner.diff(keep, done, policy, frozenset({"uid-web2"}))) == [
-        "unbind lb vserver dsr-shop_web2_80 dsr-198.51.100.22_80",
-        "unbind service dsr-198.51.100.22_80 -monitorName dsr-shop_web2_tcp",
-        "rm service dsr-198.51.100.22_80",
+        "unbind servicegroup dsr-shop_web2_80_sg dsr-198.51.100.22 80",
+        "unbind lb vserver dsr-shop_web2_80 dsr-shop_web2_80_sg",
+        "unbind servicegroup dsr-shop_web2_80_sg -monitorName dsr-shop_web2_tcp",
+        "rm servicegroup dsr-shop_web2_80_sg",
         "rm lb vserver dsr-shop_web2_80",
         "rm server dsr-198.51.100.22",
     ]
-    # The loser of a port it shares with others keeps everything else; shared services stay.
+    # The loser of a port keeps everything else.
     keep_web = d.released(actual, "uid-web", {("192.0.2.10", 80)})
     plan = planner.diff(keep_web, actual, policy, frozenset({"uid-web"}))
     done = nsmodel.elapse(nsmodel.apply(actual, plan, OP_ID))
@@ -498,10 +524,11 @@ def intent_sets(draw: st.DrawFn) -> list[d.Intent]:
 
 foreign_names = st.lists(
     st.tuples(
-        st.sampled_from(["lbvserver", "service", "server", "lbmonitor"]),
+        st.sampled_from(["lbvserver", "service", "servicegroup", "server", "lbmonitor"]),
         st.sampled_from(
             [
                 "dsr-ns_svc0_80",
+                "dsr-ns_svc0_80_sg",
                 "dsr-198.51.100.1",
                 "dsr-ns_svc1_tcp",
                 "dsr-hand-made",
@@ -545,6 +572,12 @@ def test_no_operation_names_an_object_without_our_marker(intents: list[d.Intent]
             touched |= {("lbvserver", op.name), ("service", op.child)}
         elif op.kind == ns.MONITOR_BINDING:
             touched |= {("service", op.name), ("lbmonitor", op.child)}
+        elif op.kind == ns.GROUP_BINDING:
+            touched |= {("lbvserver", op.name), ("servicegroup", op.child)}
+        elif op.kind == ns.GROUP_MONITOR_BINDING:
+            touched |= {("servicegroup", op.name), ("lbmonitor", op.child)}
+        elif op.kind == ns.MEMBER_BINDING or (op.kind == "servicegroup" and op.child):
+            touched |= {("servicegroup", op.name), ("server", op.child)}
         elif op.kind == "service":
             touched |= {("service", op.name), ("server", op.body.get("servername", ""))}
         else:
@@ -559,16 +592,12 @@ def test_guard_never_removes_more_than_half_of_a_wanted_vserver(before: list[d.I
     actual = converge(EMPTY, before, FREE)
     plan = planner.diff(d.desired(after), actual, policy)
     want = d.desired(after)
-    for vserver in actual.of_kind("lbvserver"):
-        if want.get("lbvserver", vserver.name) is None:
+    for group in actual.of_kind("servicegroup"):
+        if want.get("servicegroup", group.name) is None:
             continue  # no longer wanted (its DsrService or its port is gone): no guard
-        bound = [b for b in actual.bindings if b.parent == vserver.name]
-        gone = [
-            op
-            for op in plan.ops
-            if op.kind == ns.VSERVER_BINDING and op.verb == "unbind" and op.name == vserver.name
-        ]
-        assert len(gone) <= len(bound) // 2
+        bound = [b for b in actual.bindings if b.kind == ns.MEMBER_BINDING and b.parent == group.name]
+        gone = [op for op in plan.ops if op.kind == ns.MEMBER_BINDING and op.verb == "unbind" and op.name == group.name]
+        assert len(gone) <= max(len(bound) // 2, 1 if len(bound) > 1 else 0)
 
 
 @PROPS
@@ -582,40 +611,68 @@ def test_owners_outside_scope_are_untouched(before: list[d.Intent], after: list[
             assert op.owner in scope
 
 
-def test_a_monitor_on_a_service_that_another_dsrservice_drains_goes_with_its_own_binding() -> None:
-    """Two DsrServices share a service; both drop that backend. One drains it (drainSeconds 30), the other
-    unbinds at once (0). The other's monitor binding goes in the same plan, its monitor too: it gets no drain
-    hold and would not come back for them (they stayed on the service for good, and the service with them)."""
-    a = intent("a", hosts(1, 2), vip="192.0.2.1", healthCheck={"type": "TCP"})
-    b = intent("b", hosts(1, 2), vip="192.0.2.2", healthCheck={"type": "TCP"})
-    policy = planner.Policy(OP_ID, drain_seconds={"uid-a": 0, "uid-b": 30})
-    box = converge(EMPTY, [a, b], policy)
-    a2 = intent("a", hosts(2), vip="192.0.2.1", healthCheck={"type": "PING"})
-    b2 = intent("b", hosts(2), vip="192.0.2.2", healthCheck={"type": "TCP"})
-    plan = planner.diff(d.desired([a2, b2]), box, policy)
-    ops = {(op.verb, op.kind, op.target) for op in plan.ops}
-    shared = names.service(80, "198.51.100.1")
-    assert ("disable", "service", shared) in ops  # b drains it
-    assert ("unbind", ns.VSERVER_BINDING, f"dsr-shop_a_80 -> {shared}") in ops
-    assert ("unbind", ns.MONITOR_BINDING, f"{shared} -> dsr-shop_a_tcp") in ops
-    assert ("delete", "lbmonitor", "dsr-shop_a_tcp") in ops
-    assert ("unbind", ns.MONITOR_BINDING, f"{shared} dsr-shop_b_tcp") not in ops  # b's stays while it drains
-    after = nsmodel.elapse(nsmodel.apply(box, plan, OP_ID))
-    assert converge(after, [a2, b2], policy).get("service", shared) is None
+def legacy(intents: list[d.Intent]) -> ns.NetScalerState:
+    """NetScaler as earlier versions left it: one shared service per host and port, bound to each vserver,
+    carrying every DsrService's monitor; everything UP."""
+    want = d.desired(intents)
+    objects = [o for o in want.objects.values() if o.kind != "servicegroup"]
+    bindings: set[ns.Binding] = set()
+    for i in intents:
+        monitor = names.monitor(i.ref, i.spec.health_check.type.value)
+        for port in i.spec.ports:
+            for b in i.backends:
+                service = names.service(port, b.address)
+                objects.append(ns.NsObject.make(
+                    "service", service, ns.SHARED_OWNER, state="UP", servername=names.server(b.address),
+                    servicetype="ANY", port=nsops.nitro_port(port), usip="YES", healthmonitor="YES"))
+                bindings.add(ns.Binding(ns.MONITOR_BINDING, service, monitor, i.ref.uid))
+                if b.loopback_ready:
+                    bindings.add(ns.Binding(ns.VSERVER_BINDING, names.vserver(i.ref, port), service, i.ref.uid, "UP"))
+    return ns.NetScalerState.build({(o.kind, o.name): o for o in objects}.values(), bindings, mbf=True)
 
 
-def test_two_dsrservices_leaving_one_service_in_one_plan_both_wait_for_its_drain() -> None:
-    """The disable is sent once; both DsrServices hold (Draining) and come back, so after the drain both
-    bindings, the service and its server go (the second one used to get no hold and kept its binding)."""
+def test_shared_services_of_earlier_versions_give_way_to_servicegroups_without_losing_a_backend() -> None:
+    """An upgrade: the box has two DsrServices sharing a service per host. Each gets its servicegroup with its
+    members first; a vserver's binding to a shared service goes only once the same host is UP in its group,
+    then the service drains and goes with its monitors. No step leaves a vserver without an UP backend."""
     a = intent("a", hosts(1, 2), vip="192.0.2.1")
-    b = intent("b", hosts(1, 2), vip="192.0.2.2")
-    policy = planner.Policy(OP_ID, drain_seconds={"uid-a": 5, "uid-b": 5})
-    box = converge(EMPTY, [a, b], policy)
-    a2, b2 = intent("a", hosts(2), vip="192.0.2.1"), intent("b", hosts(2), vip="192.0.2.2")
-    plan = planner.diff(d.desired([a2, b2]), box, policy)
-    shared = names.service(80, "198.51.100.1")
-    assert [op.name for op in plan.ops if op.verb == "disable"] == [shared]
-    assert {(h.owner, h.reason) for h in plan.holds} == {("uid-a", "Draining"), ("uid-b", "Draining")}
-    assert {h.retry_after for h in plan.holds} == {5.0}
-    after = converge(nsmodel.elapse(nsmodel.apply(box, plan, OP_ID)), [a2, b2], policy)
-    assert after.get("service", shared) is None and after.get("server", names.server("198.51.100.1")) is None
+    b = intent("b", hosts(1, 2), vip="192.0.2.2", healthCheck={"type": "PING"})
+    policy = planner.Policy(OP_ID, default_drain_seconds=5)
+    box = legacy([a, b])
+    want = d.desired([a, b])
+    first = planner.diff(want, box, policy)
+    assert not [op for op in first.ops if op.verb in ("unbind", "disable", "delete")]
+    assert {(h.owner, h.reason) for h in first.holds} == {("uid-a", "Applying"), ("uid-b", "Applying")}
+    box = nsmodel.apply(box, first, OP_ID)
+    rounds = 0
+
+    def serving(state: ns.NetScalerState, vserver: str, group: str) -> set[str]:
+        old = {x.child for x in state.bindings if x.kind == ns.VSERVER_BINDING and x.parent == vserver
+               and (svc := state.get("service", x.child)) is not None and svc.state == "UP"}
+        new = {names.service(80, x.child.removeprefix("dsr-")) for x in state.bindings
+               if x.kind == ns.MEMBER_BINDING and x.parent == group and x.state == "UP"}
+        return old | new
+
+    box = nsmodel.elapse(box)  # the members' first probes
+    while not (plan := planner.diff(want, box, policy)).empty:
+        box = nsmodel.apply(box, plan, OP_ID)
+        for ref in ("a", "b"):
+            assert len(serving(box, f"dsr-shop_{ref}_80", f"dsr-shop_{ref}_80_sg")) == 2
+        box = nsmodel.elapse(box)
+        rounds += 1
+        assert rounds < 6
+    assert box.of_kind("service") == []
+    assert nsmodel.ours(box) == nsmodel.ours(want)
+
+
+def test_a_shared_service_that_is_down_goes_without_waiting_for_its_member() -> None:
+    a = intent("a", hosts(1))
+    box = legacy([a])
+    service = names.service(80, "198.51.100.1")
+    obj = box.get("service", service)
+    assert obj is not None
+    box = ns.NetScalerState.build([*(o for o in box.objects.values() if o.name != service),
+                                   dataclasses.replace(obj, state="DOWN")], box.bindings, mbf=True)
+    plan = planner.diff(d.desired([a]), box, planner.Policy(OP_ID, default_drain_seconds=0))
+    assert f"unbind lb vserver dsr-shop_a_80 {service}" in commands(plan)
+    assert [h.reason for h in plan.holds] == []

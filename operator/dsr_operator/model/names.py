@@ -37,9 +37,14 @@ def vserver(ref: models.ObjectRef, port: int | str) -> str:
 
 
 def service(port: int | str, address: str) -> str:
-    """A service is shared by every DsrService that sends this port to this host (NetScaler allows
-    one service per IP, port and type)."""
+    """A shared service of earlier versions: one per host and port for every DsrService (NetScaler
+    allows one service per IP, port and type). Read to move them to servicegroups, never made."""
     return fit(f"{PREFIX}{address}_{port_label(port)}")
+
+
+def servicegroup(ref: models.ObjectRef, port: int | str) -> str:
+    """One DsrService's backends on one port: its own members, judged by its own monitor only."""
+    return fit(f"{PREFIX}{ref.namespace}_{ref.name}_{port_label(port)}_sg")
 
 
 def monitor(ref: models.ObjectRef, check_type: str) -> str:

@@ -28,12 +28,23 @@ ORDER: tuple[tuple[str, str], ...] = (
     ("update", "service"),
     ("enable", "service"),
     ("bind", ns.MONITOR_BINDING),
+    ("add", "servicegroup"),
+    ("update", "servicegroup"),
+    ("bind", ns.GROUP_MONITOR_BINDING),  # a member is judged by its group's monitor from the start
+    ("enable", "servicegroup"),  # a draining member wanted again
+    ("bind", ns.MEMBER_BINDING),
     ("add", "lbvserver"),
     ("update", "lbvserver"),
+    ("bind", ns.GROUP_BINDING),
     ("bind", ns.VSERVER_BINDING),
+    ("disable", "servicegroup"),  # a member drains before it leaves its group
     ("disable", "service"),
+    ("unbind", ns.MEMBER_BINDING),
     ("unbind", ns.VSERVER_BINDING),
+    ("unbind", ns.GROUP_BINDING),
+    ("unbind", ns.GROUP_MONITOR_BINDING),
     ("unbind", ns.MONITOR_BINDING),
+    ("delete", "servicegroup"),
     ("delete", "service"),
     ("delete", "lbvserver"),
     ("delete", "lbmonitor"),

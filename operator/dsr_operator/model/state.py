@@ -66,10 +66,23 @@ LBMONITOR = Kind(
     blank=(("destip", "0.0.0.0"), ("destip", "::"), ("destport", 0)),
     units=(("interval", "units3"), ("resptimeout", "units4")),
 )
-KINDS: dict[str, Kind] = {k.rtype: k for k in (SERVER, SERVICE, LBVSERVER, LBMONITOR)}
+SERVICEGROUP = Kind(
+    "servicegroup",
+    "servicegroupname",
+    ("servicetype", "usip", "healthmonitor", "comment"),
+    immutable=("servicetype",),
+)
+KINDS: dict[str, Kind] = {k.rtype: k for k in (SERVER, SERVICE, SERVICEGROUP, LBVSERVER, LBMONITOR)}
 
 VSERVER_BINDING = "lbvserver_service_binding"
 MONITOR_BINDING = "service_lbmonitor_binding"
+GROUP_BINDING = "lbvserver_servicegroup_binding"
+"""vserver → servicegroup."""
+GROUP_MONITOR_BINDING = "servicegroup_lbmonitor_binding"
+"""servicegroup → monitor: the monitor judges that group's members only."""
+MEMBER_BINDING = "servicegroup_servicegroupmember_binding"
+"""servicegroup → server, on the binding's port: a member, with its own state in that group."""
+BINDING_KINDS = (VSERVER_BINDING, MONITOR_BINDING, GROUP_BINDING, GROUP_MONITOR_BINDING, MEMBER_BINDING)
 
 # Service states in which the service no longer receives new connections.
 OUT_OF_SERVICE = "OUT OF SERVICE"
@@ -184,23 +197,42 @@ class NsObject:
 
 @dataclasses.dataclass(frozen=True, order=True, slots=True)
 class Binding:
-    """A binding between two named objects: vserver→service or service→monitor."""
+    """A binding between two named objects: vserver→service, service→monitor, vserver→servicegroup,
+    servicegroup→monitor, or servicegroup→server (a member, on `port`)."""
 
-    kind: str  # VSERVER_BINDING or MONITOR_BINDING
+    kind: str  # one of BINDING_KINDS
     parent: str
     child: str
     owner: str = dataclasses.field(default="", compare=False)
     state: str | None = dataclasses.field(default=None, compare=False)
+    """Runtime state read from the box: a vserver binding's `curstate`, a member's `svrstate`."""
+    port: int = 0
+    """A member's NITRO port (65535 is every port); 0 for the other kinds."""
+
+    @property
+    def member_id(self) -> str:
+        """How a member is named where one string must do (drains, a leaving host): `group/server:port`."""
+        return member_key(self.parent, self.child, self.port)
 
     def payload(self) -> dict[str, Any]:
         if self.kind == VSERVER_BINDING:
             return {"name": self.parent, "servicename": self.child, "weight": 1}
-        return {"name": self.parent, "monitor_name": self.child}
+        return self.unbind_payload()
 
     def unbind_payload(self) -> dict[str, Any]:
         if self.kind == VSERVER_BINDING:
             return {"name": self.parent, "servicename": self.child}
+        if self.kind == GROUP_BINDING:
+            return {"name": self.parent, "servicegroupname": self.child}
+        if self.kind == GROUP_MONITOR_BINDING:
+            return {"servicegroupname": self.parent, "monitor_name": self.child}
+        if self.kind == MEMBER_BINDING:
+            return {"servicegroupname": self.parent, "servername": self.child, "port": self.port}
         return {"name": self.parent, "monitor_name": self.child}
+
+
+def member_key(group: str, server: str, port: int) -> str:
+    return f"{group}/{server}:{port}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,7 +329,8 @@ class StateIndex:
         unused = tuple(
             obj for obj in objects_of.get(SHARED_OWNER, ())
             if (obj.kind == SERVICE.rtype and obj.name not in by_name)
-            or (obj.kind == SERVER.rtype and obj.name not in services_of)
+            or (obj.kind == SERVER.rtype and obj.name not in services_of
+                and not any(b.kind == MEMBER_BINDING for b in by_name.get(obj.name, ())))
         )
         return cls(frozen(by_kind), frozen(by_name), frozen(objects_of), frozen(bindings_of), frozen(services_of),
                    unused)
@@ -312,7 +345,8 @@ def parse_actual(
     """Build the actual state from NITRO GET records keyed by resource type.
 
     Objects named with our prefix but lacking our marker are recorded as foreign names only.
-    A vserver binding belongs to its vserver's owner, a monitor binding to its monitor's owner.
+    A vserver binding belongs to its vserver's owner, a monitor binding to its monitor's owner, a
+    member to its servicegroup's owner.
     """
     objects: list[NsObject] = []
     foreign: list[tuple[str, str]] = []
@@ -364,4 +398,27 @@ def parse_actual(
         monitor = ours.get((LBMONITOR.rtype, str(rec.get("monitor_name"))))
         if monitor is not None and (SERVICE.rtype, str(rec.get("name"))) in ours:
             bindings.append(Binding(MONITOR_BINDING, same(rec.get("name")), monitor.name, monitor.owner))
+    for rec in records.get(GROUP_BINDING, ()):
+        parent = ours.get((LBVSERVER.rtype, str(rec.get("name"))))
+        if parent is not None:
+            bindings.append(Binding(GROUP_BINDING, parent.name, same(rec.get("servicegroupname")), parent.owner))
+    for rec in records.get(GROUP_MONITOR_BINDING, ()):
+        monitor = ours.get((LBMONITOR.rtype, str(rec.get("monitor_name"))))
+        if monitor is not None and (SERVICEGROUP.rtype, str(rec.get("servicegroupname"))) in ours:
+            bindings.append(
+                Binding(GROUP_MONITOR_BINDING, same(rec.get("servicegroupname")), monitor.name, monitor.owner)
+            )
+    for rec in records.get(MEMBER_BINDING, ()):
+        group = ours.get((SERVICEGROUP.rtype, str(rec.get("servicegroupname"))))
+        if group is not None and rec.get("servername") not in (None, ""):
+            bindings.append(
+                Binding(
+                    MEMBER_BINDING,
+                    group.name,
+                    same(rec.get("servername")),
+                    group.owner,
+                    _shared(rec.get("svrstate")),
+                    port=int(str(rec.get("port") or 0)),
+                )
+            )
     return NetScalerState.build(objects, bindings, mbf=mbf, foreign=foreign)

@@ -30,10 +30,16 @@ CHUNK = 1000
 _BINDING_ATTRS: dict[str, tuple[str, ...]] = {
     ns.VSERVER_BINDING: ("name", "servicename", "curstate"),
     ns.MONITOR_BINDING: ("name", "monitor_name"),
+    ns.GROUP_BINDING: ("name", "servicegroupname"),
+    ns.GROUP_MONITOR_BINDING: ("servicegroupname", "monitor_name"),
+    ns.MEMBER_BINDING: ("servicegroupname", "servername", "port", "svrstate"),
 }
+#: The field of a binding record that names its parent.
+_PARENT = {ns.GROUP_MONITOR_BINDING: "servicegroupname", ns.MEMBER_BINDING: "servicegroupname"}
 _ATTRS: dict[str, tuple[str, ...]] = {
     "server": ("name", "ipaddress", "comment", "state"),
     "service": ("name", "servername", "servicetype", "port", "usip", "healthmonitor", "comment", "svrstate"),
+    "servicegroup": ("servicegroupname", "servicetype", "usip", "healthmonitor", "comment"),
     "lbvserver": ("name", "servicetype", "ipv46", "port", "lbmethod", "m", "comment", "curstate"),
     "lbmonitor": (
         "monitorname",
@@ -79,9 +85,9 @@ async def read_actual(client: nitro.NitroClient, operator_id: str) -> ns.NetScal
         # `bulkbindings=yes` is documented for a get-all only, never with `filter=` or `attrs=`: filter
         # here, and keep only the fields read (a binding record has 14; the whole box's are large).
         rows = await client.get(rtype, bulkbindings=True)
-        wanted = _BINDING_ATTRS[rtype]
+        wanted, parent = _BINDING_ATTRS[rtype], _PARENT.get(rtype, "name")
         return [{k: row[k] for k in wanted if k in row}
-                for row in rows if str(row.get("name", "")).startswith(ns.PREFIX)]
+                for row in rows if str(row.get(parent, "")).startswith(ns.PREFIX)]
 
     results = await asyncio.gather(
         client.get_modes(),
@@ -96,7 +102,7 @@ async def read_actual(client: nitro.NitroClient, operator_id: str) -> ns.NetScal
     by_type = dict(zip(ns.KINDS, records, strict=True))
     # The bindings one type after the other: each is the whole box's, and its records, 14 fields each,
     # are cut down before the next is read (read together, the two were the operator's peak memory).
-    for rtype in (ns.VSERVER_BINDING, ns.MONITOR_BINDING):
+    for rtype in ns.BINDING_KINDS:
         by_type[rtype] = await bindings(rtype)
     return ns.parse_actual(by_type, operator_id=operator_id, mbf=_truthy(modes.get("mbf")))
 

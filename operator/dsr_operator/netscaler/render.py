@@ -11,6 +11,7 @@ from dsr_operator.model.ops import spec_port
 _OBJECT_WORDS = {
     "server": "server",
     "service": "service",
+    "servicegroup": "servicegroup",
     "lbvserver": "lb vserver",
     "lbmonitor": "lb monitor",
 }
@@ -57,6 +58,9 @@ def command(verb: str, kind: str, body: Mapping[str, Any]) -> str:
         elif kind == "service":
             head = f"add service {b['name']} {b['servername']} {b['servicetype']} {_port(b['port'])}"
             rest = _options(b, ("name", "servername", "servicetype", "port"))
+        elif kind == "servicegroup":
+            head = f"add servicegroup {b['servicegroupname']} {b['servicetype']}"
+            rest = _options(b, ("servicegroupname", "servicetype"))
         elif kind == "lbvserver":
             head = f"add lb vserver {b['name']} {b['servicetype']} {b['ipv46']} {_port(b['port'])}"
             rest = _options(b, ("name", "servicetype", "ipv46", "port"))
@@ -64,19 +68,23 @@ def command(verb: str, kind: str, body: Mapping[str, Any]) -> str:
             head = f"add lb monitor {b['monitorname']} {b['type']}"
             rest = _options(b, ("monitorname", "type"))
         return f"{head} {rest}".strip()
+    key = {"lbmonitor": "monitorname", "servicegroup": "servicegroupname"}.get(kind, "name")
     if verb == "update":
-        key = "monitorname" if kind == "lbmonitor" else "name"
         extra = f" {b['type']}" if kind == "lbmonitor" else ""
         return f"set {words} {b[key]}{extra} {_options(b, (key, 'type'))}".strip()
     if verb == "unset":
-        key = "monitorname" if kind == "lbmonitor" else "name"
         extra = f" {b['type']}" if kind == "lbmonitor" else ""
         flags = " ".join(f"-{_OPTION_NAMES.get(k, k)}" for k, v in b.items() if k not in (key, "type") and v)
         return f"unset {words} {b[key]}{extra} {flags}".strip()
     if verb == "delete":
         if kind == "lbmonitor":
             return f"rm lb monitor {b['monitorname']} {b['type']}"
-        return f"rm {words} {b['name']}"
+        return f"rm {words} {b[key]}"
+    if kind == "servicegroup" and verb in ("enable", "disable"):  # one member
+        member = f"servicegroup {b['servicegroupname']} {b['servername']} {_port(b['port'])}"
+        if verb == "disable" and b.get("delay"):
+            return f"disable {member} -delay {b['delay']} -graceful {b.get('graceful', 'YES')}"
+        return f"{verb} {member}"
     if verb in ("enable", "disable"):
         if verb == "disable" and b.get("delay"):
             return f"disable {words} {b['name']} {b['delay']} -graceful {b.get('graceful', 'YES')}"
@@ -85,4 +93,10 @@ def command(verb: str, kind: str, body: Mapping[str, Any]) -> str:
         return f"{verb} lb vserver {b['name']} {b['servicename']}"
     if kind == "service_lbmonitor_binding":
         return f"{verb} service {b['name']} -monitorName {b['monitor_name']}"
+    if kind == "lbvserver_servicegroup_binding":
+        return f"{verb} lb vserver {b['name']} {b['servicegroupname']}"
+    if kind == "servicegroup_lbmonitor_binding":
+        return f"{verb} servicegroup {b['servicegroupname']} -monitorName {b['monitor_name']}"
+    if kind == "servicegroup_servicegroupmember_binding":
+        return f"{verb} servicegroup {b['servicegroupname']} {b['servername']} {_port(b['port'])}"
     return f"{verb} {words} {shlex.quote(str(b))}"

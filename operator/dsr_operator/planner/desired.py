@@ -1,10 +1,15 @@
 """Desired NetScaler state: what the DsrServices and their backends ask for (pure).
 
 The seed's manual procedure, as data: MBF on; a server per backend host (shared); per port a
-vserver of type ANY in MAC mode on the VIP; per port and backend host a service of type ANY with
-USIP (shared: NetScaler has one service per IP, port and type);
-one monitor per DsrService bound to its services; a binding only for backends whose node already
-holds the VIP (the loopback handshake), so nothing is black-holed.
+vserver of type ANY in MAC mode on the VIP and a servicegroup of type ANY with USIP bound to it; one
+monitor per DsrService bound to its servicegroups. A backend is a member of a servicegroup only once
+its node holds the VIP (the loopback handshake), so nothing is black-holed.
+
+Servicegroups, not services: NetScaler has one service per IP, port and type, so a service would be
+shared by every DsrService with a backend on that host and port, and each one's monitor would judge
+it for all of them (one tenant's failing check would take the host out for another). A host:port may
+be a member of any number of servicegroups, each member with its own state, judged by its own
+group's monitors only.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ def desired_for(intent: Intent) -> tuple[list[ns.NsObject], list[ns.Binding]]:
     for port in spec.ports:
         nitro_port = nsops.nitro_port(port)
         vserver = names.vserver(intent.ref, port)
+        group = names.servicegroup(intent.ref, port)
         objects.append(
             ns.NsObject.make(
                 "lbvserver",
@@ -85,23 +91,15 @@ def desired_for(intent: Intent) -> tuple[list[ns.NsObject], list[ns.Binding]]:
                 m="MAC",
             )
         )
+        objects.append(
+            ns.NsObject.make("servicegroup", group, owner, servicetype="ANY", usip="YES", healthmonitor="YES")
+        )
+        bindings.append(ns.Binding(ns.GROUP_BINDING, vserver, group, owner))
+        bindings.append(ns.Binding(ns.GROUP_MONITOR_BINDING, group, monitor.name, owner))
         for backend in intent.backends:
-            service = names.service(port, backend.address)
-            objects.append(
-                ns.NsObject.make(
-                    "service",
-                    service,
-                    ns.SHARED_OWNER,
-                    servername=names.server(backend.address),
-                    servicetype="ANY",
-                    port=nitro_port,
-                    usip="YES",
-                    healthmonitor="YES",
-                )
-            )
-            bindings.append(ns.Binding(ns.MONITOR_BINDING, service, monitor.name, owner))
             if backend.loopback_ready:
-                bindings.append(ns.Binding(ns.VSERVER_BINDING, vserver, service, owner))
+                server = names.server(backend.address)
+                bindings.append(ns.Binding(ns.MEMBER_BINDING, group, server, owner, port=nitro_port))
     return objects, bindings
 
 
@@ -207,16 +205,18 @@ def holdings(actual: ns.NetScalerState) -> dict[str, set[Endpoint]]:
 def released(actual: ns.NetScalerState, owner: str, endpoints: Iterable[Endpoint]) -> ns.NetScalerState:
     """What a VIP conflict's loser keeps on NetScaler: all it has but its vservers on `endpoints`.
 
-    The services only those vservers used go too, so a diff against this state drains them, then
-    unbinds and removes them with the vservers; nothing else of the loser changes (its last good
-    configuration stays), except that a service it was already draining goes on draining.
+    The servicegroups (and services of earlier versions) only those vservers used go too, so a diff
+    against this state drains their members, then unbinds and removes them with the vservers; nothing
+    else of the loser changes (its last good configuration stays), except that what it was already
+    draining goes on draining.
     """
     lost = set(endpoints)
     vservers = [v for v in actual.of_kind("lbvserver") if v.owner == owner]
     gone = {v.name for v in vservers if (str(v.get("ipv46")), nsops.spec_port(v.get("port"))) in lost}
     kept_ports = {v.get("port") for v in vservers if v.name not in gone}
     mine = [b for b in actual.bindings if b.owner == owner]
-    used = {b.child if b.kind == ns.VSERVER_BINDING else b.parent for b in mine}
+    used = {b.child if b.kind == ns.VSERVER_BINDING else b.parent for b in mine
+            if b.kind in (ns.VSERVER_BINDING, ns.MONITOR_BINDING)}
     draining = (ns.OUT_OF_SERVICE, ns.GOING_OUT_OF_SERVICE)
     services = [
         s
@@ -224,13 +224,19 @@ def released(actual: ns.NetScalerState, owner: str, endpoints: Iterable[Endpoint
         if s.name in used and s.get("port") in kept_ports and s.state not in draining
     ]
     kept_services = {s.name for s in services}
-    servers = [s for s in actual.of_kind("server") if s.name in {svc.get("servername") for svc in services}]
+    kept_groups = {b.child for b in mine if b.kind == ns.GROUP_BINDING and b.parent not in gone}
+    groups = [g for g in actual.of_kind("servicegroup") if g.owner == owner and g.name in kept_groups]
+    members = [b for b in mine if b.kind == ns.MEMBER_BINDING and b.parent in kept_groups and b.state not in draining]
+    server_names = {svc.get("servername") for svc in services} | {b.child for b in members}
+    servers = [s for s in actual.of_kind("server") if s.name in server_names]
     monitors = [m for m in actual.of_kind("lbmonitor") if m.owner == owner]
     bindings = [
         b
         for b in mine
         if (b.kind == ns.VSERVER_BINDING and b.parent not in gone and b.child in kept_services)
         or (b.kind == ns.MONITOR_BINDING and b.parent in kept_services)
+        or (b.kind == ns.GROUP_BINDING and b.parent not in gone)
+        or (b.kind == ns.GROUP_MONITOR_BINDING and b.parent in kept_groups)
     ]
-    objects = [*(v for v in vservers if v.name not in gone), *services, *servers, *monitors]
-    return ns.NetScalerState.build(objects, bindings, mbf=True)
+    objects = [*(v for v in vservers if v.name not in gone), *services, *groups, *servers, *monitors]
+    return ns.NetScalerState.build(objects, [*bindings, *members], mbf=True)

@@ -2,7 +2,8 @@
 
 The operator keeps its view of NetScaler current from the operations that succeeded, instead of
 reading the box again after every change; a resync re-reads it. Drains take time on the box: a
-gracefully disabled service is GOING OUT OF SERVICE here until it is read again.
+gracefully disabled service or member is GOING OUT OF SERVICE here until it is read again. A new
+member's state is unknown (None) until the box is read: its first probe decides it.
 """
 
 from __future__ import annotations
@@ -65,20 +66,39 @@ def after(
                     not any(o.get("servername") == op.name for (k, _), o in objects.items() if k == "service"),
                     f"{key} still used by a service",
                 )
+                check(not any(b.kind == ns.MEMBER_BINDING and b.child == op.name for b in bindings),
+                      f"{key} still a member of a servicegroup")
+            if op.kind == "servicegroup":  # NetScaler removes a servicegroup's bindings with it
+                for b in [b for b in bindings if op.name in (b.parent, b.child) and b.kind in _GROUP_KINDS]:
+                    bindings.pop(b)
             objects.pop(key, None)
+        elif op.verb in ("enable", "disable") and op.kind == "servicegroup" and op.child:
+            member = ns.Binding(ns.MEMBER_BINDING, op.name, op.child, port=_port(op))
+            old_member = bindings.get(member)
+            if old_member is not None:
+                new_state = None if op.verb == "enable" else ns.GOING_OUT_OF_SERVICE
+                bindings[member] = dataclasses.replace(old_member, state=new_state)
         elif op.verb in ("enable", "disable"):
             old = objects.get(key)
             if old is not None:
                 new_state = "UP" if op.verb == "enable" else ns.GOING_OUT_OF_SERVICE
                 objects[key] = dataclasses.replace(old, state=new_state)
         elif op.verb == "bind":
-            binding = ns.Binding(op.kind, op.name, op.child, op.owner)
+            binding = ns.Binding(op.kind, op.name, op.child, op.owner, port=_port(op))
             bindings[binding] = binding
         elif op.verb == "unbind":
-            bindings.pop(ns.Binding(op.kind, op.name, op.child), None)
+            bindings.pop(ns.Binding(op.kind, op.name, op.child, port=_port(op)), None)
         else:  # pragma: no cover - every verb of nsops.ORDER is handled above
             raise InvalidOperation(f"unknown operation {op}")
     return ns.NetScalerState.build(objects.values(), bindings.values(), mbf=mbf, foreign=state.foreign)
+
+
+_GROUP_KINDS = (ns.GROUP_BINDING, ns.GROUP_MONITOR_BINDING, ns.MEMBER_BINDING)
+
+
+def _port(op: nsops.Op) -> int:
+    """A member operation's port (0 for every other kind)."""
+    return int(str(op.body.get("port") or 0)) if op.kind in (ns.MEMBER_BINDING, "servicegroup") else 0
 
 
 def elapse(state: ns.NetScalerState) -> ns.NetScalerState:
@@ -87,4 +107,18 @@ def elapse(state: ns.NetScalerState) -> ns.NetScalerState:
         dataclasses.replace(o, state=ns.OUT_OF_SERVICE) if o.state == ns.GOING_OUT_OF_SERVICE else o
         for o in state.objects.values()
     ]
-    return ns.NetScalerState.build(objects, state.bindings, mbf=state.mbf, foreign=state.foreign)
+    bindings = [
+        dataclasses.replace(b, state=ns.OUT_OF_SERVICE) if b.state == ns.GOING_OUT_OF_SERVICE else b
+        for b in state.bindings
+    ]
+    return ns.NetScalerState.build(objects, bindings, mbf=state.mbf, foreign=state.foreign)
+
+
+def probed(state: ns.NetScalerState, down: frozenset[tuple[str, str]] = frozenset()) -> ns.NetScalerState:
+    """Every member of unknown state after its first probe: UP, or DOWN for (group, server) in `down`."""
+    bindings = [
+        dataclasses.replace(b, state="DOWN" if (b.parent, b.child) in down else "UP")
+        if b.kind == ns.MEMBER_BINDING and b.state is None else b
+        for b in state.bindings
+    ]
+    return ns.NetScalerState.build(state.objects.values(), bindings, mbf=state.mbf, foreign=state.foreign)

@@ -1,8 +1,9 @@
 """Diff desired against actual NetScaler state into an ordered plan of bulk stages (pure).
 
 A plan is a list of stages; each stage is one verb on one object type, so it goes to NetScaler as
-one bulk request, and stages run in dependency order: servers, monitors, services, monitor
-bindings, vservers, vserver bindings; then, for removal, the reverse with a graceful drain first.
+one bulk request, and stages run in dependency order: servers, monitors, servicegroups, their
+monitor bindings, members, vservers, vserver bindings; then, for removal, the reverse with a
+graceful drain first (`nsops.ORDER`).
 
 Safety rules enforced here, not in the callers:
 - only objects whose `comment` carries our marker are updated or removed; a desired name that
@@ -10,12 +11,15 @@ Safety rules enforced here, not in the callers:
 - a managed optional field that is no longer wanted is unset (back to NetScaler's default),
   never left behind;
 - only owners in `scope` lose objects (a one-shot apply of one file never prunes another's);
-- a service that carries traffic is disabled gracefully for `drainSeconds` before it is unbound;
+- a member (or a service) that carries traffic is disabled gracefully for `drainSeconds` before it
+  is unbound;
 - the blast-radius guard: one plan removes at most a share of a wanted vserver's bound backends
   (rounded down, but at least one while more than one is bound: `guard_allowance`); a vserver no
   longer wanted (its DsrService deleted, its port removed) is not limited, nor a backend that asked
   to leave (`Policy.leaving`);
-- servers and services are shared: removed only when nothing that remains references them;
+- servers are shared: removed only when nothing that remains references them; so are the services
+  of earlier versions, which give way to servicegroups: a vserver's binding to one goes only once the
+  same host is an UP member of the vserver's servicegroup (or the service is not UP itself);
 - a vserver is never added or moved onto an IP:port another vserver holds: it waits (VipConflict).
 """
 
@@ -105,7 +109,9 @@ def relevant(
         owned, owned_bindings = actual.owned_by(owner)
         objects.update(((o.kind, o.name), o) for o in owned)
         bindings.update(owned_bindings)
-        services.update(b.child if b.kind == ns.VSERVER_BINDING else b.parent for b in owned_bindings)
+        services.update(b.child if b.kind == ns.VSERVER_BINDING else b.parent for b in owned_bindings
+                        if b.kind in _SERVICE_BINDINGS)
+        servers.update(b.child for b in owned_bindings if b.kind == ns.MEMBER_BINDING)
     for key in desired.objects:
         have = actual.objects.get(key)
         if have is not None:
@@ -125,10 +131,19 @@ def relevant(
         server = actual.get("server", name)
         if server is not None:
             objects[("server", name)] = server
+        bindings.update(b for b in actual.bindings_of(name) if b.kind == ns.MEMBER_BINDING)
         for service in actual.services_of_server(name):
             objects[("service", service.name)] = service
             bindings.update(actual.bindings_of(service.name))
     return ns.NetScalerState(objects=objects, bindings=frozenset(bindings), mbf=actual.mbf, foreign=actual.foreign)
+
+
+_SERVICE_BINDINGS = (ns.VSERVER_BINDING, ns.MONITOR_BINDING)
+_DRAINING = (ns.OUT_OF_SERVICE, ns.GOING_OUT_OF_SERVICE)
+
+
+def _member_body(binding: ns.Binding) -> dict[str, Any]:
+    return {"servicegroupname": binding.parent, "servername": binding.child, "port": binding.port}
 
 
 def diff(
@@ -222,18 +237,56 @@ def diff(
             if kind == "lbmonitor":
                 unset_body["type"] = want.get("type")
             ops.append(Op("unset", kind, name, want.owner, unset_body))
-        if kind == "service" and have.state in (ns.OUT_OF_SERVICE, ns.GOING_OUT_OF_SERVICE):
+        if kind == "service" and have.state in _DRAINING:
             ops.append(Op("enable", kind, name, want.owner, {"name": name}))
     for binding in sorted(desired.bindings - actual.bindings):
         if binding.parent in blocked_names or binding.child in blocked_names:
             continue
         ops.append(Op.binding("bind", binding))
+    actual_members = {b: b for b in actual.bindings if b.kind == ns.MEMBER_BINDING}
+    for binding in sorted(b for b in desired.bindings if b.kind == ns.MEMBER_BINDING):
+        have_member = actual_members.get(binding)
+        if have_member is not None and have_member.state in _DRAINING:  # wanted again while it drained
+            ops.append(Op("enable", "servicegroup", binding.parent, binding.owner, _member_body(binding),
+                          child=binding.child))
 
     # Removals: bindings first (with drain and guard), then the objects nothing uses any more.
     everything = actual.bindings | desired.bindings
     monitor_removals = {
         b for b in actual.bindings if b.kind == ns.MONITOR_BINDING and b not in desired.bindings and in_scope(b.owner)
     }
+    members_up = {(b.parent, b.child) for b in actual_members.values() if b.state == "UP"}
+    group_of = {b.parent: b.child for b in desired.bindings if b.kind == ns.GROUP_BINDING}
+    desired_members = {(b.parent, b.child) for b in desired.bindings if b.kind == ns.MEMBER_BINDING}
+    member_removals: list[ns.Binding] = []
+    held_members: set[ns.Binding] = set()
+    by_group: dict[str, list[ns.Binding]] = defaultdict(list)
+    for binding in actual_members.values():
+        by_group[binding.parent].append(binding)
+    for group, members in sorted(by_group.items()):
+        owner = members[0].owner
+        if not in_scope(owner):
+            continue
+        removing = sorted(b for b in members if b not in desired.bindings)
+        wanted = desired.get("servicegroup", group) is not None
+        asked = [b for b in removing if b.member_id in policy.leaving]
+        guarded = [b for b in removing if b.member_id not in policy.leaving]
+        if owner in live_owners and wanted and guarded:
+            allowed = guard_allowance(len(members), policy.guard(owner))
+            if len(guarded) > allowed:
+                kept, removing = guarded[allowed:], asked + guarded[:allowed]
+                held_members.update(kept)
+                holds.append(
+                    Hold(
+                        owner,
+                        "BlastRadiusGuard",
+                        f"{group}: {len(kept) + len(removing)} of {len(members)} members would go; "
+                        f"at most {policy.guard(owner)}% may go at once, removing {len(removing)} now",
+                        retry_after=policy.drain_poll_seconds,
+                    )
+                )
+        member_removals.extend(removing)
+
     vserver_removals: list[ns.Binding] = []
     held_services: set[str] = set()
     by_vserver: dict[str, list[ns.Binding]] = defaultdict(list)
@@ -245,6 +298,23 @@ def diff(
         if not in_scope(owner):
             continue
         removing = sorted(b for b in bound if b not in desired.bindings)
+        # A service of an earlier version goes once its host serves as an UP member of the vserver's
+        # servicegroup (or it serves nothing itself): the move loses no new connection.
+        into = group_of.get(vserver)
+        moving: list[ns.Binding] = []
+        if into is not None:
+            for b in removing:
+                legacy = actual.get("service", b.child)
+                host = str(legacy.get("servername")) if legacy is not None else ""
+                if (into, host) not in desired_members:
+                    continue
+                moving.append(b)
+                if (into, host) not in members_up and legacy is not None and legacy.state == "UP":
+                    held_services.add(b.child)
+                    holds.append(Hold(owner, "Applying",
+                                      f"{vserver}: service {b.child} stays bound until {host} is UP in {into}",
+                                      retry_after=policy.drain_poll_seconds))
+            removing = [b for b in removing if b not in moving]
         # The guard protects a wanted vserver's bindings; a vserver nobody wants any more (its
         # DsrService or its port is gone) goes with all of them: that removal is the user's intent,
         # as is a backend's own request to leave.
@@ -266,9 +336,11 @@ def diff(
                     )
                 )
         vserver_removals.extend(removing)
+        vserver_removals.extend(b for b in moving if b.child not in held_services)
 
     removal_set = set(vserver_removals) | monitor_removals
-    still_used = {b.child if b.kind == ns.VSERVER_BINDING else b.parent for b in everything if b not in removal_set}
+    still_used = {b.child if b.kind == ns.VSERVER_BINDING else b.parent for b in everything
+                  if b.kind in _SERVICE_BINDINGS and b not in removal_set}
 
     def leaving(service: str) -> bool:
         """No DsrService wants the service any more: it is drained, then deleted."""
@@ -323,15 +395,41 @@ def diff(
         unbound.add(b)
         ops.append(Op.binding("unbind", b))
 
+    for b in member_removals:
+        drain = policy.drain(b.owner)
+        if drain > 0 and b.state != ns.OUT_OF_SERVICE:
+            held_members.add(b)
+            if b.state == ns.GOING_OUT_OF_SERVICE:
+                holds.append(Hold(b.owner, "Draining", f"{b.child} is still draining in {b.parent}",
+                                  retry_after=policy.drain_poll_seconds))
+            else:
+                ops.append(Op("disable", "servicegroup", b.parent, b.owner,
+                              {**_member_body(b), "delay": drain, "graceful": "YES"}, child=b.child))
+                holds.append(Hold(b.owner, "Draining", f"{b.child} drains for {drain}s in {b.parent} before removal",
+                                  retry_after=float(drain)))
+            continue
+        unbound.add(b)
+        ops.append(Op.binding("unbind", b))
+    # A servicegroup with members still draining (or kept by the guard) stays on its vserver, and
+    # keeps its monitor: those members still carry their connections.
+    busy_groups = {b.parent for b in held_members}
+    for b in sorted(actual.bindings - desired.bindings):
+        if b.kind not in (ns.GROUP_BINDING, ns.GROUP_MONITOR_BINDING) or not in_scope(b.owner):
+            continue
+        if (b.child if b.kind == ns.GROUP_BINDING else b.parent) in busy_groups:
+            continue
+        unbound.add(b)
+        ops.append(Op.binding("unbind", b))
+
     remaining = everything - unbound
     parents = {b.parent for b in remaining}
     children = {b.child for b in remaining}
     deleted: set[str] = set()
-    for kind in ("service", "lbvserver", "lbmonitor"):
+    for kind in ("servicegroup", "service", "lbvserver", "lbmonitor"):
         for obj in actual.of_kind(kind):
             if desired.get(kind, obj.name) or not in_scope(obj.owner) or obj.name in held_services:
                 continue
-            if kind == "service" and (obj.name in parents or obj.name in children):
+            if kind in ("service", "servicegroup") and (obj.name in parents or obj.name in children):
                 continue
             if kind == "lbvserver" and obj.name in parents:
                 continue
@@ -344,7 +442,7 @@ def diff(
             ops.append(Op("delete", kind, obj.name, obj.owner, key_body))
     referenced = {
         o.get("servername") for o in [*actual.of_kind("service"), *desired.of_kind("service")] if o.name not in deleted
-    }
+    } | {b.child for b in remaining if b.kind == ns.MEMBER_BINDING}
     for server in actual.of_kind("server"):
         if desired.get("server", server.name) or server.name in referenced:
             continue
