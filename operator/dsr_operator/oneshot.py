@@ -22,6 +22,7 @@ import yaml
 from dsr_operator import settings as settings_mod
 from dsr_operator.api import models
 from dsr_operator.model import ops as nsops
+from dsr_operator.model import state as ns
 from dsr_operator.netscaler import client as nitro
 from dsr_operator.netscaler import errors, executor, ha, render
 from dsr_operator.planner import desired as desired_mod
@@ -248,7 +249,12 @@ async def show_objects(client: nitro.NitroClient, operator_id: str, out: TextIO)
             f"-lbMethod {vs.get('lbmethod')}  state {vs.state}",
             file=out,
         )
-        for b in sorted(b for b in actual.bindings if b.parent == vs.name):
+        for group in sorted(b.child for b in actual.bindings_of(vs.name)
+                            if b.kind == ns.GROUP_BINDING and b.parent == vs.name):
+            print(f"  bound servicegroup {group}", file=out)
+            for m in sorted(b for b in actual.bindings_of(group) if b.kind == ns.MEMBER_BINDING and b.parent == group):
+                print(f"    member {m.child} {nsops.spec_port(m.port)}  state {m.state or '?'}", file=out)
+        for b in sorted(b for b in actual.bindings_of(vs.name) if b.kind == ns.VSERVER_BINDING and b.parent == vs.name):
             svc = actual.get("service", b.child)
             state = svc.state if svc else "?"
             server = svc.get("servername") if svc else "?"

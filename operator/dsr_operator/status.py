@@ -27,7 +27,8 @@ import lightkube.resources.core_v1
 from dsr_operator import kube
 from dsr_operator import settings as settings_mod
 from dsr_operator.api import models
-from dsr_operator.model import names
+from dsr_operator.model import names, ops
+from dsr_operator.model import state as nsstate
 from dsr_operator.netscaler import client as nitro
 from dsr_operator.netscaler import errors, executor
 
@@ -220,6 +221,12 @@ async def gather(
             for vserver in sorted(present):
                 rows = await netscaler.get("lbvserver_service_binding", vserver)
                 bindings[vserver] = [r["servicename"] for r in rows if "servicename" in r]
+                # A servicegroup's members are shown as the backends they are, named as a service would be.
+                for group in await netscaler.get("lbvserver_servicegroup_binding", vserver):
+                    for member in await netscaler.get(nsstate.MEMBER_BINDING, str(group.get("servicegroupname"))):
+                        key = names.service(ops.spec_port(member.get("port")), str(member.get("ip")))
+                        services[key] = {**member, "ipaddress": member.get("ip")}
+                        bindings[vserver].append(key)
         except errors.NitroError as exc:
             problem = str(exc)
     return Snapshot(dsrservices, nodeconfigs, node_addresses, bindings, services, events, problem)

@@ -169,7 +169,7 @@ class Sync:
         for key in keys - set(self.entries):  # gone from the manifests: removed once NetScaler has nothing of it
             objects, bindings = after.owned_by(f"{key[0]}/{key[1]}")
             if objects or bindings:
-                services = {b.child for b in bindings if b.kind == ns.VSERVER_BINDING}
+                services = {t for b in bindings if (t := ns.drain_target(b)) is not None}
                 wait = self.view.drain_wait(services)
                 self.batcher.later(key, wait if wait is not None else 1.0)
             elif self.shown.pop(key, None) is not None:

@@ -20,12 +20,8 @@ def actual_with_monitor(**monitor: Any) -> ns.NetScalerState:
         if obj.kind == "lbmonitor":
             rec |= monitor
         records[obj.kind].append(rec)
-    records[ns.VSERVER_BINDING] = [
-        {"name": b.parent, "servicename": b.child} for b in want.bindings if b.kind == ns.VSERVER_BINDING
-    ]
-    records[ns.MONITOR_BINDING] = [
-        {"name": b.parent, "monitor_name": b.child} for b in want.bindings if b.kind == ns.MONITOR_BINDING
-    ]
+    for b in want.bindings:  # each binding record as NITRO shows it (its bind body, and a member's state)
+        records.setdefault(b.kind, []).append({**b.payload(), "svrstate": "UP"})
     return ns.parse_actual(records, operator_id=OP_ID, mbf=True)
 
 

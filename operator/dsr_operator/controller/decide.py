@@ -203,9 +203,9 @@ def host_addresses(snapshot: Snapshot) -> dict[str, str]:
 def backend_conflicts(snapshot: Snapshot) -> dict[Key, str]:
     """DsrServices that list, as a static backend, an address a DsrService of another namespace lists.
 
-    A backend address belongs to one namespace at a time: NetScaler has one service per address and
-    port, so the monitors of every DsrService on it judge it for all of them, and a tenant could take
-    another's backends down with a failing health check. The DsrService whose objects already use the
+    A backend address belongs to one namespace at a time, as a VIP does: a tenant must not send its
+    traffic to, or probe, another tenant's hosts by naming them (its servicegroup would, and the
+    NetScaler's probes come from the box's own address). The DsrService whose objects already use the
     address on NetScaler keeps it, else the oldest; the others' message names it.
     """
     users: dict[str, list[Entry]] = {}
@@ -227,8 +227,7 @@ def backend_conflicts(snapshot: Snapshot) -> dict[Key, str]:
             if e.ref.namespace != winner.ref.namespace:
                 losers.setdefault((e.ref.namespace, e.ref.name), (
                     f"{address} is a backend of DsrService {winner.ref.namespace}/{winner.ref.name}: a backend "
-                    "address belongs to one namespace at a time (NetScaler shares its service, and each "
-                    "DsrService's health check would judge it for both)"))
+                    "address belongs to one namespace at a time, as a VIP does"))
     return losers
 
 
@@ -369,8 +368,9 @@ def users(state: ns.NetScalerState, bindings: Iterable[ns.Binding]) -> dict[str,
 
 
 def leaving(judgements: Iterable[Judgement]) -> set[str]:
-    """Services of the hosts that asked to leave (registry `drain: true`), on each port of their DsrService."""
-    return {names.service(port, address) for j in judgements if j.backends is not None and j.intent is not None
+    """Members of the hosts that asked to leave (registry `drain: true`), on each port of their DsrService."""
+    return {ns.member_key(names.servicegroup(j.intent.ref, port), names.server(address), nsops.nitro_port(port))
+            for j in judgements if j.backends is not None and j.intent is not None
             for address in j.backends.leaving for port in j.intent.spec.ports}
 
 
@@ -553,7 +553,7 @@ def report(decision: Decision, after: ns.NetScalerState, outcome: executor.Outco
         }
         if drain_report is not None:
             _, owned = after.owned_by(uid)
-            extra["draining"] = drain_report({b.child for b in owned if b.kind == ns.VSERVER_BINDING})
+            extra["draining"] = drain_report({t for b in owned if (t := ns.drain_target(b)) is not None})
         draining, again = _come_back(decision, after, uid)
         reports.append(Report(
             key, j.entry, status_for(j.entry, v, extra, now), v, tuple(applied.get(uid, ())), failures,
@@ -568,7 +568,7 @@ def _come_back(decision: Decision, after: ns.NetScalerState, uid: str) -> tuple[
     draining: frozenset[str] = frozenset()
     if any(h.reason == "Draining" for h in holds):
         _, owned = after.owned_by(uid)
-        draining = frozenset(b.child for b in owned if b.kind == ns.VSERVER_BINDING)
+        draining = frozenset(t for b in owned if (t := ns.drain_target(b)) is not None)
     others = [h.retry_after for h in holds if h.retry_after is not None and h.reason != "Draining"]
     return draining, min(others) if others else None
 

@@ -514,7 +514,7 @@ async def finalize(rt: Runtime, key: Key, body: Mapping[str, Any]) -> None:
         raise kopf.TemporaryError(plan.holds[0].message, delay=0.0)  # the next step, once others had a turn
     if plan.holds:
         _, owned = actual.owned_by(uid)
-        again = rt.view.drain_wait({b.child for b in owned if b.kind == ns.VSERVER_BINDING})
+        again = rt.view.drain_wait({t for b in owned if (t := ns.drain_target(b)) is not None})
         delay = plan.retry_after or 5.0 if again is None else again
         raise kopf.TemporaryError(plan.holds[0].message, delay=max(0.05, min(delay, 5.0)))
     await sync_nodes(rt, rt.book.forget(key))

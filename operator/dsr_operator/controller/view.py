@@ -15,6 +15,10 @@ it earlier, as soon as the service has no clients left, so while it runs the vie
 the service every `drain_poll` seconds (its `svrstate`, and `curclntconnections` from `/stat/service`
 for the status), then at the deadline, then often until it is OUT OF SERVICE: the unbind follows the
 end of a drain by one reconcile, not by a resync, whether the drain ran its full time or ended early.
+A member of a servicegroup drains the same way (asked about through its group's member bindings;
+its client connections are not read). A member just bound has no known state until the next resync
+reads it (asking about every new member would cost a request each): a shared service of an earlier
+version gives way to it only once it is read UP.
 """
 
 from __future__ import annotations
@@ -155,10 +159,10 @@ class NetScalerView:
         state = self._actual or ns.NetScalerState()
         out: list[dict[str, object]] = []
         for name in sorted(set(services)):
-            obj = state.get("service", name)
-            if obj is None or obj.state != ns.GOING_OUT_OF_SERVICE:
+            current = _state_of(state, name)
+            if current != ns.GOING_OUT_OF_SERVICE:
                 continue
-            entry: dict[str, object] = {"service": name, "state": obj.state}
+            entry: dict[str, object] = {"service": name, "state": current}
             clients = self._drain_clients.get(name)
             if clients is not None:
                 entry["clientConnections"] = clients
@@ -167,12 +171,14 @@ class NetScalerView:
 
     def _track_unknown_drains(self, state: ns.NetScalerState) -> None:
         now = self.clock()
-        for obj in state.of_kind("service"):
-            if obj.state == ns.GOING_OUT_OF_SERVICE:
-                self._drain_due.setdefault(obj.name, now + self._drain_check)
+        targets = [(obj.name, obj.state) for obj in state.of_kind("service")]
+        targets += [(b.member_id, b.state) for b in state.bindings if b.kind == ns.MEMBER_BINDING]
+        for name, current in targets:
+            if current == ns.GOING_OUT_OF_SERVICE:
+                self._drain_due.setdefault(name, now + self._drain_check)
             else:
-                self._drain_due.pop(obj.name, None)
-                self._drain_clients.pop(obj.name, None)
+                self._drain_due.pop(name, None)
+                self._drain_clients.pop(name, None)
 
     async def _refresh_due_drains(self) -> None:
         assert self._actual is not None
@@ -186,12 +192,17 @@ class NetScalerView:
         if state is None:  # invalidated meanwhile (a failed write elsewhere): the caller reads it all again
             return
         objects = dict(state.objects)
+        bindings = {b: b for b in state.bindings}
         for name, (svrstate, clients) in zip(due, rows, strict=True):
+            member = _member(state, name)
             old = objects.get(("service", name))
-            if old is None or svrstate is None:  # gone from the box: nothing left to drain
+            if (old is None and member is None) or svrstate is None:  # gone from the box: nothing left to drain
                 self._forget_drain(name)
                 continue
-            objects[("service", name)] = dataclasses.replace(old, state=svrstate)
+            if member is not None:
+                bindings[member] = dataclasses.replace(member, state=svrstate)
+            elif old is not None:
+                objects[("service", name)] = dataclasses.replace(old, state=svrstate)
             self._drain_clients[name] = clients
             end = self._drain_end.get(name)
             if svrstate == ns.GOING_OUT_OF_SERVICE:
@@ -204,12 +215,23 @@ class NetScalerView:
                 self._drain_clients.pop(name, None)
                 if end is not None and now < end:
                     self._drain_end[name] = now  # ended early: its last client left
-        self._actual = ns.NetScalerState.build(objects.values(), state.bindings, mbf=state.mbf,
+        self._actual = ns.NetScalerState.build(objects.values(), bindings.values(), mbf=state.mbf,
                                                foreign=state.foreign)
 
     @staticmethod
     async def _service_state(client: nitro.NitroClient, name: str) -> tuple[str | None, int | None]:
-        """(svrstate, current client connections) of one service; (None, None) when it is gone."""
+        """(svrstate, current client connections) of one service or member; (None, None) when it is gone."""
+        if "/" in name:  # a member: `group/server:port` (service names never contain `/`)
+            group, _, rest = name.partition("/")
+            server, _, port = rest.rpartition(":")
+            try:
+                rows = await client.get(ns.MEMBER_BINDING, group)
+            except errors.NitroNotFound:
+                return None, None
+            for row in rows:
+                if str(row.get("servername")) == server and str(row.get("port")) == port:
+                    return str(row.get("svrstate")), None
+            return None, None
 
         async def clients() -> int | None:
             try:
@@ -237,16 +259,17 @@ class NetScalerView:
     def _note_drains(self, sent: float, answered: float, applied: Iterable[nsops.Op]) -> None:
         """Keep the drain book true to the operations applied between `sent` and `answered`."""
         for op in applied:
-            if op.kind == "service" and op.verb == "disable":
+            target = _target(op)
+            if op.kind in ("service", "servicegroup") and op.verb == "disable" and target:
                 end = answered + float(op.body.get("delay") or 0)
-                self._drain_due[op.name] = min(end, sent + self._drain_check)
-                self._drain_end[op.name] = end
-            elif op.kind == "service" and op.verb in ("enable", "delete"):
-                self._forget_drain(op.name)
-            elif op.kind == ns.VSERVER_BINDING and op.verb == "unbind":
-                service = str(op.body.get("servicename"))
-                if service in self._drain_end:
-                    end = self._drain_end.pop(service)
+                self._drain_due[target] = min(end, sent + self._drain_check)
+                self._drain_end[target] = end
+            elif op.kind in ("service", "servicegroup") and op.verb in ("enable", "delete") and target:
+                self._forget_drain(target)
+            elif op.kind in (ns.VSERVER_BINDING, ns.MEMBER_BINDING) and op.verb == "unbind":
+                if target in self._drain_end:
+                    end = self._drain_end.pop(target)
+                    self._drain_due.pop(target, None)
                     if self._on_drain_lag is not None:
                         self._on_drain_lag(max(0.0, self.clock() - end))
 
@@ -337,3 +360,27 @@ class NetScalerView:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._save_task
         await self._drop_client()
+
+
+def _target(op: nsops.Op) -> str:
+    """What an operation drains: a service's name, or a member's `group/server:port`."""
+    if op.kind in (ns.MEMBER_BINDING, "servicegroup") and op.child:
+        return ns.member_key(op.name, op.child, int(str(op.body.get("port") or 0)))
+    if op.kind == ns.VSERVER_BINDING:
+        return str(op.body.get("servicename"))
+    return op.name if op.kind == "service" else ""
+
+
+def _member(state: ns.NetScalerState, key: str) -> ns.Binding | None:
+    """The member binding a `group/server:port` key names, if the state has it."""
+    group = key.partition("/")[0]
+    return next((b for b in state.bindings_of(group) if b.kind == ns.MEMBER_BINDING and b.member_id == key), None)
+
+
+def _state_of(state: ns.NetScalerState, target: str) -> str | None:
+    """The state of a service or of a member (`group/server:port`)."""
+    if "/" in target:
+        member = _member(state, target)
+        return member.state if member is not None else None
+    obj = state.get("service", target)
+    return obj.state if obj is not None else None

@@ -217,29 +217,49 @@ def registry_backends(spec: models.DsrServiceSpec, view: records.PrefixView) -> 
 
 
 def owned_service_addresses(actual: ns.NetScalerState, owner: str) -> tuple[set[str], set[str]]:
-    """(bound, present) backend addresses of one DsrService on NetScaler, from its bindings."""
+    """(bound, present) backend addresses of one DsrService on NetScaler, from its bindings: a member of
+    its servicegroups is bound; of a shared service of earlier versions, one bound to its vserver."""
     _, owned = actual.owned_by(owner)
     bound: set[str] = set()
     present: set[str] = set()
     for b in owned:
-        service = actual.get("service", b.child if b.kind == ns.VSERVER_BINDING else b.parent)
-        server = actual.get("server", str(service.get("servername"))) if service is not None else None
-        address = server.get("ipaddress") if server is not None else None
+        address = _address(actual, b)
         if address is None:
             continue
         present.add(address)
-        if b.kind == ns.VSERVER_BINDING:
+        if b.kind in (ns.VSERVER_BINDING, ns.MEMBER_BINDING):
             bound.add(address)
     return bound, present
 
 
+def _server_of(actual: ns.NetScalerState, b: ns.Binding) -> str | None:
+    """The server a member or a service binding reaches (None for the other kinds)."""
+    if b.kind == ns.MEMBER_BINDING:
+        return b.child
+    if b.kind in (ns.VSERVER_BINDING, ns.MONITOR_BINDING):
+        service = actual.get("service", b.child if b.kind == ns.VSERVER_BINDING else b.parent)
+        return str(service.get("servername")) if service is not None else None
+    return None
+
+
+def _address(actual: ns.NetScalerState, b: ns.Binding) -> str | None:
+    name = _server_of(actual, b)
+    server = actual.get("server", name) if name is not None else None
+    address = server.get("ipaddress") if server is not None else None
+    return str(address) if address is not None else None
+
+
 def bound_count(actual: ns.NetScalerState, ref: models.ObjectRef, spec: models.DsrServiceSpec) -> int:
-    """Backends bound on every vserver of the DsrService (the smallest count over its ports)."""
+    """Backends bound on every vserver of the DsrService (the smallest count over its ports): members of
+    its servicegroup, and hosts of shared services of earlier versions bound to it (each host once)."""
     counts = []
     for port in spec.ports:
-        vserver = names.vserver(ref, port)
-        bound = [b for b in actual.bindings_of(vserver) if b.kind == ns.VSERVER_BINDING and b.parent == vserver]
-        counts.append(len(bound))
+        vserver, group = names.vserver(ref, port), names.servicegroup(ref, port)
+        hosts = {_server_of(actual, b) for b in actual.bindings_of(vserver)
+                 if b.kind == ns.VSERVER_BINDING and b.parent == vserver}
+        hosts |= {b.child for b in actual.bindings_of(group) if b.kind == ns.MEMBER_BINDING and b.parent == group}
+        hosts.discard(None)
+        counts.append(len(hosts))
     return min(counts) if counts else 0
 
 

@@ -235,6 +235,15 @@ def member_key(group: str, server: str, port: int) -> str:
     return f"{group}/{server}:{port}"
 
 
+def drain_target(binding: Binding) -> str | None:
+    """What drains when `binding` goes: the service a vserver binding names, or a member itself."""
+    if binding.kind == VSERVER_BINDING:
+        return binding.child
+    if binding.kind == MEMBER_BINDING:
+        return binding.member_id
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class NetScalerState:
     """A set of NetScaler objects: either what we want, or what we read (ours and foreign names)."""
