@@ -109,8 +109,41 @@ class Cluster:
             return (await resp.json()).get(rtype, [])
 
     async def bound(self, vserver: str = "dsr-shop_web_80") -> list[str]:
+        """The backends bound to a vserver, each named `dsr-<address>_<port>`: members of its servicegroups
+        (and services bound to it directly, as earlier versions made them)."""
         rows = await self.nitro("lbvserver_service_binding", f"/{vserver}")
-        return sorted(r["servicename"] for r in rows)
+        found = [r["servicename"] for r in rows]
+        for group in await self.nitro("lbvserver_servicegroup_binding", f"/{vserver}"):
+            members = await self.nitro("servicegroup_servicegroupmember_binding", f"/{group['servicegroupname']}")
+            found += [f"{m['servername']}_{m['port']}" for m in members]
+        return sorted(found)
+
+    async def configured(self) -> set[str]:
+        """Every backend NetScaler holds for us, bound or not, named `dsr-<address>_<port>`: members of
+        any servicegroup (and services, as earlier versions made them)."""
+        found = {s["name"] for s in await self.nitro("service")}
+        members = await self.nitro("servicegroup_servicegroupmember_binding", "?bulkbindings=yes")
+        return found | {f"{m['servername']}_{m['port']}" for m in members}
+
+
+def backend(entry: Mapping[str, Any]) -> str:
+    """The backend a journal entry acts on, named `dsr-<address>_<port>` (a member, a service or its binding)."""
+    key = entry.get("key") or {}
+    if "servername" in key and "port" in key:
+        return f"{key['servername']}_{key['port']}"
+    return str(key.get("servicename") or entry["name"])
+
+
+def backend_steps(journal: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(disable | unbind, backend) for each drain and each removal of a backend from its vserver, in order."""
+    out = []
+    for e in journal:
+        step = (e["resource"], e["action"])
+        if step in (("service", "disable"), ("servicegroup", "disable")):
+            out.append(("disable", backend(e)))
+        elif step in (("lbvserver_service_binding", "unbind"), ("servicegroup_servicegroupmember_binding", "unbind")):
+            out.append(("unbind", backend(e)))
+    return out
 
 
 @contextlib.asynccontextmanager
@@ -220,7 +253,7 @@ async def test_scale_up_and_down_by_endpointslice_changes(
                 cfg = await cluster.nodeconfig(node)
                 return cfg is not None and cfg["spec"]["vips"] == []
             await eventually(released)
-        assert {s["name"] for s in await cluster.nitro("service")} == {"dsr-198.51.100.3_80"}
+        assert await cluster.configured() == {"dsr-198.51.100.3_80"}
 
 
 async def test_terminating_endpoint_is_drained_then_removed_then_its_vip_released(
@@ -237,10 +270,8 @@ async def test_terminating_endpoint_is_drained_then_removed_then_its_vip_release
             return await cluster.bound() == ["dsr-198.51.100.1_80"]
 
         await eventually(drained)
-        steps = [(e["resource"], e["action"], e["name"]) for e in await nitro_sim.journal(since=seq)]
-        disable = steps.index(("service", "disable", "dsr-198.51.100.2_80"))
-        unbind = next(i for i, s in enumerate(steps) if s[0] == "lbvserver_service_binding")
-        assert disable < unbind
+        steps = backend_steps(await nitro_sim.journal(since=seq))
+        assert steps.index(("disable", "dsr-198.51.100.2_80")) < steps.index(("unbind", "dsr-198.51.100.2_80"))
         # While terminating endpoints remain, n2 keeps the VIP; once gone, it is released.
         assert (await cluster.nodeconfig("n2"))["spec"]["vips"] == [VIP]
         await cluster.slice({"n1": "ready"})
@@ -290,8 +321,8 @@ async def test_drift_on_netscaler_is_repaired_by_resync(
     async with serving(cluster, kube, nitro_sim, ("n1", "n2")):
         headers = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": "nsroot"}
         async with aiohttp.ClientSession() as http:
-            url = f"{nitro_sim.url}/nitro/v1/config/lbvserver_service_binding/dsr-shop_web_80"
-            async with http.delete(url, params={"args": "servicename:dsr-198.51.100.2_80"}, headers=headers) as r:
+            url = f"{nitro_sim.url}/nitro/v1/config/servicegroup_servicegroupmember_binding/dsr-shop_web_80_sg"
+            async with http.delete(url, params={"args": "servername:dsr-198.51.100.2,port:80"}, headers=headers) as r:
                 assert r.status == 200
             body = {"lbvserver": {"name": "dsr-shop_web_80", "lbmethod": "ROUNDROBIN"}}
             async with http.put(f"{nitro_sim.url}/nitro/v1/config/lbvserver", json=body, headers=headers) as r:
@@ -400,9 +431,7 @@ async def test_restart_adopts_without_rebuilding_and_removes_orphans(
         # Nothing of `web` was deleted and re-added: the restart adopted it.
         rebuilt = [e for e in journal if e["action"] in ("rm", "delete") and "shop_web" in str(e["name"])]
         assert rebuilt == []
-        assert {s["name"] for s in await cluster.nitro("service")} == {
-            "dsr-198.51.100.1_80", "dsr-198.51.100.2_80", "dsr-198.51.100.3_80"
-        }
+        assert await cluster.configured() == {"dsr-198.51.100.1_80", "dsr-198.51.100.2_80", "dsr-198.51.100.3_80"}
 
 
 async def test_metrics_endpoint_reports_requests_bound_backends_and_stalled(
@@ -421,7 +450,8 @@ async def test_metrics_endpoint_reports_requests_bound_backends_and_stalled(
 
         text = await eventually(scrape)
         assert 'dsr_bound_backends{name="web",namespace="shop"} 1.0' in text
-        assert 'dsr_nitro_requests_total{method="PUT",resource="lbvserver_service_binding",status="201"}' in text
+        assert ('dsr_nitro_requests_total{method="PUT",resource="servicegroup_servicegroupmember_binding",status="201"}'
+                in text)
         assert "dsr_reconcile_duration_seconds_count" in text
 
 
@@ -472,7 +502,7 @@ async def test_a_port_removed_from_the_spec_loses_its_vserver(
                 ready.get("reason") == "Converged"
 
         await eventually(removed, timeout=30)
-        assert {s["name"] for s in await cluster.nitro("service")} == {"dsr-198.51.100.1_80"}
+        assert await cluster.configured() == {"dsr-198.51.100.1_80"}
         assert await cluster.bound() == ["dsr-198.51.100.1_80"]
         status = (await cluster.dsr())["status"]
         assert [v["name"] for v in status["vservers"]] == ["dsr-shop_web_80"]
@@ -491,9 +521,8 @@ async def test_a_guard_below_half_still_removes_backends_one_at_a_time(
             return await cluster.bound() == ["dsr-198.51.100.3_80"] and ready.get("reason") == "Converged"
 
         await eventually(scaled_down, timeout=40)
-        unbinds = [e for e in await nitro_sim.journal(since=seq)
-                   if (e["resource"], e["action"]) == ("lbvserver_service_binding", "unbind")]
-        assert [e["key"]["servicename"] for e in unbinds] == ["dsr-198.51.100.1_80", "dsr-198.51.100.2_80"]
+        unbinds = [b for step, b in backend_steps(await nitro_sim.journal(since=seq)) if step == "unbind"]
+        assert unbinds == ["dsr-198.51.100.1_80", "dsr-198.51.100.2_80"]
 
 
 async def test_monitor_fields_removed_from_the_spec_are_unset_once(

@@ -22,7 +22,7 @@ from dsr_operator import settings as settings_mod
 from dsr_operator.controller import cli as operator_cli
 from dsr_operator.controller import config
 from tests.conftest import KubeHandle
-from tests.integration.test_operator import VIP, Cluster, converged, running_operator, serving
+from tests.integration.test_operator import VIP, Cluster, backend_steps, converged, running_operator, serving
 from tests.support.waiting import eventually
 
 FAR = 600.0
@@ -177,10 +177,12 @@ async def test_the_operators_default_drain_applies_when_the_spec_sets_none(
 
         await eventually(drained, timeout=30)
         journal = await nitro_sim.journal()
-        disables = [e for e in journal if (e["resource"], e["action"]) == ("service", "disable")]
-        unbinds = [e for e in journal if (e["resource"], e["action"]) == ("lbvserver_service_binding", "unbind")]
-        assert [e["name"] for e in disables] == ["dsr-10.0.0.2_80"]
-        assert unbinds and unbinds[0]["time"] - disables[0]["time"] >= 1 - 0.05, "drained for the default 1 s"
+        steps = backend_steps(journal)
+        assert [b for step, b in steps if step == "disable"] == ["dsr-10.0.0.2_80"]
+        disabled = next(e for e in journal if (e["resource"], e["action"]) == ("servicegroup", "disable"))
+        unbound = next(e for e in journal
+                       if (e["resource"], e["action"]) == ("servicegroup_servicegroupmember_binding", "unbind"))
+        assert unbound["time"] - disabled["time"] >= 1 - 0.05, "drained for the default 1 s"
 
 
 async def test_a_wrong_password_is_its_own_reason(
@@ -214,11 +216,12 @@ async def test_invalid_specs_missing_services_and_no_ready_backends_are_reported
         await ready(cluster, "idle", "NoReadyBackends")
         vservers = {v["name"] for v in await cluster.nitro("lbvserver")}
         assert vservers == {"dsr-shop_idle_80"}, "only the valid DsrService is on NetScaler"
-        # A not-ready endpoint's node gets the VIP and an unbound service, ready for later.
+        # A not-ready endpoint's node gets the VIP and a server, ready for later, and is no member yet.
         cfg = await eventually(lambda: cluster.nodeconfig("n1"))
         assert cfg["spec"]["vips"] == ["192.0.2.21"]
         assert await cluster.bound("dsr-shop_idle_80") == []
-        assert [s["name"] for s in await cluster.nitro("service")] == ["dsr-198.51.100.1_80"]
+        assert [s["name"] for s in await cluster.nitro("server")] == ["dsr-198.51.100.1"]
+        assert await cluster.configured() == set()
 
 
 async def test_static_backends_several_ports_the_wildcard_and_an_ipv6_vip(
@@ -300,11 +303,11 @@ async def _operator(settings: config.OperatorSettings) -> AsyncIterator[None]:
 async def test_a_huge_dsrservice_goes_in_steps_and_a_small_change_is_not_behind_it(
     cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
-    """Fair work: with `step_changes` 100, a 10-port, 30-host DsrService (about 1,000 changes) goes in
+    """Fair work: with `step_changes` 100, a 20-port, 40-host DsrService (about 900 changes) goes in
     steps, and a one-host DsrService created once the big one's first writes are on NetScaler is bound
     before the big one is done (without steps it would wait for all of it: one batch, one plan)."""
-    big = {"vip": "192.0.2.60", "ports": list(range(8000, 8010)), "healthCheck": {"port": 8000},
-           "backends": static(*(f"10.60.0.{i}" for i in range(1, 31)))}
+    big = {"vip": "192.0.2.60", "ports": list(range(8000, 8020)), "healthCheck": {"port": 8000},
+           "backends": static(*(f"10.60.0.{i}" for i in range(1, 41)))}
     async with running_operator(kube, nitro_sim, resync_seconds=FAR, step_changes=100):
         start = max((e["seq"] for e in await nitro_sim.journal()), default=0)
         await create(cluster, "big", big)
@@ -323,7 +326,7 @@ async def test_a_huge_dsrservice_goes_in_steps_and_a_small_change_is_not_behind_
     big_last = max(i for i, e in enumerate(writes) if "shop_big" in str(e["name"]))
     assert small_bound < big_last, "the small DsrService waited for all of the big one"
     vservers = [v for v in await cluster.nitro("lbvserver") if v.get("ipv46") == "192.0.2.60"]
-    assert len(vservers) == 10
+    assert len(vservers) == 20
 
 
 async def _ready_reason(cluster: Cluster, name: str, reason: str) -> bool:
@@ -363,8 +366,8 @@ async def _stopping_operator_removes_the_terminating_node(
         with contextlib.suppress(asyncio.CancelledError):
             await task
     writes = [(e["resource"], e["action"], e["name"]) for e in await nitro_sim.journal(since=start)]
-    # Its DsrService drains in 0 s: the node's service goes at once (with a drain time: disabled first).
-    assert ("service", "delete", "dsr-198.51.100.2_80") in writes, writes
+    # Its DsrService drains in 0 s: the node's member and server go at once (with a drain time: disabled first).
+    assert ("server", "delete", "dsr-198.51.100.2") in writes, writes
 
 
 
