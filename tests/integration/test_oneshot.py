@@ -80,10 +80,8 @@ async def test_plan_prints_the_seed_procedure_and_writes_nothing(
     lines = out.splitlines()
     assert lines[0] == "enable ns mode MBF"
     assert "add server dsr-198.51.100.21 198.51.100.21 -comment dsr-operator:default:shared" in lines
-    assert any(
-        line.startswith("add service dsr-198.51.100.21_80 dsr-198.51.100.21 ANY 80") and "-usip YES" in line
-        for line in lines
-    )
+    assert any(line.startswith("add servicegroup dsr-shop_web_80_sg ANY") and "-usip YES" in line for line in lines)
+    assert "bind servicegroup dsr-shop_web_80_sg dsr-198.51.100.21 80" in lines
     assert any(
         line.startswith("add lb vserver dsr-shop_web_80 ANY 192.0.2.10 80 -lbMethod LEASTCONNECTION -m MAC")
         for line in lines
@@ -92,7 +90,7 @@ async def test_plan_prints_the_seed_procedure_and_writes_nothing(
         "add lb monitor dsr-shop_web_tcp TCP -destIP 192.0.2.10" in line and "-transparent YES" in line
         for line in lines
     )
-    assert lines[-1] == "bind lb vserver dsr-shop_web_80 dsr-198.51.100.22_80"
+    assert lines[-1] == "bind lb vserver dsr-shop_web_80 dsr-shop_web_80_sg"
     assert (await nitro_sim.stats())["writes"] == 0
     assert PASSWORD not in out + err
 
@@ -113,16 +111,16 @@ async def test_apply_converges_then_plan_says_no_changes_and_delete_removes_exac
 
     code, out, err = await cli("apply", "-f", str(path), url=nitro_sim.url, pw=password_file)
     assert code == 0, out + err
-    assert "applied: bind lb vserver dsr-shop_web_80 dsr-198.51.100.21_80" in out
+    assert "applied: bind servicegroup dsr-shop_web_80_sg dsr-198.51.100.21 80" in out
     vservers = await nitro_get(nitro_sim, "lbvserver")
     assert [(v["name"], v["servicetype"], v["ipv46"], v["m"]) for v in vservers] == [
         ("dsr-shop_web_80", "ANY", "192.0.2.10", "MAC")
     ]
-    services = await nitro_get(nitro_sim, "service")
-    assert sorted((s["name"], s["usip"], s["servicetype"]) for s in services) == [
-        ("dsr-198.51.100.21_80", "YES", "ANY"),
-        ("dsr-198.51.100.22_80", "YES", "ANY"),
-    ]
+    groups = await nitro_get(nitro_sim, "servicegroup")
+    assert [(g["servicegroupname"], g["usip"], g["servicetype"]) for g in groups] == [("dsr-shop_web_80_sg", "YES", "ANY")]
+    members = await nitro_get(nitro_sim, "servicegroup_servicegroupmember_binding", "/dsr-shop_web_80_sg")
+    assert sorted(m["servername"] for m in members) == ["dsr-198.51.100.21", "dsr-198.51.100.22"]
+    assert await nitro_get(nitro_sim, "service") == []
     assert await nitro_get(nitro_sim, "nsmode")  # MBF on
     nsmode = await nitro_get(nitro_sim, "nsmode")
     assert (nsmode[0] if isinstance(nsmode, list) else nsmode)["mbf"] is True
@@ -134,7 +132,7 @@ async def test_apply_converges_then_plan_says_no_changes_and_delete_removes_exac
     assert code == 0, out + err
     assert sorted(s["name"] for s in await nitro_get(nitro_sim, "server")) == ["dsr-hand-made", "legacy-db"]
     assert await nitro_get(nitro_sim, "lbvserver") == []
-    assert await nitro_get(nitro_sim, "service") == []
+    assert await nitro_get(nitro_sim, "servicegroup") == []
     assert await nitro_get(nitro_sim, "lbmonitor") == []
 
 
@@ -148,8 +146,8 @@ async def test_delete_drains_before_unbinding(
     assert code == 0, out + err
     assert "Draining" in out
     steps = [(e["resource"], e["action"]) for e in await nitro_sim.journal(since=seq)]
-    first_disable = steps.index(("service", "disable"))
-    first_unbind = next(i for i, s in enumerate(steps) if s[0] == "lbvserver_service_binding")
+    first_disable = steps.index(("servicegroup", "disable"))
+    first_unbind = steps.index(("servicegroup_servicegroupmember_binding", "unbind"))
     assert first_disable < first_unbind
 
 
@@ -214,7 +212,7 @@ async def test_netscaler_errors_are_reported_and_a_rerun_completes(
     await nitro_sim.clear_faults()
     code, out, err = await cli("apply", "-f", str(path), url=nitro_sim.url, pw=password_file)
     assert code == 0, out + err
-    assert len(await nitro_get(nitro_sim, "service")) == 2
+    assert len(await nitro_get(nitro_sim, "servicegroup_servicegroupmember_binding", "?bulkbindings=yes")) == 2
     vservers = await nitro_get(nitro_sim, "lbvserver")
     assert [(v["name"], v["servicetype"]) for v in vservers] == [("dsr-shop_web_80", "HTTP")]  # untouched
 
@@ -257,7 +255,7 @@ async def test_apply_to_an_ha_pair_writes_to_the_primary_only_and_follows_a_fail
         assert len(steps) == len(set(steps)), steps
         assert [e["resource"] for e in on_b if e["resource"] == "nsconfig"] == ["nsconfig"]  # saved on b
         for node in (a, b):
-            assert len(node.store.objects["lbvserver_service_binding"]) == 2
+            assert len(node.store.objects["servicegroup_servicegroupmember_binding"]) == 2
         # Given only the secondary, apply refuses; given both, plan reads the primary: no changes.
         code, _, err = await cli("apply", "-f", str(path), url=a.url, pw=password_file)
         assert code == 1 and "is the HA Secondary: changes there would be lost" in err

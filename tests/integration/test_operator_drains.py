@@ -12,7 +12,7 @@ import httpx2
 from dsr_lab import simctl
 from dsr_operator import kube as kubeapi
 from tests.conftest import KubeHandle
-from tests.integration.test_operator import Cluster, serving
+from tests.integration.test_operator import Cluster, backend_steps, serving
 from tests.support.waiting import eventually
 
 FAR = 600.0
@@ -28,10 +28,10 @@ async def test_an_unbind_follows_the_end_of_the_drain_and_the_lag_is_a_metric(
         seq = max(e["seq"] for e in await nitro_sim.journal())
         await cluster.slice({"n1": "ready"})
         await eventually(lambda: _only(cluster, ["dsr-198.51.100.1_80"]), timeout=30)
-        steps = [(e["resource"], e["action"], e["name"]) for e in await nitro_sim.journal(since=seq)]
-        disable = steps.index(("service", "disable", B2))
-        unbind = next(i for i, s in enumerate(steps) if s[:2] == ("lbvserver_service_binding", "unbind"))
-        delete = steps.index(("service", "delete", B2))
+        journal = await nitro_sim.journal(since=seq)
+        steps = [*backend_steps(journal), *((e["action"], e["name"]) for e in journal if e["resource"] == "server")]
+        disable, unbind = steps.index(("disable", B2)), steps.index(("unbind", B2))
+        delete = steps.index(("delete", "dsr-198.51.100.2"))
         assert disable < unbind < delete
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{unused_tcp_port}/metrics") as r:
             text = await r.text()
@@ -54,11 +54,10 @@ async def test_deleting_a_dsrservice_waits_for_its_drains_only(
 
         await eventually(gone, timeout=30)
         assert await cluster.nitro("lbvserver") == []
-        assert await cluster.nitro("service") == []
-        journal = await nitro_sim.journal()
-        disables = [e["name"] for e in journal if (e["resource"], e["action"]) == ("service", "disable")]
+        assert await cluster.configured() == set()
+        disables = [b for step, b in backend_steps(await nitro_sim.journal()) if step == "disable"]
         assert sorted(disables) == ["dsr-198.51.100.1_80", B2], "both backends were drained first"
 
 
 async def _only(cluster: Cluster, services: list[str]) -> bool:
-    return await cluster.bound() == services and [s["name"] for s in await cluster.nitro("service")] == services
+    return await cluster.bound() == services and sorted(await cluster.configured()) == services

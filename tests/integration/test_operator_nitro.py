@@ -37,8 +37,8 @@ async def test_bulk_writes_on_an_expired_session_really_reach_netscaler(
         await cluster.slice({"n1": "ready", "n2": "ready"})
         await converged(cluster, ("n1", "n2"))  # read from the box, not from the operator's cache
         assert {s["name"] for s in await cluster.nitro("server")} == {"dsr-198.51.100.1", "dsr-198.51.100.2"}
-        monitors = await cluster.nitro("service_lbmonitor_binding", "/dsr-198.51.100.2_80")
-        assert [m["monitor_name"] for m in monitors] == ["dsr-shop_web_tcp"]
+        members = await cluster.nitro("servicegroup_servicegroupmember_binding", "/dsr-shop_web_80_sg")
+        assert sorted(m["servername"] for m in members) == ["dsr-198.51.100.1", "dsr-198.51.100.2"]
 
 
 async def test_a_monitor_interval_of_a_minute_converges_and_stays_unchanged(
@@ -63,7 +63,7 @@ async def test_a_monitor_interval_of_a_minute_converges_and_stays_unchanged(
 async def test_a_drain_ends_as_soon_as_netscaler_ends_it_and_status_shows_its_clients(
     cluster: Cluster, kube: KubeHandle, nitro_sim: simctl.Simulator
 ) -> None:
-    b2 = "dsr-198.51.100.2_80"
+    b2 = "dsr-shop_web_80_sg/dsr-198.51.100.2:80"  # a member, as NetScaler's stat names it
     async with serving(cluster, kube, nitro_sim, ("n1", "n2"), spec={"drainSeconds": 600},
                        resync_seconds=FAR, drain_check_seconds=0.2, max_unbind_percent=100):
         await nitro_sim.set_clients({b2: 3})
@@ -89,7 +89,7 @@ async def test_a_drain_ends_as_soon_as_netscaler_ends_it_and_status_shows_its_cl
 
         await eventually(unbound)
         await eventually(lambda: _no_drains(cluster))
-        assert {s["name"] for s in await cluster.nitro("service")} == {"dsr-198.51.100.1_80"}
+        assert await cluster.configured() == {"dsr-198.51.100.1_80"}
 
 
 async def _no_drains(cluster: Cluster) -> bool:
@@ -143,13 +143,12 @@ async def test_a_failover_in_the_middle_of_a_change_loses_and_repeats_nothing(
         every = before + after
         assert len(every) == len(set(every)), f"a change was applied twice: {every}"
         assert sorted((r, a_) for r, a_, _ in after) == sorted(
-            [("service", "add")] * 2 + [("service_lbmonitor_binding", "bind")] * 2
-            + [("lbvserver_service_binding", "bind")] * 2
+            [("servicegroup_servicegroupmember_binding", "bind")] * 2
         ), after  # the rest of the change, once, on the new primary
         # Nothing lost: the new primary holds the whole change, and the new secondary has it too.
         for node in (a, b):
             assert sorted(node.store.objects["server"]) == [(f"dsr-198.51.100.{i}",) for i in (1, 2, 3)]
-            assert len(node.store.objects["lbvserver_service_binding"]) == 3
+            assert len(node.store.objects["servicegroup_servicegroupmember_binding"]) == 3
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{unused_tcp_port}/metrics") as r:
             text = await r.text()
         assert f'dsr_netscaler_ha_primary{{url="{b.url}"}} 1.0' in text, text

@@ -63,8 +63,8 @@ async def test_a_static_backend_of_another_namespace_is_refused_until_that_names
                                  healthCheck={"type": "TCP", "port": 9})
         refused = await eventually(lambda: condition_of(cluster, "thief", "team-a", "False", "BackendNotAllowed"))
         assert refused["message"].startswith("10.9.0.5 is a backend of DsrService team-b/db")
-        monitors = await cluster.nitro("service_lbmonitor_binding", "/dsr-10.9.0.5_80")
-        assert [m["monitor_name"] for m in monitors] == ["dsr-team-b_db_tcp"]  # the thief's monitor is not there
+        groups = await cluster.nitro("servicegroup")
+        assert [g["servicegroupname"] for g in groups] == ["dsr-team-b_db_80_sg"]  # nothing of the thief's
         # team-b lets it go: the waiting DsrService is served at once.
         await cluster.client.delete(kubeapi.DsrService, "db", namespace="team-b")
         await eventually(lambda: condition_of(cluster, "thief", "team-a", "True"), timeout=30)

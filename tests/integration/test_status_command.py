@@ -55,7 +55,7 @@ async def test_status_shows_each_backend_on_netscaler_and_its_nodes_vip(
     assert "n1" in rows["198.51.100.1"] and "bound, UP" in rows["198.51.100.1"]
     assert "applied" in rows["198.51.100.1"]
     # The last change of a bound backend is the operator's event that bound it.
-    assert "Applied: bind lb vserver dsr-shop_web_80 dsr-198.51.100.1_80" in rows["198.51.100.1"], out
+    assert "Applied: bind servicegroup dsr-shop_web_80_sg dsr-198.51.100.1 80" in rows["198.51.100.1"], out
     assert "requested, not applied yet" in rows["198.51.100.2"]
     assert "bound, " not in rows["198.51.100.2"] or "not bound" in rows["198.51.100.2"]
     assert "refused: address in use by another interface" in rows["198.51.100.3"]

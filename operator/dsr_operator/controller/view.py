@@ -15,8 +15,8 @@ it earlier, as soon as the service has no clients left, so while it runs the vie
 the service every `drain_poll` seconds (its `svrstate`, and `curclntconnections` from `/stat/service`
 for the status), then at the deadline, then often until it is OUT OF SERVICE: the unbind follows the
 end of a drain by one reconcile, not by a resync, whether the drain ran its full time or ended early.
-A member of a servicegroup drains the same way (asked about through its group's member bindings;
-its client connections are not read). A member just bound has no known state until the next resync
+A member of a servicegroup drains the same way (asked about through its group's member bindings and
+`/stat/servicegroupmember`). A member just bound has no known state until the next resync
 reads it (asking about every new member would cost a request each): a shared service of an earlier
 version gives way to it only once it is read UP.
 """
@@ -29,6 +29,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from dsr_operator import settings as settings_mod
 from dsr_operator.model import ops as nsops
@@ -221,27 +222,31 @@ class NetScalerView:
     @staticmethod
     async def _service_state(client: nitro.NitroClient, name: str) -> tuple[str | None, int | None]:
         """(svrstate, current client connections) of one service or member; (None, None) when it is gone."""
+        member: dict[str, str] | None = None
         if "/" in name:  # a member: `group/server:port` (service names never contain `/`)
             group, _, rest = name.partition("/")
             server, _, port = rest.rpartition(":")
-            try:
-                rows = await client.get(ns.MEMBER_BINDING, group)
-            except errors.NitroNotFound:
-                return None, None
-            for row in rows:
-                if str(row.get("servername")) == server and str(row.get("port")) == port:
-                    return str(row.get("svrstate")), None
-            return None, None
+            member = {"servicegroupname": group, "servername": server, "port": port}
+
+        async def state() -> list[dict[str, Any]]:
+            if member is None:
+                return await client.get("service", name, attrs=("name", "svrstate"))
+            rows = await client.get(ns.MEMBER_BINDING, member["servicegroupname"])
+            return [r for r in rows if str(r.get("servername")) == member["servername"]
+                    and str(r.get("port")) == member["port"]]
 
         async def clients() -> int | None:
             try:
-                rows = await client.stat("service", name)
+                if member is not None:
+                    rows = await client.stat("servicegroupmember", args=member)
+                else:
+                    rows = await client.stat("service", name)
                 return nitro.as_int(rows[0].get("curclntconnections")) if rows else None
             except (errors.NitroApiError, ValueError):
                 return None  # statistics are for the status only: never fail a drain on them
 
         rows, connections = await asyncio.gather(
-            client.get("service", name, attrs=("name", "svrstate")), clients(), return_exceptions=True
+            state(), clients(), return_exceptions=True
         )
         for result in (rows, connections):
             if isinstance(result, errors.NitroNotFound):

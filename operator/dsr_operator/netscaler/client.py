@@ -293,12 +293,16 @@ class NitroClient:
         response = await self._request("GET", rtype, name=name, params=params)
         return _records(response.body, rtype)
 
-    async def stat(self, rtype: str, name: str | None = None) -> list[dict[str, Any]]:
-        """Statistics of ``rtype`` (``service``, ``lbvserver``, ``hanode`` …): ``GET /stat/<rtype>[/<name>]``.
+    async def stat(
+        self, rtype: str, name: str | None = None, *, args: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Statistics of ``rtype`` (``service``, ``lbvserver``, ``hanode`` …): ``GET /stat/<rtype>[/<name>]``;
+        ``args`` name a ``servicegroupmember`` (``servicegroupname``, ``servername``, ``port``).
 
         Counters come as NITRO sends them (mostly numeric strings: use ``as_int``).
         """
-        response = await self._request("GET", rtype, name=name, api="stat")
+        params = {"args": _pairs(args)} if args else None
+        response = await self._request("GET", rtype, name=name, api="stat", params=params)
         return _records(response.body, rtype)
 
     async def get_modes(self) -> dict[str, Any]:
