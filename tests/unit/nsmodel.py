@@ -7,7 +7,6 @@ from dsr_operator.planner import effects
 from dsr_operator.planner import plan as planner
 
 
-
 def elapse(state: ns.NetScalerState) -> ns.NetScalerState:
     """Drains end, and every new member has had its first probe (UP)."""
     return effects.probed(effects.elapse(state))
