@@ -117,7 +117,9 @@ async def test_apply_converges_then_plan_says_no_changes_and_delete_removes_exac
         ("dsr-shop_web_80", "ANY", "192.0.2.10", "MAC")
     ]
     groups = await nitro_get(nitro_sim, "servicegroup")
-    assert [(g["servicegroupname"], g["usip"], g["servicetype"]) for g in groups] == [("dsr-shop_web_80_sg", "YES", "ANY")]
+    assert [(g["servicegroupname"], g["usip"], g["servicetype"]) for g in groups] == [
+        ("dsr-shop_web_80_sg", "YES", "ANY")
+    ]
     members = await nitro_get(nitro_sim, "servicegroup_servicegroupmember_binding", "/dsr-shop_web_80_sg")
     assert sorted(m["servername"] for m in members) == ["dsr-198.51.100.21", "dsr-198.51.100.22"]
     assert await nitro_get(nitro_sim, "service") == []

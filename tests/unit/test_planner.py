@@ -70,7 +70,10 @@ def test_from_scratch_follows_the_seed_procedure_in_dependency_order() -> None:
     ]
     cmds = commands(plan)
     assert cmds[0] == "enable ns mode MBF"
-    assert "add servicegroup dsr-shop_web_80_sg ANY -healthMonitor YES -usip YES -comment dsr-operator:test:uid-web" in cmds
+    add_group = (
+        "add servicegroup dsr-shop_web_80_sg ANY -healthMonitor YES -usip YES -comment dsr-operator:test:uid-web"
+    )
+    assert add_group in cmds
     assert "bind servicegroup dsr-shop_web_80_sg -monitorName dsr-shop_web_tcp" in cmds
     assert "bind servicegroup dsr-shop_web_80_sg dsr-198.51.100.21 80" in cmds
     assert "bind lb vserver dsr-shop_web_80 dsr-shop_web_80_sg" in cmds
