@@ -192,11 +192,10 @@ class Narrator:
                 await self.poll()
             await aio.wait(stop, 0.15)
 
-    def when(self, action: str, resource: str, service: str) -> float | None:
+    def when(self, action: str, resource: str, backend: str) -> float | None:
+        """When NetScaler applied the first `action` on `resource` for the backend's group membership."""
         for c in self.journal:
-            if c["action"] == action and c["resource"] == resource and service in (
-                c["name"], c["key"].get("servicename")
-            ):
+            if c["action"] == action and c["resource"] == resource and scenario.on_member(c, self.lab, backend):
                 return float(c["time"])
         return None
 
@@ -205,10 +204,8 @@ def _cli(change: Mapping[str, Any]) -> str:
     """A journal entry in NetScaler CLI words."""
     key = dict(change.get("key") or {})
     name = change.get("name", "")
-    if change["resource"].endswith("_binding"):
-        bound = [v for v in key.values() if v != name]
-        return f"{change['action']} {change['resource'].split('_')[0]} {name} {' '.join(bound)}".strip()
-    return f"{change['action']} {change['resource']} {name}".strip()
+    rest = " ".join(str(v) for v in key.values() if v != name)  # a binding's other end, a member's server and port
+    return f"{change['action']} {change['resource'].split('_')[0]} {name} {rest}".strip()
 
 
 async def wait_for(check: Callable[[], Any], within: float, interval: float = 0.2) -> bool:
@@ -277,7 +274,6 @@ async def _acts(stack: scenario.Stack, narrator: Narrator, requests: int, out: T
     # Act 2: the last node's endpoint goes away.
     gone_node, gone = list(nodes.items())[-1]
     stay = [n for n in nodes if n != gone_node]
-    service = scenario.service_name(lab, gone)
     print(f"\n## Act 2: node {gone_node}'s endpoint leaves the EndpointSlice; {gone} is drained "
           f"({DRAIN_SECONDS} s), unbound, and releases the VIP while the client keeps sending requests", file=out)
     with scenario.Loop(lab, pause=0.05, timeout=2.0) as during:
@@ -293,8 +289,8 @@ async def _acts(stack: scenario.Stack, narrator: Narrator, requests: int, out: T
         done = await wait_for(released, within=90)
         await asyncio.sleep(0.3)
     await narrator.poll()
-    disabled = narrator.when("disable", "service", service)
-    unbound = narrator.when("unbind", "lbvserver_service_binding", service)
+    disabled = narrator.when("disable", "servicegroup", gone)
+    unbound = narrator.when("unbind", "servicegroup_servicegroupmember_binding", gone)
     if not done or disabled is None or unbound is None:
         print(f"# {gone} was not drained and released in time: {await kube.dsr_status()}", file=out)
         print(agents.logs(), file=out)
@@ -347,7 +343,7 @@ async def _traffic(lab: dsrlab.Lab, sim: simctl.Simulator, requests: int, out: T
     print(f"# answered: {', '.join(f'{b} {answered[b]}' for b in lab.backends)}; failed {failed}", file=out)
     print("\n## Packet counters during the requests", file=out)
     print(f"lb nftables, frames to the VIP at ingress: {vip_in}", file=out)
-    print(f"lb nftables, frames forwarded per service: {forwarded}", file=out)
+    print(f"lb nftables, frames forwarded per backend: {forwarded}", file=out)
     print(f"lb eth0: rx {lb_rx - lb_rx_before}, tx {lb_tx - lb_tx_before} frames", file=out)
     replies = 0
     for b in lab.backends:

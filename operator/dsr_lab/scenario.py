@@ -37,6 +37,8 @@ SERVICE = "web"
 PORT = 80
 VSERVER = f"dsr-{NAMESPACE}_{SERVICE}_{PORT}"
 """The lbvserver the operator creates for the DsrService."""
+GROUP = f"{VSERVER}_sg"
+"""The servicegroup the operator creates for the DsrService's port: its backends are the group's members."""
 SLICE = f"{SERVICE}-abc"
 USER = "nsroot"
 PASSWORD = "demo-password"
@@ -46,9 +48,22 @@ DSR_API = f"/apis/{models.GROUP}/{models.VERSION}"
 SLICE_API = f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices"
 
 
-def service_name(lab: Lab, backend: str) -> str:
-    """The NetScaler service the operator creates for a backend."""
-    return f"dsr-{lab.ip(backend)}_{PORT}"
+def server_name(lab: Lab, backend: str) -> str:
+    """The NetScaler server the operator creates for a backend's address."""
+    return f"dsr-{lab.ip(backend)}"
+
+
+def member_name(lab: Lab, backend: str) -> str:
+    """A backend as the simulator's dataplane and `/_sim/clients` name it: `<group>/<server>:<port>`."""
+    return f"{GROUP}/{server_name(lab, backend)}:{PORT}"
+
+
+def on_member(change: Mapping[str, Any], lab: Lab, backend: str) -> bool:
+    """Whether a journal entry acts on the backend's membership of the group (bind, unbind, enable, disable)."""
+    key = change.get("key") or {}
+    return (change["resource"] in ("servicegroup", "servicegroup_servicegroupmember_binding")
+            and key.get("servicegroupname", change.get("name")) == GROUP
+            and key.get("servername") == server_name(lab, backend) and str(key.get("port")) == str(PORT))  # fmt: skip
 
 
 # The Kubernetes objects of the scenario.

@@ -76,9 +76,9 @@ class Stand:
     def bound_nodes(self) -> set[str]:
         """Node names whose address is bound to the VIP's vserver on the simulator."""
         by_ip = {n.ip: n.name for n in self.cluster.nodes}
-        services = {s["name"]: s.get("ipaddress") for s in self.objects("service")}
-        bound = {b["servicename"] for b in self.objects("lbvserver_service_binding")}
-        return {by_ip[ip] for name, ip in services.items() if name in bound and ip in by_ip}
+        groups = {b["servicegroupname"] for b in self.objects("lbvserver_servicegroup_binding")}
+        members = self.objects("servicegroup_servicegroupmember_binding")
+        return {by_ip[m["ip"]] for m in members if m["servicegroupname"] in groups and m.get("ip") in by_ip}
 
     def node_has_vip(self, node: cl.Node) -> bool:
         out = node.exec("ip", "-j", "addr", "show", "dev", "lo", check=False, timeout=10)
@@ -257,7 +257,7 @@ def _why_failed(stand: Stand, loop: Loop, changes: list[tuple[float, str]], what
     failed request (seconds from it): enough to tell which node refused and why."""
     first = loop.failed[0][0]
     near = [(round(float(e["time"]) - first, 2), e["resource"], e["action"], e["name"],
-             e.get("key", {}).get("servicename")) for e in stand.sim.journal()
+             e.get("key", {}).get("servername"), e.get("key", {}).get("port")) for e in stand.sim.journal()
             if abs(float(e["time"]) - first) < 10 and e.get("resource") != "nsconfig"]
     around = [(round(t - first, 2), ok, who) for t, ok, who in loop.replies if abs(t - first) < 1.5]
     seen = sorted((round(t - first, 2), line) for t, line in changes if abs(t - first) < 10)
@@ -384,11 +384,11 @@ def test_rollout_restart_and_a_node_drain_fail_no_request(stand: Stand) -> None:
         pytest.fail(_why_failed(stand, loop, [*slices, *pods], f"drained {drained}"))
 
     # The drained node: disabled gracefully, then unbound, and only then did it lose the VIP.
-    service = f"dsr-{lab_nodes[drained].ip}_80"  # the service of node address and port (model/names.py)
-    steps = [(e["resource"], e["action"], e["name"], float(e["time"]), e.get("key", {})) for e in _journal(stand, seq)]
-    disabled = [t for r, a, n, t, _ in steps if r == "service" and a == "disable" and n == service]
-    unbound = [t for r, a, n, t, k in steps if r == "lbvserver_service_binding" and a == "unbind"
-               and service in (n, k.get("servicename"))]
+    server = f"dsr-{lab_nodes[drained].ip}"  # the server of the node's address (model/names.py)
+    steps = [(e["resource"], e["action"], float(e["time"]), e.get("key", {})) for e in _journal(stand, seq)]
+    member = [(r, a, t) for r, a, t, k in steps if k.get("servername") == server and str(k.get("port")) == "80"]
+    disabled = [t for r, a, t in member if r == "servicegroup" and a == "disable"]
+    unbound = [t for r, a, t in member if r == "servicegroup_servicegroupmember_binding" and a == "unbind"]
     gone = [t for t, has in held[drained] if not has]
     assert disabled and unbound and gone, (disabled, unbound, gone[:1])
     assert disabled[0] < unbound[0] < gone[0]

@@ -90,7 +90,10 @@ class World:
 
 def _records(doc: dict[str, Any]) -> dict[str, str]:
     keys = {"lbmonitor": ("monitorname", "type"), "lbvserver_service_binding": ("name", "servicename"),
-            "service_lbmonitor_binding": ("name", "monitor_name")}
+            "service_lbmonitor_binding": ("name", "monitor_name"), "servicegroup": ("servicegroupname",),
+            "lbvserver_servicegroup_binding": ("name", "servicegroupname"),
+            "servicegroup_lbmonitor_binding": ("servicegroupname", "monitor_name"),
+            "servicegroup_servicegroupmember_binding": ("servicegroupname", "servername", "port")}
     out = {}
     for rtype, recs in (doc.get("objects") or {}).items():
         for rec in recs:

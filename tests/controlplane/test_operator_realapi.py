@@ -131,11 +131,9 @@ class Rig:
         return [v for v in self.nitro("lbvserver") if v.get("ipv46") == VIP]
 
     def bound_ips(self, vserver: str) -> list[str]:
-        """Backend IPs bound to the vserver, through service -> server as NetScaler records them."""
-        servers = {s["name"]: s.get("ipaddress") for s in self.nitro("server")}
-        services = {s["name"]: s.get("ipaddress") or servers.get(s.get("servername", ""))
-                    for s in self.nitro("service")}
-        return sorted(services.get(b["servicename"]) or "?" for b in self.nitro("lbvserver_service_binding", vserver))
+        """Backend IPs of the vserver: the members of its servicegroups, as NetScaler records them."""
+        return sorted(m.get("ip") or "?" for g in self.nitro("lbvserver_servicegroup_binding", vserver)
+                      for m in self.nitro("servicegroup_servicegroupmember_binding", g["servicegroupname"]))
 
     def nodeconfig(self) -> dict[str, Any] | None:
         status, body = self.cp.request("GET", f"/apis/{GROUP}/{VERSION}/dsrnodeconfigs/{self.node}")
@@ -319,7 +317,8 @@ def test_full_reconcile_then_deletion_through_the_finalizer(rig: Rig) -> None:
     rig.wait(lambda: cp.request("GET", f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/dsrservices/web")[0] == 404,
              60, "the DsrService to disappear")
     assert rig.vservers() == []
-    assert not [s for s in rig.nitro("service") if s.get("ipaddress") == NODE_IP]
+    assert rig.nitro("servicegroup") == []
+    assert not [s for s in rig.nitro("server") if s.get("ipaddress") == NODE_IP]
     config = rig.nodeconfig()
     assert config is not None and VIP not in (config["spec"].get("vips") or [])
     rig.wait(lambda: f"{VIP}/32" not in rig.netns_addresses(), 30, "the agent to drop the VIP")

@@ -2,9 +2,9 @@
 
 Runs the command as a subprocess (root, iproute2, nftables, tcpdump; skipped otherwise, with the reason)
 and checks its output: the operator asks every node for the VIP, the agents report it applied,
-NetScaler binds the backends, each backend answers some of the requests, the packet counters show the
-replies bypassing lb, the second act drains, unbinds and releases one backend while requests keep
-succeeding; exit code 0 and no namespace of the lab left behind.
+NetScaler binds the backends (members of the DsrService's servicegroup), each backend answers some of
+the requests, the packet counters show the replies bypassing lb, the second act drains, unbinds and
+releases one backend while requests keep succeeding; exit code 0 and no namespace of the lab left behind.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def test_demo_dsr_runs_the_whole_chain_and_cleans_up() -> None:
     for node, backend in (("n1", "b1"), ("n2", "b2"), ("n3", "b3")):
         assert f"operator asks node {node} for the VIP" in out
         assert f"agent on {node} reports the VIP applied on lo in {prefix}-{backend}" in out
-        assert f"NetScaler: bind lbvserver dsr-demo_web_80 dsr-10.77.0.{10 + int(node[1])}_80" in out
+        assert f"NetScaler: bind servicegroup dsr-demo_web_80_sg dsr-10.77.0.{10 + int(node[1])} 80" in out
     answers = re.findall(r"^request +\d+: client port +\d+  answered by (b\d)$", out, re.MULTILINE)
     # 12 requests, more only until every backend answered (the dataplane hashes source ports).
     assert 12 <= len(answers) <= 36 and set(answers) == {"b1", "b2", "b3"}, out
@@ -44,8 +44,8 @@ def test_demo_dsr_runs_the_whole_chain_and_cleans_up() -> None:
     replies = re.search(r"^# (\d+) reply packets went from the backends to the client without crossing lb", out, re.M)
     assert replies and int(replies.group(1)) >= 12 * 3, out
     # The drain act: b3 disabled, unbound only after drainSeconds, its VIP released; nothing failed.
-    assert "NetScaler: disable service dsr-10.77.0.13_80" in out
-    assert "NetScaler: unbind lbvserver dsr-demo_web_80 dsr-10.77.0.13_80" in out
+    assert "NetScaler: disable servicegroup dsr-demo_web_80_sg dsr-10.77.0.13 80" in out
+    assert "NetScaler: unbind servicegroup dsr-demo_web_80_sg dsr-10.77.0.13 80" in out
     assert "operator takes the VIP back from node n3" in out
     assert f"agent on n3 reports the VIP released from lo in {prefix}-b3" in out
     assert re.search(r"^# requests during the change: [1-9]\d*, failed 0;", out, re.M), out

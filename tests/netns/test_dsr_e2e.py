@@ -32,7 +32,7 @@ import pytest_asyncio
 
 from dsr_lab import scenario, simctl
 from dsr_lab.lab import Lab, Reply
-from dsr_lab.scenario import NODES, VSERVER, Loop
+from dsr_lab.scenario import GROUP, NODES, VSERVER, Loop
 from tests.support.waiting import eventually
 
 pytestmark = [
@@ -46,7 +46,7 @@ pytestmark = [
 AUTH = {"X-NITRO-USER": scenario.USER, "X-NITRO-PASS": scenario.PASSWORD}
 DRAIN = 4  # this module's drainSeconds (the scenario's default is 2): the drain test holds a connection through it
 WAIT = 90.0  # the longest any state may take to appear, on the slowest machine we run on
-svc = scenario.service_name
+member = scenario.member_name
 
 
 async def gets(lab: Lab, count: int, each: float = 5.0) -> list[Reply]:
@@ -63,13 +63,11 @@ async def nitro(sim: simctl.Simulator, method: str, path: str, body: Any = None)
         return doc
 
 
-async def bound(sim: simctl.Simulator) -> list[str]:
-    """The services bound to the scenario's lbvserver."""
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"{sim.url}/nitro/v1/config/lbvserver_service_binding/{VSERVER}", headers=AUTH) as resp,
-    ):
-        return sorted(r["servicename"] for r in (await resp.json()).get("lbvserver_service_binding", []))
+async def members(sim: simctl.Simulator) -> dict[str, dict[str, Any]]:
+    """The members of the scenario's servicegroup (the backends of its lbvserver), by `member_name`."""
+    rows = (await nitro(sim, "GET", f"servicegroup_servicegroupmember_binding/{GROUP}")).get(
+        "servicegroup_servicegroupmember_binding", [])  # fmt: skip
+    return {f"{GROUP}/{r['servername']}:{r['port']}": r for r in rows}
 
 
 @dataclasses.dataclass
@@ -107,7 +105,7 @@ class Stand:
         await self.set_slice(nodes)
         for node in nodes:
             self.agents.start(node)
-        want = [svc(self.lab, NODES[n]) for n in nodes]
+        want = [member(self.lab, NODES[n]) for n in nodes]
         await eventually(lambda: _eq(self.new_flows(), want), timeout=WAIT, interval=0.1, what=f"{want} bound and UP")
 
     async def journal_seq(self) -> int:
@@ -174,7 +172,7 @@ async def stat(sim: simctl.Simulator, path: str) -> Any:
     async with aiohttp.ClientSession() as http, http.get(f"{sim.url}/nitro/v1/stat/{path}", headers=AUTH) as resp:
         doc = await resp.json()
         assert resp.status == 200, doc
-        return doc[path.split("/")[0]]
+        return doc[path.split("/")[0].split("?")[0]]
 
 
 async def test_nitro_stats_count_the_real_packets_and_flows(stand: Stand) -> None:
@@ -190,9 +188,9 @@ async def test_nitro_stats_count_the_real_packets_and_flows(stand: Stand) -> Non
     assert packets >= 30 * 4 and hits == 30, (packets, hits)  # one new flow per connection
     assert int(after["totalpktssent"]) - int(before["totalpktssent"]) == packets
     assert (after["state"], after["actsvcs"]) == ("UP", "2")
-    services = {s["name"]: s for s in await stat(sim, "service")}
     for backend in ("b1", "b2"):
-        record = services[svc(lab, backend)]
+        args = f"servicegroupname:{GROUP},servername:{scenario.server_name(lab, backend)},port:{scenario.PORT}"
+        [record] = await stat(sim, f"servicegroupmember?args={args}")
         assert record["state"] == "UP" and int(record["vsvrservicehits"]) > 0, record
     # Each connection's flow lives on until it has been idle for the flow timeout.
 
@@ -219,14 +217,14 @@ async def test_a_backend_whose_agent_is_stopped_is_never_bound_until_its_agent_r
     # Give the operator three full re-reads of NetScaler (resyncs) in which it could go wrong.
     reads = (await sim.stats())["byResource"].get("lbvserver", 0)
     await eventually(lambda: _at_least(sim, "lbvserver", reads + 3), timeout=WAIT, interval=0.1, what="three resyncs")
-    assert svc(lab, "b3") not in await bound(sim)
+    assert member(lab, "b3") not in await members(sim)
     replies = await gets(lab, 20)
     assert all(r.ok and r.backend != "b3" for r in replies), replies
     assert (await asyncio.to_thread(lab.vip_packets, "b3"))[0] == 0
-    assert not [j for j in await sim.journal() if j["resource"] == "lbvserver_service_binding"
-                and j["key"].get("servicename") == svc(lab, "b3")]  # fmt: skip
+    assert not [j for j in await sim.journal() if j["resource"] == "servicegroup_servicegroupmember_binding"
+                and scenario.on_member(j, lab, "b3")]  # fmt: skip
     stand.agents.start("n3")
-    await eventually(lambda: _eq(stand.new_flows(), [svc(lab, b) for b in ("b1", "b2", "b3")]),
+    await eventually(lambda: _eq(stand.new_flows(), [member(lab, b) for b in ("b1", "b2", "b3")]),
                      timeout=WAIT, interval=0.1, what="b3 joins")
     replies = await gets(lab, 60)
     assert all(r.ok for r in replies), [r for r in replies if not r.ok]
@@ -281,16 +279,17 @@ async def test_a_removed_backend_drains_without_a_failure_then_loses_the_vip(sta
             f"n1: {await kube.nodeconfig('n1')}; journal: {journal}; agent n1:\n" + "\n".join(log)
         )
     journal = await sim.journal(since=seq0)
-    b1 = svc(lab, "b1")
+    b1, server = member(lab, "b1"), scenario.server_name(lab, "b1")
 
     def when(resource: str, action: str) -> float:
         hits = [j["time"] for j in journal if j["resource"] == resource and j["action"] == action
-                and b1 in (j["name"], j["key"].get("servicename"))]  # fmt: skip
+                and (scenario.on_member(j, lab, "b1") or (resource == "server" and j["name"] == server))]  # fmt: skip
         assert hits, f"no {action} {resource} for {b1} in {journal}"
         return float(hits[0])
 
     disabled, unbound, deleted = (
-        when("service", "disable"), when("lbvserver_service_binding", "unbind"), when("service", "delete")
+        when("servicegroup", "disable"), when("servicegroup_servicegroupmember_binding", "unbind"),
+        when("server", "delete"),
     )  # fmt: skip
     assert removed_at < disabled < unbound <= deleted < vip_gone_from_spec <= vip_gone_from_host
     assert unbound - disabled >= DRAIN - 0.05, "unbound before the drain ended on NetScaler"
@@ -348,17 +347,17 @@ async def test_negative_controls_a_broken_dsr_path_fails_visibly(stand: Stand) -
     await asyncio.to_thread(
         subprocess.run, ["ip", "-n", lab.ns("b2"), "addr", "del", f"{lab.vip}/32", "dev", "lo"], check=True
     )
-    b2 = svc(lab, "b2")
-    monitor = next(b["monitor_name"] for b in (await nitro(sim, "GET", f"service_lbmonitor_binding/{b2}"))[
-        "service_lbmonitor_binding"])  # fmt: skip
+    b2, b3 = member(lab, "b2"), member(lab, "b3")
+    binding = "servicegroup_lbmonitor_binding"
+    monitor = next(b["monitor_name"] for b in (await nitro(sim, "GET", f"{binding}/{GROUP}"))[binding])
     # A monitor that does not go through the DSR path keeps b2 UP: its share of new connections fails.
     plain = {"monitorname": "ctl-plain", "type": "TCP", "interval": 2, "resptimeout": 1, "retries": 1, "destport": 80}
     await nitro(sim, "POST", "lbmonitor", {"lbmonitor": plain})
-    await nitro(sim, "DELETE", f"service_lbmonitor_binding/{b2}?args=monitor_name:{monitor}")
-    await nitro(sim, "POST", "service_lbmonitor_binding",
-                {"service_lbmonitor_binding": {"name": b2, "monitor_name": "ctl-plain"}})  # fmt: skip
-    await eventually(lambda: _contains(stand.new_flows(), b2),
-                     timeout=WAIT, interval=0.1, what="b2 UP under the plain monitor")
+    await nitro(sim, "DELETE", f"{binding}/{GROUP}?args=monitor_name:{monitor}")
+    await nitro(sim, "POST", binding, {binding: {"servicegroupname": GROUP, "monitor_name": "ctl-plain"}})
+    # The group's monitors judge b3 too: it is probed afresh, and must be UP again for the control to count.
+    await eventually(lambda: _eq(stand.new_flows(), [b2, b3]),
+                     timeout=WAIT, interval=0.1, what="b2 (and b3) UP under the plain monitor")
     outcomes = []
     for _ in range(60):
         outcomes.append(await asyncio.to_thread(lab.get, 0.5))
@@ -366,13 +365,11 @@ async def test_negative_controls_a_broken_dsr_path_fails_visibly(stand: Stand) -
             break
     assert not outcomes[-1].ok, "a backend without the VIP took no connection: the control proves nothing"
     # The transparent monitor (destip = VIP, through b2's MAC) takes b2 out; nothing fails any more.
-    await nitro(sim, "DELETE", f"service_lbmonitor_binding/{b2}?args=monitor_name:ctl-plain")
-    await nitro(sim, "POST", "service_lbmonitor_binding",
-                {"service_lbmonitor_binding": {"name": b2, "monitor_name": monitor}})  # fmt: skip
-    await eventually(lambda: _lacks(stand.new_flows(), b2),
-                     timeout=WAIT, interval=0.1, what="b2 DOWN under the transparent monitor")
-    rows = await nitro(sim, "GET", f"service/{b2}")
-    assert rows["service"][0]["svrstate"] == "DOWN"
+    await nitro(sim, "DELETE", f"{binding}/{GROUP}?args=monitor_name:ctl-plain")
+    await nitro(sim, "POST", binding, {binding: {"servicegroupname": GROUP, "monitor_name": monitor}})
+    await eventually(lambda: _eq(stand.new_flows(), [b3]),
+                     timeout=WAIT, interval=0.1, what="b2 DOWN (and b3 UP) under the transparent monitor")
+    assert (await members(sim))[b2]["svrstate"] == "DOWN"
     replies = await gets(lab, 20)
     assert all(r.ok and r.backend == "b3" for r in replies), replies
 
@@ -383,14 +380,6 @@ async def _eq(value: Any, want: Any) -> bool:
 
 async def _at_least(sim: simctl.Simulator, resource: str, count: int) -> bool:
     return int((await sim.stats())["byResource"].get(resource, 0)) >= count
-
-
-async def _contains(value: Any, item: str) -> bool:
-    return item in await value
-
-
-async def _lacks(value: Any, item: str) -> bool:
-    return item not in await value
 
 
 async def _not_forwarded(doc: Any, reason: str) -> bool:

@@ -42,8 +42,19 @@ DRAIN = 3
 TTL = 3
 
 
-def svc(lab: Lab, backend: str) -> str:
-    return f"dsr-{lab.ip(backend)}_80"
+GROUP = f"{VSERVER}_sg"
+
+
+def member(lab: Lab, backend: str) -> str:
+    """A backend as the dataplane names it: a member of the DsrService's servicegroup."""
+    return f"{GROUP}/dsr-{lab.ip(backend)}:80"
+
+
+def on_member(entry: dict[str, Any], lab: Lab, backend: str) -> bool:
+    """Whether a journal entry acts on the backend's membership (bind, unbind, enable, disable)."""
+    key = entry.get("key") or {}
+    return (key.get("servicegroupname") == GROUP and key.get("servername") == f"dsr-{lab.ip(backend)}"
+            and str(key.get("port")) == "80")  # fmt: skip
 
 
 class Hosts:
@@ -130,7 +141,7 @@ async def test_hosts_join_and_leave_through_etcd_without_a_failed_request_then_a
     lab, sim, hosts = rig["lab"], rig["sim"], rig["hosts"]
 
     async def flows_are(*backends: str) -> bool:
-        return await new_flows(sim) == sorted(svc(lab, b) for b in backends)
+        return await new_flows(sim) == sorted(member(lab, b) for b in backends)
 
     hosts.join("b1")
     hosts.join("b2")
@@ -152,9 +163,9 @@ async def test_hosts_join_and_leave_through_etcd_without_a_failed_request_then_a
     failures = [r for r in fresh.results if not r.reply.ok]
     assert failures == [], failures[:5]
     assert {r.reply.backend for r in fresh.results} >= {"b1", "b2", "b3"}
-    journal = [(j["resource"], j["action"]) for j in await sim.journal(since=seq)
-               if svc(lab, "b1") in (j["name"], j["key"].get("servicename"))]
-    assert journal.index(("service", "disable")) < journal.index(("lbvserver_service_binding", "unbind")), journal
+    journal = [(j["resource"], j["action"]) for j in await sim.journal(since=seq) if on_member(j, lab, "b1")]
+    unbind = ("servicegroup_servicegroupmember_binding", "unbind")
+    assert journal.index(("servicegroup", "disable")) < journal.index(unbind), journal
 
     # b2 crashes: its agent and its web server die; the lease runs out and NetScaler unbinds it.
     hosts.procs["b2"].kill()
@@ -162,8 +173,8 @@ async def test_hosts_join_and_leave_through_etcd_without_a_failed_request_then_a
     await eventually(lambda: flows_are("b3"), timeout=WAIT, interval=0.1, what="b2 out (its monitor, then its lease)")
 
     async def unbound() -> bool:
-        return any(j["resource"] == "lbvserver_service_binding" and j["action"] == "unbind"
-                   and j["key"].get("servicename") == svc(lab, "b2") for j in await sim.journal(since=seq))
+        return any(j["resource"] == "servicegroup_servicegroupmember_binding" and j["action"] == "unbind"
+                   and on_member(j, lab, "b2") for j in await sim.journal(since=seq))
 
     await eventually(unbound, timeout=WAIT, interval=0.1, what="b2 unbound once its lease ran out")
     replies = await gets(lab, 20)

@@ -62,8 +62,8 @@ async def test_hosts_that_register_are_bound_and_hosts_that_leave_or_crash_are_u
         await eventually(lambda: bound(["dsr-198.51.100.21_80"]), timeout=30)
         journal = [(e["resource"], e["action"]) for e in await nitro_sim.journal()
                    if "198.51.100.22" in e["name"] or "198.51.100.22" in json.dumps(e["key"])]
-        disabled = journal.index(("service", "disable"))
-        unbound = journal.index(("lbvserver_service_binding", "unbind"))
+        disabled = journal.index(("servicegroup", "disable"))
+        unbound = journal.index(("servicegroup_servicegroupmember_binding", "unbind"))
         assert disabled < unbound, journal  # drained first, then unbound
 
 async def test_etcd_unreachable_keeps_every_binding_and_says_so_then_changes_flow_again(

@@ -80,10 +80,12 @@ async def sync_proc(tmp_path: Path, nitro_sim: simctl.Simulator, etcd_server: Et
 
 
 async def bound(sim: simctl.Simulator, vserver: str = "dsr-shop_web_80") -> list[str]:
+    """The backends of the vserver's servicegroup, named `dsr-<address>_<port>`."""
     headers = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": "nsroot"}
+    binding = "servicegroup_servicegroupmember_binding"
     async with aiohttp.ClientSession() as http, http.get(
-            f"{sim.url}/nitro/v1/config/lbvserver_service_binding/{vserver}", headers=headers) as resp:
-        return sorted(r["servicename"] for r in (await resp.json()).get("lbvserver_service_binding", []))
+            f"{sim.url}/nitro/v1/config/{binding}/{vserver}_sg", headers=headers) as resp:
+        return sorted(f"{r['servername']}_{r['port']}" for r in (await resp.json()).get(binding, []))
 
 
 async def test_sync_follows_registrations_and_manifests_without_kubernetes(
@@ -102,7 +104,7 @@ async def test_sync_follows_registrations_and_manifests_without_kubernetes(
         async with aiohttp.ClientSession() as http, http.get(sync_proc.metrics) as resp:  # type: ignore[attr-defined]
             metrics = await resp.text()
         assert 'dsr_bound_backends{name="web",namespace="shop"} 2.0' in metrics, metrics
-        assert sync_proc.said("applied: bind lb vserver dsr-shop_web_80 dsr-198.51.100.21_80")
+        assert sync_proc.said("applied: bind servicegroup dsr-shop_web_80_sg dsr-198.51.100.21 80")
         # pi-2 crashes (its lease runs out); pi-1 leaves gracefully.
         await eventually(lambda: has(["dsr-198.51.100.21_80"]), timeout=60)
         await registry.put(f"{PREFIX}/pi-1", json.dumps({"host": "198.51.100.21", "port": 80, "drain": True}))
