@@ -88,6 +88,12 @@ class World:
         return eventually_sync(check, timeout=timeout, what=what, interval=0.2, error=ControlPlaneError)
 
 
+def _effective(mutations: list[Mutation]) -> list[Mutation]:
+    """The mutations a later one does not overwrite (same path, or a parent of it)."""
+    return [m for i, m in enumerate(mutations)
+            if not any(m.path == later.path or m.path.startswith(later.path + ".") for later in mutations[i + 1:])]
+
+
 def _records(doc: dict[str, Any]) -> dict[str, str]:
     keys = {"lbmonitor": ("monitorname", "type"), "lbvserver_service_binding": ("name", "servicename"),
             "service_lbmonitor_binding": ("name", "monitor_name"), "servicegroup": ("servicegroupname",),
@@ -333,9 +339,10 @@ def _try(world: World, body: dict[str, Any], mutations: list[Mutation]) -> tuple
         after = _records(world.sim.config())
         changed = sorted(k for k in set(after) | set(world.baseline)
                          if after.get(k) != world.baseline.get(k) and not k.startswith("nsconfig"))
-        defaulted = [m for m in mutations if m.value is None and m.path.startswith("spec.")
+        effective = _effective(mutations)
+        defaulted = [m for m in effective if m.value is None and m.path.startswith("spec.")
                      and m.path.count(".") == 1 and m.path.split(".")[1] in DEFAULTED]
-        if len(defaulted) == len(mutations) and _condition(got, "Ready").get("status") == "True":
+        if len(defaulted) == len(effective) and _condition(got, "Ready").get("status") == "True":
             # The API server drops a null for a field that is not nullable, then defaults it: what
             # is stored is the valid spec, and serving it is right.
             return "defaulted", None
