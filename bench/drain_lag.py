@@ -53,12 +53,22 @@ def backends(i: int, count: int = 3) -> list[dict[str, str]]:
     return [{"name": f"h{k}", "address": f"10.1.{i}.{k + 1}"} for k in range(count)]
 
 
+MEMBERS = "servicegroup_servicegroupmember_binding"
+
+
 async def bindings(url: str) -> list[dict[str, Any]]:
+    """Every servicegroup member: the backends bound, one group per DsrService."""
     async with aiohttp.ClientSession() as http, http.get(
-        f"{url}/nitro/v1/config/lbvserver_service_binding", params={"bulkbindings": "yes"}, headers=HEADERS
+        f"{url}/nitro/v1/config/{MEMBERS}", params={"bulkbindings": "yes"}, headers=HEADERS
     ) as resp:
-        rows: list[dict[str, Any]] = (await resp.json()).get("lbvserver_service_binding", [])
+        rows: list[dict[str, Any]] = (await resp.json()).get(MEMBERS, [])
         return rows
+
+
+def member(entry: dict[str, Any]) -> tuple[str, str, str]:
+    """The member a journal entry acts on: (servicegroup, server, port)."""
+    key = entry["key"]
+    return key["servicegroupname"], key["servername"], str(key["port"])
 
 
 async def wait_bound(url: str, want: int) -> None:
@@ -71,15 +81,14 @@ async def wait_bound(url: str, want: int) -> None:
 
 async def round_trip(url: str, rows: list[dict[str, Any]]) -> float:
     """One bulk unbind of `rows` (timed), then bind them again (not timed)."""
-    body = [{"name": r["name"], "servicename": r["servicename"]} for r in rows]
+    body = [{k: r[k] for k in ("servicegroupname", "servername", "port")} for r in rows]
     async with aiohttp.ClientSession() as http:
         start = time.perf_counter()
-        async with http.post(f"{url}/nitro/v1/config/lbvserver_service_binding?action=unbind", headers=HEADERS,
-                             json={"lbvserver_service_binding": body}) as resp:
+        async with http.post(f"{url}/nitro/v1/config/{MEMBERS}?action=unbind", headers=HEADERS,
+                             json={MEMBERS: body}) as resp:
             assert resp.status == 200, await resp.text()
         took = time.perf_counter() - start
-        async with http.put(f"{url}/nitro/v1/config/lbvserver_service_binding", headers=HEADERS,
-                            json={"lbvserver_service_binding": body}) as resp:
+        async with http.put(f"{url}/nitro/v1/config/{MEMBERS}", headers=HEADERS, json={MEMBERS: body}) as resp:
             assert resp.status in (200, 201), await resp.text()
     return took
 
@@ -160,7 +169,8 @@ async def main(services: int, rounds: int, latency_ms: float) -> None:
             await wait_bound(sim.url, services * 3)
             # A client on every backend: a graceful disable then lasts its full drainSeconds (with none
             # left, NetScaler would end it at once).
-            await sim.set_clients({f"dsr-{b['address']}_80": 1 for i in range(services) for b in backends(i)})
+            await sim.set_clients({f"dsr-bench_svc{i}_80_sg/dsr-{b['address']}:80": 1
+                                   for i in range(services) for b in backends(i)})
             print(f"Converged {services} DsrServices x 3 static backends")
 
             baseline = [await round_trip(sim.url, await bindings(sim.url)) for _ in range(5)]
@@ -195,9 +205,9 @@ async def drains(client: Any, sim: simctl.Simulator, services: int, together: in
                                namespace="bench", patch_type=PatchType.MERGE)
         await wait_bound(sim.url, services * 3 - together)
         journal = await sim.journal(since=seq)
-        disabled = {j["name"]: j["time"] for j in journal if (j["resource"], j["action"]) == ("service", "disable")}
-        unbound = {j["key"]["servicename"]: j["time"] for j in journal
-                   if (j["resource"], j["action"]) == ("lbvserver_service_binding", "unbind")}
+        steps = [((j["resource"], j["action"]), member(j), j["time"]) for j in journal if "servername" in j["key"]]
+        disabled = {m: t for step, m, t in steps if step == ("servicegroup", "disable")}
+        unbound = {m: t for step, m, t in steps if step == (MEMBERS, "unbind")}
         assert set(disabled) == set(unbound) and len(disabled) == together, (disabled, unbound)
         lags.extend(unbound[s] - (disabled[s] + DRAIN) for s in disabled)
         for i in chosen:

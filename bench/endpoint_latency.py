@@ -4,10 +4,10 @@ The operator and the NITRO simulator run as processes of their own (as users run
 process serves the Kubernetes API emulator (kmock, real HTTP) and plays the node agents. The
 simulator answers with 5 ms latency per request. N DsrServices each front a Service with endpoints on
 three of five nodes; every change flips one endpoint's readiness (ready → not ready → ready), which
-must bind or unbind exactly one NetScaler service. The script measures, per change, the time from
-the API server accepting the EndpointSlice write to the simulator applying the binding change
-(watch delivery, operator, NITRO; the simulator's journal gives when it applied the change, on the
-same clock), and counts every NITRO request the operator sends meanwhile.
+must bind or unbind exactly one member of the DsrService's NetScaler servicegroup. The script
+measures, per change, the time from the API server accepting the EndpointSlice write to the simulator
+applying the binding change (watch delivery, operator, NITRO; the simulator's journal gives when it
+applied the change, on the same clock), and counts every NITRO request the operator sends meanwhile.
 
 Usage: python bench/endpoint_latency.py [--services 100] [--changes 500] [--latency-ms 5]
 """
@@ -76,12 +76,16 @@ async def ready_count(client: Any) -> int:
     return count
 
 
+MEMBERS = "servicegroup_servicegroupmember_binding"
+
+
 async def count_bindings(url: str) -> int:
+    """How many servicegroup members NetScaler holds: the backends bound."""
     headers = {"X-NITRO-USER": "nsroot", "X-NITRO-PASS": "bench"}
     async with aiohttp.ClientSession() as http, http.get(
-        f"{url}/nitro/v1/config/lbvserver_service_binding", params={"bulkbindings": "yes"}, headers=headers
+        f"{url}/nitro/v1/config/{MEMBERS}", params={"bulkbindings": "yes"}, headers=headers
     ) as resp:
-        return len((await resp.json()).get("lbvserver_service_binding", []))
+        return len((await resp.json()).get(MEMBERS, []))
 
 
 def vip(i: int) -> str:
@@ -156,7 +160,7 @@ async def main(services: int, changes: int, latency_ms: float) -> None:
                 if not any(readiness[i].values()):
                     readiness[i][node] = True
                     continue
-                vserver = f"dsr-bench_svc{i}_80"
+                group = f"dsr-bench_svc{i}_80_sg"
                 seq = max((j["seq"] for j in await sim.journal()), default=0)
                 start = time.perf_counter()
                 await client.patch(EndpointSlice, f"svc{i}-a", {"endpoints": endpoints(placement[i], readiness[i])},
@@ -166,10 +170,10 @@ async def main(services: int, changes: int, latency_ms: float) -> None:
                 limit = time.monotonic() + 30
                 while applied is None:
                     applied = next((j["time"] for j in await sim.journal(since=seq)
-                                    if j["resource"] == "lbvserver_service_binding" and j["name"] == vserver), None)
+                                    if j["resource"] == MEMBERS and j["name"] == group), None)
                     if applied is None:
                         if time.monotonic() > limit:
-                            raise SystemExit(f"change {len(latencies)} of {vserver} not applied within 30 s")
+                            raise SystemExit(f"change {len(latencies)} of {group} not applied within 30 s")
                         await asyncio.sleep(0.01)
                 latencies.append(applied - accepted_wall)
                 api_times.append(accepted - start)

@@ -3,9 +3,10 @@
 A real etcd (the control-plane build's binary), the NITRO simulator with 5 ms latency per request, and
 `sync` in-process following N registry-backed DsrServices (each its own prefix, three hosts of five
 registered). Every change registers or deregisters one host (an etcd put or delete), which must bind or
-unbind exactly one NetScaler service. Per change: the time from etcd accepting the write to the
-simulator applying the binding change (watch delivery, batch, plan, NITRO), and every NITRO request
-sent meanwhile. Baseline, measured in the same run: one NITRO bind request straight to the simulator.
+unbind exactly one member of the DsrService's NetScaler servicegroup. Per change: the time from etcd
+accepting the write to the simulator applying the binding change (watch delivery, batch, plan,
+NITRO), and every NITRO request sent meanwhile. Baseline, measured in the same run: one NITRO member
+bind request straight to the simulator.
 
 Usage: python bench/registry_latency.py [--services 100] [--changes 500] [--latency-ms 5]
 """
@@ -45,33 +46,34 @@ def record(host: str) -> str:
     return json.dumps({"host": host, "port": 80})
 
 
+MEMBERS = "servicegroup_servicegroupmember_binding"
+
+
 async def count_bindings(url: str) -> int:
+    """How many servicegroup members NetScaler holds: the backends bound."""
     async with aiohttp.ClientSession() as http, http.get(
-        f"{url}/nitro/v1/config/lbvserver_service_binding", params={"bulkbindings": "yes"}, headers=AUTH
+        f"{url}/nitro/v1/config/{MEMBERS}", params={"bulkbindings": "yes"}, headers=AUTH
     ) as resp:
-        return len((await resp.json()).get("lbvserver_service_binding", []))
+        return len((await resp.json()).get(MEMBERS, []))
 
 
 async def baseline(url: str, rounds: int = 100) -> list[float]:
-    """One bind and one unbind of a service on a vserver, straight to the simulator: NITRO's own cost."""
+    """One bind and one unbind of a servicegroup member, straight to the simulator: NITRO's own cost."""
     async with aiohttp.ClientSession() as http:
         async def call(method: str, path: str, body: Any = None) -> None:
             async with http.request(method, f"{url}/nitro/v1/config/{path}", json=body, headers=AUTH) as resp:
                 assert resp.status in (200, 201), await resp.text()
 
         await call("POST", "server", {"server": {"name": "base-s", "ipaddress": "203.0.113.1"}})
-        await call("POST", "service", {"service": {"name": "base-svc", "servername": "base-s", "servicetype": "ANY",
-                                                   "port": 80}})
-        await call("POST", "lbvserver", {"lbvserver": {"name": "base-vs", "servicetype": "ANY",
-                                                       "ipv46": "203.0.113.100", "port": 80}})
+        await call("POST", "servicegroup", {"servicegroup": {"servicegroupname": "base-sg", "servicetype": "ANY"}})
+        member = {"servicegroupname": "base-sg", "servername": "base-s", "port": 80}
         times = []
         for _ in range(rounds):
             start = time.perf_counter()
-            await call("POST", "lbvserver_service_binding",
-                       {"lbvserver_service_binding": {"name": "base-vs", "servicename": "base-svc"}})
+            await call("POST", MEMBERS, {MEMBERS: member})
             times.append(time.perf_counter() - start)
-            await call("DELETE", "lbvserver_service_binding/base-vs?args=servicename:base-svc")
-        for path in ("lbvserver/base-vs", "service/base-svc", "server/base-s"):
+            await call("DELETE", f"{MEMBERS}/base-sg?args=servername:base-s,port:80")
+        for path in ("servicegroup/base-sg", "server/base-s"):
             await call("DELETE", path)
     return sorted(times)
 
@@ -133,7 +135,7 @@ async def run(tmp: Path, registry_server: Etcd, services: int, changes: int, lat
             target: dict[str, Any] = {}
 
             def listener(change: Any) -> None:
-                if change.resource == "lbvserver_service_binding" and change.name == target.get("vserver"):
+                if change.resource == MEMBERS and change.name == target.get("group"):
                     target["at"] = time.perf_counter()
                     changed.set()
 
@@ -147,7 +149,7 @@ async def run(tmp: Path, registry_server: Etcd, services: int, changes: int, lat
                 key = f"/skydns/bench/svc{i}/{host}"
                 if host in registered[i] and len(registered[i]) == 1:
                     continue  # the last one stays (the blast-radius guard would hold it)
-                target["vserver"] = f"dsr-bench_svc{i}_80"
+                target["group"] = f"dsr-bench_svc{i}_80_sg"
                 changed.clear()
                 if host in registered[i]:
                     registered[i].discard(host)
@@ -168,7 +170,7 @@ async def run(tmp: Path, registry_server: Etcd, services: int, changes: int, lat
     print(f"{len(latencies)} registry changes over {services} DsrServices, simulator latency {latency_ms:g} ms/request")
     print(f"etcd write accepted → binding on NetScaler: p50 {statistics.median(latencies) * 1000:.1f} ms, "
           f"p99 {p99(latencies) * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms (target: p99 < 500 ms)")
-    print(f"baseline, one NITRO bind request: p50 {statistics.median(base) * 1000:.1f} ms, "
+    print(f"baseline, one NITRO member bind request: p50 {statistics.median(base) * 1000:.1f} ms, "
           f"p99 {p99(base) * 1000:.1f} ms; ratio p99/p99 {p99(latencies) / p99(base):.1f}x")
     print(f"NITRO requests: {stats['requests']} for {len(latencies)} changes = "
           f"{stats['requests'] / len(latencies):.2f} per change ({stats['byMethod']})")

@@ -72,7 +72,8 @@ class Simulator(server.Simulator):
         return result
 
     async def set_clients(self, counts: Mapping[str, int]) -> None:
-        """Current client connections per service: `await sim.set_clients({"svc1": 3})` (0 ends a drain)."""
+        """Current client connections per service or member (`<group>/<server>:<port>`):
+        `await sim.set_clients({"svc1": 3})` (0 ends a drain)."""
         await self._call("POST", "/_sim/clients", dict(counts))
 
     async def reset(self) -> None:
