@@ -286,6 +286,10 @@ class Soak:
             ("lbmonitor", {"monitorname": "dsr-manual-mon", "type": "PING", "interval": 7, "resptimeout": 3}),
             ("lbvserver_service_binding", {"name": "dsr-manual-vs", "servicename": "dsr-manual-svc"}),
             ("service_lbmonitor_binding", {"name": "dsr-manual-svc", "monitor_name": "dsr-manual-mon"}),
+            ("servicegroup", {"servicegroupname": "dsr-manual-sg", "servicetype": "ANY", "usip": "YES"}),
+            ("servicegroup_servicegroupmember_binding", {"servicegroupname": "dsr-manual-sg",
+                                                         "servername": "dsr-manual-host", "port": 8080}),
+            ("servicegroup_lbmonitor_binding", {"servicegroupname": "dsr-manual-sg", "monitor_name": "dsr-manual-mon"}),
             # Another operator id's marker.
             ("server", {"name": "dsr-198.51.100.251", "ipaddress": "198.51.100.251", "comment": other + "shared"}),
             ("service", {"name": "dsr-198.51.100.251_80", "servername": "dsr-198.51.100.251", "servicetype": "ANY",
@@ -296,14 +300,21 @@ class Soak:
                            "comment": other + "7d0c3b8e-0000-4000-8000-000000000001"}),
             ("lbvserver_service_binding", {"name": "dsr-shop_web_80", "servicename": "dsr-198.51.100.251_80"}),
             ("service_lbmonitor_binding", {"name": "dsr-198.51.100.251_80", "monitor_name": "dsr-shop_web_tcp"}),
+            ("servicegroup", {"servicegroupname": "dsr-shop_web_80_sg", "servicetype": "ANY", "usip": "YES",
+                              "comment": other + "7d0c3b8e-0000-4000-8000-000000000001"}),
+            ("servicegroup_servicegroupmember_binding", {"servicegroupname": "dsr-shop_web_80_sg",
+                                                         "servername": "dsr-198.51.100.251", "port": 80}),
+            ("servicegroup_lbmonitor_binding", {"servicegroupname": "dsr-shop_web_80_sg",
+                                                "monitor_name": "dsr-shop_web_tcp"}),
+            ("lbvserver_servicegroup_binding", {"name": "dsr-shop_web_80", "servicegroupname": "dsr-shop_web_80_sg"}),
             # Not our prefix at all.
             ("server", {"name": "legacy-host", "ipaddress": "198.51.100.252"}),
         ]
         for rtype, obj in made:
             self.sim.add(rtype, obj)
         self.handmade = frozenset(
-            (rtype, str(obj.get("name") or obj.get("monitorname"))) for rtype, obj in made
-            if not rtype.endswith("_binding"))
+            (rtype, str(obj.get("name") or obj.get("monitorname") or obj.get("servicegroupname")))
+            for rtype, obj in made if not rtype.endswith("_binding"))
         self.handmade_snapshot = judge.snapshot(self.sim.config(), self.handmade)
 
     def _cluster_backends(self) -> None:

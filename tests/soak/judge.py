@@ -53,12 +53,17 @@ TRACEBACK = "Traceback (most recent call last)"
 KEYS: Mapping[str, tuple[str, ...]] = {
     "server": ("name",),
     "service": ("name",),
+    "servicegroup": ("servicegroupname",),
     "lbvserver": ("name",),
     "lbmonitor": ("monitorname", "type"),
     "lbvserver_service_binding": ("name", "servicename"),
     "service_lbmonitor_binding": ("name", "monitor_name"),
+    "lbvserver_servicegroup_binding": ("name", "servicegroupname"),
+    "servicegroup_lbmonitor_binding": ("servicegroupname", "monitor_name"),
+    "servicegroup_servicegroupmember_binding": ("servicegroupname", "servername", "port"),
 }
-BINDINGS = ("lbvserver_service_binding", "service_lbmonitor_binding")
+BINDINGS = ("lbvserver_service_binding", "service_lbmonitor_binding", "lbvserver_servicegroup_binding",
+            "servicegroup_lbmonitor_binding", "servicegroup_servicegroupmember_binding")
 INVARIANTS = (
     "netscaler-holds-exactly-the-specs",
     "hand-made-objects-untouched",
@@ -359,15 +364,12 @@ class Want:
     """NetScaler content, by meaning: addresses, ports, owners."""
 
     servers: set[str] = dataclasses.field(default_factory=set)
-    services: set[tuple[str, int]] = dataclasses.field(default_factory=set)
     vservers: dict[tuple[str, str, int], str] = dataclasses.field(default_factory=dict)
-    """(owner uid, VIP, NITRO port) → lbmethod"""
+    """(owner uid, VIP, NITRO port) → lbmethod; each with one servicegroup of the same owner bound"""
     monitors: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """owner uid → monitor fields"""
-    vserver_bindings: set[tuple[str, str, int, str]] = dataclasses.field(default_factory=set)
-    """(owner uid, VIP, port, backend address)"""
-    monitor_bindings: set[tuple[str, int, str]] = dataclasses.field(default_factory=set)
-    """(backend address, port, monitor owner uid)"""
+    members: set[tuple[str, str, int, str]] = dataclasses.field(default_factory=set)
+    """(owner uid, VIP, port, backend address): the backend is a member of that vserver's servicegroup"""
 
 
 def monitor_fields(spec: Spec) -> dict[str, Any]:
@@ -391,17 +393,13 @@ def required(capture: Capture, exps: Iterable[Expectation]) -> Want:
         uid, vip = exp.dsr.uid, _ip(spec["vip"])
         addresses = [a for a in backends_of(exp.dsr, spec, capture) if a not in squatted]
         want.monitors[uid] = monitor_fields(spec)
-        want.servers.update(addresses)
-        for port in spec["ports"]:
-            p = nitro_port(port)
-            for address in addresses:
-                want.services.add((address, p))
-                want.monitor_bindings.add((address, p, uid))
-            if (vip, p) in exp.contested:
-                continue
+        kept = [nitro_port(port) for port in spec["ports"] if (vip, nitro_port(port)) not in exp.contested]
+        if kept:  # a servicegroup per port; one that only a lost VIP:port used goes with its vserver
+            want.servers.update(addresses)
+        for p in kept:
             want.vservers[(uid, vip, p)] = str(spec.get("lbMethod", "LEASTCONNECTION"))
             for address in addresses:
-                want.vserver_bindings.add((uid, vip, p, address))
+                want.members.add((uid, vip, p, address))
     return want
 
 
@@ -451,7 +449,7 @@ def check_netscaler(capture: Capture, exps: list[Expectation]) -> Verdict:
     bad: list[str] = []
 
     # Every object with our prefix is ours (by marker) or one of the hand-made ones.
-    for rtype in ("server", "service", "lbvserver", "lbmonitor"):
+    for rtype in ("server", "service", "servicegroup", "lbvserver", "lbmonitor"):
         key = KEYS[rtype][0]
         for rec in records(doc, rtype):
             name = str(rec.get(key))
@@ -484,11 +482,9 @@ def check_netscaler(capture: Capture, exps: list[Expectation]) -> Verdict:
             wrong["comment"] = rec.get("comment")
         if rec.get("servername") not in servers:
             wrong["servername"] = rec.get("servername")
-        if point in want.services and rec.get("state", "ENABLED") != "ENABLED":
-            wrong["state"] = rec.get("state")
         if wrong:
             bad.append(f"service {name} ({point[0]}:{point[1]}) has {wrong}")
-    _compare(bad, "service", set(services.values()), want.services)
+    _compare(bad, "service (backends are servicegroup members)", set(services.values()), set())
 
     vservers: dict[str, tuple[str, str, int]] = {}
     for rec in records(doc, "lbvserver"):
@@ -536,33 +532,75 @@ def check_netscaler(capture: Capture, exps: list[Expectation]) -> Verdict:
             bad.append(f"lbmonitor {name} of {owner} has {wrong}")
     _compare(bad, "lbmonitor of owner", set(monitors.values()), set(want.monitors), uids)
 
-    have_vb: set[tuple[str, str, int, str]] = set()
-    for rec in records(doc, "lbvserver_service_binding"):
-        vs = vservers.get(str(rec.get("name")))
-        if vs is None:
-            continue
-        svc = services.get(str(rec.get("servicename")))
-        if svc is None:
-            bad.append(f"vserver {rec.get('name')} is bound to {rec.get('servicename')}, not a service of ours")
-            continue
-        if svc[1] != vs[2]:
-            bad.append(f"vserver {rec.get('name')} (port {vs[2]}) is bound to {rec.get('servicename')} (port {svc[1]})")
-        have_vb.add((vs[0], vs[1], vs[2], svc[0]))
-    _compare(bad, "vserver binding", have_vb, want.vserver_bindings, uids)
+    for rtype, keys in (("lbvserver_service_binding", ("name", "servicename")),
+                        ("service_lbmonitor_binding", ("name", "monitor_name"))):
+        for rec in records(doc, rtype):
+            if str(rec.get("servicename", rec.get("name"))) in services or str(rec.get("name")) in vservers:
+                bad.append(f"{rtype} {'/'.join(str(rec.get(k)) for k in keys)}: backends are servicegroup members")
 
-    have_mb: set[tuple[str, int, str]] = set()
-    for rec in records(doc, "service_lbmonitor_binding"):
-        owner = monitors.get(str(rec.get("monitor_name")))
+    groups: dict[str, str] = {}
+    for rec in records(doc, "servicegroup"):
+        owner = _owner(rec, op)
         if owner is None:
             continue
-        svc = services.get(str(rec.get("name")))
-        if svc is None:
-            bad.append(f"monitor {rec.get('monitor_name')} is bound to {rec.get('name')}, not a service of ours")
+        name = str(rec["servicegroupname"])
+        groups[name] = owner
+        wrong = {f: rec.get(f) for f, v in (("servicetype", "ANY"), ("usip", "YES"), ("healthmonitor", "YES"))
+                 if rec.get(f) != v}
+        if owner == SHARED:
+            wrong["comment"] = rec.get("comment")
+        if wrong:
+            bad.append(f"servicegroup {name} of {owner} has {wrong}")
+    serving: dict[str, tuple[str, str, int]] = {}  # servicegroup → the (owner, VIP, port) of its vserver
+    for rec in records(doc, "lbvserver_servicegroup_binding"):
+        vs, group = vservers.get(str(rec.get("name"))), str(rec.get("servicegroupname"))
+        if vs is None:
             continue
-        have_mb.add((svc[0], svc[1], owner))
-    _compare(bad, "monitor binding", have_mb, want.monitor_bindings, uids, owner_at=2)
+        if groups.get(group) != vs[0]:
+            bad.append(f"vserver {rec.get('name')} of {vs[0]} is bound to {group}, not a servicegroup of its own")
+        elif group in serving or vs in serving.values():
+            bad.append(f"vserver {rec.get('name')} and servicegroup {group} are bound more than once")
+        else:
+            serving[group] = vs
+    _compare(bad, "vserver with its servicegroup", set(serving.values()), set(want.vservers), uids)
+    for name, owner in sorted(groups.items()):
+        if name not in serving:
+            bad.append(f"{'orphan' if owner not in uids else 'extra'} servicegroup {name} of {owner}: no vserver")
 
-    if (want.vservers or want.services) and "mbf" not in (doc.get("nsmode") or ()):
+    have_gm: set[tuple[str, str, int, str]] = set()
+    for rec in records(doc, "servicegroup_lbmonitor_binding"):
+        group, monitor = str(rec.get("servicegroupname")), str(rec.get("monitor_name"))
+        if group not in groups:
+            if monitor in monitors:
+                bad.append(f"monitor {monitor} of {monitors[monitor]} is bound to {group}, not a servicegroup of ours")
+            continue
+        if monitors.get(monitor) != groups[group]:  # tenants never judge each other's backends
+            bad.append(f"servicegroup {group} of {groups[group]} has monitor {monitor} of {monitors.get(monitor)}")
+        elif group in serving:
+            have_gm.add(serving[group])
+    _compare(bad, "servicegroup with its own monitor", have_gm, set(want.vservers), uids)
+
+    have_members: set[tuple[str, str, int, str]] = set()
+    for rec in records(doc, "servicegroup_servicegroupmember_binding"):
+        group = str(rec.get("servicegroupname"))
+        if group not in groups or group not in serving:
+            continue
+        vs = serving[group]
+        server = str(rec.get("servername"))
+        address = server_ip.get(server) or _ip(rec.get("ip"))
+        wrong = {}
+        if server not in servers:
+            wrong["servername"] = server
+        if int(rec.get("port") or 0) != vs[2]:
+            wrong["port"] = f"{rec.get('port')} (vserver port {vs[2]})"
+        if (*vs, address) in want.members and rec.get("state", "ENABLED") != "ENABLED":
+            wrong["state"] = rec.get("state")
+        if wrong:
+            bad.append(f"member {server}:{rec.get('port')} of servicegroup {group} has {wrong}")
+        have_members.add((*vs, address))
+    _compare(bad, "member", have_members, want.members, uids)
+
+    if want.vservers and "mbf" not in (doc.get("nsmode") or ()):
         bad.append("MAC-based forwarding (nsmode MBF) is not enabled")
     return Verdict(INVARIANTS[0], not bad, tuple(bad))
 

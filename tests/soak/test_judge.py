@@ -53,6 +53,21 @@ def _write(model: nitro.Store, resource: str, action: str, payload: dict[str, An
     model.execute(method, resource, action, payload)
 
 
+MEMBERS = "servicegroup_servicegroupmember_binding"
+
+
+def _vserver(model: nitro.Store, name: str, vip: str, owner: str) -> None:
+    """A DsrService's vserver on port 80 with its servicegroup and the group's monitor (`dsr-t_<name>_tcp`)."""
+    vserver, group = f"dsr-t_{name}_80", f"dsr-t_{name}_80_sg"
+    _write(model, "lbvserver", "add", {"name": vserver, "servicetype": "ANY", "ipv46": vip, "port": 80,
+                                       "lbmethod": "ROUNDROBIN", "m": "MAC", "comment": owner})
+    _write(model, "servicegroup", "add", {"servicegroupname": group, "servicetype": "ANY", "usip": "YES",
+                                          "healthmonitor": "YES", "comment": owner})
+    _write(model, "servicegroup_lbmonitor_binding", "bind", {"servicegroupname": group,
+                                                             "monitor_name": f"dsr-t_{name}_tcp"})
+    _write(model, "lbvserver_servicegroup_binding", "bind", {"name": vserver, "servicegroupname": group})
+
+
 def _world() -> tuple[nitro.Store, judge.Capture]:
     """DsrService web configured as the README says, one invalid DsrService, and hand-made objects."""
     model = nitro.Store()
@@ -74,14 +89,10 @@ def _world() -> tuple[nitro.Store, judge.Capture]:
     _write(model, "lbmonitor", "add", {"monitorname": "dsr-t_web_tcp", "type": "TCP", "interval": 5,
                                        "resptimeout": 2, "retries": 3, "destip": VIP, "destport": 80,
                                        "transparent": "YES", "comment": owner})
-    _write(model, "lbvserver", "add", {"name": "dsr-t_web_80", "servicetype": "ANY", "ipv46": VIP, "port": 80,
-                                       "lbmethod": "ROUNDROBIN", "m": "MAC", "comment": owner})
+    _vserver(model, "web", VIP, owner)
     for host in HOSTS:
         _write(model, "server", "add", {"name": f"dsr-{host}", "ipaddress": host, "comment": shared})
-        _write(model, "service", "add", {"name": f"dsr-{host}_80", "servername": f"dsr-{host}", "servicetype": "ANY",
-                                         "port": 80, "usip": "YES", "healthmonitor": "YES", "comment": shared})
-        _write(model, "service_lbmonitor_binding", "bind", {"name": f"dsr-{host}_80", "monitor_name": "dsr-t_web_tcp"})
-        _write(model, "lbvserver_service_binding", "bind", {"name": "dsr-t_web_80", "servicename": f"dsr-{host}_80"})
+        _write(model, MEMBERS, "bind", {"servicegroupname": "dsr-t_web_80_sg", "servername": f"dsr-{host}", "port": 80})
     _write(model, "nsconfig", "save", {})
     capture = judge.Capture(
         operator_id=OP,
@@ -118,8 +129,26 @@ def _redo(model: nitro.Store, capture: judge.Capture, *, save: bool = True, **ch
 
 
 def _missing_binding(model: nitro.Store, capture: judge.Capture) -> judge.Capture:
-    model.execute("POST", "lbvserver_service_binding", "unbind", {"name": "dsr-t_web_80",
-                                                                  "servicename": f"dsr-{HOSTS[1]}_80"})
+    model.execute("POST", MEMBERS, "unbind", {"servicegroupname": "dsr-t_web_80_sg", "servername": f"dsr-{HOSTS[1]}",
+                                              "port": 80})
+    return _redo(model, capture)
+
+
+def _shared_monitor(model: nitro.Store, capture: judge.Capture) -> judge.Capture:
+    """Another DsrService's monitor judges web's backends: one tenant could take the other's down."""
+    _write(model, "lbmonitor", "add", {"monitorname": "dsr-t_b_tcp", "type": "TCP", "interval": 5, "resptimeout": 2,
+                                       "comment": f"dsr-operator:{OP}:uid-broken"})
+    _write(model, "servicegroup_lbmonitor_binding", "bind", {"servicegroupname": "dsr-t_web_80_sg",
+                                                             "monitor_name": "dsr-t_b_tcp"})
+    return _redo(model, capture)
+
+
+def _old_service_left(model: nitro.Store, capture: judge.Capture) -> judge.Capture:
+    """A shared service of an earlier version, still bound: its backend is served twice."""
+    _write(model, "service", "add", {"name": f"dsr-{HOSTS[0]}_80", "servername": f"dsr-{HOSTS[0]}",
+                                     "servicetype": "ANY", "port": 80, "usip": "YES", "healthmonitor": "YES",
+                                     "comment": f"dsr-operator:{OP}:shared"})
+    _write(model, "lbvserver_service_binding", "bind", {"name": "dsr-t_web_80", "servicename": f"dsr-{HOSTS[0]}_80"})
     return _redo(model, capture)
 
 
@@ -132,8 +161,8 @@ def _orphan(model: nitro.Store, capture: judge.Capture) -> judge.Capture:
 def _orphan_monitor_binding(model: nitro.Store, capture: judge.Capture) -> judge.Capture:
     _write(model, "lbmonitor", "add", {"monitorname": "dsr-t_gone_ping", "type": "PING", "interval": 5,
                                        "resptimeout": 2, "comment": f"dsr-operator:{OP}:uid-gone"})
-    _write(model, "service_lbmonitor_binding", "bind",
-           {"name": f"dsr-{HOSTS[0]}_80", "monitor_name": "dsr-t_gone_ping"})
+    _write(model, "servicegroup_lbmonitor_binding", "bind",
+           {"servicegroupname": "dsr-t_web_80_sg", "monitor_name": "dsr-t_gone_ping"})
     return _redo(model, capture)
 
 
@@ -205,10 +234,14 @@ def _not_ready(model: nitro.Store, capture: judge.Capture) -> judge.Capture:
 NETSCALER = "netscaler-holds-exactly-the-specs"
 CORRUPTIONS: dict[str, tuple[Callable[[nitro.Store, judge.Capture], judge.Capture], str, str]] = {
     "missing binding": (_missing_binding, "netscaler-holds-exactly-the-specs",
-                        f"missing vserver binding uid-web:{VIP}:80:{HOSTS[1]}"),
+                        f"missing member uid-web:{VIP}:80:{HOSTS[1]}"),
+    "another tenant's monitor": (_shared_monitor, NETSCALER,
+                                 "servicegroup dsr-t_web_80_sg of uid-web has monitor dsr-t_b_tcp of uid-broken"),
+    "a shared service left": (_old_service_left, NETSCALER,
+                              f"extra service (backends are servicegroup members) {HOSTS[0]}:80"),
     "orphan object": (_orphan, "netscaler-holds-exactly-the-specs", "orphan lbvserver uid-gone:192.0.2.99:80"),
     "orphan monitor binding": (_orphan_monitor_binding, "netscaler-holds-exactly-the-specs",
-                               f"orphan monitor binding {HOSTS[0]}:80:uid-gone (its DsrService is gone"),
+                               "servicegroup dsr-t_web_80_sg of uid-web has monitor dsr-t_gone_ping of uid-gone"),
     "hand-made object changed": (_handmade_changed, "hand-made-objects-untouched", "lbvserver/dsr-other_x_80 changed"),
     "hand-made object bound": (_handmade_bound, "hand-made-objects-untouched",
                                "lbvserver_service_binding/dsr-t_web_80/dsr-manual-svc is new"),
@@ -245,8 +278,9 @@ def test_an_invalid_spec_keeps_its_last_good_configuration() -> None:
     assert set(failed) == {NETSCALER}
     assert set(failed[NETSCALER]) == {
         "missing lbmonitor of owner uid-broken", "missing lbvserver uid-broken:192.0.2.11:80",
-        *(f"missing vserver binding uid-broken:192.0.2.11:80:{h}" for h in HOSTS),
-        *(f"missing monitor binding {h}:80:uid-broken" for h in HOSTS),
+        "missing vserver with its servicegroup uid-broken:192.0.2.11:80",
+        "missing servicegroup with its own monitor uid-broken:192.0.2.11:80",
+        *(f"missing member uid-broken:192.0.2.11:80:{h}" for h in HOSTS),
     }
 
 
@@ -266,15 +300,15 @@ def test_a_backend_whose_server_name_is_taken_by_hand_is_a_name_conflict() -> No
     squat = {**WEB_SPEC, "vip": "192.0.2.12", "backends": {"static": [{"name": "m", "address": SQUATTED}]}}
     body = _dsr("squat", "uid-squat", squat, "Stalled", "NameConflict", created="2025-03-01T00:00:00Z")
     capture = dataclasses.replace(capture, dsrservices=(*capture.dsrservices, judge.DsrObject.from_api(body)))
-    # What does not depend on the taken name is still required: its monitor and its vserver.
+    # What does not depend on the taken name is still required: its monitor, vserver and servicegroup.
     assert _failed(capture) == {NETSCALER: ("missing lbvserver uid-squat:192.0.2.12:80",
-                                            "missing lbmonitor of owner uid-squat")}
+                                            "missing lbmonitor of owner uid-squat",
+                                            "missing vserver with its servicegroup uid-squat:192.0.2.12:80",
+                                            "missing servicegroup with its own monitor uid-squat:192.0.2.12:80")}
     _write(model, "lbmonitor", "add", {"monitorname": "dsr-t_squat_tcp", "type": "TCP", "interval": 5,
                                        "resptimeout": 2, "retries": 3, "destip": "192.0.2.12", "destport": 80,
                                        "transparent": "YES", "comment": f"dsr-operator:{OP}:uid-squat"})
-    _write(model, "lbvserver", "add", {"name": "dsr-t_squat_80", "servicetype": "ANY", "ipv46": "192.0.2.12",
-                                       "port": 80, "lbmethod": "ROUNDROBIN", "m": "MAC",
-                                       "comment": f"dsr-operator:{OP}:uid-squat"})
+    _vserver(model, "squat", "192.0.2.12", f"dsr-operator:{OP}:uid-squat")
     assert _failed(_redo(model, capture)) == {}
 
 
