@@ -318,6 +318,54 @@ async def test_a_removed_backend_drains_without_a_failure_then_loses_the_vip(sta
     assert (await asyncio.to_thread(lab.vip_packets, "b1"))[0] == b1_in, "traffic still reaches b1"
 
 
+async def test_another_tenants_failing_check_on_the_same_nodes_takes_no_backend_away(stand: Stand) -> None:
+    """Tenant team-a's DsrService has its endpoints on the same nodes and port as demo's, and a health
+    check that fails (a closed port). Its monitor judges only its own servicegroup's members: demo's
+    backends stay UP and answer every request, while team-a's own VIP gets no backend."""
+    lab, sim, kube = stand.lab, stand.sim, stand.kube
+    await stand.serving_on("n1", "n2")
+    tenant, vip = "team-a", f"{lab.net}.101"
+    group = f"dsr-{tenant}_{scenario.SERVICE}_{scenario.PORT}_sg"
+    api = f"{scenario.DSR_API}/namespaces/{tenant}/dsrservices"
+    service, slice_, dsr = scenario.service(vip), scenario.endpointslice(["n1", "n2"]), scenario.dsrservice(vip)
+    for body in (service, slice_, dsr):
+        body["metadata"]["namespace"] = tenant
+    dsr["spec"]["healthCheck"] = {**scenario.HEALTH_CHECK, "port": 9}  # nothing listens there
+    await kube.call("POST", f"/api/v1/namespaces/{tenant}/services", service)
+    await kube.call("POST", f"/apis/discovery.k8s.io/v1/namespaces/{tenant}/endpointslices", slice_)
+    await kube.call("POST", api, dsr)
+    try:
+        async def judged_down() -> bool:  # team-a's members exist, and its check took them DOWN
+            rows = (await nitro(sim, "GET", f"servicegroup_servicegroupmember_binding/{group}")).get(
+                "servicegroup_servicegroupmember_binding", [])  # fmt: skip
+            return len(rows) == 2 and all(r["svrstate"] == "DOWN" for r in rows)
+
+        await eventually(judged_down, timeout=WAIT, interval=0.1, what="team-a's members bound and DOWN")
+        assert await stand.new_flows() == [member(lab, "b1"), member(lab, "b2")]
+        replies = await gets(lab, 30)
+        assert [r for r in replies if not r.ok] == [] and {r.backend for r in replies} == {"b1", "b2"}, replies
+        theirs = [await asyncio.to_thread(lab.get, 0.5, vip=vip) for _ in range(3)]
+        assert not any(r.ok for r in theirs), theirs
+    finally:
+        await kube.call("DELETE", f"{api}/{scenario.SERVICE}")
+        await kube.call("DELETE", f"/apis/discovery.k8s.io/v1/namespaces/{tenant}/endpointslices/{scenario.SLICE}")
+        await kube.call("DELETE", f"/api/v1/namespaces/{tenant}/services/{scenario.SERVICE}")
+
+    async def gone() -> bool:
+        configs = await kube.nodeconfigs()
+        asked = any(vip in (c.get("spec") or {}).get("vips", []) for c in configs.values())
+        held = [await asyncio.to_thread(_holds, lab, b, vip) for b in ("b1", "b2")]
+        return not asked and not any(held)
+
+    await eventually(gone, timeout=WAIT, interval=0.1, what="team-a's VIP gone from the nodes")
+
+
+def _holds(lab: Lab, backend: str, vip: str) -> bool:
+    out = subprocess.run(["ip", "-n", lab.ns(backend), "-o", "addr", "show", "dev", "lo"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return f" {vip}/" in out
+
+
 async def test_negative_controls_a_broken_dsr_path_fails_visibly(stand: Stand) -> None:
     """With the operator stopped (so that it does not repair them): MBF off, m IP, and a backend without
     the VIP under a monitor that does not go through the DSR path, each break traffic; the transparent
