@@ -255,13 +255,16 @@ async def test_dsr_apply_verify_and_delete_of_a_throwaway_dsrservice(target: Tar
         actual = await executor.read_actual(ns, target.operator_id)
         [vserver] = actual.of_kind("lbvserver")
         assert vserver.data == {"servicetype": "ANY", "ipv46": vip, "port": 80, "lbmethod": "ROUNDROBIN", "m": "MAC"}
-        services = actual.of_kind("service")
-        assert sorted(s.get("servername") for s in services) == sorted(f"dsr-{a}" for a in backends)
-        assert {(s.get("servicetype"), s.get("port"), s.get("usip")) for s in services} == {("ANY", 80, "YES")}
+        assert list(actual.of_kind("service")) == []
+        [group] = actual.of_kind("servicegroup")
+        assert (group.get("servicetype"), group.get("usip"), group.get("healthmonitor")) == ("ANY", "YES", "YES")
         [monitor] = actual.of_kind("lbmonitor")
         assert (monitor.get("interval"), monitor.get("destip"), monitor.get("transparent")) == (60, vip, "YES")
-        assert len([b for b in actual.bindings if b.kind == nsmodels.VSERVER_BINDING]) == 2
-        assert len([b for b in actual.bindings if b.kind == nsmodels.MONITOR_BINDING]) == 2
+        kinds = [(b.kind, b.parent, b.child) for b in actual.bindings if b.kind != nsmodels.MEMBER_BINDING]
+        assert sorted(kinds) == sorted([(nsmodels.GROUP_BINDING, vserver.name, group.name),
+                                        (nsmodels.GROUP_MONITOR_BINDING, group.name, monitor.name)])
+        members = [(b.parent, b.child, b.port) for b in actual.bindings if b.kind == nsmodels.MEMBER_BINDING]
+        assert sorted(members) == sorted((group.name, f"dsr-{a}", 80) for a in backends)
         # Read back, nothing differs: a second plan is empty (server-side normalisation included).
         again = io.StringIO()
         await oneshot.run_plan(ns, [intent], target.operator_id, False, again)
