@@ -520,7 +520,8 @@ async def _stat(request: web.Request) -> web.StreamResponse:
         except (dataplane_.CommandError, ValueError) as exc:
             logger.warning("Cannot read the dataplane's counters: %s", exc)
     args = _pairs(request.query.get("args"), "args")
-    found = stats.records(request.app[STORE], resource, name, traffic, ha_since=_ha_since(request.app), args=args)
+    with request.app[STORE].reading():
+        found = stats.records(request.app[STORE], resource, name, traffic, ha_since=_ha_since(request.app), args=args)
     if isinstance(found, dict):
         return _reply(200, {resource: found})
     return _reply(200, {resource: found} if found else None)

@@ -62,6 +62,12 @@ class Reads(RuntimeState):
         `name` is the last URL segment; `args` select by key (and, for other fields, exact value).
         Raises 404/258 when a named object does not exist.
         """
+        with self.reading():
+            return self._records(resource, name, args, bulkbindings)
+
+    def _records(
+        self, resource: str, name: str | None, args: Mapping[str, str] | None, bulkbindings: bool
+    ) -> list[Record] | Record:
         args = dict(args or {})
         if resource == "nsmode":
             return self._nsmode_record()

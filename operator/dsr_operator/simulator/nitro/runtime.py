@@ -94,17 +94,16 @@ class RuntimeState(StoreState):
     def client_count(self, obj: Record) -> int:
         """Current client connections of a service or a group member, or of every backend of a server or
         a group."""
-        members = self.objects["servicegroup_servicegroupmember_binding"].values()
         if "servicegroupname" in obj:
             if "servername" in obj:
                 return self.clients.get(member_name(obj), 0)
-            return sum(self.clients.get(member_name(m), 0) for m in members
-                       if m["servicegroupname"] == obj["servicegroupname"])  # fmt: skip
+            return sum(self.clients.get(member_name(m), 0) for m in self.members_of(obj["servicegroupname"]))
         if "servername" in obj:
             return self.clients.get(obj["name"], 0)
         return sum(self.clients.get(s["name"], 0) for s in self.objects["service"].values()
                    if s["servername"] == obj["name"]) + sum(
-            self.clients.get(member_name(m), 0) for m in members if m["servername"] == obj["name"])
+            self.clients.get(member_name(m), 0)
+            for m in self.objects["servicegroup_servicegroupmember_binding"].values() if m["servername"] == obj["name"])
 
     def svrstate(self, service: Record) -> str:
         server = self.objects["server"].get((service["servername"],))
