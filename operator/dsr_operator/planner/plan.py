@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from dsr_operator.model import state as ns
@@ -268,23 +268,11 @@ def diff(
         if not in_scope(owner):
             continue
         removing = sorted(b for b in members if b not in desired.bindings)
-        wanted = desired.get("servicegroup", group) is not None
-        asked = [b for b in removing if b.member_id in policy.leaving]
-        guarded = [b for b in removing if b.member_id not in policy.leaving]
-        if owner in live_owners and wanted and guarded:
-            allowed = guard_allowance(len(members), policy.guard(owner))
-            if len(guarded) > allowed:
-                kept, removing = guarded[allowed:], asked + guarded[:allowed]
-                held_members.update(kept)
-                holds.append(
-                    Hold(
-                        owner,
-                        "BlastRadiusGuard",
-                        f"{group}: {len(kept) + len(removing)} of {len(members)} members would go; "
-                        f"at most {policy.guard(owner)}% may go at once, removing {len(removing)} now",
-                        retry_after=policy.drain_poll_seconds,
-                    )
-                )
+        if owner in live_owners and desired.get("servicegroup", group) is not None:
+            removing, kept, hold = _guarded(policy, owner, group, "members", len(members), removing,
+                                            lambda b: b.member_id)  # fmt: skip
+            held_members.update(kept)
+            holds.extend(hold)
         member_removals.extend(removing)
 
     vserver_removals: list[ns.Binding] = []
@@ -318,23 +306,11 @@ def diff(
         # The guard protects a wanted vserver's bindings; a vserver nobody wants any more (its
         # DsrService or its port is gone) goes with all of them: that removal is the user's intent,
         # as is a backend's own request to leave.
-        wanted = desired.get("lbvserver", vserver) is not None
-        asked = [b for b in removing if b.child in policy.leaving]
-        guarded = [b for b in removing if b.child not in policy.leaving]
-        if owner in live_owners and wanted and guarded:
-            allowed = guard_allowance(len(bound), policy.guard(owner))
-            if len(guarded) > allowed:
-                kept, removing = guarded[allowed:], asked + guarded[:allowed]
-                held_services.update(b.child for b in kept)
-                holds.append(
-                    Hold(
-                        owner,
-                        "BlastRadiusGuard",
-                        f"{vserver}: {len(kept) + len(removing)} of {len(bound)} bound backends would go; "
-                        f"at most {policy.guard(owner)}% may go at once, removing {len(removing)} now",
-                        retry_after=policy.drain_poll_seconds,
-                    )
-                )
+        if owner in live_owners and desired.get("lbvserver", vserver) is not None:
+            removing, kept, hold = _guarded(policy, owner, vserver, "bound backends", len(bound), removing,
+                                            lambda b: b.child)  # fmt: skip
+            held_services.update(b.child for b in kept)
+            holds.extend(hold)
         vserver_removals.extend(removing)
         vserver_removals.extend(b for b in moving if b.child not in held_services)
 
@@ -449,6 +425,24 @@ def diff(
         ops.append(Op("delete", "server", server.name, server.owner, {"name": server.name}))
 
     return Plan(stages=stages(ops), holds=tuple(holds))
+
+
+def _guarded(
+    policy: Policy, owner: str, parent: str, label: str, bound: int, removing: list[ns.Binding],
+    leaving_id: Callable[[ns.Binding], str],
+) -> tuple[list[ns.Binding], list[ns.Binding], list[Hold]]:  # fmt: skip
+    """The blast-radius guard over the removals from one wanted parent with `bound` bindings: what goes
+    now, what stays for a later plan, and the hold that says so. A backend's own request to leave
+    (`leaving_id(binding)` in `policy.leaving`) always goes; the guard counts the others."""
+    asked = [b for b in removing if leaving_id(b) in policy.leaving]
+    guarded = [b for b in removing if leaving_id(b) not in policy.leaving]
+    allowed = guard_allowance(bound, policy.guard(owner))
+    if len(guarded) <= allowed:
+        return removing, [], []
+    kept, now = guarded[allowed:], asked + guarded[:allowed]
+    message = (f"{parent}: {len(kept) + len(now)} of {bound} {label} would go; "
+               f"at most {policy.guard(owner)}% may go at once, removing {len(now)} now")  # fmt: skip
+    return now, kept, [Hold(owner, "BlastRadiusGuard", message, retry_after=policy.drain_poll_seconds)]
 
 
 def guard_allowance(bound: int, percent: int) -> int:
