@@ -174,16 +174,6 @@ def diff(
                     f"{kind} {name} exists on NetScaler without our ownership marker; left untouched",
                 )
             )
-    for obj in desired.of_kind("service"):
-        if obj.get("servername") in blocked_names:
-            blocked_names.add(obj.name)
-            holds.append(
-                Hold(
-                    _first_user(desired, obj.name),
-                    "NameConflict",
-                    f"service {obj.name} waits: its server name is taken by a hand-made object",
-                )
-            )
 
     # A vserver never goes onto an IP:port that another vserver still holds (NetScaler refuses two):
     # it waits until that one has left, drained and removed by its own DsrService.
@@ -458,7 +448,6 @@ def guard_allowance(bound: int, percent: int) -> int:
 
 def _first_user(desired: ns.NetScalerState, name: str) -> str:
     """The DsrService to report a conflict on a shared object to."""
-    users = sorted(o.owner for o in desired.of_kind("service") if o.get("servername") == name)
-    users += sorted(b.owner for b in desired.bindings if name in (b.parent, b.child))
+    users = sorted(b.owner for b in desired.bindings if name in (b.parent, b.child))
     users = [u for u in users if u != ns.SHARED_OWNER]
     return users[0] if users else ns.SHARED_OWNER
