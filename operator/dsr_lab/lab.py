@@ -304,8 +304,9 @@ class Lab:
         sport = 0
         try:
             sock.settimeout(timeout)
-            sock.connect((vip, 80))
+            sock.bind(("::" if ipv6 else "0.0.0.0", 0))  # the source port is known before the SYN: a refusal names it
             sport = sock.getsockname()[1]
+            sock.connect((vip, 80))
             host = f"[{vip}]" if ipv6 else vip
             sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
             data = b""
