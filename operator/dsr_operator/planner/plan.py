@@ -250,10 +250,7 @@ def diff(
     desired_members = {(b.parent, b.child) for b in desired.bindings if b.kind == ns.MEMBER_BINDING}
     member_removals: list[ns.Binding] = []
     held_members: set[ns.Binding] = set()
-    by_group: dict[str, list[ns.Binding]] = defaultdict(list)
-    for binding in actual_members.values():
-        by_group[binding.parent].append(binding)
-    for group, members in sorted(by_group.items()):
+    for group, members in _by_parent(actual_members.values()):
         owner = members[0].owner
         if not in_scope(owner):
             continue
@@ -267,11 +264,7 @@ def diff(
 
     vserver_removals: list[ns.Binding] = []
     held_services: set[str] = set()
-    by_vserver: dict[str, list[ns.Binding]] = defaultdict(list)
-    for binding in actual.bindings:
-        if binding.kind == ns.VSERVER_BINDING:
-            by_vserver[binding.parent].append(binding)
-    for vserver, bound in sorted(by_vserver.items()):
+    for vserver, bound in _by_parent(b for b in actual.bindings if b.kind == ns.VSERVER_BINDING):
         owner = bound[0].owner
         if not in_scope(owner):
             continue
@@ -415,6 +408,14 @@ def diff(
         ops.append(Op("delete", "server", server.name, server.owner, {"name": server.name}))
 
     return Plan(stages=stages(ops), holds=tuple(holds))
+
+
+def _by_parent(bindings: Iterable[ns.Binding]) -> list[tuple[str, list[ns.Binding]]]:
+    """Bindings grouped by their parent (a vserver, a servicegroup), in name order."""
+    grouped: dict[str, list[ns.Binding]] = defaultdict(list)
+    for binding in bindings:
+        grouped[binding.parent].append(binding)
+    return sorted(grouped.items())
 
 
 def _guarded(
